@@ -1,0 +1,8 @@
+//! Measuring models: perplexity with llama.cpp's windowing, KL divergence and top-1
+//! agreement against a base model, and greedy generation.
+
+pub mod generate;
+pub mod perplexity;
+
+pub use generate::generate_greedy;
+pub use perplexity::{KldReport, PerplexityOptions, PerplexityReport, perplexity};

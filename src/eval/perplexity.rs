@@ -1,0 +1,214 @@
+//! Perplexity with the windowing of llama.cpp's `llama-perplexity`, so our numbers and theirs
+//! agree on the same file: the token stream is cut into `ctx`-token chunks, each evaluated from
+//! scratch with its first token replaced by BOS (when the model uses one), and only the second
+//! half of each chunk is scored. With a base model, the llama.cpp `--kl-divergence` set is
+//! computed on the same positions.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::model::{Model, NoHook};
+
+/// Windowing options, named as `llama-perplexity` names them.
+#[derive(Debug, Clone, Copy)]
+pub struct PerplexityOptions {
+    /// Tokens per chunk (`--ctx-size`).
+    pub ctx: usize,
+    /// Evaluate at most this many chunks (`--chunks`); all when `None`.
+    pub chunks: Option<usize>,
+}
+
+/// KL divergence of the model's next-token distribution from the base model's.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KldReport {
+    pub kld_mean: f64,
+    pub kld_stderr: f64,
+    pub kld_median: f64,
+    pub kld_p99: f64,
+    /// Fraction (0–1) of positions where both models' most likely token agree.
+    pub top1_agree: f64,
+    /// Root mean square of the change in the probability of the correct token (0–1 scale).
+    pub rms_dp: f64,
+}
+
+/// Result of a perplexity run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PerplexityReport {
+    pub ppl: f64,
+    /// Standard error of the perplexity, as llama.cpp prints after `±`.
+    pub ppl_stderr: f64,
+    pub nll_mean: f64,
+    /// Scored tokens.
+    pub tokens: usize,
+    pub chunks: usize,
+    pub ctx: usize,
+    pub seconds: f64,
+    #[serde(flatten)]
+    pub kld: Option<KldReport>,
+}
+
+/// Per-row log-probabilities of `rows × vocab` logits, computed in f64 sums for stability.
+fn log_softmax_rows(logits: &mut [f32], vocab: usize) {
+    logits.par_chunks_mut(vocab).for_each(|row| {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+        let lse = max as f64 + sum.ln();
+        for v in row.iter_mut() {
+            *v = (f64::from(*v) - lse) as f32;
+        }
+    });
+}
+
+/// Mean and standard error of the mean.
+fn mean_stderr(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    if xs.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
+/// The `q` quantile (0–1) of sorted values, nearest rank.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Runs the perplexity evaluation. `progress(done, total)` is called after each chunk; when it
+/// returns `false` the run stops with an error saying it was cancelled.
+pub fn perplexity(
+    model: &Model,
+    tokens: &[u32],
+    opts: PerplexityOptions,
+    base: Option<&Model>,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> anyhow::Result<PerplexityReport> {
+    let ctx = opts.ctx;
+    anyhow::ensure!(ctx >= 4, "context size {ctx} is too small (at least 4)");
+    anyhow::ensure!(
+        tokens.len() >= 2 * ctx,
+        "the text has {} tokens; perplexity with ctx {ctx} needs at least {} (2 × ctx, as llama-perplexity)",
+        tokens.len(),
+        2 * ctx
+    );
+    let vocab = model.config().vocab_size;
+    if let Some(b) = base {
+        anyhow::ensure!(
+            b.config().vocab_size == vocab,
+            "base model vocabulary ({}) differs from the model's ({vocab})",
+            b.config().vocab_size
+        );
+    }
+    let available = tokens.len() / ctx;
+    let n_chunks = opts.chunks.map_or(available, |c| c.min(available));
+    let first = ctx / 2;
+    let scored_per_chunk = ctx - 1 - first;
+    let bos = model.tokenizer.add_bos.then_some(model.tokenizer.bos_id).flatten();
+    let start_time = Instant::now();
+    let mut nll = Vec::with_capacity(n_chunks * scored_per_chunk);
+    let mut kld = Vec::new();
+    let mut same_top = 0usize;
+    let mut dp_sq = 0.0f64;
+    for chunk in 0..n_chunks {
+        let mut window = tokens[chunk * ctx..(chunk + 1) * ctx].to_vec();
+        if let Some(b) = bos {
+            window[0] = b;
+        }
+        let targets = &window[first + 1..];
+        let mut logp = chunk_log_probs(model, &window, first, scored_per_chunk, vocab)?;
+        let base_logp = match base {
+            Some(b) => Some(chunk_log_probs(b, &window, first, scored_per_chunk, vocab)?),
+            None => None,
+        };
+        for (row, &target) in logp.chunks_mut(vocab).zip(targets) {
+            nll.push(-f64::from(row[target as usize]));
+        }
+        if let Some(base_logp) = base_logp {
+            for ((row, brow), &target) in logp.chunks(vocab).zip(base_logp.chunks(vocab)).zip(targets) {
+                let mut k = 0.0f64;
+                for (&lm, &lb) in row.iter().zip(brow) {
+                    let pb = f64::from(lb).exp();
+                    k += pb * f64::from(lb - lm);
+                }
+                kld.push(k.max(0.0));
+                if crate::eval::generate::argmax(row) == crate::eval::generate::argmax(brow) {
+                    same_top += 1;
+                }
+                let t = target as usize;
+                let dp = f64::from(row[t]).exp() - f64::from(brow[t]).exp();
+                dp_sq += dp * dp;
+            }
+        }
+        if !progress(chunk + 1, n_chunks) {
+            anyhow::bail!("cancelled after {} of {n_chunks} chunks", chunk + 1);
+        }
+    }
+    let (nll_mean, nll_stderr) = mean_stderr(&nll);
+    let ppl = nll_mean.exp();
+    let kld = (!kld.is_empty()).then(|| {
+        let (kld_mean, kld_stderr) = mean_stderr(&kld);
+        let mut sorted = kld.clone();
+        sorted.sort_by(f64::total_cmp);
+        KldReport {
+            kld_mean,
+            kld_stderr,
+            kld_median: quantile(&sorted, 0.5),
+            kld_p99: quantile(&sorted, 0.99),
+            top1_agree: same_top as f64 / kld.len() as f64,
+            rms_dp: (dp_sq / kld.len() as f64).sqrt(),
+        }
+    });
+    Ok(PerplexityReport {
+        ppl,
+        ppl_stderr: ppl * nll_stderr,
+        nll_mean,
+        tokens: nll.len(),
+        chunks: n_chunks,
+        ctx,
+        seconds: start_time.elapsed().as_secs_f64(),
+        kld,
+    })
+}
+
+/// Log-probabilities `[scored × vocab]` for positions `first..first + scored` of one window.
+fn chunk_log_probs(
+    model: &Model,
+    window: &[u32],
+    first: usize,
+    scored: usize,
+    vocab: usize,
+) -> anyhow::Result<Vec<f32>> {
+    let logits = model
+        .transformer
+        .forward(window, None, &mut NoHook, first)?
+        .narrow(0, 0, scored)?;
+    let mut v = logits.flatten_all()?.to_vec1::<f32>()?;
+    log_softmax_rows(&mut v, vocab);
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_softmax_rows_normalise() {
+        let mut v = vec![1.0f32, 2.0, 3.0, -1.0, 0.0, 1000.0];
+        log_softmax_rows(&mut v, 3);
+        for row in v.chunks(3) {
+            let total: f64 = row.iter().map(|&x| f64::from(x).exp()).sum();
+            assert!((total - 1.0).abs() < 1e-6, "{row:?}");
+        }
+    }
+
+    #[test]
+    fn stderr_of_constant_is_zero() {
+        assert_eq!(mean_stderr(&[2.0, 2.0, 2.0]), (2.0, 0.0));
+        let (m, s) = mean_stderr(&[1.0, 3.0]);
+        assert_eq!(m, 2.0);
+        assert!((s - 1.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,9 @@
+//! Reparam Studio: compress pretrained transformer models layer by layer and measure the
+//! trade-offs. This library holds everything; the `reparam` binary is a thin front end.
+
+pub mod bench;
+pub mod calib;
+pub mod cli;
+pub mod eval;
+pub mod model;
+pub mod progress;

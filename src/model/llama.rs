@@ -1,0 +1,265 @@
+//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2), following the Hugging Face
+//! `modeling_llama.py` reference: RMSNorm, rotate-half RoPE, grouped-query attention with a
+//! causal mask and a KV cache, SwiGLU MLP.
+//!
+//! Every linear goes through [`LinearWeight`], and every linear input is offered to a
+//! [`ForwardHook`], so calibration statistics come from this same code path.
+
+use candle_core::{Device, Module, Result, Tensor};
+
+use super::config::LlamaConfig;
+use super::linear::LinearWeight;
+use super::names::{LinearId, LinearKind};
+
+/// Observes the forward pass. Both methods default to doing nothing.
+pub trait ForwardHook {
+    /// Called with the `[tokens, in]` input of every linear layer before it is applied.
+    fn linear_input(&mut self, _id: LinearId, _x: &Tensor) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The hook that observes nothing.
+pub struct NoHook;
+
+impl ForwardHook for NoHook {}
+
+/// One transformer block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub attn_norm: Tensor,
+    pub attn_q: LinearWeight,
+    pub attn_k: LinearWeight,
+    pub attn_v: LinearWeight,
+    pub attn_output: LinearWeight,
+    pub ffn_norm: Tensor,
+    pub ffn_gate: LinearWeight,
+    pub ffn_up: LinearWeight,
+    pub ffn_down: LinearWeight,
+}
+
+impl Block {
+    pub fn linear(&self, kind: LinearKind) -> &LinearWeight {
+        match kind {
+            LinearKind::AttnQ => &self.attn_q,
+            LinearKind::AttnK => &self.attn_k,
+            LinearKind::AttnV => &self.attn_v,
+            LinearKind::AttnOutput => &self.attn_output,
+            LinearKind::FfnGate => &self.ffn_gate,
+            LinearKind::FfnUp => &self.ffn_up,
+            LinearKind::FfnDown => &self.ffn_down,
+        }
+    }
+
+    pub fn linear_mut(&mut self, kind: LinearKind) -> &mut LinearWeight {
+        match kind {
+            LinearKind::AttnQ => &mut self.attn_q,
+            LinearKind::AttnK => &mut self.attn_k,
+            LinearKind::AttnV => &mut self.attn_v,
+            LinearKind::AttnOutput => &mut self.attn_output,
+            LinearKind::FfnGate => &mut self.ffn_gate,
+            LinearKind::FfnUp => &mut self.ffn_up,
+            LinearKind::FfnDown => &mut self.ffn_down,
+        }
+    }
+}
+
+/// Keys and values of the tokens seen so far, per block, as `[kv_heads, seq, head_dim]`.
+#[derive(Debug, Default, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Number of positions already in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The weights of a Llama-family decoder plus its configuration.
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    pub config: LlamaConfig,
+    pub token_embd: Tensor,
+    pub blocks: Vec<Block>,
+    pub output_norm: Tensor,
+    /// The LM head; shares its tensor with `token_embd` when embeddings are tied.
+    pub output: LinearWeight,
+    /// RoPE inverse frequencies (`head_dim / 2`), scaling already applied.
+    pub rope_inv_freq: Vec<f32>,
+}
+
+impl Transformer {
+    /// Runs `tokens` (continuing after whatever `cache` holds) and returns the logits
+    /// `[tokens.len() - logits_from, vocab]` of positions `logits_from..`. Skipping the head
+    /// for positions nobody scores saves a large share of the work in perplexity runs.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        mut cache: Option<&mut KvCache>,
+        hook: &mut dyn ForwardHook,
+        logits_from: usize,
+    ) -> Result<Tensor> {
+        let n = tokens.len();
+        if n == 0 || logits_from >= n {
+            candle_core::bail!("forward: {n} tokens, logits requested from {logits_from}");
+        }
+        let device = self.token_embd.device();
+        let pos0 = cache.as_ref().map_or(0, |c| c.len);
+        let ids = Tensor::new(tokens, device)?;
+        let mut h = self.token_embd.index_select(&ids, 0)?;
+        let (cos, sin) = self.rope_tables(pos0, n, device)?;
+        let mask = causal_mask(pos0, n, device)?;
+        if let Some(c) = cache.as_deref_mut() {
+            c.layers.resize(self.blocks.len(), None);
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            h = self.block_forward(i, block, &h, &cos, &sin, &mask, layer_cache, hook)?;
+        }
+        if let Some(c) = cache {
+            c.len += n;
+        }
+        let h = h.narrow(0, logits_from, n - logits_from)?;
+        let h = candle_nn::ops::rms_norm(&h, &self.output_norm, self.config.rms_norm_eps as f32)?;
+        self.output.forward(&h)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block_forward(
+        &self,
+        index: usize,
+        block: &Block,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        hook: &mut dyn ForwardHook,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let eps = cfg.rms_norm_eps as f32;
+        let (n, _) = h.dims2()?;
+        let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let mut linear = |kind: LinearKind, x: &Tensor| -> Result<Tensor> {
+            hook.linear_input(LinearId::new(index, kind), x)?;
+            block.linear(kind).forward(x)
+        };
+
+        let x = candle_nn::ops::rms_norm(h, &block.attn_norm, eps)?;
+        let q = linear(LinearKind::AttnQ, &x)?.reshape((1, n, nh, hd))?;
+        let k = linear(LinearKind::AttnK, &x)?.reshape((1, n, nkv, hd))?;
+        let v = linear(LinearKind::AttnV, &x)?.reshape((n, nkv, hd))?;
+        let q = candle_nn::rotary_emb::rope_thd(&q.contiguous()?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope_thd(&k.contiguous()?, cos, sin)?;
+        // [heads, seq, head_dim] layouts for batched matmuls over heads.
+        let q = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
+        let mut k = k.squeeze(0)?.transpose(0, 1)?.contiguous()?;
+        let mut v = v.transpose(0, 1)?.contiguous()?;
+        if let Some(slot) = cache {
+            if let Some((k_old, v_old)) = slot.as_ref() {
+                k = Tensor::cat(&[k_old, &k], 1)?;
+                v = Tensor::cat(&[v_old, &v], 1)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let s = k.dim(1)?;
+        let rep = nh / nkv;
+        // Query heads that share a KV head are stacked along the sequence axis.
+        let q = q.reshape((nkv, rep * n, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = scores.reshape((nkv, rep, n, s))?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((nkv, rep * n, s))?;
+        let attn = probs
+            .matmul(&v)?
+            .reshape((nh, n, hd))?
+            .transpose(0, 1)?
+            .reshape((n, nh * hd))?;
+        let h = (h + linear(LinearKind::AttnOutput, &attn)?)?;
+
+        let x = candle_nn::ops::rms_norm(&h, &block.ffn_norm, eps)?;
+        let gate = linear(LinearKind::FfnGate, &x)?;
+        let up = linear(LinearKind::FfnUp, &x)?;
+        let act = (candle_nn::ops::silu(&gate)? * up)?;
+        h + linear(LinearKind::FfnDown, &act)?
+    }
+
+    /// `cos`/`sin` tables `[n, head_dim / 2]` for positions `pos0..pos0 + n`.
+    fn rope_tables(&self, pos0: usize, n: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.rope_inv_freq.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in pos0..pos0 + n {
+            for &f in &self.rope_inv_freq {
+                // Angles in f64: f32 loses precision at positions in the thousands.
+                let a = p as f64 * f64::from(f);
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (n, half), device)?,
+            Tensor::from_vec(sin, (n, half), device)?,
+        ))
+    }
+
+    /// Bytes of every weight: embeddings, norms, linears, and the head when untied.
+    pub fn size_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                t(&b.attn_norm)
+                    + t(&b.ffn_norm)
+                    + LinearKind::ALL
+                        .iter()
+                        .map(|&k| b.linear(k).size_bytes())
+                        .sum::<usize>()
+            })
+            .sum();
+        let head = if self.config.tie_word_embeddings {
+            0
+        } else {
+            self.output.size_bytes()
+        };
+        t(&self.token_embd) + blocks + t(&self.output_norm) + head
+    }
+
+    /// Every linear of every block, in forward order.
+    pub fn linear_ids(&self) -> impl Iterator<Item = LinearId> + '_ {
+        (0..self.blocks.len())
+            .flat_map(|b| LinearKind::ALL.into_iter().map(move |k| LinearId::new(b, k)))
+    }
+
+    pub fn linear(&self, id: LinearId) -> Option<&LinearWeight> {
+        self.blocks.get(id.block).map(|b| b.linear(id.kind))
+    }
+}
+
+/// Additive mask `[n, pos0 + n]`: 0 where query `i` may see key `j`, `-inf` after it.
+fn causal_mask(pos0: usize, n: usize, device: &Device) -> Result<Tensor> {
+    let s = pos0 + n;
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| (0..s).map(move |j| if j > pos0 + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (n, s), device)
+}
+
+/// Converts a Q/K projection from GGUF's interleaved-RoPE row order to HF's rotate-half order
+/// (the inverse of the permutation `convert_hf_to_gguf.py` applies to llama models).
+pub fn unpermute_qk(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let hd = rows / heads;
+    w.reshape((heads, hd / 2, 2, cols))?
+        .transpose(1, 2)?
+        .reshape((rows, cols))?
+        .contiguous()
+}
