@@ -64,7 +64,7 @@ impl Block {
     }
 }
 
-/// Keys and values of the tokens seen so far, per block, as `[kv_heads, seq, head_dim]`.
+/// Keys and values of the tokens seen so far, per block, as `[batch, kv_heads, seq, head_dim]`.
 #[derive(Debug, Default, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
@@ -93,6 +93,32 @@ pub struct Transformer {
     pub output: LinearWeight,
     /// RoPE inverse frequencies (`head_dim / 2`), scaling already applied.
     pub rope_inv_freq: Vec<f32>,
+    pub kernels: Kernels,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    batch: usize,
+    seq: usize,
+}
+
+/// What every block of one forward call shares.
+struct BlockCtx<'a> {
+    index: usize,
+    shape: Shape,
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+    mask: &'a Tensor,
+}
+
+/// Which kernels the forward pass uses for norms, RoPE and softmax.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// candle's fused CPU kernels (no gradients): evaluation and inference.
+    #[default]
+    Fast,
+    /// The same maths from primitive ops that candle can differentiate: training.
+    Autograd,
 }
 
 impl Transformer {
@@ -102,89 +128,143 @@ impl Transformer {
     pub fn forward(
         &self,
         tokens: &[u32],
+        cache: Option<&mut KvCache>,
+        hook: &mut dyn ForwardHook,
+        logits_from: usize,
+    ) -> Result<Tensor> {
+        let ids = Tensor::new(tokens, self.token_embd.device())?.unsqueeze(0)?;
+        self.forward_batch(&ids, cache, hook, logits_from)
+    }
+
+    /// Batched form of [`Self::forward`]: `ids` is `[batch, seq]`; returns
+    /// `[batch * (seq - logits_from), vocab]`, sequence-major.
+    pub fn forward_batch(
+        &self,
+        ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         hook: &mut dyn ForwardHook,
         logits_from: usize,
     ) -> Result<Tensor> {
-        let n = tokens.len();
+        let (b, n) = ids.dims2()?;
         if n == 0 || logits_from >= n {
             candle_core::bail!("forward: {n} tokens, logits requested from {logits_from}");
         }
         let device = self.token_embd.device();
         let pos0 = cache.as_ref().map_or(0, |c| c.len);
-        let ids = Tensor::new(tokens, device)?;
-        let mut h = self.token_embd.index_select(&ids, 0)?;
+        let mut h = self.token_embd.index_select(&ids.flatten_all()?, 0)?;
         let (cos, sin) = self.rope_tables(pos0, n, device)?;
         let mask = causal_mask(pos0, n, device)?;
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize(self.blocks.len(), None);
         }
+        let shape = Shape { batch: b, seq: n };
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            h = self.block_forward(i, block, &h, &cos, &sin, &mask, layer_cache, hook)?;
+            let ctx = BlockCtx {
+                index: i,
+                shape,
+                cos: &cos,
+                sin: &sin,
+                mask: &mask,
+            };
+            h = self.block_forward(block, &h, &ctx, layer_cache, hook)?;
         }
         if let Some(c) = cache {
             c.len += n;
         }
-        let h = h.narrow(0, logits_from, n - logits_from)?;
-        let h = candle_nn::ops::rms_norm(&h, &self.output_norm, self.config.rms_norm_eps as f32)?;
+        let d = self.config.hidden_size;
+        let h = h
+            .reshape((b, n, d))?
+            .narrow(1, logits_from, n - logits_from)?
+            .reshape((b * (n - logits_from), d))?;
+        let h = self.rms_norm(&h, &self.output_norm)?;
         self.output.forward(&h)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    fn rms_norm(&self, x: &Tensor, gain: &Tensor) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps as f32;
+        match self.kernels {
+            Kernels::Fast => candle_nn::ops::rms_norm(x, gain, eps),
+            Kernels::Autograd => candle_nn::ops::rms_norm_slow(x, gain, eps),
+        }
+    }
+
+    /// Rotate-half RoPE on `[batch, seq, heads, head_dim]`.
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        match self.kernels {
+            Kernels::Fast => candle_nn::rotary_emb::rope_thd(&x.contiguous()?, cos, sin),
+            Kernels::Autograd => {
+                let (_, n, _, hd) = x.dims4()?;
+                let half = hd / 2;
+                let cos = cos.reshape((1, n, 1, half))?;
+                let sin = sin.reshape((1, n, 1, half))?;
+                let x1 = x.narrow(3, 0, half)?;
+                let x2 = x.narrow(3, half, half)?;
+                let a = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+                let b = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+                Tensor::cat(&[a, b], 3)
+            }
+        }
+    }
+
+    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        match self.kernels {
+            Kernels::Fast => candle_nn::ops::softmax_last_dim(x),
+            Kernels::Autograd => candle_nn::ops::softmax(x, candle_core::D::Minus1),
+        }
+    }
+
     fn block_forward(
         &self,
-        index: usize,
         block: &Block,
         h: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
+        ctx: &BlockCtx<'_>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         hook: &mut dyn ForwardHook,
     ) -> Result<Tensor> {
         let cfg = &self.config;
-        let eps = cfg.rms_norm_eps as f32;
-        let (n, _) = h.dims2()?;
+        let Shape { batch: b, seq: n } = ctx.shape;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let mut linear = |kind: LinearKind, x: &Tensor| -> Result<Tensor> {
-            hook.linear_input(LinearId::new(index, kind), x)?;
+            hook.linear_input(LinearId::new(ctx.index, kind), x)?;
             block.linear(kind).forward(x)
         };
 
-        let x = candle_nn::ops::rms_norm(h, &block.attn_norm, eps)?;
-        let q = linear(LinearKind::AttnQ, &x)?.reshape((1, n, nh, hd))?;
-        let k = linear(LinearKind::AttnK, &x)?.reshape((1, n, nkv, hd))?;
-        let v = linear(LinearKind::AttnV, &x)?.reshape((n, nkv, hd))?;
-        let q = candle_nn::rotary_emb::rope_thd(&q.contiguous()?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope_thd(&k.contiguous()?, cos, sin)?;
-        // [heads, seq, head_dim] layouts for batched matmuls over heads.
-        let q = q.squeeze(0)?.transpose(0, 1)?.contiguous()?;
-        let mut k = k.squeeze(0)?.transpose(0, 1)?.contiguous()?;
-        let mut v = v.transpose(0, 1)?.contiguous()?;
+        let x = self.rms_norm(h, &block.attn_norm)?;
+        let q = linear(LinearKind::AttnQ, &x)?.reshape((b, n, nh, hd))?;
+        let k = linear(LinearKind::AttnK, &x)?.reshape((b, n, nkv, hd))?;
+        let v = linear(LinearKind::AttnV, &x)?.reshape((b, n, nkv, hd))?;
+        let q = self.rope(&q, ctx.cos, ctx.sin)?;
+        let k = self.rope(&k, ctx.cos, ctx.sin)?;
+        // [batch, heads, seq, head_dim] layouts for batched matmuls over heads.
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let mut k = k.transpose(1, 2)?.contiguous()?;
+        let mut v = v.transpose(1, 2)?.contiguous()?;
         if let Some(slot) = cache {
             if let Some((k_old, v_old)) = slot.as_ref() {
-                k = Tensor::cat(&[k_old, &k], 1)?;
-                v = Tensor::cat(&[v_old, &v], 1)?;
+                k = Tensor::cat(&[k_old, &k], 2)?;
+                v = Tensor::cat(&[v_old, &v], 2)?;
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let s = k.dim(1)?;
+        let s = k.dim(2)?;
         let rep = nh / nkv;
         // Query heads that share a KV head are stacked along the sequence axis.
-        let q = q.reshape((nkv, rep * n, hd))?;
+        let q = q.reshape((b, nkv, rep * n, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = scores.reshape((nkv, rep, n, s))?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((nkv, rep * n, s))?;
+        let scores = scores
+            .reshape((b, nkv, rep, n, s))?
+            .broadcast_add(ctx.mask)?;
+        let probs = self.softmax(&scores)?.reshape((b, nkv, rep * n, s))?;
         let attn = probs
             .matmul(&v)?
-            .reshape((nh, n, hd))?
-            .transpose(0, 1)?
-            .reshape((n, nh * hd))?;
+            .reshape((b, nh, n, hd))?
+            .transpose(1, 2)?
+            .reshape((b * n, nh * hd))?;
         let h = (h + linear(LinearKind::AttnOutput, &attn)?)?;
 
-        let x = candle_nn::ops::rms_norm(&h, &block.ffn_norm, eps)?;
+        let x = self.rms_norm(&h, &block.ffn_norm)?;
         let gate = linear(LinearKind::FfnGate, &x)?;
         let up = linear(LinearKind::FfnUp, &x)?;
         let act = (candle_nn::ops::silu(&gate)? * up)?;

@@ -20,7 +20,7 @@ use candle_core::{Device, Tensor};
 pub use config::{Architecture, LlamaConfig};
 pub use error::LoadError;
 pub use linear::LinearWeight;
-pub use llama::{Block, ForwardHook, KvCache, NoHook, Transformer};
+pub use llama::{Block, ForwardHook, Kernels, KvCache, NoHook, Transformer};
 pub use names::{LinearId, LinearKind};
 pub use tokenizer::TextTokenizer;
 
@@ -106,13 +106,15 @@ fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<(), LoadError> {
 
 fn load_gguf(path: &Path) -> Result<Model, LoadError> {
     let file = GgufFile::open(path)?;
-    let tokenizer = TextTokenizer::from_gguf(&file)?;
     let tied = file.tensor_info("output.weight").is_none();
-    let vocab = match file.tensor_info("token_embd.weight") {
-        Some(t) => t.shape[0],
-        None => tokenizer.vocab_size(),
+    let Some(embd) = file.tensor_info("token_embd.weight") else {
+        return Err(LoadError::MissingTensor {
+            path: path.to_path_buf(),
+            name: "token_embd.weight".into(),
+        });
     };
-    let config = LlamaConfig::from_gguf(&file, vocab, tied)?;
+    let config = LlamaConfig::from_gguf(&file, embd.shape[0], tied)?;
+    let tokenizer = TextTokenizer::from_gguf(&file)?;
     let mut reader = File::open(path).map_err(|e| LoadError::io(path, e))?;
     let mut hasher = WeightHasher::default();
     let mut tensors = HashMap::new();
@@ -319,6 +321,7 @@ fn assemble(
         output_norm,
         output,
         rope_inv_freq,
+        kernels: Kernels::Fast,
     })
 }
 

@@ -1,0 +1,262 @@
+//! Every loader path on tiny checkpoints the tests write: HF single-file and sharded, tied and
+//! untied, Qwen2 biases, GGUF in F32 and block-quantized, and one test per malformed input
+//! asserting the message a user would read.
+
+mod common;
+
+use candle_core::quantized::GgmlDType;
+use common::{TinySpec, max_abs_diff};
+use reparam::model::{LinearId, LinearKind, Model, NoHook};
+
+/// Logits of the whole sequence.
+fn logits(model: &Model, tokens: &[u32]) -> candle_core::Tensor {
+    model.transformer.forward(tokens, None, &mut NoHook, 0).unwrap()
+}
+
+const TOKENS: [u32; 9] = [5, 77, 200, 3, 3, 150, 42, 255, 9];
+
+/// GGUF F32 and HF safetensors of the same weights differ only by float reordering.
+const SAME_WEIGHTS_TOL: f32 = 1e-4;
+
+fn error_text(result: Result<Model, reparam::model::LoadError>) -> String {
+    match result {
+        Ok(_) => panic!("expected the load to fail"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn hf_and_gguf_of_the_same_weights_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    for spec in [
+        TinySpec::default(),
+        TinySpec {
+            tied: true,
+            ..TinySpec::default()
+        },
+        TinySpec {
+            arch: "Qwen2ForCausalLM",
+            ..TinySpec::default()
+        },
+    ] {
+        let hf_dir = dir.path().join(format!("hf-{}-{}", spec.arch, spec.tied));
+        spec.write_hf(&hf_dir, 1);
+        let gguf = dir.path().join(format!("m-{}-{}.gguf", spec.arch, spec.tied));
+        spec.write_gguf(&gguf, GgmlDType::F32);
+        let a = Model::load(&hf_dir).unwrap();
+        let b = Model::load(&gguf).unwrap();
+        assert_eq!(a.config().tie_word_embeddings, spec.tied);
+        assert_eq!(b.config().tie_word_embeddings, spec.tied);
+        assert_eq!(a.config().num_kv_heads, 2);
+        let diff = max_abs_diff(&logits(&a, &TOKENS), &logits(&b, &TOKENS));
+        assert!(diff < SAME_WEIGHTS_TOL, "{}: HF vs GGUF logits differ by {diff}", spec.arch);
+    }
+}
+
+#[test]
+fn sharded_checkpoint_equals_single_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinySpec::default();
+    spec.write_hf(&dir.path().join("one"), 1);
+    spec.write_hf(&dir.path().join("three"), 3);
+    let a = Model::load(&dir.path().join("one")).unwrap();
+    let b = Model::load(&dir.path().join("three")).unwrap();
+    assert_eq!(a.id, b.id, "content hash must not depend on sharding");
+    assert_eq!(max_abs_diff(&logits(&a, &TOKENS), &logits(&b, &TOKENS)), 0.0);
+}
+
+#[test]
+fn model_id_is_stable_and_content_addressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinySpec::default();
+    spec.write_hf(&dir.path().join("a"), 1);
+    let a1 = Model::load(&dir.path().join("a")).unwrap();
+    let a2 = Model::load(&dir.path().join("a")).unwrap();
+    assert_eq!(a1.id, a2.id);
+    assert_eq!(a1.id.len(), 64);
+    TinySpec { seed: 8, ..spec }.write_hf(&dir.path().join("b"), 1);
+    let b = Model::load(&dir.path().join("b")).unwrap();
+    assert_ne!(a1.id, b.id);
+}
+
+#[test]
+fn quantized_gguf_dequantizes_close_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every row length a multiple of the 32-weight quantization block.
+    let spec = TinySpec {
+        ffn: 64,
+        ..TinySpec::default()
+    };
+    spec.write_gguf(&dir.path().join("f32.gguf"), GgmlDType::F32);
+    spec.write_gguf(&dir.path().join("q8.gguf"), GgmlDType::Q8_0);
+    spec.write_gguf(&dir.path().join("q4.gguf"), GgmlDType::Q4_1);
+    let f = Model::load(&dir.path().join("f32.gguf")).unwrap();
+    let q8 = Model::load(&dir.path().join("q8.gguf")).unwrap();
+    let q4 = Model::load(&dir.path().join("q4.gguf")).unwrap();
+    let id = LinearId::new(1, LinearKind::FfnDown);
+    let w = |m: &Model| m.transformer.linear(id).unwrap().to_dense().unwrap();
+    let e8 = max_abs_diff(&w(&f), &w(&q8));
+    let e4 = max_abs_diff(&w(&f), &w(&q4));
+    // Weights span ±0.3: Q8_0's step is ~0.3/127, Q4_1's ~0.6/15.
+    assert!(e8 < 0.005, "Q8_0 error {e8}");
+    assert!(e4 < 0.05 && e4 > e8, "Q4_1 error {e4} (Q8_0 {e8})");
+}
+
+// ---- malformed input: each case asserts the message names the file and the problem ----
+
+fn tiny_gguf_bytes() -> Vec<u8> {
+    TinySpec::default()
+        .gguf_writer("llama", GgmlDType::F32)
+        .to_bytes()
+}
+
+#[test]
+fn truncated_gguf_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.gguf");
+    let bytes = tiny_gguf_bytes();
+    std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
+    let msg = error_text(Model::load(&path));
+    assert!(msg.contains("cut.gguf") && msg.contains("truncated file"), "{msg}");
+    assert!(msg.contains("tensor `output.weight`"), "should name the tensor that runs past the end: {msg}");
+    // Cut inside the header as well.
+    std::fs::write(&path, &bytes[..200]).unwrap();
+    let msg = error_text(Model::load(&path));
+    assert!(msg.contains("truncated file"), "{msg}");
+}
+
+#[test]
+fn gguf_header_lying_about_sizes_is_an_error_not_an_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("liar.gguf");
+    // A metadata key whose length field claims a terabyte.
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    bytes.extend_from_slice(&1u64.to_le_bytes());
+    bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    bytes.extend_from_slice(b"general.architecture");
+    std::fs::write(&path, &bytes).unwrap();
+    let msg = error_text(Model::load(&path));
+    assert!(msg.contains("liar.gguf") && msg.contains("truncated file"), "{msg}");
+    assert!(msg.contains("1099511627"), "should give the claimed size: {msg}");
+
+    // A tensor count no file of this size could hold.
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&(1u64 << 50).to_le_bytes());
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let msg = error_text(Model::load(&path));
+    assert!(msg.contains("tensor infos"), "{msg}");
+}
+
+#[test]
+fn not_a_gguf_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.bin");
+    std::fs::write(&path, b"PK\x03\x04 this is a zip").unwrap();
+    let msg = error_text(Model::load(&path));
+    assert!(msg.contains("model.bin") && msg.contains("not a GGUF file"), "{msg}");
+}
+
+#[test]
+fn unknown_architecture_lists_supported_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpt2.gguf");
+    std::fs::write(
+        &path,
+        TinySpec::default().gguf_writer("gpt2", GgmlDType::F32).to_bytes(),
+    )
+    .unwrap();
+    let msg = error_text(Model::load(&path));
+    assert!(msg.contains("unsupported architecture `gpt2`"), "{msg}");
+    assert!(msg.contains("llama") && msg.contains("qwen2"), "{msg}");
+
+    let hf = dir.path().join("hf");
+    TinySpec {
+        arch: "GPT2LMHeadModel",
+        ..TinySpec::default()
+    }
+    .write_hf(&hf, 1);
+    let msg = error_text(Model::load(&hf));
+    assert!(msg.contains("config.json") && msg.contains("GPT2LMHeadModel"), "{msg}");
+    assert!(msg.contains("LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"), "{msg}");
+}
+
+#[test]
+fn tensor_shape_disagreeing_with_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinySpec::default();
+    spec.write_hf(dir.path(), 1);
+    // Claim a wider FFN than the tensors have.
+    let mut cfg = spec.config_json();
+    cfg["intermediate_size"] = 64.into();
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let msg = error_text(Model::load(dir.path()));
+    assert!(msg.contains("model.safetensors") || msg.contains(&dir.path().display().to_string()), "{msg}");
+    assert!(msg.contains("blk.0.ffn_gate.weight") && msg.contains("[48, 32]") && msg.contains("[64, 32]"), "{msg}");
+}
+
+#[test]
+fn nan_weights_name_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinySpec::default();
+    let mut weights = spec.weights();
+    let (name, t) = weights
+        .iter_mut()
+        .find(|(n, _)| n == "model.layers.1.mlp.up_proj.weight")
+        .unwrap();
+    let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v[17] = f32::NAN;
+    *t = candle_core::Tensor::from_vec(v, t.dims(), t.device()).unwrap();
+    let name = name.clone();
+    spec.write_hf(dir.path(), 1);
+    reparam::model::safetensors::write_safetensors(
+        &dir.path().join("model.safetensors"),
+        &weights,
+        &Default::default(),
+    )
+    .unwrap();
+    let msg = error_text(Model::load(dir.path()));
+    assert!(msg.contains(&name) && msg.contains("non-finite") && msg.contains("index 17"), "{msg}");
+}
+
+#[test]
+fn truncated_safetensors_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    TinySpec::default().write_hf(dir.path(), 1);
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = error_text(Model::load(dir.path()));
+    assert!(msg.contains("model.safetensors") && msg.contains("truncated file"), "{msg}");
+
+    // A header length field larger than the file.
+    std::fs::write(&path, (1u64 << 20).to_le_bytes()).unwrap();
+    let msg = error_text(Model::load(dir.path()));
+    assert!(msg.contains("truncated file") && msg.contains("JSON header"), "{msg}");
+}
+
+#[test]
+fn missing_tensor_and_missing_weights_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinySpec::default();
+    spec.write_hf(dir.path(), 1);
+    let weights: Vec<_> = spec
+        .weights()
+        .into_iter()
+        .filter(|(n, _)| n != "model.norm.weight")
+        .collect();
+    reparam::model::safetensors::write_safetensors(
+        &dir.path().join("model.safetensors"),
+        &weights,
+        &Default::default(),
+    )
+    .unwrap();
+    let msg = error_text(Model::load(dir.path()));
+    assert!(msg.contains("missing tensor `output_norm.weight`"), "{msg}");
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let msg = error_text(Model::load(dir.path()));
+    assert!(msg.contains("no model.safetensors"), "{msg}");
+}
