@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -62,14 +61,23 @@ pub fn eval_bench(args: &EvalBenchArgs) -> anyhow::Result<()> {
     let our_tok_s = (ours.chunks * ours.ctx) as f64 / ours.seconds;
 
     let peer_bin = args.peer_bin.clone().or_else(default_peer_bin);
-    let peer_exe = peer_bin.map(|b| b.join("llama-perplexity")).filter(|p| p.is_file());
+    let peer_exe = peer_bin
+        .map(|b| b.join("llama-perplexity"))
+        .filter(|p| p.is_file());
     let peer = match &peer_exe {
         Some(exe) => {
             let peer_model = args
                 .peer_model
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(&args.model));
-            Some(run_peer(exe, &peer_model, &args.text, args.ctx, args.chunks, threads)?)
+            Some(run_peer(
+                exe,
+                &peer_model,
+                &args.text,
+                args.ctx,
+                args.chunks,
+                threads,
+            )?)
         }
         None => None,
     };
@@ -84,7 +92,10 @@ pub fn eval_bench(args: &EvalBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&obj)?);
         return Ok(());
     }
-    println!("threads {threads}, ctx {}, {} chunks", args.ctx, ours.chunks);
+    println!(
+        "threads {threads}, ctx {}, {} chunks",
+        args.ctx, ours.chunks
+    );
     println!(
         "reparam           {:>9.1} tok/s  ppl {:.4}  ({:.2}s)",
         our_tok_s, ours.ppl, ours.seconds
@@ -99,7 +110,9 @@ pub fn eval_bench(args: &EvalBenchArgs) -> anyhow::Result<()> {
             );
             println!("ratio (ours / llama.cpp) {r:.2}×");
         }
-        _ => println!("llama-perplexity not found: build it with shared/tools/llamacpp-peer.sh or pass --peer-bin"),
+        _ => println!(
+            "llama-perplexity not found: build it with shared/tools/llamacpp-peer.sh or pass --peer-bin"
+        ),
     }
     Ok(())
 }
@@ -112,7 +125,6 @@ fn run_peer(
     chunks: usize,
     threads: usize,
 ) -> anyhow::Result<PeerResult> {
-    let start = Instant::now();
     let out = Command::new(exe)
         .arg("-m")
         .arg(model)
@@ -122,34 +134,53 @@ fn run_peer(
         .args(["-t", &threads.to_string(), "-b", &ctx.to_string()])
         .output()
         .with_context(|| format!("running {}", exe.display()))?;
-    let seconds = start.elapsed().as_secs_f64();
     let log = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     anyhow::ensure!(out.status.success(), "{} failed:\n{log}", exe.display());
-    let tok_s = parse_prompt_tok_s(&log).with_context(|| {
-        format!("no `prompt eval time` line in the output of {}", exe.display())
+    let eval_seconds = parse_eval_seconds(&log).with_context(|| {
+        format!(
+            "no timestamped start and final estimate in the output of {}",
+            exe.display()
+        )
     })?;
     Ok(PeerResult {
         ppl: parse_final_ppl(&log),
-        tok_s,
-        seconds,
+        tok_s: (chunks * ctx) as f64 / eval_seconds,
+        seconds: eval_seconds,
     })
 }
 
-/// Tokens/s from llama.cpp's `prompt eval time = … ( … tokens per second)` line.
-fn parse_prompt_tok_s(log: &str) -> Option<f64> {
-    let line = log.lines().find(|l| l.contains("prompt eval time"))?;
-    let before = line.split("tokens per second").next()?;
-    before.rsplit([',', '(']).next()?.trim().parse().ok()
+/// Seconds of the llama.cpp log timestamp (`M.SS.mmm.uuu`, e.g. `0.09.848.721`) written just
+/// before `marker`. Progress output carries no newlines when not on a terminal, so log entries
+/// share lines and the timestamp is found by position, not by line.
+fn timestamp_before(log: &str, marker: &str) -> Option<f64> {
+    let at = log.find(marker)?;
+    let stamp = log[..at].split_whitespace().last()?;
+    let parts: Vec<f64> = stamp
+        .split('.')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    match parts[..] {
+        [m, s, ms, us] => Some(m * 60.0 + s + ms / 1e3 + us / 1e6),
+        _ => None,
+    }
+}
+
+/// Evaluation seconds of a `llama-perplexity` run: from the entry announcing the calculation
+/// to the final estimate (model loading and tokenization excluded, as on our side).
+fn parse_eval_seconds(log: &str) -> Option<f64> {
+    let start = timestamp_before(log, "I perplexity: calculating perplexity over")?;
+    let end = timestamp_before(log, "I Final estimate: PPL =")?;
+    (end > start).then_some(end - start)
 }
 
 /// The perplexity from `Final estimate: PPL = 12.3456 +/- 0.1234`.
 fn parse_final_ppl(log: &str) -> Option<f64> {
-    let line = log.lines().find(|l| l.contains("Final estimate: PPL ="))?;
-    line.split("PPL =").nth(1)?.split_whitespace().next()?.parse().ok()
+    let (_, rest) = log.split_once("Final estimate: PPL =")?;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -158,9 +189,12 @@ mod tests {
 
     #[test]
     fn parses_llama_cpp_log_lines() {
-        let log = "llama_perf_context_print: prompt eval time =    9182.35 ms /  8192 tokens (    1.12 ms per token,   892.14 tokens per second)\nFinal estimate: PPL = 12.3456 +/- 0.12345\n";
-        assert_eq!(parse_prompt_tok_s(log), Some(892.14));
-        assert_eq!(parse_final_ppl(log), Some(12.3456));
-        assert_eq!(parse_prompt_tok_s("nothing"), None);
+        // As written to a pipe: the ETA entry and the final estimate share a line.
+        let log = "0.00.253.084 I perplexity: calculating perplexity over 16 chunks, n_ctx=512\n\
+                   0.00.889.877 I perplexity: 0.64 seconds per pass - ETA 1.09.848.721 I Final estimate: PPL = 17.6779 +/- 0.77538\n";
+        let secs = parse_eval_seconds(log).unwrap();
+        assert!((secs - (69.848_721 - 0.253_084)).abs() < 1e-9, "{secs}");
+        assert_eq!(parse_final_ppl(log), Some(17.6779));
+        assert_eq!(parse_eval_seconds("nothing"), None);
     }
 }

@@ -70,7 +70,10 @@ impl ForwardHook for StatsCollector {
             .entry(id)
             .or_insert_with(|| InputStats::new(cols, self.with_xtx));
         if entry.in_features != cols {
-            candle_core::bail!("{id}: input width changed from {} to {cols}", entry.in_features);
+            candle_core::bail!(
+                "{id}: input width changed from {} to {cols}",
+                entry.in_features
+            );
         }
         let x = x.to_dtype(DType::F32)?;
         // Per-batch Gram in f32 through GEMM (fast), accumulated across batches in f64.

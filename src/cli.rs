@@ -6,12 +6,20 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use crate::eval::tasks::task_accuracy;
 use crate::eval::{PerplexityOptions, generate_greedy, perplexity};
 use crate::model::{LinearKind, Model, load_spec};
 use crate::progress::TermProgress;
+use crate::zoo::corpus::lang_eval_text;
+use crate::zoo::tasks::Task;
+use crate::zoo::{LANG_EVAL_SENTENCES, ZooOptions, build_zoo, is_zoo_model};
 
 #[derive(Debug, Parser)]
-#[command(name = "reparam", version, about = "Reparam Studio: compress transformer models layer by layer and measure the trade-offs")]
+#[command(
+    name = "reparam",
+    version,
+    about = "Reparam Studio: compress transformer models layer by layer and measure the trade-offs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,24 +49,51 @@ enum Command {
     /// Benchmarks, side by side with a baseline.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The bundled model zoo.
+    #[command(subcommand)]
+    Zoo(ZooCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ZooCommand {
+    /// Train the zoo from scratch: tokenizer, `base`, the task fine-tunes and `multi`.
+    Train {
+        /// Where to write the models.
+        #[arg(long, default_value = "assets/zoo")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Multiply every model's training steps (1.0 reproduces the shipped zoo).
+        #[arg(long, default_value_t = 1.0)]
+        steps_scale: f64,
+        /// Train only these members (comma separated); their parents are read from OUT.
+        #[arg(long, value_delimiter = ',')]
+        only: Option<Vec<String>>,
+    },
 }
 
 #[derive(Debug, Args)]
 struct EvalArgs {
     /// A GGUF file, a Hugging Face directory, or `zoo:NAME`.
     model: String,
-    /// Text file to score.
+    /// Text file to score (zoo models default to their held-out `lang` text).
     #[arg(long)]
     text: Option<PathBuf>,
-    /// Tokens per chunk.
-    #[arg(long, default_value_t = 512)]
-    ctx: usize,
+    /// Tokens per chunk (default 512, or the model's context if shorter).
+    #[arg(long)]
+    ctx: Option<usize>,
     /// Evaluate at most this many chunks.
     #[arg(long)]
     chunks: Option<usize>,
     /// Reference model for KL divergence, top-1 agreement and RMS Δp.
     #[arg(long)]
     base: Option<String>,
+    /// Also measure exact-match accuracy on the zoo tasks (held-out prompts).
+    #[arg(long)]
+    tasks: bool,
+    /// Held-out prompts per task for `--tasks`.
+    #[arg(long, default_value_t = crate::eval::tasks::EVAL_PROMPTS_PER_TASK)]
+    prompts: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -78,13 +113,28 @@ pub fn run() -> anyhow::Result<()> {
         Command::Eval(args) => eval(&args),
         Command::Generate { model, prompt, n } => generate(&model, &prompt, n),
         Command::Bench(BenchCommand::Eval(args)) => crate::bench::eval_bench(&args),
+        Command::Zoo(ZooCommand::Train {
+            out,
+            seed,
+            steps_scale,
+            only,
+        }) => zoo_train(&ZooOptions {
+            out,
+            seed,
+            steps_scale,
+            only,
+        }),
     }
 }
 
 fn load(spec: &str) -> anyhow::Result<Model> {
     let start = std::time::Instant::now();
     let model = load_spec(spec)?;
-    tracing::info!("loaded {} in {:.2}s", model.name, start.elapsed().as_secs_f64());
+    tracing::info!(
+        "loaded {} in {:.2}s",
+        model.name,
+        start.elapsed().as_secs_f64()
+    );
     Ok(model)
 }
 
@@ -119,7 +169,10 @@ fn info(spec: &str, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&obj)?);
         return Ok(());
     }
-    println!("{} ({:?}, {:?})", model.name, cfg.architecture, model.format);
+    println!(
+        "{} ({:?}, {:?})",
+        model.name, cfg.architecture, model.format
+    );
     println!("id        {}", model.id);
     println!(
         "dims      {} blocks, width {}, ffn {}, {} heads / {} kv heads × {}, vocab {}",
@@ -158,21 +211,45 @@ fn info(spec: &str, json: bool) -> anyhow::Result<()> {
 fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let model = load(&args.model)?;
     let base = args.base.as_deref().map(load).transpose()?;
-    let Some(text_path) = &args.text else {
-        anyhow::bail!("{}: no --text given; pass the text file to score", args.model);
+    let text = match &args.text {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None if is_zoo_model(&model.path) => lang_eval_text(LANG_EVAL_SENTENCES),
+        None => anyhow::bail!(
+            "{}: no --text given, and only zoo models have a built-in evaluation text",
+            args.model
+        ),
     };
-    let text = std::fs::read_to_string(text_path)
-        .with_context(|| format!("reading {}", text_path.display()))?;
     let tokens = model.tokenizer.encode(&text, true)?;
     let opts = PerplexityOptions {
-        ctx: args.ctx,
+        ctx: args
+            .ctx
+            .unwrap_or_else(|| 512.min(model.config().max_position_embeddings)),
         chunks: args.chunks,
     };
     let bar = TermProgress::new("perplexity");
-    let report = perplexity(&model, &tokens, opts, base.as_ref(), &mut |d, t| bar.update(d, t))?;
+    let report = perplexity(&model, &tokens, opts, base.as_ref(), &mut |d, t| {
+        bar.update(d, t)
+    })?;
     bar.finish();
+    let tasks = if args.tasks {
+        let bar = TermProgress::new("tasks");
+        let acc = task_accuracy(&model, &Task::SKILLS, args.prompts, &mut |d, t| {
+            bar.update(d, t)
+        })?;
+        bar.finish();
+        Some(acc)
+    } else {
+        None
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut obj = serde_json::to_value(&report)?;
+        if let Some(tasks) = &tasks {
+            obj["tasks"] = serde_json::to_value(tasks)?;
+            obj["task_acc_mean"] = (tasks.values().sum::<f64>() / tasks.len().max(1) as f64).into();
+        }
+        println!("{}", serde_json::to_string_pretty(&obj)?);
         return Ok(());
     }
     println!(
@@ -190,6 +267,31 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
             100.0 * k.rms_dp
         );
     }
+    if let Some(tasks) = &tasks {
+        for (task, acc) in tasks {
+            println!("{task:<10} {:.1}%", 100.0 * acc);
+        }
+    }
+    Ok(())
+}
+
+fn zoo_train(opts: &ZooOptions) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    let mut last_report = std::time::Instant::now();
+    build_zoo(opts, &mut |member, step, steps, loss| {
+        if step == steps || last_report.elapsed().as_secs() >= 10 {
+            last_report = std::time::Instant::now();
+            eprintln!(
+                "[{:>6.0}s] {member:<9} step {step:>5}/{steps}  loss {loss:.4}",
+                start.elapsed().as_secs_f64()
+            );
+        }
+    })?;
+    eprintln!(
+        "zoo written to {} in {:.0}s",
+        opts.out.display(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -5,5 +5,7 @@ pub mod bench;
 pub mod calib;
 pub mod cli;
 pub mod eval;
+pub mod export;
 pub mod model;
 pub mod progress;
+pub mod zoo;

@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+/// Training and evaluation allocate and free large tensors every step; glibc's malloc returns
+/// them to the kernel each time (half of a training step was page faults), mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -1,5 +1,6 @@
 //! The forward pass: cached decode, partial logits, batching and the differentiable kernels
 //! all compute the same function.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -20,7 +21,10 @@ fn tiny() -> (tempfile::TempDir, Model) {
 }
 
 fn logits(model: &Model, tokens: &[u32]) -> Tensor {
-    model.transformer.forward(tokens, None, &mut NoHook, 0).unwrap()
+    model
+        .transformer
+        .forward(tokens, None, &mut NoHook, 0)
+        .unwrap()
 }
 
 #[test]
@@ -29,7 +33,10 @@ fn kv_cache_decode_matches_full_forward() {
     let full = logits(&m, &TOKENS);
     let mut cache = KvCache::default();
     let t = &m.transformer;
-    let mut rows = vec![t.forward(&TOKENS[..4], Some(&mut cache), &mut NoHook, 0).unwrap()];
+    let mut rows = vec![
+        t.forward(&TOKENS[..4], Some(&mut cache), &mut NoHook, 0)
+            .unwrap(),
+    ];
     for &tok in &TOKENS[4..] {
         rows.push(t.forward(&[tok], Some(&mut cache), &mut NoHook, 0).unwrap());
     }
@@ -43,7 +50,10 @@ fn kv_cache_decode_matches_full_forward() {
 fn logits_from_skips_only_the_head() {
     let (_dir, m) = tiny();
     let full = logits(&m, &TOKENS);
-    let tail = m.transformer.forward(&TOKENS, None, &mut NoHook, 5).unwrap();
+    let tail = m
+        .transformer
+        .forward(&TOKENS, None, &mut NoHook, 5)
+        .unwrap();
     let diff = max_abs_diff(&full.narrow(0, 5, TOKENS.len() - 5).unwrap(), &tail);
     assert!(diff < REORDER_TOL);
 }
@@ -56,7 +66,10 @@ fn batched_forward_equals_one_sequence_at_a_time() {
         .unwrap()
         .reshape((2, 6))
         .unwrap();
-    let both = m.transformer.forward_batch(&ids, None, &mut NoHook, 2).unwrap();
+    let both = m
+        .transformer
+        .forward_batch(&ids, None, &mut NoHook, 2)
+        .unwrap();
     let single = Tensor::cat(
         &[
             m.transformer.forward(a, None, &mut NoHook, 2).unwrap(),

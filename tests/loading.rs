@@ -1,6 +1,7 @@
 //! Every loader path on tiny checkpoints the tests write: HF single-file and sharded, tied and
 //! untied, Qwen2 biases, GGUF in F32 and block-quantized, and one test per malformed input
 //! asserting the message a user would read.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -10,7 +11,10 @@ use reparam::model::{LinearId, LinearKind, Model, NoHook};
 
 /// Logits of the whole sequence.
 fn logits(model: &Model, tokens: &[u32]) -> candle_core::Tensor {
-    model.transformer.forward(tokens, None, &mut NoHook, 0).unwrap()
+    model
+        .transformer
+        .forward(tokens, None, &mut NoHook, 0)
+        .unwrap()
 }
 
 const TOKENS: [u32; 9] = [5, 77, 200, 3, 3, 150, 42, 255, 9];
@@ -41,7 +45,9 @@ fn hf_and_gguf_of_the_same_weights_agree() {
     ] {
         let hf_dir = dir.path().join(format!("hf-{}-{}", spec.arch, spec.tied));
         spec.write_hf(&hf_dir, 1);
-        let gguf = dir.path().join(format!("m-{}-{}.gguf", spec.arch, spec.tied));
+        let gguf = dir
+            .path()
+            .join(format!("m-{}-{}.gguf", spec.arch, spec.tied));
         spec.write_gguf(&gguf, GgmlDType::F32);
         let a = Model::load(&hf_dir).unwrap();
         let b = Model::load(&gguf).unwrap();
@@ -49,7 +55,11 @@ fn hf_and_gguf_of_the_same_weights_agree() {
         assert_eq!(b.config().tie_word_embeddings, spec.tied);
         assert_eq!(a.config().num_kv_heads, 2);
         let diff = max_abs_diff(&logits(&a, &TOKENS), &logits(&b, &TOKENS));
-        assert!(diff < SAME_WEIGHTS_TOL, "{}: HF vs GGUF logits differ by {diff}", spec.arch);
+        assert!(
+            diff < SAME_WEIGHTS_TOL,
+            "{}: HF vs GGUF logits differ by {diff}",
+            spec.arch
+        );
     }
 }
 
@@ -62,7 +72,10 @@ fn sharded_checkpoint_equals_single_file() {
     let a = Model::load(&dir.path().join("one")).unwrap();
     let b = Model::load(&dir.path().join("three")).unwrap();
     assert_eq!(a.id, b.id, "content hash must not depend on sharding");
-    assert_eq!(max_abs_diff(&logits(&a, &TOKENS), &logits(&b, &TOKENS)), 0.0);
+    assert_eq!(
+        max_abs_diff(&logits(&a, &TOKENS), &logits(&b, &TOKENS)),
+        0.0
+    );
 }
 
 #[test]
@@ -117,8 +130,14 @@ fn truncated_gguf_is_reported() {
     let bytes = tiny_gguf_bytes();
     std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
     let msg = error_text(Model::load(&path));
-    assert!(msg.contains("cut.gguf") && msg.contains("truncated file"), "{msg}");
-    assert!(msg.contains("tensor `output.weight`"), "should name the tensor that runs past the end: {msg}");
+    assert!(
+        msg.contains("cut.gguf") && msg.contains("truncated file"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("tensor `output.weight`"),
+        "should name the tensor that runs past the end: {msg}"
+    );
     // Cut inside the header as well.
     std::fs::write(&path, &bytes[..200]).unwrap();
     let msg = error_text(Model::load(&path));
@@ -138,8 +157,14 @@ fn gguf_header_lying_about_sizes_is_an_error_not_an_allocation() {
     bytes.extend_from_slice(b"general.architecture");
     std::fs::write(&path, &bytes).unwrap();
     let msg = error_text(Model::load(&path));
-    assert!(msg.contains("liar.gguf") && msg.contains("truncated file"), "{msg}");
-    assert!(msg.contains("1099511627"), "should give the claimed size: {msg}");
+    assert!(
+        msg.contains("liar.gguf") && msg.contains("truncated file"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("1099511627"),
+        "should give the claimed size: {msg}"
+    );
 
     // A tensor count no file of this size could hold.
     let mut bytes = b"GGUF".to_vec();
@@ -157,7 +182,10 @@ fn not_a_gguf_file() {
     let path = dir.path().join("model.bin");
     std::fs::write(&path, b"PK\x03\x04 this is a zip").unwrap();
     let msg = error_text(Model::load(&path));
-    assert!(msg.contains("model.bin") && msg.contains("not a GGUF file"), "{msg}");
+    assert!(
+        msg.contains("model.bin") && msg.contains("not a GGUF file"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -166,7 +194,9 @@ fn unknown_architecture_lists_supported_ones() {
     let path = dir.path().join("gpt2.gguf");
     std::fs::write(
         &path,
-        TinySpec::default().gguf_writer("gpt2", GgmlDType::F32).to_bytes(),
+        TinySpec::default()
+            .gguf_writer("gpt2", GgmlDType::F32)
+            .to_bytes(),
     )
     .unwrap();
     let msg = error_text(Model::load(&path));
@@ -180,8 +210,14 @@ fn unknown_architecture_lists_supported_ones() {
     }
     .write_hf(&hf, 1);
     let msg = error_text(Model::load(&hf));
-    assert!(msg.contains("config.json") && msg.contains("GPT2LMHeadModel"), "{msg}");
-    assert!(msg.contains("LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"), "{msg}");
+    assert!(
+        msg.contains("config.json") && msg.contains("GPT2LMHeadModel"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -194,8 +230,16 @@ fn tensor_shape_disagreeing_with_config() {
     cfg["intermediate_size"] = 64.into();
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let msg = error_text(Model::load(dir.path()));
-    assert!(msg.contains("model.safetensors") || msg.contains(&dir.path().display().to_string()), "{msg}");
-    assert!(msg.contains("blk.0.ffn_gate.weight") && msg.contains("[48, 32]") && msg.contains("[64, 32]"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") || msg.contains(&dir.path().display().to_string()),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("blk.0.ffn_gate.weight")
+            && msg.contains("[48, 32]")
+            && msg.contains("[64, 32]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -219,7 +263,10 @@ fn nan_weights_name_the_tensor() {
     )
     .unwrap();
     let msg = error_text(Model::load(dir.path()));
-    assert!(msg.contains(&name) && msg.contains("non-finite") && msg.contains("index 17"), "{msg}");
+    assert!(
+        msg.contains(&name) && msg.contains("non-finite") && msg.contains("index 17"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -230,12 +277,18 @@ fn truncated_safetensors_is_reported() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let msg = error_text(Model::load(dir.path()));
-    assert!(msg.contains("model.safetensors") && msg.contains("truncated file"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("truncated file"),
+        "{msg}"
+    );
 
     // A header length field larger than the file.
     std::fs::write(&path, (1u64 << 20).to_le_bytes()).unwrap();
     let msg = error_text(Model::load(dir.path()));
-    assert!(msg.contains("truncated file") && msg.contains("JSON header"), "{msg}");
+    assert!(
+        msg.contains("truncated file") && msg.contains("JSON header"),
+        "{msg}"
+    );
 }
 
 #[test]

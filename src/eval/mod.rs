@@ -3,6 +3,7 @@
 
 pub mod generate;
 pub mod perplexity;
+pub mod tasks;
 
 pub use generate::generate_greedy;
 pub use perplexity::{KldReport, PerplexityOptions, PerplexityReport, perplexity};

@@ -8,6 +8,9 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use candle_core::Tensor;
+
+use crate::eval::generate::argmax;
 use crate::model::{Model, NoHook};
 
 /// Windowing options, named as `llama-perplexity` names them.
@@ -52,10 +55,11 @@ pub struct PerplexityReport {
 fn log_softmax_rows(logits: &mut [f32], vocab: usize) {
     logits.par_chunks_mut(vocab).for_each(|row| {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
-        let lse = max as f64 + sum.ln();
+        // Exponentials in f32 (shifted by the max, so in (0, 1]), summed in f64.
+        let sum: f64 = row.iter().map(|&v| f64::from((v - max).exp())).sum();
+        let lse = max + sum.ln() as f32;
         for v in row.iter_mut() {
-            *v = (f64::from(*v) - lse) as f32;
+            *v -= lse;
         }
     });
 }
@@ -106,7 +110,11 @@ pub fn perplexity(
     let n_chunks = opts.chunks.map_or(available, |c| c.min(available));
     let first = ctx / 2;
     let scored_per_chunk = ctx - 1 - first;
-    let bos = model.tokenizer.add_bos.then_some(model.tokenizer.bos_id).flatten();
+    let bos = model
+        .tokenizer
+        .add_bos
+        .then_some(model.tokenizer.bos_id)
+        .flatten();
     let start_time = Instant::now();
     let mut nll = Vec::with_capacity(n_chunks * scored_per_chunk);
     let mut kld = Vec::new();
@@ -118,27 +126,35 @@ pub fn perplexity(
             window[0] = b;
         }
         let targets = &window[first + 1..];
-        let mut logp = chunk_log_probs(model, &window, first, scored_per_chunk, vocab)?;
-        let base_logp = match base {
-            Some(b) => Some(chunk_log_probs(b, &window, first, scored_per_chunk, vocab)?),
+        let hidden = scored_hidden(model, &window, first, scored_per_chunk)?;
+        let base_hidden = match base {
+            Some(b) => Some(scored_hidden(b, &window, first, scored_per_chunk)?),
             None => None,
         };
-        for (row, &target) in logp.chunks_mut(vocab).zip(targets) {
-            nll.push(-f64::from(row[target as usize]));
-        }
-        if let Some(base_logp) = base_logp {
-            for ((row, brow), &target) in logp.chunks(vocab).zip(base_logp.chunks(vocab)).zip(targets) {
+        for row0 in (0..scored_per_chunk).step_by(HEAD_ROWS) {
+            let rows = HEAD_ROWS.min(scored_per_chunk - row0);
+            let targets = &targets[row0..row0 + rows];
+            let logp = head_log_probs(model, &hidden, row0, rows, vocab)?;
+            for (row, &target) in logp.chunks(vocab).zip(targets) {
+                nll.push(-f64::from(row[target as usize]));
+            }
+            let (Some(b), Some(bh)) = (base, &base_hidden) else {
+                continue;
+            };
+            let base_logp = head_log_probs(b, bh, row0, rows, vocab)?;
+            for ((row, brow), &target) in
+                logp.chunks(vocab).zip(base_logp.chunks(vocab)).zip(targets)
+            {
                 let mut k = 0.0f64;
                 for (&lm, &lb) in row.iter().zip(brow) {
-                    let pb = f64::from(lb).exp();
-                    k += pb * f64::from(lb - lm);
+                    k += f64::from(lb.exp() * (lb - lm));
                 }
                 kld.push(k.max(0.0));
-                if crate::eval::generate::argmax(row) == crate::eval::generate::argmax(brow) {
+                if argmax(row) == argmax(brow) {
                     same_top += 1;
                 }
                 let t = target as usize;
-                let dp = f64::from(row[t]).exp() - f64::from(brow[t]).exp();
+                let dp = f64::from(row[t].exp()) - f64::from(brow[t].exp());
                 dp_sq += dp * dp;
             }
         }
@@ -173,18 +189,33 @@ pub fn perplexity(
     })
 }
 
-/// Log-probabilities `[scored × vocab]` for positions `first..first + scored` of one window.
-fn chunk_log_probs(
+/// Rows of the LM head evaluated at once: small enough that the logits block stays in
+/// cache-friendly, reused memory instead of a fresh `positions × vocab` matrix per chunk.
+const HEAD_ROWS: usize = 128;
+
+/// Final hidden states `[scored, hidden]` of positions `first..first + scored` of one window.
+fn scored_hidden(
     model: &Model,
     window: &[u32],
     first: usize,
     scored: usize,
+) -> anyhow::Result<Tensor> {
+    let ids = Tensor::new(window, model.transformer.token_embd.device())?.unsqueeze(0)?;
+    Ok(model
+        .transformer
+        .forward_hidden(&ids, None, &mut NoHook, first)?
+        .narrow(0, 0, scored)?)
+}
+
+/// Log-probabilities `[rows × vocab]` of hidden rows `row0..row0 + rows`.
+fn head_log_probs(
+    model: &Model,
+    hidden: &Tensor,
+    row0: usize,
+    rows: usize,
     vocab: usize,
 ) -> anyhow::Result<Vec<f32>> {
-    let logits = model
-        .transformer
-        .forward(window, None, &mut NoHook, first)?
-        .narrow(0, 0, scored)?;
+    let logits = model.transformer.head(&hidden.narrow(0, row0, rows)?)?;
     let mut v = logits.flatten_all()?.to_vec1::<f32>()?;
     log_softmax_rows(&mut v, vocab);
     Ok(v)

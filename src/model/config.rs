@@ -78,16 +78,23 @@ impl LlamaConfig {
         if self.num_layers == 0 || self.hidden_size == 0 || self.vocab_size == 0 {
             return bad("layers, hidden size and vocabulary must be non-zero".into());
         }
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_heads == 0
+            || self.num_kv_heads == 0
+            || !self.num_heads.is_multiple_of(self.num_kv_heads)
+        {
             return bad(format!(
                 "{} attention heads cannot be grouped over {} key/value heads",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return bad(format!("head dimension {} must be even for RoPE", self.head_dim));
+        if !self.head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "head dimension {} must be even for RoPE",
+                self.head_dim
+            ));
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(self.rms_norm_eps) || !positive(f64::from(self.rope_theta)) {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
         Ok(())
@@ -127,10 +134,18 @@ impl LlamaConfig {
         let kv = self.num_kv_heads * self.head_dim;
         let q = self.num_heads * self.head_dim;
         let attn = d * q + 2 * d * kv + q * d;
-        let bias = if self.architecture.has_qkv_bias() { q + 2 * kv } else { 0 };
+        let bias = if self.architecture.has_qkv_bias() {
+            q + 2 * kv
+        } else {
+            0
+        };
         let mlp = 3 * d * self.intermediate_size;
         let block = attn + bias + mlp + 2 * d;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * d };
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
         self.vocab_size * d + self.num_layers * block + d + head
     }
 }

@@ -16,7 +16,9 @@ pub enum LoadError {
     NotGguf { path: PathBuf, magic: [u8; 4] },
     #[error("{path}: unsupported GGUF version {version} (supported: 2, 3)")]
     GgufVersion { path: PathBuf, version: u32 },
-    #[error("{path}: truncated file: {what} needs bytes up to offset {needed}, but the file has {len} bytes")]
+    #[error(
+        "{path}: truncated file: {what} needs bytes up to offset {needed}, but the file has {len} bytes"
+    )]
     Truncated {
         path: PathBuf,
         what: String,
@@ -63,8 +65,9 @@ pub enum LoadError {
     Candle {
         path: PathBuf,
         what: String,
+        // Boxed: candle's error is large and would bloat every `Result` here.
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -98,7 +101,7 @@ impl LoadError {
         Self::Candle {
             path: path.to_path_buf(),
             what: what.into(),
-            source,
+            source: Box::new(source),
         }
     }
 }

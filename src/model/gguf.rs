@@ -174,7 +174,7 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn need(&self, n: u64, what: &str) -> Result<(), LoadError> {
-        let end = self.pos.checked_add(n).unwrap_or(u64::MAX);
+        let end = self.pos.saturating_add(n);
         if end > self.len {
             return Err(LoadError::Truncated {
                 path: self.path.to_path_buf(),
@@ -212,7 +212,8 @@ impl Cursor<'_> {
             .read_exact(&mut buf)
             .map_err(|e| LoadError::io(self.path, e))?;
         self.pos += len;
-        String::from_utf8(buf).map_err(|_| LoadError::malformed(self.path, format!("{what} is not UTF-8")))
+        String::from_utf8(buf)
+            .map_err(|_| LoadError::malformed(self.path, format!("{what} is not UTF-8")))
     }
 
     fn value(&mut self, type_id: u32, key: &str, depth: u32) -> Result<MetaValue, LoadError> {
@@ -254,10 +255,7 @@ impl GgufFile {
     /// Parses the header and tensor directory, checking every size against the file length.
     pub fn open(path: &Path) -> Result<Self, LoadError> {
         let file = File::open(path).map_err(|e| LoadError::io(path, e))?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| LoadError::io(path, e))?
-            .len();
+        let file_len = file.metadata().map_err(|e| LoadError::io(path, e))?.len();
         let mut cur = Cursor {
             inner: BufReader::with_capacity(1 << 20, file),
             pos: 0,
@@ -289,7 +287,10 @@ impl GgufFile {
             let value = cur.value(type_id, &key, 0)?;
             metadata.insert(key, value);
         }
-        cur.need(n_tensors.saturating_mul(8), &format!("{n_tensors} tensor infos"))?;
+        cur.need(
+            n_tensors.saturating_mul(8),
+            &format!("{n_tensors} tensor infos"),
+        )?;
         let mut raw_infos = Vec::with_capacity(n_tensors as usize);
         for _ in 0..n_tensors {
             let name = cur.string("tensor name")?;
@@ -329,18 +330,23 @@ impl GgufFile {
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
                 .filter(|&n| n > 0 && n < (1 << 40))
                 .ok_or_else(|| {
-                    LoadError::malformed(path, format!("tensor `{name}` has impossible dims {dims:?}"))
+                    LoadError::malformed(
+                        path,
+                        format!("tensor `{name}` has impossible dims {dims:?}"),
+                    )
                 })?;
             let block = dtype.block_size() as u64;
             if elems % block != 0 {
                 return Err(LoadError::malformed(
                     path,
-                    format!("tensor `{name}`: {elems} elements is not a multiple of the {dtype:?} block size {block}"),
+                    format!(
+                        "tensor `{name}`: {elems} elements is not a multiple of the {dtype:?} block size {block}"
+                    ),
                 ));
             }
             let size_bytes = elems / block * dtype.type_size() as u64;
-            let abs = data_start.checked_add(offset).unwrap_or(u64::MAX);
-            let end = abs.checked_add(size_bytes).unwrap_or(u64::MAX);
+            let abs = data_start.saturating_add(offset);
+            let end = abs.saturating_add(size_bytes);
             if end > file_len {
                 return Err(LoadError::Truncated {
                     path: path.to_path_buf(),
@@ -420,7 +426,13 @@ impl GgufWriter {
     }
 
     /// Adds a tensor with its row-major `shape` and raw payload in `dtype`'s block layout.
-    pub fn tensor(&mut self, name: &str, shape: &[usize], dtype: GgmlDType, data: Vec<u8>) -> &mut Self {
+    pub fn tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        dtype: GgmlDType,
+        data: Vec<u8>,
+    ) -> &mut Self {
         self.tensors
             .push((name.to_string(), shape.to_vec(), dtype, data));
         self

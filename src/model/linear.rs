@@ -10,7 +10,10 @@ use candle_core::{DType, Module, Result, Tensor};
 #[derive(Debug, Clone)]
 pub enum LinearWeight {
     /// A plain matrix (f32 on CPU), multiplied with candle's GEMM.
-    Dense { weight: Tensor, bias: Option<Tensor> },
+    Dense {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
 }
 
 impl LinearWeight {

@@ -8,6 +8,7 @@
 use candle_core::{Device, Module, Result, Tensor};
 
 use super::config::LlamaConfig;
+use super::kernels;
 use super::linear::LinearWeight;
 use super::names::{LinearId, LinearKind};
 
@@ -108,7 +109,6 @@ struct BlockCtx<'a> {
     shape: Shape,
     cos: &'a Tensor,
     sin: &'a Tensor,
-    mask: &'a Tensor,
 }
 
 /// Which kernels the forward pass uses for norms, RoPE and softmax.
@@ -141,6 +141,26 @@ impl Transformer {
     pub fn forward_batch(
         &self,
         ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        hook: &mut dyn ForwardHook,
+        logits_from: usize,
+    ) -> Result<Tensor> {
+        let h = self.forward_hidden(ids, cache, hook, logits_from)?;
+        self.head(&h)
+    }
+
+    /// The LM head: final hidden states `[rows, hidden]` to logits `[rows, vocab]`. Callers
+    /// that only reduce the logits (perplexity) apply it a few rows at a time, so the
+    /// `rows × vocab` matrix never exists at once.
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.output.forward(hidden)
+    }
+
+    /// Everything but the head: the final-normed hidden states
+    /// `[batch * (seq - from), hidden]` of positions `from..`.
+    pub fn forward_hidden(
+        &self,
+        ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         hook: &mut dyn ForwardHook,
         logits_from: usize,
@@ -153,7 +173,6 @@ impl Transformer {
         let pos0 = cache.as_ref().map_or(0, |c| c.len);
         let mut h = self.token_embd.index_select(&ids.flatten_all()?, 0)?;
         let (cos, sin) = self.rope_tables(pos0, n, device)?;
-        let mask = causal_mask(pos0, n, device)?;
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize(self.blocks.len(), None);
         }
@@ -165,7 +184,6 @@ impl Transformer {
                 shape,
                 cos: &cos,
                 sin: &sin,
-                mask: &mask,
             };
             h = self.block_forward(block, &h, &ctx, layer_cache, hook)?;
         }
@@ -177,8 +195,7 @@ impl Transformer {
             .reshape((b, n, d))?
             .narrow(1, logits_from, n - logits_from)?
             .reshape((b * (n - logits_from), d))?;
-        let h = self.rms_norm(&h, &self.output_norm)?;
-        self.output.forward(&h)
+        self.rms_norm(&h, &self.output_norm)
     }
 
     fn rms_norm(&self, x: &Tensor, gain: &Tensor) -> Result<Tensor> {
@@ -204,13 +221,6 @@ impl Transformer {
                 let b = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
                 Tensor::cat(&[a, b], 3)
             }
-        }
-    }
-
-    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        match self.kernels {
-            Kernels::Fast => candle_nn::ops::softmax_last_dim(x),
-            Kernels::Autograd => candle_nn::ops::softmax(x, candle_core::D::Minus1),
         }
     }
 
@@ -252,11 +262,22 @@ impl Transformer {
         // Query heads that share a KV head are stacked along the sequence axis.
         let q = q.reshape((b, nkv, rep * n, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = scores
-            .reshape((b, nkv, rep, n, s))?
-            .broadcast_add(ctx.mask)?;
-        let probs = self.softmax(&scores)?.reshape((b, nkv, rep * n, s))?;
+        let scores = q.matmul(&k.t()?)?;
+        // The fused kernels are CPU code; other devices take the composed ops.
+        let fused = self.kernels == Kernels::Fast && q.device().is_cpu();
+        let probs = if fused {
+            kernels::causal_softmax(&scores, n, s - n, scale as f32)?
+        } else {
+            let masked = (scores * scale)?
+                .reshape((b, nkv, rep, n, s))?
+                .broadcast_add(&causal_mask(s - n, n, q.device())?)?;
+            candle_nn::ops::softmax(&masked, candle_core::D::Minus1)?.reshape((
+                b,
+                nkv,
+                rep * n,
+                s,
+            ))?
+        };
         let attn = probs
             .matmul(&v)?
             .reshape((b, nh, n, hd))?
@@ -267,7 +288,11 @@ impl Transformer {
         let x = self.rms_norm(&h, &block.ffn_norm)?;
         let gate = linear(LinearKind::FfnGate, &x)?;
         let up = linear(LinearKind::FfnUp, &x)?;
-        let act = (candle_nn::ops::silu(&gate)? * up)?;
+        let act = if fused {
+            kernels::silu_mul(&gate, &up)?
+        } else {
+            (candle_nn::ops::silu(&gate)? * up)?
+        };
         h + linear(LinearKind::FfnDown, &act)?
     }
 
@@ -315,8 +340,11 @@ impl Transformer {
 
     /// Every linear of every block, in forward order.
     pub fn linear_ids(&self) -> impl Iterator<Item = LinearId> + '_ {
-        (0..self.blocks.len())
-            .flat_map(|b| LinearKind::ALL.into_iter().map(move |k| LinearId::new(b, k)))
+        (0..self.blocks.len()).flat_map(|b| {
+            LinearKind::ALL
+                .into_iter()
+                .map(move |k| LinearId::new(b, k))
+        })
     }
 
     pub fn linear(&self, id: LinearId) -> Option<&LinearWeight> {

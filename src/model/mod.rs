@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod kernels;
 pub mod linear;
 pub mod llama;
 pub mod names;
@@ -243,10 +244,12 @@ fn assemble(
     qk_permuted: bool,
 ) -> Result<Transformer, LoadError> {
     let mut take = |name: &str, expected: &[usize]| -> Result<Tensor, LoadError> {
-        let t = tensors.remove(name).ok_or_else(|| LoadError::MissingTensor {
-            path: path.to_path_buf(),
-            name: name.to_string(),
-        })?;
+        let t = tensors
+            .remove(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+            })?;
         if t.dims() != expected {
             return Err(LoadError::ShapeMismatch {
                 path: path.to_path_buf(),
@@ -289,7 +292,11 @@ fn assemble(
             bias("attn_k.bias", kv_rows)?,
             bias("attn_v.bias", kv_rows)?,
         );
-        let wq = unpermute(take(&p("attn_q.weight"), &[q_rows, d])?, c.num_heads, &p("attn_q"))?;
+        let wq = unpermute(
+            take(&p("attn_q.weight"), &[q_rows, d])?,
+            c.num_heads,
+            &p("attn_q"),
+        )?;
         let wk = unpermute(
             take(&p("attn_k.weight"), &[kv_rows, d])?,
             c.num_kv_heads,
@@ -307,10 +314,16 @@ fn assemble(
             ffn_down: LinearWeight::dense(take(&p("ffn_down.weight"), &[d, ff])?, None),
         });
     }
-    if let Some(extra) = tensors.keys().find(|k| k.starts_with(&format!("blk.{}.", c.num_layers))) {
+    if let Some(extra) = tensors
+        .keys()
+        .find(|k| k.starts_with(&format!("blk.{}.", c.num_layers)))
+    {
         return Err(LoadError::config(
             path,
-            format!("tensor `{extra}` belongs to a block beyond the configured {} layers", c.num_layers),
+            format!(
+                "tensor `{extra}` belongs to a block beyond the configured {} layers",
+                c.num_layers
+            ),
         ));
     }
     let rope_inv_freq = config.rope_inv_freq();

@@ -6,7 +6,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The seven linear layers of a Llama-family block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum LinearKind {
     AttnQ,
     AttnK,
@@ -81,7 +83,9 @@ impl fmt::Display for LinearId {
 
 /// A layer name that is neither GGUF- nor HF-style.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("`{0}` is not a linear layer name (expected e.g. `blk.3.ffn_down` or `model.layers.3.mlp.down_proj`)")]
+#[error(
+    "`{0}` is not a linear layer name (expected e.g. `blk.3.ffn_down` or `model.layers.3.mlp.down_proj`)"
+)]
 pub struct BadLayerName(pub String);
 
 impl FromStr for LinearId {

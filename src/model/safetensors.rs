@@ -75,7 +75,8 @@ impl SafeTensorsFile {
             return Err(truncated("header length", 8));
         }
         let mut n = [0u8; 8];
-        file.read_exact(&mut n).map_err(|e| LoadError::io(path, e))?;
+        file.read_exact(&mut n)
+            .map_err(|e| LoadError::io(path, e))?;
         let header_len = u64::from_le_bytes(n);
         if header_len > MAX_HEADER_BYTES {
             return Err(LoadError::malformed(
@@ -87,7 +88,8 @@ impl SafeTensorsFile {
             return Err(truncated("JSON header", 8 + header_len));
         }
         let mut header = vec![0u8; header_len as usize];
-        file.read_exact(&mut header).map_err(|e| LoadError::io(path, e))?;
+        file.read_exact(&mut header)
+            .map_err(|e| LoadError::io(path, e))?;
         let raw: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)
             .map_err(|e| LoadError::malformed(path, format!("JSON header: {e}")))?;
         let data_start = 8 + header_len;
@@ -101,11 +103,12 @@ impl SafeTensorsFile {
             }
             let info: RawInfo = serde_json::from_value(value)
                 .map_err(|e| LoadError::malformed(path, format!("tensor `{name}`: {e}")))?;
-            let dtype = dtype_from_name(&info.dtype).ok_or_else(|| LoadError::UnsupportedDType {
-                path: path.to_path_buf(),
-                name: name.clone(),
-                dtype: info.dtype.clone(),
-            })?;
+            let dtype =
+                dtype_from_name(&info.dtype).ok_or_else(|| LoadError::UnsupportedDType {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    dtype: info.dtype.clone(),
+                })?;
             let (start, end) = info.data_offsets;
             let elems = info
                 .shape
@@ -151,7 +154,12 @@ impl SafeTensorsFile {
     }
 
     /// Turns raw bytes into an f32 tensor.
-    pub fn to_f32(&self, name: &str, info: &SafeTensorInfo, raw: &[u8]) -> Result<Tensor, LoadError> {
+    pub fn to_f32(
+        &self,
+        name: &str,
+        info: &SafeTensorInfo,
+        raw: &[u8],
+    ) -> Result<Tensor, LoadError> {
         Tensor::from_raw_buffer(raw, info.dtype, &info.shape, &Device::Cpu)
             .and_then(|t| t.to_dtype(DType::F32))
             .map_err(|e| LoadError::candle(&self.path, format!("tensor `{name}`"), e))

@@ -1,6 +1,6 @@
 //! Tiny synthetic Llama checkpoints written by the tests themselves (random weights, GQA), in
 //! Hugging Face layout and as GGUF, so every loader path runs without downloads.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -81,7 +81,10 @@ impl TinySpec {
         };
         let (d, ff, hd) = (self.hidden, self.ffn, self.head_dim());
         let (q, kv) = (self.heads * hd, self.kv_heads * hd);
-        let mut w = vec![("model.embed_tokens.weight".to_string(), rand(&[self.vocab(), d], 1.0, 0.0))];
+        let mut w = vec![(
+            "model.embed_tokens.weight".to_string(),
+            rand(&[self.vocab(), d], 1.0, 0.0),
+        )];
         for i in 0..self.layers {
             let p = |s: &str| format!("model.layers.{i}.{s}");
             w.push((p("input_layernorm.weight"), rand(&[d], 0.2, 1.0)));
@@ -128,7 +131,10 @@ impl TinySpec {
             .enumerate()
             .map(|(i, t)| (t, i as u32))
             .collect();
-        let bpe = BPE::builder().vocab_and_merges(vocab, vec![]).build().unwrap();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, vec![])
+            .build()
+            .unwrap();
         let mut tok = tokenizers::Tokenizer::new(bpe);
         tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         tok.with_decoder(Some(ByteLevelDecoder::default()));
@@ -173,20 +179,26 @@ impl TinySpec {
             .meta(&key("context_length"), MetaValue::U32(256))
             .meta(&key("embedding_length"), MetaValue::U32(self.hidden as u32))
             .meta(&key("feed_forward_length"), MetaValue::U32(self.ffn as u32))
-            .meta(&key("attention.head_count"), MetaValue::U32(self.heads as u32))
-            .meta(&key("attention.head_count_kv"), MetaValue::U32(self.kv_heads as u32))
+            .meta(
+                &key("attention.head_count"),
+                MetaValue::U32(self.heads as u32),
+            )
+            .meta(
+                &key("attention.head_count_kv"),
+                MetaValue::U32(self.kv_heads as u32),
+            )
             .meta(&key("rope.freq_base"), MetaValue::F32(10000.0))
-            .meta(&key("attention.layer_norm_rms_epsilon"), MetaValue::F32(1e-5))
+            .meta(
+                &key("attention.layer_norm_rms_epsilon"),
+                MetaValue::F32(1e-5),
+            )
             .meta("tokenizer.ggml.model", MetaValue::String("gpt2".into()))
             .meta("tokenizer.ggml.pre", MetaValue::String("gpt2".into()))
             .meta(
                 "tokenizer.ggml.tokens",
                 MetaValue::Array(vocab_tokens().into_iter().map(MetaValue::String).collect()),
             )
-            .meta(
-                "tokenizer.ggml.merges",
-                MetaValue::Array(vec![]),
-            )
+            .meta("tokenizer.ggml.merges", MetaValue::Array(vec![]))
             .meta("tokenizer.ggml.bos_token_id", MetaValue::U32(256))
             .meta("tokenizer.ggml.eos_token_id", MetaValue::U32(257));
         let permute = !self.qwen();

@@ -1,0 +1,5 @@
+//! Writing models out in formats other tools read.
+
+pub mod hf;
+
+pub use hf::{TokenizerFiles, save_hf_dir};

@@ -1,0 +1,272 @@
+//! The bundled model zoo: a base model and task fine-tunes the project trains itself, so the
+//! app opens on something useful with no download, tests have models whose accuracy is crisp,
+//! and continual merging has several fine-tunes of one base.
+//!
+//! `corpus` generates the text, `tasks` defines the exact-match tasks, `tokenizer` trains the
+//! BPE, `train` runs the optimiser; this file holds the zoo's plan and builds it.
+
+pub mod corpus;
+pub mod tasks;
+pub mod tokenizer;
+pub mod train;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use candle_core::DType;
+
+use crate::export::{TokenizerFiles, save_hf_dir};
+use crate::model::{Architecture, LlamaConfig, Transformer};
+use tasks::Task;
+use train::{TokenStream, TrainOptions};
+
+/// The file in each zoo model directory that records how it was made.
+pub const ZOO_META_FILE: &str = "zoo.json";
+
+/// One model of the zoo and how it is trained.
+#[derive(Debug, Clone, Copy)]
+pub struct ZooMember {
+    pub name: &'static str,
+    /// The zoo model it is fine-tuned from; `None` trains from scratch.
+    pub parent: Option<&'static str>,
+    /// Task proportions of its training text.
+    pub mix: &'static [(Task, f32)],
+    pub steps: usize,
+    pub lr: f64,
+}
+
+const TASK_SHARE: f32 = 0.75;
+const LANG_SHARE: f32 = 0.25;
+
+/// The zoo, in training order (parents first).
+pub const MEMBERS: [ZooMember; 6] = [
+    ZooMember {
+        name: "base",
+        parent: None,
+        mix: &[(Task::Lang, 1.0)],
+        steps: 1200,
+        lr: 3e-3,
+    },
+    ZooMember {
+        name: "arith",
+        parent: Some("base"),
+        mix: &[(Task::Arith, TASK_SHARE), (Task::Lang, LANG_SHARE)],
+        steps: 1500,
+        lr: 2e-3,
+    },
+    ZooMember {
+        name: "brackets",
+        parent: Some("base"),
+        mix: &[(Task::Brackets, TASK_SHARE), (Task::Lang, LANG_SHARE)],
+        steps: 600,
+        lr: 2e-3,
+    },
+    ZooMember {
+        name: "reverse",
+        parent: Some("base"),
+        mix: &[(Task::Reverse, TASK_SHARE), (Task::Lang, LANG_SHARE)],
+        steps: 600,
+        lr: 2e-3,
+    },
+    ZooMember {
+        name: "recall",
+        parent: Some("base"),
+        mix: &[(Task::Recall, TASK_SHARE), (Task::Lang, LANG_SHARE)],
+        steps: 600,
+        lr: 2e-3,
+    },
+    ZooMember {
+        name: "multi",
+        parent: Some("base"),
+        mix: &[
+            (Task::Arith, 0.4),
+            (Task::Brackets, 0.15),
+            (Task::Reverse, 0.15),
+            (Task::Recall, 0.15),
+            (Task::Lang, 0.15),
+        ],
+        steps: 2500,
+        lr: 2e-3,
+    },
+];
+
+/// Shape of every zoo model: six blocks (so flattening has pairs), GQA with half as many KV
+/// heads as query heads.
+pub fn zoo_config(vocab_size: usize) -> LlamaConfig {
+    LlamaConfig {
+        architecture: Architecture::Llama,
+        vocab_size,
+        hidden_size: 128,
+        intermediate_size: 384,
+        num_layers: 6,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 32,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: None,
+        // Trained on windows of this length; RoPE is not trusted beyond it.
+        max_position_embeddings: SEQ_LEN,
+        tie_word_embeddings: true,
+    }
+}
+
+/// Tokens in each training window.
+pub const SEQ_LEN: usize = 128;
+const BATCH: usize = 32;
+const VOCAB_SIZE: usize = 384;
+/// Lines of generated text per model: enough that no window repeats often.
+const LINES_PER_MODEL: usize = 60_000;
+
+/// How to build the zoo.
+#[derive(Debug, Clone)]
+pub struct ZooOptions {
+    pub out: PathBuf,
+    pub seed: u64,
+    /// Multiplies every member's step count (1.0 = the shipped zoo; tests use tiny values).
+    pub steps_scale: f64,
+    /// Build only these members (their parents must exist in `out` or be listed too).
+    pub only: Option<Vec<String>>,
+}
+
+/// Progress of a zoo build: `(member, step, steps, loss)`.
+pub type ZooProgress<'a> = dyn FnMut(&str, usize, usize, f32) + 'a;
+
+/// Encodes text lines into one stream joined by newline tokens.
+fn token_stream(
+    tok: &tokenizers::Tokenizer,
+    text: &str,
+    newline: u32,
+) -> anyhow::Result<TokenStream> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let encodings = tok
+        .encode_batch(lines, false)
+        .map_err(|e| anyhow::anyhow!("tokenizing training text: {e}"))?;
+    let mut tokens = Vec::new();
+    let mut line_starts = Vec::with_capacity(encodings.len());
+    for e in encodings {
+        line_starts.push(tokens.len());
+        tokens.extend_from_slice(e.get_ids());
+        tokens.push(newline);
+    }
+    Ok(TokenStream {
+        tokens,
+        line_starts,
+    })
+}
+
+/// Seeds per member, derived from the zoo seed, so members differ but rebuild identically.
+fn member_seed(seed: u64, index: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(index as u64 + 1)
+}
+
+/// Trains the tokenizer and every member, writing `out/NAME/` HF directories (f16 weights).
+pub fn build_zoo(opts: &ZooOptions, progress: &mut ZooProgress<'_>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let tok_path = opts.out.join("tokenizer.json");
+    let tokenizer_json = if opts.only.is_some() && tok_path.is_file() {
+        std::fs::read_to_string(&tok_path)?
+    } else {
+        let mix: Vec<(Task, f32)> = Task::ALL
+            .iter()
+            .map(|&t| (t, if t == Task::Lang { 0.5 } else { 0.125 }))
+            .collect();
+        let text = corpus::training_text(&mix, opts.seed, 40_000);
+        let lines: Vec<&str> = text.lines().collect();
+        let json = tokenizer::train_tokenizer(&lines, VOCAB_SIZE)?;
+        std::fs::write(&tok_path, &json)?;
+        json
+    };
+    let tok: tokenizers::Tokenizer = tokenizer_json
+        .parse()
+        .map_err(|e| anyhow::anyhow!("reading the trained tokenizer: {e}"))?;
+    let id = |s: &str| -> anyhow::Result<u32> {
+        let enc = tok
+            .encode(s, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing {s:?}: {e}"))?;
+        match enc.get_ids() {
+            [one] => Ok(*one),
+            other => anyhow::bail!("{s:?} is not a single token ({other:?})"),
+        }
+    };
+    let bos = id(tokenizer::BOS)?;
+    let newline = id("\n")?;
+    let config = zoo_config(tok.get_vocab_size(true));
+    let files = TokenizerFiles {
+        json: &tokenizer_json,
+        bos: Some((bos, tokenizer::BOS)),
+        add_bos: true,
+        eos: None,
+    };
+    let mut trained: BTreeMap<&str, Transformer> = BTreeMap::new();
+    for (index, member) in MEMBERS.iter().enumerate() {
+        if let Some(only) = &opts.only
+            && !only.iter().any(|n| n == member.name)
+        {
+            continue;
+        }
+        let seed = member_seed(opts.seed, index);
+        let mut t = match member.parent {
+            None => train::init_transformer(&config, seed)?,
+            Some(p) => match trained.get(p) {
+                Some(t) => t.clone(),
+                None => {
+                    crate::model::Model::load(&opts.out.join(p))
+                        .with_context(|| format!("loading parent `{p}` of `{}`", member.name))?
+                        .transformer
+                }
+            },
+        };
+        let text = corpus::training_text(member.mix, seed, LINES_PER_MODEL);
+        let data = token_stream(&tok, &text, newline)?;
+        let steps = ((member.steps as f64 * opts.steps_scale).round() as usize).max(1);
+        let train_opts = TrainOptions {
+            steps,
+            batch: BATCH,
+            seq_len: SEQ_LEN,
+            lr: member.lr,
+            warmup_steps: (steps / 10).clamp(1, 100),
+            weight_decay: 0.1,
+            seed,
+        };
+        let start = Instant::now();
+        let losses = train::train(&mut t, &data, bos, &train_opts, &mut |step, loss| {
+            progress(member.name, step, steps, loss);
+            true
+        })?;
+        let seconds = start.elapsed().as_secs_f64();
+        let dir = opts.out.join(member.name);
+        let mut meta = BTreeMap::new();
+        meta.insert("reparam.zoo.member".to_string(), member.name.to_string());
+        save_hf_dir(&t, &files, &dir, DType::F16, &meta)?;
+        let tail = &losses[losses.len().saturating_sub(50)..];
+        let info = serde_json::json!({
+            "name": member.name,
+            "parent": member.parent,
+            "mix": member.mix.iter().map(|(t, w)| (t.name(), w)).collect::<BTreeMap<_, _>>(),
+            "seed": opts.seed,
+            "train": train_opts,
+            "final_loss": tail.iter().sum::<f32>() / tail.len().max(1) as f32,
+            "train_seconds": seconds,
+            "code_version": env!("CARGO_PKG_VERSION"),
+        });
+        std::fs::write(
+            dir.join(ZOO_META_FILE),
+            serde_json::to_string_pretty(&info)?,
+        )?;
+        trained.insert(member.name, t);
+    }
+    Ok(())
+}
+
+/// Whether a model directory is a zoo model (it then has held-out text and tasks built in).
+pub fn is_zoo_model(path: &Path) -> bool {
+    path.join(ZOO_META_FILE).is_file()
+}
+
+/// Sentences of held-out `lang` text in the standard perplexity evaluation.
+pub const LANG_EVAL_SENTENCES: usize = 400;

@@ -1,0 +1,219 @@
+//! Training a Llama-family transformer from scratch or from a checkpoint, with candle's
+//! autograd and AdamW, through the very forward pass evaluation uses (its `Autograd` kernels).
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::Optimizer as _;
+use candle_nn::optim::{AdamW, ParamsAdamW};
+
+use super::corpus::Rng;
+use crate::model::{Block, Kernels, LinearWeight, LlamaConfig, NoHook, Transformer};
+
+/// Optimisation settings of one training run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainOptions {
+    pub steps: usize,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    pub seed: u64,
+}
+
+/// Gaussian samples from our seeded RNG (Box–Muller), so initialisation is reproducible.
+fn randn(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let theta = 2.0 * std::f64::consts::PI * u2;
+        out.push((r * theta.cos()) as f32);
+        out.push((r * theta.sin()) as f32);
+    }
+    out.truncate(n);
+    out
+}
+
+/// A freshly initialised transformer (GPT-2 style: N(0, 0.02), residual projections scaled
+/// down by √(2·layers), unit norm gains); embeddings are tied.
+pub fn init_transformer(config: &LlamaConfig, seed: u64) -> candle_core::Result<Transformer> {
+    let mut rng = Rng::new(seed);
+    let dev = Device::Cpu;
+    let std = 0.02;
+    let resid_std = std / (2.0 * config.num_layers as f64).sqrt();
+    let mut mat = |rows: usize, cols: usize, s: f64| {
+        Tensor::from_vec(randn(&mut rng, rows * cols, s), (rows, cols), &dev)
+    };
+    let (d, ff, hd) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.head_dim,
+    );
+    let (q, kv) = (config.num_heads * hd, config.num_kv_heads * hd);
+    let token_embd = mat(config.vocab_size, d, std)?;
+    let mut blocks = Vec::with_capacity(config.num_layers);
+    for _ in 0..config.num_layers {
+        blocks.push(Block {
+            attn_norm: Tensor::ones(d, DType::F32, &dev)?,
+            attn_q: LinearWeight::dense(mat(q, d, std)?, None),
+            attn_k: LinearWeight::dense(mat(kv, d, std)?, None),
+            attn_v: LinearWeight::dense(mat(kv, d, std)?, None),
+            attn_output: LinearWeight::dense(mat(d, q, resid_std)?, None),
+            ffn_norm: Tensor::ones(d, DType::F32, &dev)?,
+            ffn_gate: LinearWeight::dense(mat(ff, d, std)?, None),
+            ffn_up: LinearWeight::dense(mat(ff, d, std)?, None),
+            ffn_down: LinearWeight::dense(mat(d, ff, resid_std)?, None),
+        });
+    }
+    let mut config = config.clone();
+    config.tie_word_embeddings = true;
+    Ok(Transformer {
+        rope_inv_freq: config.rope_inv_freq(),
+        output: LinearWeight::dense(token_embd.clone(), None),
+        output_norm: Tensor::ones(d, DType::F32, &dev)?,
+        token_embd,
+        blocks,
+        config,
+        kernels: Kernels::Fast,
+    })
+}
+
+/// Token stream cut into lines, so training windows can start at a line start (where task
+/// prompts start at evaluation time).
+pub struct TokenStream {
+    pub tokens: Vec<u32>,
+    pub line_starts: Vec<usize>,
+}
+
+/// Replaces every weight of `t` by a trainable variable and returns the variables (the tied
+/// head shares the embedding's variable).
+fn make_trainable(t: &mut Transformer) -> candle_core::Result<Vec<Var>> {
+    let mut vars = Vec::new();
+    let mut var = |x: &mut Tensor| -> candle_core::Result<()> {
+        let v = Var::from_tensor(x)?;
+        *x = v.as_tensor().clone();
+        vars.push(v);
+        Ok(())
+    };
+    var(&mut t.token_embd)?;
+    var(&mut t.output_norm)?;
+    for b in &mut t.blocks {
+        var(&mut b.attn_norm)?;
+        var(&mut b.ffn_norm)?;
+        for kind in crate::model::LinearKind::ALL {
+            let LinearWeight::Dense { weight, bias } = b.linear_mut(kind);
+            var(weight)?;
+            if let Some(bias) = bias {
+                var(bias)?;
+            }
+        }
+    }
+    if t.config.tie_word_embeddings {
+        t.output = LinearWeight::dense(t.token_embd.clone(), None);
+    } else {
+        let LinearWeight::Dense { weight, .. } = &mut t.output;
+        var(weight)?;
+    }
+    Ok(vars)
+}
+
+/// Turns trained variables back into plain tensors (no gradient tracking).
+fn freeze(t: &mut Transformer) {
+    let fix = |x: &mut Tensor| *x = x.detach();
+    fix(&mut t.token_embd);
+    fix(&mut t.output_norm);
+    for b in &mut t.blocks {
+        fix(&mut b.attn_norm);
+        fix(&mut b.ffn_norm);
+        for kind in crate::model::LinearKind::ALL {
+            let LinearWeight::Dense { weight, bias } = b.linear_mut(kind);
+            fix(weight);
+            if let Some(bias) = bias {
+                fix(bias);
+            }
+        }
+    }
+    let LinearWeight::Dense { weight, .. } = &mut t.output;
+    fix(weight);
+    if t.config.tie_word_embeddings {
+        t.output = LinearWeight::dense(t.token_embd.clone(), None);
+    }
+}
+
+/// Trains `t` in place with next-token cross-entropy on windows of `data` that begin at line
+/// starts (prefixed by `bos`). `progress(step, loss)` returning `false` stops early.
+/// Returns the loss of every step.
+pub fn train(
+    t: &mut Transformer,
+    data: &TokenStream,
+    bos: u32,
+    opts: &TrainOptions,
+    progress: &mut dyn FnMut(usize, f32) -> bool,
+) -> anyhow::Result<Vec<f32>> {
+    let window = opts.seq_len;
+    anyhow::ensure!(
+        data.tokens.len() > 4 * window,
+        "training data has {} tokens, fewer than 4 windows of {window}",
+        data.tokens.len()
+    );
+    let starts: Vec<usize> = data
+        .line_starts
+        .iter()
+        .copied()
+        .filter(|&s| s + window <= data.tokens.len())
+        .collect();
+    let vars = make_trainable(t)?;
+    t.kernels = Kernels::Autograd;
+    let mut opt = AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr: opts.lr,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: opts.weight_decay,
+        },
+    )?;
+    let mut rng = Rng::new(opts.seed ^ 0x7a11_5eed);
+    let mut losses = Vec::with_capacity(opts.steps);
+    let result = (|| -> anyhow::Result<()> {
+        for step in 0..opts.steps {
+            opt.set_learning_rate(lr_at(opts, step));
+            let mut inputs = Vec::with_capacity(opts.batch * window);
+            let mut targets = Vec::with_capacity(opts.batch * window);
+            for _ in 0..opts.batch {
+                let s = *rng.pick(&starts);
+                inputs.push(bos);
+                inputs.extend_from_slice(&data.tokens[s..s + window - 1]);
+                targets.extend_from_slice(&data.tokens[s..s + window]);
+            }
+            let ids = Tensor::from_vec(inputs, (opts.batch, window), &Device::Cpu)?;
+            let targets = Tensor::from_vec(targets, opts.batch * window, &Device::Cpu)?;
+            let logits = t.forward_batch(&ids, None, &mut NoHook, 0)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+            opt.backward_step(&loss)?;
+            let loss = loss.to_scalar::<f32>()?;
+            anyhow::ensure!(loss.is_finite(), "loss became {loss} at step {step}");
+            losses.push(loss);
+            if !progress(step + 1, loss) {
+                break;
+            }
+        }
+        Ok(())
+    })();
+    t.kernels = Kernels::Fast;
+    freeze(t);
+    result.map(|()| losses)
+}
+
+/// Linear warm-up, then cosine decay to a tenth of the peak rate.
+fn lr_at(opts: &TrainOptions, step: usize) -> f64 {
+    if step < opts.warmup_steps {
+        return opts.lr * (step + 1) as f64 / opts.warmup_steps as f64;
+    }
+    let span = (opts.steps - opts.warmup_steps).max(1) as f64;
+    let progress = (step - opts.warmup_steps) as f64 / span;
+    let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    opts.lr * (0.1 + 0.9 * cosine)
+}
