@@ -91,3 +91,41 @@ impl ForwardHook for StatsCollector {
         Ok(())
     }
 }
+
+/// Linears that read the same input share one set of statistics: q/k/v read the attention
+/// norm's output, gate/up the MLP norm's. Returns the layer whose statistics `kind` uses.
+pub fn stats_source(kind: crate::model::LinearKind) -> crate::model::LinearKind {
+    use crate::model::LinearKind as K;
+    match kind {
+        K::AttnK | K::AttnV => K::AttnQ,
+        K::FfnUp => K::FfnGate,
+        other => other,
+    }
+}
+
+/// `samples` windows of `seq_len` tokens at seeded random offsets of `tokens`, as a
+/// `[samples, seq_len]` id tensor (GPTQ's calibration sampling).
+pub fn calibration_ids(
+    tokens: &[u32],
+    samples: usize,
+    seq_len: usize,
+    seed: u64,
+) -> anyhow::Result<Tensor> {
+    anyhow::ensure!(
+        tokens.len() > seq_len,
+        "calibration text has {} tokens, fewer than one window of {seq_len}",
+        tokens.len()
+    );
+    let mut rng = crate::zoo::corpus::Rng::new(seed);
+    let span = tokens.len() - seq_len;
+    let mut ids = Vec::with_capacity(samples * seq_len);
+    for _ in 0..samples {
+        let start = rng.below(span + 1);
+        ids.extend_from_slice(&tokens[start..start + seq_len]);
+    }
+    Ok(Tensor::from_vec(
+        ids,
+        (samples, seq_len),
+        &candle_core::Device::Cpu,
+    )?)
+}

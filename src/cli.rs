@@ -10,6 +10,9 @@ use crate::eval::tasks::task_accuracy;
 use crate::eval::{PerplexityOptions, generate_greedy, perplexity};
 use crate::model::{LinearKind, Model, load_spec};
 use crate::progress::TermProgress;
+use crate::run::RunRequest;
+use crate::technique::CalibOptions;
+use crate::technique::recipe::Recipe;
 use crate::zoo::corpus::lang_eval_text;
 use crate::zoo::tasks::Task;
 use crate::zoo::{LANG_EVAL_SENTENCES, ZooOptions, build_zoo, is_zoo_model};
@@ -46,6 +49,8 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 32)]
         n: usize,
     },
+    /// Apply a recipe and measure the result against the uncompressed model.
+    Run(RunArgs),
     /// Benchmarks, side by side with a baseline.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -99,6 +104,39 @@ struct EvalArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// A GGUF file, a Hugging Face directory, or `zoo:NAME`.
+    model: String,
+    /// The recipe (TOML).
+    #[arg(long)]
+    recipe: PathBuf,
+    /// Evaluation text (zoo models default to their held-out text).
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Tokens per perplexity chunk (default 512, or the model's context if shorter).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Evaluate at most this many chunks.
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Calibration text (default: the bundled one, or the zoo's training mix).
+    #[arg(long)]
+    calib_text: Option<PathBuf>,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 32)]
+    calib_samples: usize,
+    /// Tokens per calibration window (at most the context).
+    #[arg(long, default_value_t = 512)]
+    calib_len: usize,
+    /// Held-out prompts per task on zoo models.
+    #[arg(long, default_value_t = crate::eval::tasks::EVAL_PROMPTS_PER_TASK)]
+    prompts: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Perplexity-eval throughput (tokens/s), ours and llama.cpp's `llama-perplexity` side by side.
@@ -112,6 +150,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Info { model, json } => info(&model, json),
         Command::Eval(args) => eval(&args),
         Command::Generate { model, prompt, n } => generate(&model, &prompt, n),
+        Command::Run(args) => run_recipe(&args),
         Command::Bench(BenchCommand::Eval(args)) => crate::bench::eval_bench(&args),
         Command::Zoo(ZooCommand::Train {
             out,
@@ -268,6 +307,67 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(tasks) = &tasks {
+        for (task, acc) in tasks {
+            println!("{task:<10} {:.1}%", 100.0 * acc);
+        }
+    }
+    Ok(())
+}
+
+fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.recipe)
+        .with_context(|| format!("reading {}", args.recipe.display()))?;
+    let recipe = Recipe::from_toml(&text).with_context(|| args.recipe.display().to_string())?;
+    let base = load(&args.model)?;
+    // Validate against the model before any work starts.
+    recipe
+        .resolve(&base.transformer)
+        .with_context(|| args.recipe.display().to_string())?;
+    let req = RunRequest {
+        recipe,
+        text: args.text.clone(),
+        ctx: args.ctx,
+        chunks: args.chunks,
+        calib_text: args.calib_text.clone(),
+        calib: CalibOptions {
+            samples: args.calib_samples,
+            seq_len: args.calib_len,
+        },
+        task_prompts: args.prompts,
+    };
+    let bar = TermProgress::new("run");
+    let report = crate::run::run(&base, &req, &mut |stage, d, t| {
+        bar.set_stage(stage);
+        bar.update(d, t)
+    })?;
+    bar.finish();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for note in &report.notes {
+        println!("note: {note}");
+    }
+    println!(
+        "ppl {:.4} ± {:.4} (base {:.4})  kld {:.5} (p99 {:.4})  top-1 {:.2}%",
+        report.ppl,
+        report.ppl_stderr,
+        report.base_ppl,
+        report.kld_mean,
+        report.kld_p99,
+        100.0 * report.top1_agree
+    );
+    println!(
+        "bytes {} (base {}, {:.2}×)  avg bits {:.3}  decode {:.1} tok/s  prefill {:.1} tok/s  compress {:.1}s",
+        report.bytes,
+        report.base_bytes,
+        report.base_bytes as f64 / report.bytes.max(1) as f64,
+        report.avg_bits,
+        report.decode_tok_s,
+        report.prefill_tok_s,
+        report.compress_seconds
+    );
+    if let Some(tasks) = &report.tasks {
         for (task, acc) in tasks {
             println!("{task:<10} {:.1}%", 100.0 * acc);
         }

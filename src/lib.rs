@@ -8,4 +8,7 @@ pub mod eval;
 pub mod export;
 pub mod model;
 pub mod progress;
+pub mod quant;
+pub mod run;
+pub mod technique;
 pub mod zoo;

@@ -34,6 +34,13 @@ impl TermProgress {
         true
     }
 
+    /// Shows what is being done now.
+    pub fn set_stage(&self, stage: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(stage.to_string());
+        }
+    }
+
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();

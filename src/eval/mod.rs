@@ -2,6 +2,7 @@
 //! agreement against a base model, and greedy generation.
 
 pub mod generate;
+pub mod latency;
 pub mod perplexity;
 pub mod tasks;
 

@@ -1,10 +1,20 @@
 //! `LinearWeight`: the one type every linear layer of the forward pass goes through.
 //!
 //! Each variant owns its representation, knows its exact byte size, and multiplies by its own
-//! kernel, so memory and latency are measured on what actually runs. Only `Dense` exists so
-//! far; compressed variants (binary-coded, sparse, hashed) slot in as further variants.
+//! kernel, so memory and latency are measured on what actually runs. Further compressed forms
+//! (sparse, hashed) slot in as further variants.
 
-use candle_core::{DType, Module, Result, Tensor};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+
+use crate::quant::lut::BcqPacked;
+
+/// Activation rows at or above which a binary-coded layer multiplies through a dense GEMM on
+/// weights dequantized on the fly (prefill); below it, the LUT kernel runs row by row (decode).
+/// The LUT kernel reads the packed planes once per row, so its cost grows with the batch while
+/// a GEMM's per-row cost shrinks.
+const BCQ_GEMM_MIN_ROWS: usize = 8;
 
 /// The weight of one linear layer, `y = x Wᵀ + b` with `W` of shape `[out, in]`.
 #[derive(Debug, Clone)]
@@ -12,6 +22,21 @@ pub enum LinearWeight {
     /// A plain matrix (f32 on CPU), multiplied with candle's GEMM.
     Dense {
         weight: Tensor,
+        bias: Option<Tensor>,
+    },
+    /// Binary-coded planes with power-of-two scales (ShiftAddLLM), multiplied by the LUT kernel.
+    Bcq {
+        packed: Arc<BcqPacked>,
+        bias: Option<Tensor>,
+    },
+    /// Round-to-nearest group quantization (the baseline). Held dequantized and multiplied with
+    /// the dense GEMM; its byte count is that of the packed storage it stands for (`bits` per
+    /// weight plus an f16 scale and zero per `group` inputs of a row), so only its measured
+    /// latency is that of a dense layer.
+    Rtn {
+        dequantized: Tensor,
+        bits: usize,
+        group: usize,
         bias: Option<Tensor>,
     },
 }
@@ -24,21 +49,32 @@ impl LinearWeight {
     /// `(out_features, in_features)`.
     pub fn shape(&self) -> (usize, usize) {
         match self {
-            Self::Dense { weight, .. } => {
+            Self::Dense { weight, .. }
+            | Self::Rtn {
+                dequantized: weight,
+                ..
+            } => {
                 let dims = weight.dims();
                 (dims[0], dims[1])
             }
+            Self::Bcq { packed, .. } => (packed.rows, packed.cols),
         }
     }
 
     /// Exact bytes this representation occupies, bias included.
     pub fn size_bytes(&self) -> usize {
-        fn bytes(t: &Tensor) -> usize {
-            t.elem_count() * t.dtype().size_in_bytes()
-        }
-        match self {
-            Self::Dense { weight, bias } => bytes(weight) + bias.as_ref().map_or(0, bytes),
-        }
+        let bias_bytes = self
+            .bias()
+            .map_or(0, |b| b.elem_count() * b.dtype().size_in_bytes());
+        let (rows, cols) = self.shape();
+        let weight_bytes = match self {
+            Self::Dense { weight, .. } => weight.elem_count() * weight.dtype().size_in_bytes(),
+            Self::Bcq { packed, .. } => packed.size_bytes(),
+            Self::Rtn { bits, group, .. } => {
+                (rows * cols * bits).div_ceil(8) + rows * cols.div_ceil(*group) * 2 * 2
+            }
+        };
+        weight_bytes + bias_bytes
     }
 
     /// Number of weights (bias excluded), for bits-per-weight figures.
@@ -50,28 +86,65 @@ impl LinearWeight {
     /// The dense `[out, in]` matrix this layer computes with, in f32.
     pub fn to_dense(&self) -> Result<Tensor> {
         match self {
-            Self::Dense { weight, .. } => weight.to_dtype(DType::F32),
+            Self::Dense { weight, .. }
+            | Self::Rtn {
+                dequantized: weight,
+                ..
+            } => weight.to_dtype(DType::F32),
+            Self::Bcq { packed, .. } => Tensor::from_vec(
+                packed.dequantize(),
+                (packed.rows, packed.cols),
+                &Device::Cpu,
+            ),
         }
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
         match self {
-            Self::Dense { bias, .. } => bias.as_ref(),
+            Self::Dense { bias, .. } | Self::Bcq { bias, .. } | Self::Rtn { bias, .. } => {
+                bias.as_ref()
+            }
         }
     }
+
+    /// A short name of the stored form, for tables.
+    pub fn form(&self) -> &'static str {
+        match self {
+            Self::Dense { .. } => "dense",
+            Self::Bcq { .. } => "shiftadd",
+            Self::Rtn { .. } => "rtn",
+        }
+    }
+}
+
+/// `x [rows, in]` times the packed matrix, by the LUT kernel (few rows) or a GEMM over weights
+/// dequantized for this call only (many rows).
+fn bcq_forward(packed: &BcqPacked, x: &Tensor) -> Result<Tensor> {
+    let (n, k) = x.dims2()?;
+    if n >= BCQ_GEMM_MIN_ROWS {
+        let w = Tensor::from_vec(packed.dequantize(), (packed.rows, k), x.device())?;
+        return x.matmul(&w.t()?);
+    }
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut y = vec![0f32; n * packed.rows];
+    packed.gemm(&xs, n, &mut y);
+    Tensor::from_vec(y, (n, packed.rows), x.device())
 }
 
 impl Module for LinearWeight {
     /// `x` is `[tokens, in]`; returns `[tokens, out]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Dense { weight, bias } => {
-                let y = x.matmul(&weight.t()?)?;
-                match bias {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
-                }
-            }
+        let y = match self {
+            Self::Dense { weight, .. }
+            | Self::Rtn {
+                dequantized: weight,
+                ..
+            } => x.matmul(&weight.t()?)?,
+            Self::Bcq { packed, .. } => bcq_forward(packed, x)?,
+        };
+        match self.bias() {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
         }
     }
 }

@@ -171,7 +171,7 @@ impl Transformer {
         }
         let device = self.token_embd.device();
         let pos0 = cache.as_ref().map_or(0, |c| c.len);
-        let mut h = self.token_embd.index_select(&ids.flatten_all()?, 0)?;
+        let mut h = self.embed(ids)?;
         let (cos, sin) = self.rope_tables(pos0, n, device)?;
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize(self.blocks.len(), None);
@@ -196,6 +196,35 @@ impl Transformer {
             .narrow(1, logits_from, n - logits_from)?
             .reshape((b * (n - logits_from), d))?;
         self.rms_norm(&h, &self.output_norm)
+    }
+
+    /// Token embeddings `[batch * seq, hidden]` of `ids` `[batch, seq]`: the input of block 0.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.token_embd.index_select(&ids.flatten_all()?, 0)
+    }
+
+    /// Runs block `index` alone on hidden states `[batch * seq, hidden]` of sequences that
+    /// start at position 0, as calibration does: block by block, over the outputs of the
+    /// (already compressed) blocks before it.
+    pub fn run_block(
+        &self,
+        index: usize,
+        h: &Tensor,
+        batch: usize,
+        seq: usize,
+        hook: &mut dyn ForwardHook,
+    ) -> Result<Tensor> {
+        let Some(block) = self.blocks.get(index) else {
+            candle_core::bail!("block {index} of {}", self.blocks.len());
+        };
+        let (cos, sin) = self.rope_tables(0, seq, h.device())?;
+        let ctx = BlockCtx {
+            index,
+            shape: Shape { batch, seq },
+            cos: &cos,
+            sin: &sin,
+        };
+        self.block_forward(block, h, &ctx, None, hook)
     }
 
     fn rms_norm(&self, x: &Tensor, gain: &Tensor) -> Result<Tensor> {

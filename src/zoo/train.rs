@@ -102,7 +102,9 @@ fn make_trainable(t: &mut Transformer) -> candle_core::Result<Vec<Var>> {
         var(&mut b.attn_norm)?;
         var(&mut b.ffn_norm)?;
         for kind in crate::model::LinearKind::ALL {
-            let LinearWeight::Dense { weight, bias } = b.linear_mut(kind);
+            let LinearWeight::Dense { weight, bias } = b.linear_mut(kind) else {
+                candle_core::bail!("only dense layers can be trained");
+            };
             var(weight)?;
             if let Some(bias) = bias {
                 var(bias)?;
@@ -112,7 +114,9 @@ fn make_trainable(t: &mut Transformer) -> candle_core::Result<Vec<Var>> {
     if t.config.tie_word_embeddings {
         t.output = LinearWeight::dense(t.token_embd.clone(), None);
     } else {
-        let LinearWeight::Dense { weight, .. } = &mut t.output;
+        let LinearWeight::Dense { weight, .. } = &mut t.output else {
+            candle_core::bail!("only a dense head can be trained");
+        };
         var(weight)?;
     }
     Ok(vars)
@@ -127,15 +131,17 @@ fn freeze(t: &mut Transformer) {
         fix(&mut b.attn_norm);
         fix(&mut b.ffn_norm);
         for kind in crate::model::LinearKind::ALL {
-            let LinearWeight::Dense { weight, bias } = b.linear_mut(kind);
-            fix(weight);
-            if let Some(bias) = bias {
-                fix(bias);
+            if let LinearWeight::Dense { weight, bias } = b.linear_mut(kind) {
+                fix(weight);
+                if let Some(bias) = bias {
+                    fix(bias);
+                }
             }
         }
     }
-    let LinearWeight::Dense { weight, .. } = &mut t.output;
-    fix(weight);
+    if let LinearWeight::Dense { weight, .. } = &mut t.output {
+        fix(weight);
+    }
     if t.config.tie_word_embeddings {
         t.output = LinearWeight::dense(t.token_embd.clone(), None);
     }

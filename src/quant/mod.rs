@@ -1,0 +1,9 @@
+//! The numerical core of ShiftAddLLM quantization, over plain row-major `f32` matrices (no
+//! tensors, no model): power-of-two scales (`apot`), the per-group binary-coding solver
+//! (`bcq`), the GPTQ-style sweep with error feedback and the RTN baseline (`gptq`), and the
+//! packed inference form with its LUT kernel (`lut`). Spec: `shared/specs/shiftadd.md`.
+
+pub mod apot;
+pub mod bcq;
+pub mod gptq;
+pub mod lut;

@@ -1,0 +1,152 @@
+//! One experiment: apply a recipe to a base model and measure the result against the base
+//! (accuracy, latency, memory). The CLI's `reparam run` and, later, background jobs call this.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::eval::latency::measure_latency;
+use crate::eval::tasks::task_accuracy;
+use crate::eval::{PerplexityOptions, perplexity};
+use crate::model::Model;
+use crate::technique::recipe::Recipe;
+use crate::technique::{CalibOptions, Progress, apply};
+use crate::zoo::corpus::{lang_eval_text, training_text};
+use crate::zoo::tasks::Task;
+use crate::zoo::{LANG_EVAL_SENTENCES, MEMBERS, is_zoo_model};
+
+/// Calibration text for models that are not zoo models: license texts disjoint from the
+/// bundled evaluation text (`assets/text/calib.txt`, embedded so the binary runs anywhere).
+const DEFAULT_CALIB_TEXT: &str = include_str!("../assets/text/calib.txt");
+
+/// What to run and how to measure it.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub recipe: Recipe,
+    /// Evaluation text; zoo models default to their held-out `lang` text.
+    pub text: Option<PathBuf>,
+    pub ctx: Option<usize>,
+    pub chunks: Option<usize>,
+    /// Calibration text; default: the zoo's training mix for zoo models, else the bundled one.
+    pub calib_text: Option<PathBuf>,
+    pub calib: CalibOptions,
+    /// Held-out prompts per task on zoo models.
+    pub task_prompts: usize,
+}
+
+/// Every metric of one run, flat, named as the store's columns will be.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunReport {
+    pub model_id: String,
+    pub model_name: String,
+    pub recipe_hash: String,
+    pub ppl: f64,
+    pub ppl_stderr: f64,
+    pub base_ppl: f64,
+    pub kld_mean: f64,
+    pub kld_p99: f64,
+    pub top1_agree: f64,
+    pub rms_dp: f64,
+    /// Exact bytes of all weights in their stored form (linears, embeddings, norms).
+    pub bytes: usize,
+    pub base_bytes: usize,
+    /// Stored bits per weight of the compressed linears, scales included.
+    pub avg_bits: f64,
+    pub decode_tok_s: f64,
+    pub prefill_tok_s: f64,
+    pub compress_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<BTreeMap<String, f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_acc_mean: Option<f64>,
+    /// Rule overlaps and other facts the user should see.
+    pub notes: Vec<String>,
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Applies the recipe and measures the result against `base`.
+pub fn run(
+    base: &Model,
+    req: &RunRequest,
+    progress: &mut Progress<'_>,
+) -> anyhow::Result<RunReport> {
+    let zoo = is_zoo_model(&base.path);
+    let text = match &req.text {
+        Some(p) => read(p)?,
+        None if zoo => lang_eval_text(LANG_EVAL_SENTENCES),
+        None => anyhow::bail!(
+            "{}: no evaluation text given (--text); only zoo models have a built-in one",
+            base.name
+        ),
+    };
+    let calib_text = match &req.calib_text {
+        Some(p) => read(p)?,
+        None if zoo => {
+            let multi = MEMBERS
+                .iter()
+                .find(|m| m.name == "multi")
+                .map_or(&[][..], |m| m.mix);
+            training_text(multi, 0xca11b, 4000)
+        }
+        None => DEFAULT_CALIB_TEXT.to_string(),
+    };
+    let tokens = base.tokenizer.encode(&text, true)?;
+    let calib_tokens = base.tokenizer.encode(&calib_text, true)?;
+    let ctx = req
+        .ctx
+        .unwrap_or_else(|| 512.min(base.config().max_position_embeddings));
+    let calib = CalibOptions {
+        seq_len: req.calib.seq_len.min(ctx),
+        ..req.calib
+    };
+    let compressed = apply(base, &req.recipe, &calib_tokens, calib, progress)?;
+    let opts = PerplexityOptions {
+        ctx,
+        chunks: req.chunks,
+    };
+    let base_report = perplexity(base, &tokens, opts, None, &mut |_, _| true)?;
+    let report = perplexity(&compressed.model, &tokens, opts, Some(base), &mut |d, t| {
+        progress("evaluating", d, t)
+    })?;
+    let Some(kld) = report.kld.clone() else {
+        anyhow::bail!("no KL divergence was computed");
+    };
+    let latency = measure_latency(&compressed.model, &tokens, ctx.min(tokens.len() - 1))?;
+    let tasks = if zoo {
+        Some(task_accuracy(
+            &compressed.model,
+            &Task::SKILLS,
+            req.task_prompts,
+            &mut |d, t| progress("tasks", d, t),
+        )?)
+    } else {
+        None
+    };
+    Ok(RunReport {
+        model_id: base.id.clone(),
+        model_name: base.name.clone(),
+        recipe_hash: req.recipe.hash(),
+        ppl: report.ppl,
+        ppl_stderr: report.ppl_stderr,
+        base_ppl: base_report.ppl,
+        kld_mean: kld.kld_mean,
+        kld_p99: kld.kld_p99,
+        top1_agree: kld.top1_agree,
+        rms_dp: kld.rms_dp,
+        bytes: compressed.model.transformer.size_bytes(),
+        base_bytes: base.transformer.size_bytes(),
+        avg_bits: compressed.avg_bits(),
+        decode_tok_s: latency.decode_tok_s,
+        prefill_tok_s: latency.prefill_tok_s,
+        compress_seconds: compressed.compress_seconds,
+        task_acc_mean: tasks
+            .as_ref()
+            .map(|t| t.values().sum::<f64>() / t.len().max(1) as f64),
+        tasks,
+        notes: compressed.plan.notes.clone(),
+    })
+}

@@ -1,0 +1,370 @@
+//! The recipe: the plan a user edits. Per-layer rules select linears by pattern and set each
+//! technique's knobs; model-level steps come first. TOML for people, JSON for the store, and a
+//! content hash that (with the model id) identifies a run.
+//!
+//! Validation happens here, before any work: unknown knobs (serde), out-of-range values, rules
+//! that match no layer, and layers named that the model does not have are errors with the
+//! rule's index and pattern in the message.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{LinearId, LinearKind, Transformer};
+
+/// Shift-add (ShiftAddLLM) knobs of one layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShiftAddKnobs {
+    /// Binary planes per weight, 2..=8.
+    pub bits: usize,
+    /// `block` (8-column blocks; the LUT kernel's layout) or `column` (per-column scales).
+    #[serde(default)]
+    pub layout: ScaleLayoutKnob,
+    /// Weights sharing one scale set (128 = 8 columns × 16 rows for `block`; rows for `column`);
+    /// 0 = whole column / all rows.
+    #[serde(default = "default_group")]
+    pub group: usize,
+    /// Power-of-two terms per scale, 1..=3.
+    #[serde(default = "default_apot_terms")]
+    pub apot_terms: usize,
+    /// Alternating BCQ rounds, 0..=50.
+    #[serde(default = "default_rounds")]
+    pub rounds: usize,
+    /// GPTQ-style error feedback through the calibration Hessian (the activation objective).
+    #[serde(default = "default_true")]
+    pub error_feedback: bool,
+    /// Quantize columns in order of decreasing activation energy.
+    #[serde(default = "default_true")]
+    pub act_order: bool,
+}
+
+/// Plain round-to-nearest group quantization, the baseline users compare against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtnKnobs {
+    /// 2..=8.
+    pub bits: usize,
+    /// Inputs per (scale, zero) pair.
+    #[serde(default = "default_group")]
+    pub group: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleLayoutKnob {
+    #[default]
+    Block,
+    Column,
+}
+
+fn default_group() -> usize {
+    128
+}
+fn default_apot_terms() -> usize {
+    3
+}
+fn default_rounds() -> usize {
+    20
+}
+fn default_true() -> bool {
+    true
+}
+
+/// One rule: which linears, and what to do with them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerRule {
+    /// Glob over layer names (`blk.*.ffn_*`, `*` and `?`), `re:REGEX`, or an exact name (GGUF-
+    /// or HF-style).
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Optional block range `A-B` (inclusive) or list `1,3,5` restricting the pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shiftadd: Option<ShiftAddKnobs>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtn: Option<RtnKnobs>,
+}
+
+/// A whole compression plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// The model it was made for (a path, `zoo:NAME`, or a model id); informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Seed for every randomised step.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub layers: Vec<LayerRule>,
+}
+
+/// What one linear gets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LayerTechnique {
+    ShiftAdd(ShiftAddKnobs),
+    Rtn(RtnKnobs),
+}
+
+/// The recipe resolved against a model: one technique per selected linear.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub layers: BTreeMap<LinearId, (usize, LayerTechnique)>,
+    /// Overlaps between rules, for the user to see (which rule won where).
+    pub notes: Vec<String>,
+}
+
+/// Why a recipe cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("cannot parse recipe: {0}")]
+    Parse(String),
+    #[error("rule {index} (`{pattern}`): {what}")]
+    Rule {
+        index: usize,
+        pattern: String,
+        what: String,
+    },
+}
+
+/// How a rule selects layer names.
+enum Matcher {
+    Regex(regex::Regex),
+    Glob(String),
+}
+
+impl Matcher {
+    fn new(pattern: &str) -> Result<Self, String> {
+        if let Some(re) = pattern.strip_prefix("re:") {
+            return regex::Regex::new(&format!("^(?:{re})$"))
+                .map(Matcher::Regex)
+                .map_err(|e| format!("bad regex: {e}"));
+        }
+        // Exact HF names are accepted and mapped to our GGUF-style names.
+        if let Ok(id) = pattern.parse::<LinearId>() {
+            return Ok(Matcher::Glob(id.to_string()));
+        }
+        Ok(Matcher::Glob(pattern.to_string()))
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Matcher::Regex(re) => re.is_match(name),
+            Matcher::Glob(g) => glob_match(g.as_bytes(), name.as_bytes()),
+        }
+    }
+
+    /// Literal characters in the pattern: more literal = more specific. Regexes rank lowest.
+    fn specificity(&self) -> usize {
+        match self {
+            Matcher::Regex(_) => 0,
+            Matcher::Glob(g) => g.chars().filter(|c| *c != '*' && *c != '?').count(),
+        }
+    }
+}
+
+/// `*` matches any run of characters, `?` any one character.
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.first(), name.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob_match(&pattern[1..], name) || (!name.is_empty() && glob_match(pattern, &name[1..]))
+        }
+        (Some(b'?'), Some(_)) => glob_match(&pattern[1..], &name[1..]),
+        (Some(p), Some(n)) if p == n => glob_match(&pattern[1..], &name[1..]),
+        _ => false,
+    }
+}
+
+/// Parses `3`, `0-5`, `1,3,7-9` into block indices.
+fn parse_blocks(spec: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("block range `{part}` is not N or A-B");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                if a > b {
+                    return Err(format!("block range `{part}` runs backwards"));
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    Ok(out)
+}
+
+impl ShiftAddKnobs {
+    fn validate(&self) -> Result<(), String> {
+        if !(2..=8).contains(&self.bits) {
+            return Err(format!("shiftadd.bits = {} is outside 2..=8", self.bits));
+        }
+        if !(1..=3).contains(&self.apot_terms) {
+            return Err(format!(
+                "shiftadd.apot_terms = {} is outside 1..=3",
+                self.apot_terms
+            ));
+        }
+        if self.rounds > 50 {
+            return Err(format!("shiftadd.rounds = {} is above 50", self.rounds));
+        }
+        if self.layout == ScaleLayoutKnob::Block && !self.group.is_multiple_of(8) {
+            return Err(format!(
+                "shiftadd.group = {} must be a multiple of 8 for the block layout (8 columns per block)",
+                self.group
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RtnKnobs {
+    fn validate(&self) -> Result<(), String> {
+        if !(2..=8).contains(&self.bits) {
+            return Err(format!("rtn.bits = {} is outside 2..=8", self.bits));
+        }
+        if self.group == 0 {
+            return Err("rtn.group must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+impl Recipe {
+    pub fn from_toml(text: &str) -> Result<Self, RecipeError> {
+        toml::from_str(text).map_err(|e| RecipeError::Parse(e.to_string()))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, RecipeError> {
+        serde_json::from_str(text).map_err(|e| RecipeError::Parse(e.to_string()))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Content hash (blake3 hex of the canonical JSON): equal recipes hash equally however
+    /// their TOML was formatted; the `model` note does not count.
+    pub fn hash(&self) -> String {
+        let canonical = Recipe {
+            model: None,
+            ..self.clone()
+        };
+        blake3::hash(canonical.to_json().as_bytes())
+            .to_hex()
+            .to_string()
+    }
+
+    /// Checks every rule and resolves it against `model`'s layers.
+    pub fn resolve(&self, model: &Transformer) -> Result<Plan, RecipeError> {
+        let names: Vec<(LinearId, String)> =
+            model.linear_ids().map(|id| (id, id.to_string())).collect();
+        let mut plan = Plan::default();
+        let mut winner: BTreeMap<LinearId, (usize, usize)> = BTreeMap::new();
+        for (index, rule) in self.layers.iter().enumerate() {
+            let err = |what: String| RecipeError::Rule {
+                index,
+                pattern: rule.pattern.clone(),
+                what,
+            };
+            let technique = match (&rule.shiftadd, &rule.rtn) {
+                (Some(s), None) => {
+                    s.validate().map_err(err)?;
+                    LayerTechnique::ShiftAdd(s.clone())
+                }
+                (None, Some(r)) => {
+                    r.validate().map_err(err)?;
+                    LayerTechnique::Rtn(r.clone())
+                }
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "sets both `shiftadd` and `rtn`: a weight has one quantized form".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(err("sets no technique (e.g. `[layers.shiftadd]`)".into()));
+                }
+            };
+            let matcher = Matcher::new(&rule.pattern).map_err(err)?;
+            let blocks = rule
+                .blocks
+                .as_deref()
+                .map(parse_blocks)
+                .transpose()
+                .map_err(err)?;
+            if let Some(blocks) = &blocks
+                && let Some(b) = blocks.iter().find(|&&b| b >= model.blocks.len())
+            {
+                return Err(err(format!(
+                    "block {b} does not exist (the model has {} blocks)",
+                    model.blocks.len()
+                )));
+            }
+            // A block restriction makes a rule more specific than any pattern alone.
+            let specificity = matcher.specificity() + if blocks.is_some() { 1000 } else { 0 };
+            let mut matched = 0;
+            for (id, name) in &names {
+                if !matcher.matches(name) || blocks.as_ref().is_some_and(|b| !b.contains(&id.block))
+                {
+                    continue;
+                }
+                matched += 1;
+                if let Some(&(prev, prev_spec)) = winner.get(id) {
+                    let wins = specificity >= prev_spec;
+                    plan.notes.push(format!(
+                        "{name}: rules {prev} and {index} overlap; rule {} applies ({})",
+                        if wins { index } else { prev },
+                        if specificity == prev_spec {
+                            "equally specific, the later one wins"
+                        } else {
+                            "the more specific one wins"
+                        }
+                    ));
+                    if !wins {
+                        continue;
+                    }
+                }
+                winner.insert(*id, (index, specificity));
+                plan.layers.insert(*id, (index, technique.clone()));
+            }
+            if matched == 0 {
+                return Err(err(format!(
+                    "matches no layer of this model (layers look like `{}`)",
+                    LinearId::new(0, LinearKind::FfnDown)
+                )));
+            }
+        }
+        Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(b"blk.*.ffn_*", b"blk.12.ffn_down"));
+        assert!(!glob_match(b"blk.*.ffn_*", b"blk.12.attn_q"));
+        assert!(glob_match(b"blk.?.attn_q", b"blk.3.attn_q"));
+        assert!(!glob_match(b"blk.?.attn_q", b"blk.13.attn_q"));
+    }
+
+    #[test]
+    fn block_ranges() {
+        assert_eq!(parse_blocks("1,3-5").unwrap(), vec![1, 3, 4, 5]);
+        assert!(parse_blocks("5-3").is_err());
+        assert!(parse_blocks("x").is_err());
+    }
+}
