@@ -1,5 +1,6 @@
-//! Side-by-side benchmarks: our perplexity eval against llama.cpp's `llama-perplexity` on the
-//! same text, context and thread count, in one run, so machine load affects both alike.
+//! Side-by-side benchmarks, each measured in one run against its baseline so machine load
+//! affects both alike: our perplexity eval against llama.cpp's `llama-perplexity`, and the
+//! shift-add LUT kernel against dense f32 GEMV (candle's and a plain loop).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -197,4 +198,169 @@ mod tests {
         assert_eq!(parse_final_ppl(log), Some(17.6779));
         assert_eq!(parse_eval_seconds("nothing"), None);
     }
+}
+
+#[derive(Debug, Args)]
+pub struct KernelBenchArgs {
+    /// Bit widths to measure.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
+    pub bits: Vec<usize>,
+    /// Thread counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<usize>,
+    /// Only the SmolLM2 shapes (skip the 7B ones).
+    #[arg(long)]
+    pub small: bool,
+    /// Print a JSON array of `{rows, cols, bits, threads, lut_us, dense_us, dense_loop_us}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `(rows, cols)` of SmolLM2-135M's linears and of a 7B model's.
+const SMOLLM2_SHAPES: [(usize, usize); 4] = [(576, 576), (192, 576), (1536, 576), (576, 1536)];
+const LARGE_SHAPES: [(usize, usize); 2] = [(4096, 4096), (11008, 4096)];
+
+/// One measured configuration.
+#[derive(Debug, serde::Serialize)]
+struct KernelRow {
+    rows: usize,
+    cols: usize,
+    bits: usize,
+    threads: usize,
+    /// Batch-1 LUT GEMV, microseconds (median of repeats).
+    lut_us: f64,
+    /// Batch-1 dense f32 GEMV through candle's matmul.
+    dense_us: f64,
+    /// Batch-1 dense f32 GEMV as a plain row-parallel dot-product loop.
+    dense_loop_us: f64,
+}
+
+/// Median wall time of `f` in microseconds over enough repeats to fill ~0.2 s.
+fn time_us(mut f: impl FnMut()) -> f64 {
+    f();
+    let probe = std::time::Instant::now();
+    f();
+    let once = probe.elapsed().as_secs_f64().max(1e-7);
+    let reps = ((0.2 / once) as usize).clamp(3, 2000);
+    let mut samples: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Dense f32 `y = W x` as rows of dot products, split over rayon's pool.
+fn dense_loop(w: &[f32], x: &[f32], y: &mut [f32]) {
+    use rayon::prelude::*;
+    let cols = x.len();
+    y.par_iter_mut()
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(r, yr)| {
+            let row = &w[r * cols..(r + 1) * cols];
+            let mut acc = [0f32; 8];
+            for (wc, xc) in row.chunks_exact(8).zip(x.chunks_exact(8)) {
+                for l in 0..8 {
+                    acc[l] += wc[l] * xc[l];
+                }
+            }
+            let tail: f32 = row[cols / 8 * 8..]
+                .iter()
+                .zip(&x[cols / 8 * 8..])
+                .map(|(a, b)| a * b)
+                .sum();
+            *yr = acc.iter().sum::<f32>() + tail;
+        });
+}
+
+/// Measures the LUT kernel against dense f32 on every shape, bit width and thread count.
+pub fn kernel_bench(args: &KernelBenchArgs) -> anyhow::Result<()> {
+    use crate::quant::bcq::BcqOptions;
+    use crate::quant::gptq::{ScaleLayout, SweepOptions, quantize_matrix};
+    use crate::quant::lut::BcqPacked;
+
+    let mut shapes = SMOLLM2_SHAPES.to_vec();
+    if !args.small {
+        shapes.extend_from_slice(&LARGE_SHAPES);
+    }
+    let mut rows_out = Vec::new();
+    for &(rows, cols) in &shapes {
+        let mut rng = crate::zoo::corpus::Rng::new((rows * 31 + cols) as u64);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            .collect();
+        let x: Vec<f32> = (0..cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let wt = candle_core::Tensor::from_slice(&w, (rows, cols), &candle_core::Device::Cpu)?;
+        let xt = candle_core::Tensor::from_slice(&x, (1, cols), &candle_core::Device::Cpu)?;
+        for &bits in &args.bits {
+            // Kernel speed does not depend on how well the codes fit: no Hessian, 1 round.
+            let opts = SweepOptions {
+                bcq: BcqOptions {
+                    bits,
+                    rounds: 1,
+                    apot_terms: 3,
+                },
+                layout: ScaleLayout::Block { group: 128 },
+                error_feedback: false,
+                damp: 0.01,
+                act_order: false,
+                block_size: 128,
+            };
+            let q =
+                quantize_matrix(&w, rows, cols, None, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let packed = BcqPacked::from_quantized(&q);
+            for &threads in &args.threads {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()?;
+                let (lut_us, dense_us, dense_loop_us) = pool.install(|| -> anyhow::Result<_> {
+                    let mut y = vec![0f32; rows];
+                    let lut_us = time_us(|| packed.gemv(&x, &mut y));
+                    let wt_t = wt.t()?;
+                    let dense_us = time_us(|| {
+                        let _ = xt.matmul(&wt_t);
+                    });
+                    let dense_loop_us = time_us(|| dense_loop(&w, &x, &mut y));
+                    Ok((lut_us, dense_us, dense_loop_us))
+                })?;
+                rows_out.push(KernelRow {
+                    rows,
+                    cols,
+                    bits,
+                    threads,
+                    lut_us,
+                    dense_us,
+                    dense_loop_us,
+                });
+            }
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows_out)?);
+        return Ok(());
+    }
+    println!(
+        "{:>6} {:>6} {:>4} {:>7} {:>10} {:>10} {:>10} {:>8}",
+        "rows", "cols", "bits", "threads", "lut µs", "candle µs", "loop µs", "speedup"
+    );
+    for r in &rows_out {
+        println!(
+            "{:>6} {:>6} {:>4} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>7.2}×",
+            r.rows,
+            r.cols,
+            r.bits,
+            r.threads,
+            r.lut_us,
+            r.dense_us,
+            r.dense_loop_us,
+            r.dense_us.min(r.dense_loop_us) / r.lut_us
+        );
+    }
+    Ok(())
 }

@@ -12,7 +12,8 @@ use crate::model::{LinearKind, Model, load_spec};
 use crate::progress::TermProgress;
 use crate::run::RunRequest;
 use crate::technique::CalibOptions;
-use crate::technique::recipe::Recipe;
+use crate::technique::allocate::allocate_recipe;
+use crate::technique::recipe::{Recipe, ScaleLayoutKnob, ShiftAddKnobs};
 use crate::zoo::corpus::lang_eval_text;
 use crate::zoo::tasks::Task;
 use crate::zoo::{LANG_EVAL_SENTENCES, ZooOptions, build_zoo, is_zoo_model};
@@ -51,6 +52,8 @@ enum Command {
     },
     /// Apply a recipe and measure the result against the uncompressed model.
     Run(RunArgs),
+    /// Choose shift-add bits per layer under an average-bits budget and write the recipe.
+    Allocate(AllocateArgs),
     /// Benchmarks, side by side with a baseline.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -137,10 +140,37 @@ struct RunArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+struct AllocateArgs {
+    /// A GGUF file, a Hugging Face directory, or `zoo:NAME`.
+    model: String,
+    /// Parameter-weighted average bits per weight (planes only, scales not counted).
+    #[arg(long)]
+    avg_bits: f64,
+    /// Bit widths a layer may get.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
+    bits: Vec<usize>,
+    /// Scale layout of every layer (`block` or `column`).
+    #[arg(long, default_value = "block")]
+    layout: String,
+    /// Calibration text (default: the bundled one, or the zoo's training mix).
+    #[arg(long)]
+    calib_text: Option<PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    calib_samples: usize,
+    #[arg(long, default_value_t = 512)]
+    calib_len: usize,
+    /// Write the recipe here (TOML) instead of to stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Perplexity-eval throughput (tokens/s), ours and llama.cpp's `llama-perplexity` side by side.
     Eval(crate::bench::EvalBenchArgs),
+    /// Shift-add LUT GEMV against dense f32 GEMV on SmolLM2 and 7B shapes.
+    Kernels(crate::bench::KernelBenchArgs),
 }
 
 /// Parses `std::env::args` and runs the chosen subcommand.
@@ -151,7 +181,9 @@ pub fn run() -> anyhow::Result<()> {
         Command::Eval(args) => eval(&args),
         Command::Generate { model, prompt, n } => generate(&model, &prompt, n),
         Command::Run(args) => run_recipe(&args),
+        Command::Allocate(args) => allocate(&args),
         Command::Bench(BenchCommand::Eval(args)) => crate::bench::eval_bench(&args),
+        Command::Bench(BenchCommand::Kernels(args)) => crate::bench::kernel_bench(&args),
         Command::Zoo(ZooCommand::Train {
             out,
             seed,
@@ -371,6 +403,76 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
         for (task, acc) in tasks {
             println!("{task:<10} {:.1}%", 100.0 * acc);
         }
+    }
+    Ok(())
+}
+
+fn allocate(args: &AllocateArgs) -> anyhow::Result<()> {
+    let base = load(&args.model)?;
+    let layout = match args.layout.as_str() {
+        "block" => ScaleLayoutKnob::Block,
+        "column" => ScaleLayoutKnob::Column,
+        other => anyhow::bail!("--layout `{other}`: expected `block` or `column`"),
+    };
+    let template = ShiftAddKnobs {
+        bits: args.bits.iter().copied().min().unwrap_or(2),
+        layout,
+        group: 128,
+        apot_terms: 3,
+        rounds: 20,
+        error_feedback: true,
+        act_order: true,
+    };
+    let calib_tokens = crate::run::calibration_tokens(&base, args.calib_text.as_ref())?;
+    let calib = CalibOptions {
+        samples: args.calib_samples,
+        seq_len: args.calib_len.min(base.config().max_position_embeddings),
+    };
+    let bar = TermProgress::new("allocate");
+    let (mut recipe, table) = allocate_recipe(
+        &base,
+        &calib_tokens,
+        calib,
+        &args.bits,
+        args.avg_bits,
+        &template,
+        &mut |stage, d, t| {
+            bar.set_stage(stage);
+            bar.update(d, t)
+        },
+    )?;
+    bar.finish();
+    recipe.model = Some(args.model.clone());
+    let items: Vec<_> = table
+        .iter()
+        .map(|l| crate::technique::allocate::LayerItem {
+            params: l.params,
+            score: l.score,
+        })
+        .collect();
+    let bits: Vec<usize> = table.iter().map(|l| l.bits).collect();
+    eprintln!(
+        "{} layers, parameter-weighted average {:.3} bits (budget {})",
+        table.len(),
+        crate::technique::allocate::average_bits(&items, &bits),
+        args.avg_bits
+    );
+    for b in &args.bits {
+        let n = table.iter().filter(|l| l.bits == *b).count();
+        eprintln!("  {b} bits: {n} layers");
+    }
+    let text = format!(
+        "# Allocated by `reparam allocate {} --avg-bits {}`: ShiftAddLLM sensitivity scores, exact\n# multiple-choice knapsack over bits {:?}.\n{}",
+        args.model,
+        args.avg_bits,
+        args.bits,
+        recipe.to_toml()
+    );
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => print!("{text}"),
     }
     Ok(())
 }

@@ -64,6 +64,23 @@ pub struct RunReport {
     pub notes: Vec<String>,
 }
 
+/// Calibration tokens: from `path`, else the zoo's training mix for zoo models, else the
+/// bundled calibration text.
+pub fn calibration_tokens(base: &Model, path: Option<&PathBuf>) -> anyhow::Result<Vec<u32>> {
+    let text = match path {
+        Some(p) => read(p)?,
+        None if is_zoo_model(&base.path) => {
+            let multi = MEMBERS
+                .iter()
+                .find(|m| m.name == "multi")
+                .map_or(&[][..], |m| m.mix);
+            training_text(multi, 0xca11b, 4000)
+        }
+        None => DEFAULT_CALIB_TEXT.to_string(),
+    };
+    base.tokenizer.encode(&text, true)
+}
+
 fn read(path: &PathBuf) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
@@ -83,19 +100,8 @@ pub fn run(
             base.name
         ),
     };
-    let calib_text = match &req.calib_text {
-        Some(p) => read(p)?,
-        None if zoo => {
-            let multi = MEMBERS
-                .iter()
-                .find(|m| m.name == "multi")
-                .map_or(&[][..], |m| m.mix);
-            training_text(multi, 0xca11b, 4000)
-        }
-        None => DEFAULT_CALIB_TEXT.to_string(),
-    };
     let tokens = base.tokenizer.encode(&text, true)?;
-    let calib_tokens = base.tokenizer.encode(&calib_text, true)?;
+    let calib_tokens = calibration_tokens(base, req.calib_text.as_ref())?;
     let ctx = req
         .ctx
         .unwrap_or_else(|| 512.min(base.config().max_position_embeddings));

@@ -2,6 +2,11 @@
 //! LUT-GEMM): bit-planes packed along the input dimension, one byte per (row, plane, 8-input
 //! chunk), and a GEMV that replaces multiplications by table lookups of ± partial sums.
 //!
+//! Keys are stored for blocks of 16 rows side by side (see [`BcqPacked`]): the 16 keys one
+//! lookup step needs for 16 rows are one 16-byte load, so on CPUs with AVX-512 the kernel looks
+//! up 16 rows at once with register permutes (two 16-entry half tables per 8-input chunk,
+//! T-MAC style) instead of 16 scalar gathers.
+//!
 //! This module owns [`BcqPacked`]: its packing, its byte accounting, its dense reconstruction,
 //! the 256-entry table construction and the GEMV/GEMM kernels.
 //!
@@ -22,13 +27,15 @@ use super::gptq::{QuantizedMatrix, ScaleLayout};
 pub const CHUNK: usize = 8;
 /// Entries per table.
 pub const TABLE: usize = 1 << CHUNK;
-/// Output rows per rayon task: large enough to amortise scheduling, small enough to balance.
-const ROW_TASK: usize = 16;
+/// Rows whose keys are stored side by side (one AVX-512 register of f32 lanes).
+pub const ROW_BLOCK: usize = 16;
 
 /// A BCQ matrix packed for the LUT kernel.
 ///
-/// * `planes`: `rows × bits × ⌈cols/8⌉` bytes, index `(row·bits + b)·n_chunks + c`; each byte is
-///   the LUT key of plane `b`, row `row`, inputs `8c..8c+8`.
+/// * `planes`: `⌈rows/16⌉·16 × bits × ⌈cols/8⌉` bytes, index
+///   `((rb·n_chunks + c)·bits + b)·16 + r % 16` with `rb = r / 16` (see [`Self::key_index`]);
+///   each byte is the LUT key of plane `b`, row `r`, inputs `8c..8c+8`. Rows past `rows` (the
+///   padding of the last block) hold zero keys that no output reads.
 /// * `scales`: `f32`, exactly the quantizer's values (APoT sums of powers of two when it used
 ///   `apot_terms > 0`), re-ordered for the kernel:
 ///   - Block layout: index `(g·bits + b)·n_chunks + c` (row group `g`, plane `b`, 8-column
@@ -85,18 +92,27 @@ impl BcqPacked {
         let (rows, cols, q) = (qm.rows, qm.cols, qm.bits);
         let n_chunks = cols.div_ceil(CHUNK);
         let n_rg = qm.n_row_groups();
-        let mut planes = vec![0u8; rows * q * n_chunks];
+        let padded_rows = rows.div_ceil(ROW_BLOCK) * ROW_BLOCK;
+        let block_len = ROW_BLOCK * q * n_chunks;
+        let mut planes = vec![0u8; padded_rows * q * n_chunks];
         planes
-            .par_chunks_mut(q * n_chunks)
-            .zip(qm.codes.par_chunks(cols))
-            .for_each(|(dst, codes)| {
-                for (c, chunk) in codes.chunks(CHUNK).enumerate() {
-                    for b in 0..q {
-                        let mut key = 0u8;
-                        for (t, &code) in chunk.iter().enumerate() {
-                            key |= ((code >> b) & 1) << t;
+            .par_chunks_mut(block_len)
+            .enumerate()
+            .for_each(|(rb, dst)| {
+                for lane in 0..ROW_BLOCK {
+                    let r = rb * ROW_BLOCK + lane;
+                    if r >= rows {
+                        break;
+                    }
+                    let codes = &qm.codes[r * cols..(r + 1) * cols];
+                    for (c, chunk) in codes.chunks(CHUNK).enumerate() {
+                        for b in 0..q {
+                            let mut key = 0u8;
+                            for (t, &code) in chunk.iter().enumerate() {
+                                key |= ((code >> b) & 1) << t;
+                            }
+                            dst[(c * q + b) * ROW_BLOCK + lane] = key;
                         }
-                        dst[b * n_chunks + c] = key;
                     }
                 }
             });
@@ -135,6 +151,11 @@ impl BcqPacked {
         }
     }
 
+    /// Position in `planes` of the key of row `r`, plane `b`, chunk `c`.
+    pub fn key_index(&self, r: usize, b: usize, c: usize) -> usize {
+        ((r / ROW_BLOCK * self.n_chunks() + c) * self.bits + b) * ROW_BLOCK + r % ROW_BLOCK
+    }
+
     /// Number of 8-input chunks (`⌈cols/8⌉`).
     pub fn n_chunks(&self) -> usize {
         self.cols.div_ceil(CHUNK)
@@ -150,9 +171,10 @@ impl BcqPacked {
         self.scales.len() / self.bits.max(1)
     }
 
-    /// Bytes as stored: `bits·rows·⌈cols/8⌉` plane bytes plus 4 bytes per `f32` scale, i.e. the
-    /// spec's `⌈q·N·K/8⌉ + (#scale sets)·q·s/8` with `s = 32` (equal when `cols % 8 == 0`; the
-    /// per-row padding of the last chunk adds up to 7 bits per row and plane otherwise).
+    /// Bytes as stored: `bits·⌈rows/16⌉·16·⌈cols/8⌉` plane bytes plus 4 bytes per `f32` scale,
+    /// i.e. the spec's `⌈q·N·K/8⌉ + (#scale sets)·q·s/8` with `s = 32` (equal when
+    /// `cols % 8 == 0` and `rows % 16 == 0`; padding to whole chunks and row blocks adds the
+    /// rest).
     pub fn size_bytes(&self) -> usize {
         self.planes.len() + self.scales.len() * size_of::<f32>()
     }
@@ -171,17 +193,17 @@ impl BcqPacked {
     /// Dense `rows × cols` reconstruction from the packed form, bit-identical to
     /// [`QuantizedMatrix::dequantize`] (same [`bcq::codeword`] summation order).
     pub fn dequantize(&self) -> Vec<f32> {
-        let (q, n_chunks) = (self.bits, self.n_chunks());
+        let q = self.bits;
         let mut out = vec![0.0f32; self.rows * self.cols];
         out.par_chunks_mut(self.cols.max(1))
             .enumerate()
             .for_each(|(r, row)| {
-                let keys = &self.planes[r * q * n_chunks..(r + 1) * q * n_chunks];
                 let mut alphas = [0.0f32; bcq::MAX_BITS];
                 for (k, v) in row.iter_mut().enumerate() {
                     let mut code = 0u8;
                     for (b, a) in alphas.iter_mut().enumerate().take(q) {
-                        code |= ((keys[b * n_chunks + k / CHUNK] >> (k % CHUNK)) & 1) << b;
+                        let key = self.planes[self.key_index(r, b, k / CHUNK)];
+                        code |= ((key >> (k % CHUNK)) & 1) << b;
                         *a = self.scale(r, b, k);
                     }
                     *v = bcq::codeword(&alphas[..q], code);
@@ -212,36 +234,56 @@ impl BcqPacked {
         assert_eq!(y.len(), self.rows, "gemv: y has the wrong length");
         let (q, n_chunks) = (self.bits, self.n_chunks());
         let rpg = self.rows_per_group.max(1);
-        let set_len = n_chunks * TABLE;
+        let block_len = ROW_BLOCK * q * n_chunks;
         match self.layout {
             ScaleLayout::Block { .. } => {
-                let mut tables = vec![0.0f32; set_len];
+                if simd::available() && rpg.is_multiple_of(ROW_BLOCK) {
+                    let halves = simd::half_tables(x);
+                    y.par_chunks_mut(ROW_BLOCK)
+                        .zip(self.planes.par_chunks(block_len))
+                        .enumerate()
+                        .for_each(|(rb, (ys, keys))| {
+                            let g = rb * ROW_BLOCK / rpg;
+                            let alpha = &self.scales[g * q * n_chunks..(g + 1) * q * n_chunks];
+                            simd::block_rows(&halves, keys, alpha, q, ys);
+                        });
+                    return;
+                }
+                let mut tables = vec![0.0f32; n_chunks * TABLE];
                 tables
                     .par_chunks_mut(TABLE)
                     .zip(x.par_chunks(CHUNK))
                     .with_min_len(16)
                     .for_each(|(t, xc)| build_table(xc, t));
                 let tables: &[f32] = &tables;
-                y.par_chunks_mut(ROW_TASK)
+                y.par_chunks_mut(ROW_BLOCK)
+                    .zip(self.planes.par_chunks(block_len))
                     .enumerate()
-                    .for_each(|(task, ys)| {
-                        for (i, yr) in ys.iter_mut().enumerate() {
-                            let r = task * ROW_TASK + i;
-                            let g = r / rpg;
-                            let mut acc = 0.0f32;
-                            for b in 0..q {
-                                let keys = &self.planes
-                                    [(r * q + b) * n_chunks..(r * q + b + 1) * n_chunks];
-                                let alpha = &self.scales
-                                    [(g * q + b) * n_chunks..(g * q + b + 1) * n_chunks];
-                                acc += lookup_scaled(tables, keys, alpha);
+                    .for_each(|(rb, (ys, keys))| {
+                        let mut acc = [0.0f32; ROW_BLOCK];
+                        for (c, (t, chunk_keys)) in tables
+                            .chunks_exact(TABLE)
+                            .zip(keys.chunks_exact(q * ROW_BLOCK))
+                            .enumerate()
+                        {
+                            for (b, lane_keys) in chunk_keys.chunks_exact(ROW_BLOCK).enumerate() {
+                                for (lane, (a, &k)) in acc.iter_mut().zip(lane_keys).enumerate() {
+                                    let g = (rb * ROW_BLOCK + lane) / rpg;
+                                    let alpha = self
+                                        .scales
+                                        .get((g * q + b) * n_chunks + c)
+                                        .copied()
+                                        .unwrap_or(0.0);
+                                    *a += alpha * t[usize::from(k)];
+                                }
                             }
-                            *yr = acc;
                         }
+                        ys.copy_from_slice(&acc[..ys.len()]);
                     });
             }
             ScaleLayout::Column { .. } => {
                 let n_rg = self.n_row_groups();
+                let set_len = n_chunks * TABLE;
                 // One table set per (row group, plane), from pre-scaled activations.
                 let mut tables = vec![0.0f32; n_rg * q * set_len];
                 tables
@@ -262,18 +304,18 @@ impl BcqPacked {
                         }
                     });
                 let tables: &[f32] = &tables;
-                y.par_chunks_mut(ROW_TASK)
+                y.par_chunks_mut(ROW_BLOCK)
+                    .zip(self.planes.par_chunks(block_len))
                     .enumerate()
-                    .for_each(|(task, ys)| {
-                        for (i, yr) in ys.iter_mut().enumerate() {
-                            let r = task * ROW_TASK + i;
-                            let g = r / rpg;
+                    .for_each(|(rb, (ys, keys))| {
+                        for (lane, yr) in ys.iter_mut().enumerate() {
+                            let g = (rb * ROW_BLOCK + lane) / rpg;
                             let mut acc = 0.0f32;
                             for b in 0..q {
-                                let keys = &self.planes
-                                    [(r * q + b) * n_chunks..(r * q + b + 1) * n_chunks];
                                 let set = &tables[(g * q + b) * set_len..(g * q + b + 1) * set_len];
-                                acc += lookup(set, keys);
+                                for (c, t) in set.chunks_exact(TABLE).enumerate() {
+                                    acc += t[usize::from(keys[(c * q + b) * ROW_BLOCK + lane])];
+                                }
                             }
                             *yr = acc;
                         }
@@ -302,46 +344,105 @@ impl BcqPacked {
     }
 }
 
-/// `Σ_c α_c·T_c[key_c]` with four independent accumulators (the gathers cannot vectorise, but
-/// the multiply-adds can overlap).
-#[inline]
-fn lookup_scaled(tables: &[f32], keys: &[u8], alpha: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 4];
-    let kc = keys.chunks_exact(4);
-    let ac = alpha.chunks_exact(4);
-    let tc = tables.chunks_exact(4 * TABLE);
-    let (kr, ar) = (kc.remainder(), ac.remainder());
-    let tr = &tables[(keys.len() / 4) * 4 * TABLE..];
-    for ((k, a), t) in kc.zip(ac).zip(tc) {
-        for l in 0..4 {
-            acc[l] += a[l] * t[l * TABLE + usize::from(k[l])];
-        }
-    }
-    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for (l, (&k, &a)) in kr.iter().zip(ar).enumerate() {
-        s += a * tr[l * TABLE + usize::from(k)];
-    }
-    s
-}
+/// The AVX-512 kernel of the Block layout: 16 rows per step, each 8-bit key split into two
+/// nibbles that index two 16-entry half tables held in registers (`vpermps`), so a lookup for
+/// 16 rows is one 16-byte load, two permutes, an add and a multiply-add.
+#[allow(unsafe_code)]
+mod simd {
+    use super::{CHUNK, ROW_BLOCK};
 
-/// `Σ_c T_c[key_c]` with four independent accumulators.
-#[inline]
-fn lookup(tables: &[f32], keys: &[u8]) -> f32 {
-    let mut acc = [0.0f32; 4];
-    let kc = keys.chunks_exact(4);
-    let kr = kc.remainder();
-    let tc = tables.chunks_exact(4 * TABLE);
-    let tr = &tables[(keys.len() / 4) * 4 * TABLE..];
-    for (k, t) in kc.zip(tc) {
-        for l in 0..4 {
-            acc[l] += t[l * TABLE + usize::from(k[l])];
+    /// Whether this CPU runs the AVX-512 kernel.
+    pub fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
         }
     }
-    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for (l, &k) in kr.iter().enumerate() {
-        s += tr[l * TABLE + usize::from(k)];
+
+    /// Per 8-input chunk, the 16-entry tables of ± partial sums of its first and last four
+    /// inputs: `[lo_0 (16), hi_0 (16), lo_1, hi_1, …]`. `lo[n] + hi[m]` is the full 256-entry
+    /// table at key `n | m << 4`.
+    pub fn half_tables(x: &[f32]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(x.len().div_ceil(CHUNK) * 32);
+        for chunk in x.chunks(CHUNK) {
+            for half in 0..2 {
+                let xs: Vec<f32> = (0..4)
+                    .map(|t| chunk.get(half * 4 + t).copied().unwrap_or(0.0))
+                    .collect();
+                for key in 0..16usize {
+                    let v: f32 = xs
+                        .iter()
+                        .enumerate()
+                        .map(|(t, &xv)| if key >> t & 1 == 1 { xv } else { -xv })
+                        .sum();
+                    out.push(v);
+                }
+            }
+        }
+        out
     }
-    s
+
+    /// Computes up to 16 outputs of one row block: `keys` is the block's
+    /// `[chunk][plane][16 lanes]` key bytes, `alpha` its row group's `[plane][chunk]` scales.
+    pub fn block_rows(halves: &[f32], keys: &[u8], alpha: &[f32], q: usize, ys: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(
+                available(),
+                "AVX-512 kernel called on a CPU without AVX-512"
+            );
+            let n_chunks = halves.len() / 32;
+            assert!(keys.len() >= n_chunks * q * ROW_BLOCK && alpha.len() >= n_chunks * q);
+            assert!(ys.len() <= ROW_BLOCK);
+            let mut out = [0.0f32; ROW_BLOCK];
+            // SAFETY: AVX-512F is present (checked above); all loads and the store stay inside
+            // the slices, whose lengths are asserted above.
+            unsafe { block_rows_avx512(halves, keys, alpha, q, n_chunks, &mut out) };
+            ys.copy_from_slice(&out[..ys.len()]);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (halves, keys, alpha, q, ys);
+            unreachable!("the AVX-512 kernel is only dispatched on x86_64");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block_rows_avx512(
+        halves: &[f32],
+        keys: &[u8],
+        alpha: &[f32],
+        q: usize,
+        n_chunks: usize,
+        out: &mut [f32; ROW_BLOCK],
+    ) {
+        use std::arch::x86_64::*;
+        let nibble = _mm512_set1_epi32(15);
+        let mut acc = _mm512_setzero_ps();
+        for c in 0..n_chunks {
+            // SAFETY (all unsafe blocks): indices are within the asserted slice lengths.
+            let lo = unsafe { _mm512_loadu_ps(halves.as_ptr().add(c * 32)) };
+            let hi = unsafe { _mm512_loadu_ps(halves.as_ptr().add(c * 32 + 16)) };
+            for b in 0..q {
+                let k = unsafe {
+                    _mm_loadu_si128(keys.as_ptr().add((c * q + b) * ROW_BLOCK).cast::<__m128i>())
+                };
+                let idx = _mm512_cvtepu8_epi32(k);
+                let v = _mm512_add_ps(
+                    _mm512_permutexvar_ps(_mm512_and_si512(idx, nibble), lo),
+                    _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(idx), hi),
+                );
+                let a = _mm512_set1_ps(unsafe { *alpha.get_unchecked(b * n_chunks + c) });
+                acc = _mm512_fmadd_ps(a, v, acc);
+            }
+        }
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
+    }
 }
 
 #[cfg(test)]
@@ -446,7 +547,8 @@ mod tests {
         let nc = packed.n_chunks();
         for r in 0..rows {
             for b in 0..3 {
-                packed.planes[(r * 3 + b) * nc + nc - 1] |= 0b1110_0000;
+                let at = packed.key_index(r, b, nc - 1);
+                packed.planes[at] |= 0b1110_0000;
             }
         }
         let mut y1 = vec![0.0; rows];
@@ -523,8 +625,8 @@ mod tests {
         }
     }
 
-    /// §5.1.16: packed bytes = ⌈q·N·K/8⌉ + (#scale sets)·q·32/8, with the per-row padding when
-    /// K is not a multiple of 8.
+    /// §5.1.16: packed bytes = ⌈q·N·K/8⌉ + (#scale sets)·q·32/8, with the padding of rows to
+    /// whole 16-row blocks and of K to whole 8-input chunks.
     #[test]
     fn footprint_accounting() {
         let mut rng = Rng::new(24);
@@ -536,8 +638,12 @@ mod tests {
                     let sets = qm.n_scale_sets();
                     assert_eq!(p.n_scale_sets(), sets);
                     let scale_bytes = sets * bits * 32 / 8;
-                    assert_eq!(p.size_bytes(), bits * rows * cols.div_ceil(8) + scale_bytes);
-                    if cols % 8 == 0 {
+                    let padded_rows = rows.div_ceil(ROW_BLOCK) * ROW_BLOCK;
+                    assert_eq!(
+                        p.size_bytes(),
+                        bits * padded_rows * cols.div_ceil(8) + scale_bytes
+                    );
+                    if cols % 8 == 0 && rows % ROW_BLOCK == 0 {
                         assert_eq!(
                             p.size_bytes(),
                             (bits * rows * cols).div_ceil(8) + scale_bytes

@@ -202,3 +202,87 @@ mod tests {
         }
     }
 }
+
+/// One layer's allocation, for the user to see.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerAllocation {
+    pub layer: String,
+    pub params: usize,
+    pub score: f64,
+    pub bits: usize,
+}
+
+/// Scores every linear of `base` on calibration windows (unquantized model, block by block)
+/// and allocates `choices` bits under `avg_bits` (parameter-weighted). Returns a recipe with
+/// one exact-name rule per layer, using `template`'s other knobs, and the per-layer table.
+pub fn allocate_recipe(
+    base: &crate::model::Model,
+    calib_tokens: &[u32],
+    calib: crate::technique::CalibOptions,
+    choices: &[usize],
+    avg_bits: f64,
+    template: &crate::technique::recipe::ShiftAddKnobs,
+    progress: &mut crate::technique::Progress<'_>,
+) -> anyhow::Result<(crate::technique::recipe::Recipe, Vec<LayerAllocation>)> {
+    use crate::calib::{StatsCollector, calibration_ids, stats_source};
+    use crate::model::{LinearId, LinearKind};
+    use crate::technique::recipe::{LayerRule, Recipe, ShiftAddKnobs};
+
+    let t = &base.transformer;
+    let ids = calibration_ids(calib_tokens, calib.samples, calib.seq_len, 0)?;
+    let mut h = t.embed(&ids)?;
+    let mut table = Vec::new();
+    for block in 0..t.blocks.len() {
+        if !progress("scoring layers", block, t.blocks.len()) {
+            anyhow::bail!("cancelled");
+        }
+        let sources: Vec<LinearId> = LinearKind::ALL
+            .into_iter()
+            .map(|k| LinearId::new(block, stats_source(k)))
+            .collect();
+        let mut stats = StatsCollector::new(Some(sources), true);
+        h = t.run_block(block, &h, calib.samples, calib.seq_len, &mut stats)?;
+        for kind in LinearKind::ALL {
+            let id = LinearId::new(block, kind);
+            let Some(layer) = t.linear(id) else { continue };
+            let Some(s) = stats.stats.get(&LinearId::new(block, stats_source(kind))) else {
+                anyhow::bail!("{id}: no calibration statistics");
+            };
+            let score = super::shiftadd::sensitivity(layer, s)?;
+            table.push(LayerAllocation {
+                layer: id.to_string(),
+                params: layer.weight_count(),
+                score,
+                bits: 0,
+            });
+        }
+    }
+    let items: Vec<LayerItem> = table
+        .iter()
+        .map(|l| LayerItem {
+            params: l.params,
+            score: l.score,
+        })
+        .collect();
+    let bits = knapsack_allocation(&items, choices, avg_bits)?;
+    let mut layers = Vec::with_capacity(table.len());
+    for (row, b) in table.iter_mut().zip(bits) {
+        row.bits = b;
+        layers.push(LayerRule {
+            pattern: row.layer.clone(),
+            blocks: None,
+            shiftadd: Some(ShiftAddKnobs {
+                bits: b,
+                ..template.clone()
+            }),
+            rtn: None,
+        });
+    }
+    progress("done", t.blocks.len(), t.blocks.len());
+    let recipe = Recipe {
+        model: Some(base.id.clone()),
+        seed: 0,
+        layers,
+    };
+    Ok((recipe, table))
+}
