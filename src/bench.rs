@@ -90,28 +90,31 @@ pub fn eval_bench(args: &EvalBenchArgs) -> anyhow::Result<()> {
             "llama_cpp": peer,
             "ratio": ratio,
         });
-        println!("{}", serde_json::to_string_pretty(&obj)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&obj)?);
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "threads {threads}, ctx {}, {} chunks",
-        args.ctx, ours.chunks
+        args.ctx,
+        ours.chunks
     );
-    println!(
+    crate::outln!(
         "reparam           {:>9.1} tok/s  ppl {:.4}  ({:.2}s)",
-        our_tok_s, ours.ppl, ours.seconds
+        our_tok_s,
+        ours.ppl,
+        ours.seconds
     );
     match (&peer, ratio) {
         (Some(p), Some(r)) => {
-            println!(
+            crate::outln!(
                 "llama-perplexity  {:>9.1} tok/s  ppl {}  ({:.2}s)",
                 p.tok_s,
                 p.ppl.map_or("?".into(), |v| format!("{v:.4}")),
                 p.seconds
             );
-            println!("ratio (ours / llama.cpp) {r:.2}×");
+            crate::outln!("ratio (ours / llama.cpp) {r:.2}×");
         }
-        _ => println!(
+        _ => crate::outln!(
             "llama-perplexity not found: build it with shared/tools/llamacpp-peer.sh or pass --peer-bin"
         ),
     }
@@ -342,15 +345,22 @@ pub fn kernel_bench(args: &KernelBenchArgs) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows_out)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&rows_out)?);
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{:>6} {:>6} {:>4} {:>7} {:>10} {:>10} {:>10} {:>8}",
-        "rows", "cols", "bits", "threads", "lut µs", "candle µs", "loop µs", "speedup"
+        "rows",
+        "cols",
+        "bits",
+        "threads",
+        "lut µs",
+        "candle µs",
+        "loop µs",
+        "speedup"
     );
     for r in &rows_out {
-        println!(
+        crate::outln!(
             "{:>6} {:>6} {:>4} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>7.2}×",
             r.rows,
             r.cols,

@@ -237,15 +237,17 @@ fn info(spec: &str, json: bool) -> anyhow::Result<()> {
             "bytes": t.size_bytes(),
             "layers": layers,
         });
-        println!("{}", serde_json::to_string_pretty(&obj)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&obj)?);
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{} ({:?}, {:?})",
-        model.name, cfg.architecture, model.format
+        model.name,
+        cfg.architecture,
+        model.format
     );
-    println!("id        {}", model.id);
-    println!(
+    crate::outln!("id        {}", model.id);
+    crate::outln!(
         "dims      {} blocks, width {}, ffn {}, {} heads / {} kv heads × {}, vocab {}",
         cfg.num_layers,
         cfg.hidden_size,
@@ -255,20 +257,20 @@ fn info(spec: &str, json: bool) -> anyhow::Result<()> {
         cfg.head_dim,
         cfg.vocab_size
     );
-    println!(
+    crate::outln!(
         "rope      base {}, {}tied embeddings",
         cfg.rope_theta,
         if cfg.tie_word_embeddings { "" } else { "un" }
     );
-    println!("params    {}", cfg.param_count());
-    println!("bytes     {} (f32 in memory)", t.size_bytes());
-    println!();
-    println!("{:<20} {:>12} {:>12}", "layer", "shape", "bytes");
+    crate::outln!("params    {}", cfg.param_count());
+    crate::outln!("bytes     {} (f32 in memory)", t.size_bytes());
+    crate::outln!();
+    crate::outln!("{:<20} {:>12} {:>12}", "layer", "shape", "bytes");
     for block in 0..t.blocks.len() {
         for kind in LinearKind::ALL {
             let w = t.blocks[block].linear(kind);
             let (o, i) = w.shape();
-            println!(
+            crate::outln!(
                 "{:<20} {:>12} {:>12}",
                 format!("blk.{block}.{}", kind.gguf_name()),
                 format!("{o}×{i}"),
@@ -320,15 +322,20 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
             obj["tasks"] = serde_json::to_value(tasks)?;
             obj["task_acc_mean"] = (tasks.values().sum::<f64>() / tasks.len().max(1) as f64).into();
         }
-        println!("{}", serde_json::to_string_pretty(&obj)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&obj)?);
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "ppl {:.4} ± {:.4}  ({} tokens scored in {} chunks of {}, {:.1}s)",
-        report.ppl, report.ppl_stderr, report.tokens, report.chunks, report.ctx, report.seconds
+        report.ppl,
+        report.ppl_stderr,
+        report.tokens,
+        report.chunks,
+        report.ctx,
+        report.seconds
     );
     if let Some(k) = &report.kld {
-        println!(
+        crate::outln!(
             "kld mean {:.6} ± {:.6}  median {:.6}  p99 {:.6}  top-1 agree {:.2}%  rms Δp {:.3}%",
             k.kld_mean,
             k.kld_stderr,
@@ -340,7 +347,7 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     }
     if let Some(tasks) = &tasks {
         for (task, acc) in tasks {
-            println!("{task:<10} {:.1}%", 100.0 * acc);
+            crate::outln!("{task:<10} {:.1}%", 100.0 * acc);
         }
     }
     Ok(())
@@ -374,13 +381,13 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
     })?;
     bar.finish();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     for note in &report.notes {
-        println!("note: {note}");
+        crate::outln!("note: {note}");
     }
-    println!(
+    crate::outln!(
         "ppl {:.4} ± {:.4} (base {:.4})  kld {:.5} (p99 {:.4})  top-1 {:.2}%",
         report.ppl,
         report.ppl_stderr,
@@ -389,7 +396,7 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
         report.kld_p99,
         100.0 * report.top1_agree
     );
-    println!(
+    crate::outln!(
         "bytes {} (base {}, {:.2}×)  avg bits {:.3}  decode {:.1} tok/s  prefill {:.1} tok/s  compress {:.1}s",
         report.bytes,
         report.base_bytes,
@@ -401,7 +408,7 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
     );
     if let Some(tasks) = &report.tasks {
         for (task, acc) in tasks {
-            println!("{task:<10} {:.1}%", 100.0 * acc);
+            crate::outln!("{task:<10} {:.1}%", 100.0 * acc);
         }
     }
     Ok(())
@@ -472,7 +479,7 @@ fn allocate(args: &AllocateArgs) -> anyhow::Result<()> {
         Some(path) => {
             std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         }
-        None => print!("{text}"),
+        None => crate::outln!("{}", text.trim_end()),
     }
     Ok(())
 }
@@ -501,6 +508,6 @@ fn generate(spec: &str, prompt: &str, n: usize) -> anyhow::Result<()> {
     let model = load(spec)?;
     let ids = model.tokenizer.encode(prompt, true)?;
     let out = generate_greedy(&model, &ids, n, |_| false)?;
-    println!("{}{}", prompt, model.tokenizer.decode(&out)?);
+    crate::outln!("{}{}", prompt, model.tokenizer.decode(&out)?);
     Ok(())
 }

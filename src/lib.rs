@@ -7,6 +7,7 @@ pub mod cli;
 pub mod eval;
 pub mod export;
 pub mod model;
+pub mod output;
 pub mod progress;
 pub mod quant;
 pub mod run;

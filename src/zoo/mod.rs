@@ -88,7 +88,7 @@ pub const MEMBERS: [ZooMember; 6] = [
             (Task::Recall, 0.12),
             (Task::Lang, 0.14),
         ],
-        steps: 2500,
+        steps: 1500,
         lr: 2e-3,
     },
 ];
