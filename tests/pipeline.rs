@@ -54,9 +54,10 @@ fn shiftadd_recipe_compresses_every_selected_layer() {
         );
     }
     assert!(c.model.transformer.size_bytes() < base.transformer.size_bytes());
-    // 3 planes plus one f32 scale per (plane, 16 weights): 3 + 3·32/16 = 9 bits, as stored.
+    // 3 planes plus one f32 scale per (plane, 16 weights): 3 + 3·32/16 = 9 bits, plus the
+    // padding of rows to 16-row key blocks (widths 40 and 72 pad to 48 and 80), as stored.
     let bits = c.avg_bits();
-    assert!((bits - 9.0).abs() < 0.3, "avg bits {bits}");
+    assert!(bits > 9.0 && bits < 10.0, "avg bits {bits}");
     // Untouched tensors are shared with the base, not copied.
     assert_eq!(
         c.model.transformer.token_embd.id(),
