@@ -80,10 +80,9 @@ enum ZooCommand {
     },
 }
 
+/// How the evaluation text is read and windowed (shared by `eval` and `run`).
 #[derive(Debug, Args)]
-struct EvalArgs {
-    /// A GGUF file, a Hugging Face directory, or `zoo:NAME`.
-    model: String,
+struct TextArgs {
     /// Text file to score (zoo models default to their held-out `lang` text).
     #[arg(long)]
     text: Option<PathBuf>,
@@ -93,6 +92,14 @@ struct EvalArgs {
     /// Evaluate at most this many chunks.
     #[arg(long)]
     chunks: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// A GGUF file, a Hugging Face directory, or `zoo:NAME`.
+    model: String,
+    #[command(flatten)]
+    text: TextArgs,
     /// Reference model for KL divergence, top-1 agreement and RMS Δp.
     #[arg(long)]
     base: Option<String>,
@@ -114,15 +121,8 @@ struct RunArgs {
     /// The recipe (TOML).
     #[arg(long)]
     recipe: PathBuf,
-    /// Evaluation text (zoo models default to their held-out text).
-    #[arg(long)]
-    text: Option<PathBuf>,
-    /// Tokens per perplexity chunk (default 512, or the model's context if shorter).
-    #[arg(long)]
-    ctx: Option<usize>,
-    /// Evaluate at most this many chunks.
-    #[arg(long)]
-    chunks: Option<usize>,
+    #[command(flatten)]
+    text: TextArgs,
     /// Calibration text (default: the bundled one, or the zoo's training mix).
     #[arg(long)]
     calib_text: Option<PathBuf>,
@@ -284,7 +284,7 @@ fn info(spec: &str, json: bool) -> anyhow::Result<()> {
 fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let model = load(&args.model)?;
     let base = args.base.as_deref().map(load).transpose()?;
-    let text = match &args.text {
+    let text = match &args.text.text {
         Some(path) => {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
         }
@@ -297,9 +297,10 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let tokens = model.tokenizer.encode(&text, true)?;
     let opts = PerplexityOptions {
         ctx: args
+            .text
             .ctx
             .unwrap_or_else(|| 512.min(model.config().max_position_embeddings)),
-        chunks: args.chunks,
+        chunks: args.text.chunks,
     };
     let bar = TermProgress::new("perplexity");
     let report = perplexity(&model, &tokens, opts, base.as_ref(), &mut |d, t| {
@@ -364,9 +365,9 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
         .with_context(|| args.recipe.display().to_string())?;
     let req = RunRequest {
         recipe,
-        text: args.text.clone(),
-        ctx: args.ctx,
-        chunks: args.chunks,
+        text: args.text.text.clone(),
+        ctx: args.text.ctx,
+        chunks: args.text.chunks,
         calib_text: args.calib_text.clone(),
         calib: CalibOptions {
             samples: args.calib_samples,

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Measures the zoo table of experiments/RESULTS.md and the README: every bundled model's `lang`
+# perplexity (held-out text, ctx 128) and exact-match accuracy on 200 held-out prompts per task.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+bin="${CARGO_TARGET_DIR:-target}/release/reparam"
+echo "| model | lang ppl | arith | brackets | reverse | recall | trained steps | train time (2 cores) |"
+echo "|---|---|---|---|---|---|---|---|"
+for m in base arith brackets reverse recall multi; do
+  "$bin" eval "zoo:$m" --tasks --json | python3 -c "
+import json, sys
+r = json.load(sys.stdin)
+meta = json.load(open('assets/zoo/$m/zoo.json'))
+t = r['tasks']
+pct = lambda k: f\"{100 * t[k]:.1f} %\"
+print(f\"| $m | {r['ppl']:.3f} | {pct('arith')} | {pct('brackets')} | {pct('reverse')} | {pct('recall')} | \"
+      f\"{meta['train']['steps']} | {meta['train_seconds'] / 60:.0f} min |\")
+"
+done
