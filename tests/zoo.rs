@@ -173,3 +173,48 @@ fn unknown_zoo_name_is_a_clear_error() {
     let msg = format!("{err:#}");
     assert!(msg.contains("no bundled zoo model `nonexistent`"), "{msg}");
 }
+
+#[test]
+fn cli_run_applies_a_recipe_to_a_zoo_model() {
+    let recipe = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/experiments/recipes/shiftadd-4bit.toml"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_reparam"))
+        .args([
+            "run",
+            "zoo:multi",
+            "--recipe",
+            recipe,
+            "--chunks",
+            "4",
+            "--prompts",
+            "10",
+        ])
+        .args(["--calib-samples", "4", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("no `{k}` in {r}"));
+    // Four planes on a small model: close to the base, a fraction of its bytes.
+    assert!(f("kld_mean") < 0.05, "{r}");
+    assert!(f("top1_agree") > 0.9, "{r}");
+    assert!(f("bytes") < f("base_bytes") / 3.0, "{r}");
+    assert!((f("avg_bits") - 5.0).abs() < 1e-9, "{r}");
+    for k in [
+        "ppl",
+        "decode_tok_s",
+        "prefill_tok_s",
+        "compress_seconds",
+        "task_acc_mean",
+    ] {
+        assert!(f(k).is_finite() && f(k) >= 0.0, "{k}: {r}");
+    }
+    assert_eq!(r["tasks"].as_object().unwrap().len(), 4);
+    assert_eq!(r["recipe_hash"].as_str().unwrap().len(), 64);
+}
