@@ -94,6 +94,29 @@ struct TextArgs {
     chunks: Option<usize>,
 }
 
+/// Calibration data (shared by `run` and `allocate`).
+#[derive(Debug, Args)]
+struct CalibArgs {
+    /// Calibration text (default: the bundled one, or the zoo's training mix).
+    #[arg(long)]
+    calib_text: Option<PathBuf>,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 32)]
+    calib_samples: usize,
+    /// Tokens per calibration window (at most the context).
+    #[arg(long, default_value_t = 512)]
+    calib_len: usize,
+}
+
+impl CalibArgs {
+    fn options(&self) -> CalibOptions {
+        CalibOptions {
+            samples: self.calib_samples,
+            seq_len: self.calib_len,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct EvalArgs {
     /// A GGUF file, a Hugging Face directory, or `zoo:NAME`.
@@ -123,15 +146,8 @@ struct RunArgs {
     recipe: PathBuf,
     #[command(flatten)]
     text: TextArgs,
-    /// Calibration text (default: the bundled one, or the zoo's training mix).
-    #[arg(long)]
-    calib_text: Option<PathBuf>,
-    /// Calibration windows.
-    #[arg(long, default_value_t = 32)]
-    calib_samples: usize,
-    /// Tokens per calibration window (at most the context).
-    #[arg(long, default_value_t = 512)]
-    calib_len: usize,
+    #[command(flatten)]
+    calib: CalibArgs,
     /// Held-out prompts per task on zoo models.
     #[arg(long, default_value_t = crate::eval::tasks::EVAL_PROMPTS_PER_TASK)]
     prompts: usize,
@@ -153,13 +169,8 @@ struct AllocateArgs {
     /// Scale layout of every layer (`block` or `column`).
     #[arg(long, default_value = "block")]
     layout: String,
-    /// Calibration text (default: the bundled one, or the zoo's training mix).
-    #[arg(long)]
-    calib_text: Option<PathBuf>,
-    #[arg(long, default_value_t = 32)]
-    calib_samples: usize,
-    #[arg(long, default_value_t = 512)]
-    calib_len: usize,
+    #[command(flatten)]
+    calib: CalibArgs,
     /// Write the recipe here (TOML) instead of to stdout.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -368,11 +379,8 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
         text: args.text.text.clone(),
         ctx: args.text.ctx,
         chunks: args.text.chunks,
-        calib_text: args.calib_text.clone(),
-        calib: CalibOptions {
-            samples: args.calib_samples,
-            seq_len: args.calib_len,
-        },
+        calib_text: args.calib.calib_text.clone(),
+        calib: args.calib.options(),
         task_prompts: args.prompts,
     };
     let bar = TermProgress::new("run");
@@ -431,10 +439,13 @@ fn allocate(args: &AllocateArgs) -> anyhow::Result<()> {
         error_feedback: true,
         act_order: true,
     };
-    let calib_tokens = crate::run::calibration_tokens(&base, args.calib_text.as_ref())?;
+    let calib_tokens = crate::run::calibration_tokens(&base, args.calib.calib_text.as_ref())?;
     let calib = CalibOptions {
-        samples: args.calib_samples,
-        seq_len: args.calib_len.min(base.config().max_position_embeddings),
+        seq_len: args
+            .calib
+            .calib_len
+            .min(base.config().max_position_embeddings),
+        ..args.calib.options()
     };
     let bar = TermProgress::new("allocate");
     let (mut recipe, table) = allocate_recipe(
