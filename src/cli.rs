@@ -485,7 +485,7 @@ fn allocate(args: &AllocateArgs) -> anyhow::Result<()> {
         args.model,
         args.avg_bits,
         args.bits,
-        recipe.to_toml()
+        recipe.to_toml()?
     );
     match &args.out {
         Some(path) => {

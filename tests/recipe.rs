@@ -33,7 +33,7 @@ bits = 4
 #[test]
 fn toml_json_round_trip_and_stable_hash() {
     let r = Recipe::from_toml(RECIPE).unwrap();
-    let again = Recipe::from_toml(&r.to_toml()).unwrap();
+    let again = Recipe::from_toml(&r.to_toml().unwrap()).unwrap();
     assert_eq!(r, again);
     assert_eq!(r, Recipe::from_json(&r.to_json()).unwrap());
     assert_eq!(r.hash(), again.hash());
@@ -43,7 +43,8 @@ fn toml_json_round_trip_and_stable_hash() {
     let changed = Recipe::from_toml(&RECIPE.replace("bits = 3", "bits = 2")).unwrap();
     assert_ne!(changed.hash(), r.hash());
     // Defaults are filled in and explicit.
-    assert!(r.to_toml().contains("apot_terms = 3"), "{}", r.to_toml());
+    let toml = r.to_toml().unwrap();
+    assert!(toml.contains("apot_terms = 3"), "{toml}");
 }
 
 #[test]

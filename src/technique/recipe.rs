@@ -242,14 +242,16 @@ impl Recipe {
         toml::from_str(text).map_err(|e| RecipeError::Parse(e.to_string()))
     }
 
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_default()
+    pub fn to_toml(&self) -> Result<String, RecipeError> {
+        toml::to_string_pretty(self).map_err(|e| RecipeError::Parse(format!("writing TOML: {e}")))
     }
 
     pub fn from_json(text: &str) -> Result<Self, RecipeError> {
         serde_json::from_str(text).map_err(|e| RecipeError::Parse(e.to_string()))
     }
 
+    /// Compact JSON (the store's form). Plain structs with string keys always serialize, so
+    /// the fallback is unreachable.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
