@@ -108,6 +108,7 @@ pub fn perplexity(
     }
     let available = tokens.len() / ctx;
     let n_chunks = opts.chunks.map_or(available, |c| c.min(available));
+    anyhow::ensure!(n_chunks > 0, "--chunks 0 scores nothing; give at least 1");
     let first = ctx / 2;
     let scored_per_chunk = ctx - 1 - first;
     let bos = model
