@@ -20,7 +20,6 @@
 
 use rayon::prelude::*;
 
-use super::bcq;
 use super::gptq::{QuantizedMatrix, ScaleLayout};
 
 /// Inputs per LUT key.
@@ -179,34 +178,37 @@ impl BcqPacked {
         self.planes.len() + self.scales.len() * size_of::<f32>()
     }
 
-    /// Scale of plane `b` for the weight at (`row`, `col`).
-    fn scale(&self, row: usize, b: usize, col: usize) -> f32 {
-        let g = row / self.rows_per_group.max(1);
-        match self.layout {
-            ScaleLayout::Block { .. } => {
-                self.scales[(g * self.bits + b) * self.n_chunks() + col / CHUNK]
-            }
-            ScaleLayout::Column { .. } => self.scales[(g * self.bits + b) * self.cols + col],
-        }
-    }
-
     /// Dense `rows × cols` reconstruction from the packed form, bit-identical to
-    /// [`QuantizedMatrix::dequantize`] (same [`bcq::codeword`] summation order).
+    /// [`QuantizedMatrix::dequantize`] (same [`super::bcq::codeword`] summation order).
     pub fn dequantize(&self) -> Vec<f32> {
-        let q = self.bits;
-        let mut out = vec![0.0f32; self.rows * self.cols];
-        out.par_chunks_mut(self.cols.max(1))
+        let (q, n_chunks, cols) = (self.bits, self.n_chunks(), self.cols);
+        let rpg = self.rows_per_group.max(1);
+        let mut out = vec![0.0f32; self.rows * cols];
+        // Plane by plane in ascending order from 0.0, exactly as `bcq::codeword` sums, one key
+        // byte (8 weights) at a time; the prefill path calls this for every batch.
+        out.par_chunks_mut(cols.max(1))
             .enumerate()
             .for_each(|(r, row)| {
-                let mut alphas = [0.0f32; bcq::MAX_BITS];
-                for (k, v) in row.iter_mut().enumerate() {
-                    let mut code = 0u8;
-                    for (b, a) in alphas.iter_mut().enumerate().take(q) {
-                        let key = self.planes[self.key_index(r, b, k / CHUNK)];
-                        code |= ((key >> (k % CHUNK)) & 1) << b;
-                        *a = self.scale(r, b, k);
+                let g = r / rpg;
+                for b in 0..q {
+                    for (c, ws) in row.chunks_mut(CHUNK).enumerate() {
+                        let key = self.planes[self.key_index(r, b, c)];
+                        match self.layout {
+                            ScaleLayout::Block { .. } => {
+                                let a = self.scales[(g * q + b) * n_chunks + c];
+                                for (t, w) in ws.iter_mut().enumerate() {
+                                    *w += if (key >> t) & 1 == 1 { a } else { -a };
+                                }
+                            }
+                            ScaleLayout::Column { .. } => {
+                                let at = (g * q + b) * cols + c * CHUNK;
+                                let alphas = &self.scales[at..at + ws.len()];
+                                for (t, (w, &a)) in ws.iter_mut().zip(alphas).enumerate() {
+                                    *w += if (key >> t) & 1 == 1 { a } else { -a };
+                                }
+                            }
+                        }
                     }
-                    *v = bcq::codeword(&alphas[..q], code);
                 }
             });
         out
