@@ -115,3 +115,61 @@ fn bad_input_is_a_one_line_error() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn eval_prints_task_accuracy_as_json() {
+    let json = json(&reparam(&[
+        "eval",
+        "zoo:multi",
+        "--tasks",
+        "--prompts",
+        "20",
+        "--json",
+    ]));
+    let tasks = json["tasks"].as_object().unwrap();
+    assert_eq!(tasks.len(), 4);
+    for (task, acc) in tasks {
+        let acc = acc.as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{task}: {acc}");
+    }
+    assert!(json["ppl"].as_f64().unwrap().is_finite());
+    assert!(json["task_acc_mean"].as_f64().is_some());
+}
+
+#[test]
+fn run_applies_a_recipe_to_a_zoo_model() {
+    let recipe = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/experiments/recipes/shiftadd-4bit.toml"
+    );
+    let r = json(&reparam(&[
+        "run",
+        "zoo:multi",
+        "--recipe",
+        recipe,
+        "--chunks",
+        "4",
+        "--prompts",
+        "10",
+        "--calib-samples",
+        "4",
+        "--json",
+    ]));
+    let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("no `{k}` in {r}"));
+    // Four planes on a small model: close to the base, a fraction of its bytes.
+    assert!(f("kld_mean") < 0.05, "{r}");
+    assert!(f("top1_agree") > 0.9, "{r}");
+    assert!(f("bytes") < f("base_bytes") / 3.0, "{r}");
+    assert!((f("avg_bits") - 5.0).abs() < 1e-9, "{r}");
+    for k in [
+        "ppl",
+        "decode_tok_s",
+        "prefill_tok_s",
+        "compress_seconds",
+        "task_acc_mean",
+    ] {
+        assert!(f(k).is_finite() && f(k) >= 0.0, "{k}: {r}");
+    }
+    assert_eq!(r["tasks"].as_object().unwrap().len(), 4);
+    assert_eq!(r["recipe_hash"].as_str().unwrap().len(), 64);
+}
