@@ -56,6 +56,14 @@ pub struct RunReport {
     pub decode_tok_s: f64,
     pub prefill_tok_s: f64,
     pub compress_seconds: f64,
+    /// Fraction (0–1) of linear weights pruned away.
+    pub sparsity: f64,
+    /// Blocks removed by flattening or dropping.
+    pub flattened_blocks: usize,
+    /// Weights per stored value over RPS-shared layers (1 when none).
+    pub rps_ratio: f64,
+    /// Fine-tuned models merged into the base.
+    pub merged_models: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tasks: Option<BTreeMap<String, f64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +157,10 @@ pub fn run(
         decode_tok_s: latency.decode_tok_s,
         prefill_tok_s: latency.prefill_tok_s,
         compress_seconds: compressed.compress_seconds,
+        sparsity: compressed.summary.sparsity,
+        flattened_blocks: compressed.summary.flattened_blocks,
+        rps_ratio: compressed.summary.rps_ratio,
+        merged_models: compressed.summary.merged_models,
         task_acc_mean: tasks
             .as_ref()
             .map(|t| t.values().sum::<f64>() / t.len().max(1) as f64),

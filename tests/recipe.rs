@@ -6,7 +6,7 @@ mod common;
 
 use common::TinySpec;
 use reparam::model::{LinearId, LinearKind, Model};
-use reparam::technique::recipe::{LayerTechnique, Recipe};
+use reparam::technique::recipe::{Quant, Recipe};
 
 fn tiny() -> (tempfile::TempDir, Model) {
     let dir = tempfile::tempdir().unwrap();
@@ -57,11 +57,11 @@ fn most_specific_rule_wins_and_overlaps_are_reported() {
     assert_eq!(plan.layers.len(), 14, "every linear of both blocks");
     let down1 = &plan.layers[&LinearId::new(1, LinearKind::FfnDown)];
     assert!(
-        matches!(down1.1, LayerTechnique::Rtn(_)),
+        matches!(down1.1.quant, Some(Quant::Rtn(_))),
         "block-restricted rule wins"
     );
     let down0 = &plan.layers[&LinearId::new(0, LinearKind::FfnDown)];
-    assert!(matches!(down0.1, LayerTechnique::ShiftAdd(_)));
+    assert!(matches!(down0.1.quant, Some(Quant::ShiftAdd(_))));
     assert_eq!(plan.notes.len(), 3, "{:?}", plan.notes);
     assert!(
         plan.notes[0].contains("blk.1.ffn_gate: rules 0 and 1 overlap; rule 1 applies"),

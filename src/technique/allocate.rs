@@ -276,12 +276,16 @@ pub fn allocate_recipe(
                 ..template.clone()
             }),
             rtn: None,
+            prune: None,
+            rps: None,
         });
     }
     progress("done", t.blocks.len(), t.blocks.len());
     let recipe = Recipe {
         model: Some(base.id.clone()),
         seed: 0,
+        merge: None,
+        flatten: None,
         layers,
     };
     Ok((recipe, table))

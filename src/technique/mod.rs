@@ -5,14 +5,18 @@
 //! returns a new model that shares every untouched tensor with the base.
 
 pub mod allocate;
+pub mod flatten;
+pub mod merge;
+pub mod prune;
 pub mod recipe;
+pub mod rps;
 pub mod shiftadd;
 
 use std::time::Instant;
 
-use crate::calib::{StatsCollector, calibration_ids, stats_source};
-use crate::model::{LinearId, Model, NoHook};
-use recipe::{LayerTechnique, Plan, Recipe};
+use crate::calib::{InputStats, StatsCollector, calibration_ids, stats_source};
+use crate::model::{LinearId, LinearWeight, Model, NoHook};
+use recipe::{LayerPlan, Plan, Recipe};
 
 /// Calibration settings (GPTQ-style: random windows of the calibration text).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -30,14 +34,27 @@ impl Default for CalibOptions {
     }
 }
 
+/// What a recipe did to the model, in the store's technique-summary columns.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TechniqueSummary {
+    /// Fraction (0–1) of all linear weights set to zero by pruning.
+    pub sparsity: f64,
+    /// Blocks removed by flattening or dropping.
+    pub flattened_blocks: usize,
+    /// Weights per stored value over the RPS-shared layers (1 when none are shared).
+    pub rps_ratio: f64,
+    /// Fine-tuned models merged into the base.
+    pub merged_models: usize,
+}
+
 /// A recipe applied: the compressed model and what was done.
 #[derive(Debug)]
 pub struct CompressedModel {
     pub model: Model,
     pub plan: Plan,
+    pub summary: TechniqueSummary,
     pub compress_seconds: f64,
 }
-
 impl CompressedModel {
     /// Average stored bits per weight over the compressed linears (scales included).
     pub fn avg_bits(&self) -> f64 {
@@ -62,9 +79,10 @@ fn cancelled() -> anyhow::Error {
     anyhow::anyhow!("cancelled")
 }
 
-/// Applies `recipe` to `base`. Blocks are processed in order; each block's calibration
-/// statistics come from running the calibration windows through the already-compressed
-/// blocks before it (sequential, as GPTQ and ShiftAddLLM do).
+/// Applies `recipe` to `base`: model-level steps first (merge, then flatten), then each
+/// block's linears in order (prune then quantize, or RPS). Each block's calibration statistics
+/// come from running the calibration windows through the already-compressed blocks before it
+/// (sequential, as GPTQ and ShiftAddLLM do).
 pub fn apply(
     base: &Model,
     recipe: &Recipe,
@@ -73,12 +91,26 @@ pub fn apply(
     progress: &mut Progress<'_>,
 ) -> anyhow::Result<CompressedModel> {
     let start = Instant::now();
-    let plan = recipe.resolve(&base.transformer)?;
+    // Rules are checked against the base before any work when no step changes the depth.
+    if recipe.flatten.is_none() {
+        recipe.resolve(&base.transformer)?;
+    }
     let mut model = base.clone();
-    let needs_stats = plan
-        .layers
-        .values()
-        .any(|(_, t)| matches!(t, LayerTechnique::ShiftAdd(k) if k.error_feedback));
+    let mut summary = TechniqueSummary {
+        rps_ratio: 1.0,
+        ..TechniqueSummary::default()
+    };
+    if let Some(step) = &recipe.merge {
+        model = merge::apply_merge(&model, step, progress)?;
+        summary.merged_models = step.models.len();
+    }
+    if let Some(step) = &recipe.flatten {
+        let removed =
+            flatten::apply_flatten(&mut model, step, calib_tokens, calib, recipe.seed, progress)?;
+        summary.flattened_blocks = removed;
+    }
+    let plan = recipe.resolve(&model.transformer)?;
+    let needs_stats = plan.layers.values().any(|(_, t)| t.needs_stats());
     let total = plan.layers.len();
     let mut done = 0;
     let mut hidden = if needs_stats {
@@ -89,7 +121,7 @@ pub fn apply(
     };
     let n_blocks = model.transformer.blocks.len();
     for block in 0..n_blocks {
-        let layers: Vec<(LinearId, LayerTechnique)> = plan
+        let layers: Vec<(LinearId, LayerPlan)> = plan
             .layers
             .iter()
             .filter(|(id, _)| id.block == block)
@@ -111,16 +143,16 @@ pub fn apply(
                 .transformer
                 .run_block(block, h, calib.samples, calib.seq_len, &mut stats)?;
         }
-        for (id, technique) in &layers {
-            if !progress(&format!("quantizing {id}"), done, total) {
+        for (id, layer) in &layers {
+            if !progress(&format!("compressing {id}"), done, total) {
                 return Err(cancelled());
             }
             let source = LinearId::new(block, stats_source(id.kind));
-            let layer_stats = stats.stats.get(&source);
             let Some(weight) = model.transformer.linear(*id) else {
                 anyhow::bail!("{id}: no such layer");
             };
-            let new = shiftadd::compress_linear(weight, technique, layer_stats)
+            let seed = recipe.seed ^ layer_seed(*id);
+            let new = compress_layer(weight, layer, stats.stats.get(&source), seed)
                 .map_err(|e| anyhow::anyhow!("{id}: {e:#}"))?;
             *model.transformer.blocks[block].linear_mut(id.kind) = new;
             done += 1;
@@ -141,10 +173,41 @@ pub fn apply(
             )?);
         }
     }
+    summary.sparsity = prune::model_sparsity(&model);
+    summary.rps_ratio = rps::model_rps_ratio(&model);
     progress("done", total, total);
     Ok(CompressedModel {
         model,
         plan,
+        summary,
         compress_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// A per-layer seed, so each layer's randomised choices differ but are reproducible.
+fn layer_seed(id: LinearId) -> u64 {
+    let h = blake3::hash(id.to_string().as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// One linear through its plan: RPS alone, or prune then quantize.
+fn compress_layer(
+    weight: &LinearWeight,
+    layer: &LayerPlan,
+    stats: Option<&InputStats>,
+    seed: u64,
+) -> anyhow::Result<LinearWeight> {
+    if let Some(knobs) = &layer.rps {
+        return rps::share_linear(weight, knobs, stats, seed);
+    }
+    let mut w = weight.clone();
+    if let Some(knobs) = &layer.prune {
+        w = prune::prune_linear(&w, knobs, stats)?;
+    }
+    if let Some(quant) = &layer.quant {
+        w = shiftadd::compress_linear(&w, quant, stats)?;
+    }
+    Ok(w)
 }

@@ -71,6 +71,105 @@ fn default_true() -> bool {
     true
 }
 
+/// Pruning knobs of one layer (spec D).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneKnobs {
+    /// Fraction of weights set to zero, 0..=0.95 (ignored by `nm`, whose ratio is `1 - n/m`).
+    #[serde(default)]
+    pub ratio: f64,
+    #[serde(default)]
+    pub method: PruneMethod,
+    /// `n:m` pattern: keep `n` of every `m` consecutive inputs.
+    #[serde(default = "default_n")]
+    pub n: usize,
+    #[serde(default = "default_m")]
+    pub m: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PruneMethod {
+    #[default]
+    Magnitude,
+    Wanda,
+    Nm,
+}
+
+fn default_n() -> usize {
+    2
+}
+fn default_m() -> usize {
+    4
+}
+
+/// Randomized parameter sharing knobs of one layer (spec A).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpsKnobs {
+    /// Compression ratio c ≥ 1: the layer's weights share `ceil(n / c)` slots.
+    pub ratio: f64,
+    #[serde(default)]
+    pub mapping: RpsMapping,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RpsMapping {
+    #[default]
+    Fold,
+    Uniform,
+}
+
+/// Model-level step: merge fine-tuned variants into the base, one at a time (spec C).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeStep {
+    /// Fine-tuned models (paths or `zoo:NAME`), folded in this order.
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub method: MergeMethod,
+    /// OPCM's α or task arithmetic's λ.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeMethod {
+    #[default]
+    Opcm,
+    TaskArithmetic,
+    Average,
+}
+
+fn default_alpha() -> f64 {
+    0.5
+}
+
+/// Model-level step: remove depth by flattening adjacent block pairs (spec B), or by dropping
+/// blocks (the ShortGPT baseline).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlattenStep {
+    /// Explicit adjacent pairs `[i, i + 1]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<[usize; 2]>,
+    /// Pick this many of the most redundant pairs by calibration similarity instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<usize>,
+    #[serde(default)]
+    pub method: FlattenMethod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlattenMethod {
+    #[default]
+    Flatten,
+    Drop,
+}
+
 /// One rule: which linears, and what to do with them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +185,10 @@ pub struct LayerRule {
     pub shiftadd: Option<ShiftAddKnobs>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtn: Option<RtnKnobs>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneKnobs>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rps: Option<RpsKnobs>,
 }
 
 /// A whole compression plan.
@@ -98,21 +201,42 @@ pub struct Recipe {
     /// Seed for every randomised step.
     #[serde(default)]
     pub seed: u64,
+    /// Model-level steps run first, in this order: merge, then flatten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<MergeStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flatten: Option<FlattenStep>,
     #[serde(default)]
     pub layers: Vec<LayerRule>,
 }
 
-/// What one linear gets.
+/// How one linear's weight is quantized.
 #[derive(Debug, Clone, PartialEq)]
-pub enum LayerTechnique {
+pub enum Quant {
     ShiftAdd(ShiftAddKnobs),
     Rtn(RtnKnobs),
 }
 
-/// The recipe resolved against a model: one technique per selected linear.
+/// What one linear gets, applied in this order: prune, then quantize; or RPS alone.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LayerPlan {
+    pub prune: Option<PruneKnobs>,
+    pub quant: Option<Quant>,
+    pub rps: Option<RpsKnobs>,
+}
+
+impl LayerPlan {
+    /// Whether this layer's technique reads its input statistics (XᵀX or column norms).
+    pub fn needs_stats(&self) -> bool {
+        matches!(&self.quant, Some(Quant::ShiftAdd(k)) if k.error_feedback)
+            || matches!(&self.prune, Some(p) if p.method == PruneMethod::Wanda)
+    }
+}
+
+/// The recipe resolved against a model: one plan per selected linear.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
-    pub layers: BTreeMap<LinearId, (usize, LayerTechnique)>,
+    pub layers: BTreeMap<LinearId, (usize, LayerPlan)>,
     /// Overlaps between rules, for the user to see (which rule won where).
     pub notes: Vec<String>,
 }
@@ -237,6 +361,86 @@ impl RtnKnobs {
     }
 }
 
+impl PruneKnobs {
+    fn validate(&self) -> Result<(), String> {
+        if self.method == PruneMethod::Nm {
+            if self.n == 0 || self.n >= self.m || self.m > 64 {
+                return Err(format!(
+                    "prune n:m = {}:{} must keep 0 < n < m <= 64",
+                    self.n, self.m
+                ));
+            }
+        } else if !(0.0..=0.95).contains(&self.ratio) {
+            return Err(format!("prune.ratio = {} is outside 0..=0.95", self.ratio));
+        }
+        Ok(())
+    }
+
+    /// The fraction of weights this pruning removes.
+    pub fn sparsity(&self) -> f64 {
+        match self.method {
+            PruneMethod::Nm => 1.0 - self.n as f64 / self.m as f64,
+            _ => self.ratio,
+        }
+    }
+}
+
+impl RpsKnobs {
+    fn validate(&self) -> Result<(), String> {
+        if !(self.ratio >= 1.0 && self.ratio <= 1024.0) {
+            return Err(format!("rps.ratio = {} is outside 1..=1024", self.ratio));
+        }
+        Ok(())
+    }
+}
+
+impl LayerRule {
+    /// The rule's knobs as one layer plan, with invalid combinations rejected.
+    pub fn layer_plan(&self) -> Result<LayerPlan, String> {
+        let quant = match (&self.shiftadd, &self.rtn) {
+            (Some(s), None) => {
+                s.validate()?;
+                Some(Quant::ShiftAdd(s.clone()))
+            }
+            (None, Some(r)) => {
+                r.validate()?;
+                Some(Quant::Rtn(r.clone()))
+            }
+            (Some(_), Some(_)) => {
+                return Err(
+                    "sets both `shiftadd` and `rtn`: a weight has one quantized form".into(),
+                );
+            }
+            (None, None) => None,
+        };
+        if let Some(p) = &self.prune {
+            p.validate()?;
+        }
+        if let Some(r) = &self.rps {
+            r.validate()?;
+            if quant.is_some() || self.prune.is_some() {
+                return Err(
+                    "combines `rps` with pruning or quantization: RPS replaces the weight \
+                     by a hashed shared array, which has no per-weight values to prune or quantize"
+                        .into(),
+                );
+            }
+        }
+        let plan = LayerPlan {
+            prune: self.prune.clone(),
+            quant,
+            rps: self.rps.clone(),
+        };
+        if plan == LayerPlan::default() {
+            return Err(
+                "sets no technique (e.g. `[layers.shiftadd]`, `[layers.prune]`, `[layers.rps]`)"
+                    .into(),
+            );
+        }
+        Ok(plan)
+    }
+}
+
 impl Recipe {
     pub fn from_toml(text: &str) -> Result<Self, RecipeError> {
         toml::from_str(text).map_err(|e| RecipeError::Parse(e.to_string()))
@@ -280,24 +484,7 @@ impl Recipe {
                 pattern: rule.pattern.clone(),
                 what,
             };
-            let technique = match (&rule.shiftadd, &rule.rtn) {
-                (Some(s), None) => {
-                    s.validate().map_err(err)?;
-                    LayerTechnique::ShiftAdd(s.clone())
-                }
-                (None, Some(r)) => {
-                    r.validate().map_err(err)?;
-                    LayerTechnique::Rtn(r.clone())
-                }
-                (Some(_), Some(_)) => {
-                    return Err(err(
-                        "sets both `shiftadd` and `rtn`: a weight has one quantized form".into(),
-                    ));
-                }
-                (None, None) => {
-                    return Err(err("sets no technique (e.g. `[layers.shiftadd]`)".into()));
-                }
-            };
+            let technique = rule.layer_plan().map_err(err)?;
             let matcher = Matcher::new(&rule.pattern).map_err(err)?;
             let blocks = rule
                 .blocks

@@ -12,7 +12,7 @@ use crate::quant::gptq::{
     ScaleLayout, SweepOptions, inverse_factor_diag, quantize_matrix, rtn_quantize,
 };
 use crate::quant::lut::BcqPacked;
-use crate::technique::recipe::{LayerTechnique, ScaleLayoutKnob, ShiftAddKnobs};
+use crate::technique::recipe::{Quant, ScaleLayoutKnob, ShiftAddKnobs};
 
 /// Diagonal damping of the calibration Hessian, as a fraction of its mean diagonal (GPTQ's 1 %).
 pub const DAMP: f64 = 0.01;
@@ -49,13 +49,13 @@ fn sweep_options(k: &ShiftAddKnobs) -> SweepOptions {
 /// technique uses error feedback.
 pub fn compress_linear(
     weight: &LinearWeight,
-    technique: &LayerTechnique,
+    technique: &Quant,
     stats: Option<&InputStats>,
 ) -> anyhow::Result<LinearWeight> {
     let (w, rows, cols) = dense_f32(weight)?;
     let bias = weight.bias().cloned();
     match technique {
-        LayerTechnique::Rtn(k) => {
+        Quant::Rtn(k) => {
             let q = rtn_quantize(&w, rows, cols, k.bits, k.group);
             Ok(LinearWeight::Rtn {
                 dequantized: candle_core::Tensor::from_vec(
@@ -68,7 +68,7 @@ pub fn compress_linear(
                 bias,
             })
         }
-        LayerTechnique::ShiftAdd(k) => {
+        Quant::ShiftAdd(k) => {
             let h = match (k.error_feedback, stats) {
                 (false, _) => None,
                 (true, Some(s)) if s.in_features == cols && !s.xtx.is_empty() => Some(&s.xtx[..]),
