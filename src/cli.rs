@@ -18,6 +18,8 @@ use crate::zoo::corpus::lang_eval_text;
 use crate::zoo::tasks::Task;
 use crate::zoo::{LANG_EVAL_SENTENCES, ZooOptions, build_zoo, is_zoo_model};
 
+mod experiments;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "reparam",
@@ -60,6 +62,22 @@ enum Command {
     /// The bundled model zoo.
     #[command(subcommand)]
     Zoo(ZooCommand),
+    /// Run every point of a search space into the store (resumable, shardable).
+    Sweep(experiments::SweepArgs),
+    /// Print the Pareto front of stored runs over two or three metrics.
+    Pareto(experiments::ParetoArgs),
+    /// List stored runs.
+    History(experiments::HistoryArgs),
+    /// Compare two groups of runs: fronts, hypervolumes, and the per-layer plan diff of the
+    /// closest pair.
+    Compare(experiments::CompareArgs),
+    /// Maintain the experiment store.
+    #[command(subcommand)]
+    Store(experiments::StoreCommand),
+    /// Tag a stored run.
+    Tag(experiments::TagArgs),
+    /// Export a stored run: its recipe, the compressed model, llama.cpp tensor types.
+    Export(experiments::ExportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,6 +172,8 @@ struct RunArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    store: experiments::RunStoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -195,6 +215,13 @@ pub fn run() -> anyhow::Result<()> {
         Command::Allocate(args) => allocate(&args),
         Command::Bench(BenchCommand::Eval(args)) => crate::bench::eval_bench(&args),
         Command::Bench(BenchCommand::Kernels(args)) => crate::bench::kernel_bench(&args),
+        Command::Sweep(args) => experiments::sweep(&args),
+        Command::Pareto(args) => experiments::pareto(&args),
+        Command::History(args) => experiments::history(&args),
+        Command::Compare(args) => experiments::compare_cmd(&args),
+        Command::Store(cmd) => experiments::store_cmd(&cmd),
+        Command::Tag(args) => experiments::tag(&args),
+        Command::Export(args) => experiments::export(&args),
         Command::Zoo(ZooCommand::Train {
             out,
             seed,
@@ -369,6 +396,29 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.recipe)
         .with_context(|| format!("reading {}", args.recipe.display()))?;
     let recipe = Recipe::from_toml(&text).with_context(|| args.recipe.display().to_string())?;
+    if !args.store.no_store {
+        let eval = crate::jobs::EvalSettings {
+            text: args.text.text.clone(),
+            ctx: args.text.ctx,
+            chunks: args.text.chunks,
+            calib_text: args.calib.calib_text.clone(),
+            calib: args.calib.options(),
+            task_prompts: args.prompts,
+        };
+        let (rec, cached) = experiments::run_stored(&args.model, eval, recipe, &args.store)?;
+        let obj = experiments::record_report_json(&rec, cached);
+        if args.json {
+            crate::outln!("{}", serde_json::to_string_pretty(&obj)?);
+            return Ok(());
+        }
+        for note in &rec.notes {
+            crate::outln!("note: {note}");
+        }
+        for (k, v) in &rec.metrics {
+            crate::outln!("{k:<18} {v}");
+        }
+        return Ok(());
+    }
     let base = load(&args.model)?;
     // Validate against the model before any work starts.
     recipe

@@ -122,7 +122,9 @@ pub fn run(
         ctx,
         chunks: req.chunks,
     };
-    let base_report = perplexity(base, &tokens, opts, None, &mut |_, _| true)?;
+    let base_report = perplexity(base, &tokens, opts, None, &mut |d, t| {
+        progress("evaluating base", d, t)
+    })?;
     let report = perplexity(&compressed.model, &tokens, opts, Some(base), &mut |d, t| {
         progress("evaluating", d, t)
     })?;

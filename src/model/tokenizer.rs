@@ -62,6 +62,18 @@ impl TextTokenizer {
             .map_err(|e| anyhow::anyhow!("detokenizing failed: {e}"))
     }
 
+    /// The `tokenizer.json` text of this tokenizer (for exports).
+    pub fn to_json(&self) -> anyhow::Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| anyhow::anyhow!("serializing the tokenizer: {e}"))
+    }
+
+    /// The text of token `id`, if it exists.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -1,0 +1,656 @@
+//! The experiment commands: `sweep`, `pareto`, `history`, `compare`, `store`, `tag`, `export`,
+//! and the store side of `run`. Each parses arguments, calls the store/jobs/export library and
+//! prints; nothing here computes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+use crate::export::experiment::{
+    ExportFormat, export_metadata, llama_quantize_types, reapply, recipe_toml, write_gguf, write_hf,
+};
+use crate::jobs::{EvalSettings, JobEventKind, JobRunner, JobSpec, ModelCache, execute};
+use crate::progress::TermProgress;
+use crate::store::query::{
+    CompareReport, FrontReport, Objective, compare, filter_records, front_report, plan_diff, select,
+};
+use crate::store::record::CODE_VERSION;
+use crate::store::{DEFAULT_DIR, ExperimentRecord, Status, Store, run_key};
+use crate::sweep::{SearchSpace, Shard};
+
+/// `--store DIR`, shared by every experiment command.
+#[derive(Debug, Args)]
+pub struct StoreArg {
+    /// The experiment store directory.
+    #[arg(long = "store", default_value = DEFAULT_DIR)]
+    pub dir: PathBuf,
+}
+
+impl StoreArg {
+    pub fn open(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(&self.dir)?)
+    }
+}
+
+/// Prints a warning per unreadable store file (they are skipped, never touched).
+fn warn_skipped(store: &Store) -> anyhow::Result<Vec<ExperimentRecord>> {
+    let snap = store.load()?;
+    for (path, why) in &snap.skipped {
+        eprintln!(
+            "warning: skipping unreadable store file {}: {why}",
+            path.display()
+        );
+    }
+    Ok(snap.records)
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// A GGUF file, a Hugging Face directory, or `zoo:NAME`.
+    pub model: String,
+    /// The search space (TOML).
+    #[arg(long)]
+    pub space: PathBuf,
+    /// Jobs run at once (0 = fit the machine).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Run only shard I of N (`I/N`, I from 0): points I, I+N, I+2N, …
+    #[arg(long)]
+    pub shard: Option<Shard>,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Tag every run.
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Re-run points whose run key is already stored.
+    #[arg(long)]
+    pub force: bool,
+    /// Evaluate at most this many chunks (overrides the space's `[eval]`).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Held-out prompts per zoo task (overrides the space's `[eval]`).
+    #[arg(long)]
+    pub prompts: Option<usize>,
+    /// Print the points and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.space)
+        .with_context(|| format!("reading {}", args.space.display()))?;
+    let space = SearchSpace::from_toml(&text).with_context(|| args.space.display().to_string())?;
+    let mut points = space
+        .points()
+        .with_context(|| args.space.display().to_string())?;
+    let total = points.len();
+    if let Some(shard) = args.shard {
+        points = shard.select(points);
+    }
+    let mut eval = space.eval.apply(EvalSettings::default());
+    eval.chunks = args.chunks.or(eval.chunks);
+    if let Some(p) = args.prompts {
+        eval.task_prompts = p;
+    }
+    if args.dry_run {
+        for r in &points {
+            crate::outln!("{} {}", r.hash(), r.to_json());
+        }
+        return Ok(());
+    }
+    let store = args.store.open()?;
+    // Resume: skip points already stored (the runner would return them too; this says so).
+    let models = ModelCache::default();
+    let base = models.get(&args.model)?;
+    let eval_json = eval.key_json()?;
+    let stored: std::collections::HashSet<String> = warn_skipped(&store)?
+        .into_iter()
+        .filter(|r| r.status == Status::Ok)
+        .map(|r| r.run_key)
+        .collect();
+    let mut todo = Vec::new();
+    for (i, recipe) in points.into_iter().enumerate() {
+        let key = run_key(&base.id, &recipe.hash(), &eval_json, CODE_VERSION);
+        if args.force || !stored.contains(&key) {
+            todo.push((i, recipe));
+        }
+    }
+    let skipped = total_in_shard(total, args.shard) - todo.len();
+    eprintln!(
+        "sweep: {total} points in the space, {} in this shard, {skipped} already stored, {} to run",
+        total_in_shard(total, args.shard),
+        todo.len()
+    );
+    drop(base);
+    let runner = JobRunner::new(store, args.jobs, Arc::new(|| {}));
+    let mut pending = std::collections::HashMap::new();
+    for (i, recipe) in todo {
+        let id = runner.submit(JobSpec {
+            label: format!("point {i}"),
+            model: args.model.clone(),
+            recipe,
+            tags: args.tag.clone(),
+            force: args.force,
+            eval: eval.clone(),
+        });
+        pending.insert(id, i);
+    }
+    let (mut ok, mut failed, mut cancelled) = (0, 0, 0);
+    let n = pending.len();
+    while !pending.is_empty() {
+        let Some(ev) = runner.recv_event(Duration::from_secs(3600)) else {
+            anyhow::bail!("no progress from the job runner for an hour");
+        };
+        if let JobEventKind::Finished(rec) = ev.kind {
+            let point = pending.remove(&ev.id).unwrap_or(usize::MAX);
+            match rec.status {
+                Status::Ok => ok += 1,
+                Status::Failed => failed += 1,
+                Status::Cancelled => cancelled += 1,
+            }
+            eprintln!(
+                "[{}/{n}] point {point}: run {} {}{}",
+                n - pending.len(),
+                rec.id,
+                rec.status,
+                match (&rec.error, rec.metric("kld_mean"), rec.metric("bytes")) {
+                    (Some(e), _, _) => format!(" ({e})"),
+                    (None, Some(k), Some(b)) => format!("  kld {k:.5}  bytes {b:.0}"),
+                    _ => String::new(),
+                }
+            );
+        }
+    }
+    eprintln!("sweep done: {ok} ok, {failed} failed, {cancelled} cancelled, {skipped} skipped");
+    Ok(())
+}
+
+fn total_in_shard(total: usize, shard: Option<Shard>) -> usize {
+    match shard {
+        Some(s) => (total + s.count - 1 - s.index) / s.count,
+        None => total,
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ParetoArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// First objective (a metric; `max:NAME`/`min:NAME` override its direction).
+    #[arg(long, default_value = "bytes")]
+    pub x: String,
+    #[arg(long, default_value = "kld_mean")]
+    pub y: String,
+    /// Optional third objective.
+    #[arg(long)]
+    pub z: Option<String>,
+    /// Only runs matching `COLUMN OP VALUE [and …]`, e.g. `avg_bits < 3 and model_name == multi`.
+    #[arg(long = "where")]
+    pub filter: Option<String>,
+    /// Only runs with this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn objectives(x: &str, y: &str, z: Option<&str>) -> anyhow::Result<Vec<Objective>> {
+    let mut o = vec![x.parse()?, y.parse()?];
+    if let Some(z) = z {
+        o.push(z.parse()?);
+    }
+    Ok(o)
+}
+
+fn print_front(label: &str, f: &FrontReport) -> anyhow::Result<()> {
+    let names: Vec<String> = f
+        .objectives
+        .iter()
+        .map(|o| {
+            format!(
+                "{}{}",
+                o.metric,
+                if o.sense == crate::store::pareto::Sense::Maximize {
+                    " ↑"
+                } else {
+                    " ↓"
+                }
+            )
+        })
+        .collect();
+    crate::outln!(
+        "{label}front of {} runs over {} ({} considered){}",
+        f.front.len(),
+        names.join(", "),
+        f.considered,
+        f.hypervolume
+            .map(|h| format!(", hypervolume {h:.6e}"))
+            .unwrap_or_default()
+    );
+    crate::outln!(
+        "  {:<14}{}  {:<20} tags",
+        "run",
+        names.iter().map(|n| format!("{n:>16}")).collect::<String>(),
+        "techniques"
+    );
+    for r in &f.front {
+        let knee = if f.knee.as_deref() == Some(r.id.as_str()) {
+            "*"
+        } else {
+            " "
+        };
+        crate::outln!(
+            " {knee}{:<14}{}  {:<20} {}",
+            r.id,
+            r.values
+                .iter()
+                .map(|v| format!("{v:>16.6}"))
+                .collect::<String>(),
+            r.techniques,
+            r.tags.join(",")
+        );
+    }
+    if f.knee.is_some() {
+        crate::outln!("  (* = knee point)");
+    }
+    Ok(())
+}
+
+pub fn pareto(args: &ParetoArgs) -> anyhow::Result<()> {
+    let store = args.store.open()?;
+    let mut recs = warn_skipped(&store)?;
+    if let Some(tag) = &args.tag {
+        recs.retain(|r| r.tags.contains(tag));
+    }
+    if let Some(w) = &args.filter {
+        recs = filter_records(&recs, &w.parse()?)?;
+    }
+    let objs = objectives(&args.x, &args.y, args.z.as_deref())?;
+    let report = front_report(&recs, &objs, None)?;
+    if args.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    print_front("", &report)
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Only runs with this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Only runs matching a filter (see `pareto --where`).
+    #[arg(long = "where")]
+    pub filter: Option<String>,
+    /// Print every record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn history(args: &HistoryArgs) -> anyhow::Result<()> {
+    let store = args.store.open()?;
+    let mut recs = warn_skipped(&store)?;
+    if let Some(tag) = &args.tag {
+        recs.retain(|r| r.tags.contains(tag));
+    }
+    if let Some(w) = &args.filter {
+        recs = filter_records(&recs, &w.parse()?)?;
+    }
+    if args.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&recs)?);
+        return Ok(());
+    }
+    crate::outln!(
+        "{:<13} {:<20} {:<10} {:<9} {:<18} {:>10} {:>10} {:>9}  tags",
+        "run",
+        "created",
+        "model",
+        "status",
+        "techniques",
+        "bytes",
+        "kld_mean",
+        "ppl"
+    );
+    for r in &recs {
+        let m = |k: &str| {
+            r.metric(k)
+                .map_or_else(|| "-".into(), |v| format!("{v:.4}"))
+        };
+        crate::outln!(
+            "{:<13} {:<20} {:<10} {:<9} {:<18} {:>10} {:>10} {:>9}  {}",
+            r.id,
+            r.created_at.get(..19).unwrap_or(&r.created_at),
+            r.model_name,
+            r.status,
+            r.techniques,
+            r.metric("bytes")
+                .map_or_else(|| "-".into(), |v| format!("{v:.0}")),
+            m("kld_mean"),
+            m("ppl"),
+            r.tags.join(",")
+        );
+    }
+    crate::outln!("{} runs", recs.len());
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// First group: a tag, or a filter like `techniques == rtn`.
+    #[arg(long)]
+    pub a: String,
+    /// Second group.
+    #[arg(long)]
+    pub b: String,
+    #[arg(long, default_value = "bytes")]
+    pub x: String,
+    #[arg(long, default_value = "kld_mean")]
+    pub y: String,
+    #[arg(long)]
+    pub z: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn compare_cmd(args: &CompareArgs) -> anyhow::Result<()> {
+    let store = args.store.open()?;
+    warn_skipped(&store)?;
+    let a = select(&store, &args.a)?;
+    let b = select(&store, &args.b)?;
+    anyhow::ensure!(!a.is_empty(), "--a `{}` selects no run", args.a);
+    anyhow::ensure!(!b.is_empty(), "--b `{}` selects no run", args.b);
+    let objs = objectives(&args.x, &args.y, args.z.as_deref())?;
+    let mut report: CompareReport = compare(&a, &b, &objs)?;
+    if let Some((ia, ib)) = report.best_match.clone() {
+        let (ra, rb) = (store.get(&ia)?, store.get(&ib)?);
+        let diff = (|| -> anyhow::Result<_> {
+            anyhow::ensure!(
+                !ra.model_spec.is_empty(),
+                "run {} does not name its model",
+                ra.id
+            );
+            let model = crate::model::load_spec(&ra.model_spec)?;
+            Ok(plan_diff(&model.transformer, &ra.recipe()?, &rb.recipe()?)?)
+        })();
+        match diff {
+            Ok(d) => report.plan_diff = d,
+            Err(e) => report.plan_note = Some(format!("no per-layer diff: {e:#}")),
+        }
+    }
+    if args.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    print_front(&format!("A ({}): ", args.a), &report.a)?;
+    print_front(&format!("B ({}): ", args.b), &report.b)?;
+    crate::outln!("reference point {:?}", report.a.reference);
+    if let Some(d) = report.hypervolume_diff {
+        crate::outln!(
+            "hypervolume A − B = {d:.6e} ({})",
+            if d > 0.0 {
+                "A dominates more"
+            } else if d < 0.0 {
+                "B dominates more"
+            } else {
+                "equal"
+            }
+        );
+    }
+    if let Some((ia, ib)) = &report.best_match {
+        crate::outln!("closest pair: {ia} (A) ↔ {ib} (B)");
+        if let Some(note) = &report.plan_note {
+            crate::outln!("  {note}");
+        } else if report.plan_diff.is_empty() {
+            crate::outln!("  same plan on every layer");
+        }
+        for d in &report.plan_diff {
+            crate::outln!("  {:<18} {:<28} | {}", d.layer, d.a, d.b);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Merge all run files into one (atomically; unreadable files are left alone).
+    Compact {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Write every run as CSV.
+    Export {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        csv: PathBuf,
+    },
+}
+
+pub fn store_cmd(cmd: &StoreCommand) -> anyhow::Result<()> {
+    match cmd {
+        StoreCommand::Compact { store } => {
+            let store = store.open()?;
+            warn_skipped(&store)?;
+            let (files, runs) = store.compact()?;
+            eprintln!("compacted {files} files holding {runs} runs");
+        }
+        StoreCommand::Export { store, csv } => {
+            let store = store.open()?;
+            warn_skipped(&store)?;
+            let n = store.export_csv(csv)?;
+            eprintln!("wrote {n} runs to {}", csv.display());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// A run id (or a unique prefix).
+    pub run_id: String,
+    pub tag: String,
+    /// Remove the tag instead.
+    #[arg(long)]
+    pub remove: bool,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+pub fn tag(args: &TagArgs) -> anyhow::Result<()> {
+    let store = args.store.open()?;
+    if args.remove {
+        store.remove_tag(&args.run_id, &args.tag)?;
+    } else {
+        store.add_tag(&args.run_id, &args.tag)?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A run id (or a unique prefix).
+    pub run_id: String,
+    /// Write the run's exact recipe (TOML, with its hash and model id).
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// Write the compressed model (the recipe re-applied to the base).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// `safetensors` (an HF directory) or `gguf` (a file; needs a GGUF base).
+    #[arg(long, default_value = "safetensors")]
+    pub format: String,
+    /// Weights dtype of the exported model: `f32` (exact) or `f16`.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Write llama.cpp per-tensor types (`--tensor-type` arguments of llama-quantize).
+    #[arg(long)]
+    pub llama_quantize_types: Option<PathBuf>,
+    /// The base model, when the run's own model spec no longer resolves.
+    #[arg(long)]
+    pub base: Option<String>,
+    /// The calibration text, when the run used its own.
+    #[arg(long)]
+    pub calib_text: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.recipe.is_some() || args.model.is_some() || args.llama_quantize_types.is_some(),
+        "nothing to export: give --recipe OUT.toml, --model OUT and/or --llama-quantize-types OUT.txt"
+    );
+    let store = args.store.open()?;
+    let rec = store.get(&args.run_id)?;
+    if let Some(path) = &args.recipe {
+        std::fs::write(path, recipe_toml(&rec)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("recipe of run {} written to {}", rec.id, path.display());
+    }
+    if args.model.is_none() && args.llama_quantize_types.is_none() {
+        return Ok(());
+    }
+    let spec = args.base.clone().unwrap_or_else(|| rec.model_spec.clone());
+    anyhow::ensure!(
+        !spec.is_empty(),
+        "run {} does not name its model; pass --base",
+        rec.id
+    );
+    let base = crate::model::load_spec(&spec)?;
+    if let Some(path) = &args.llama_quantize_types {
+        let plan = rec.recipe()?.resolve(&base.transformer)?;
+        std::fs::write(path, llama_quantize_types(&plan))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("llama.cpp tensor types written to {}", path.display());
+    }
+    if let Some(out) = &args.model {
+        let format: ExportFormat = args.format.parse().map_err(anyhow::Error::msg)?;
+        let dtype = match args.dtype.as_str() {
+            "f32" => candle_core::DType::F32,
+            "f16" => candle_core::DType::F16,
+            other => anyhow::bail!("--dtype `{other}`: expected f32 or f16"),
+        };
+        let bar = TermProgress::new("export");
+        let (t, plan) = reapply(
+            &base,
+            &rec,
+            args.calib_text.as_deref(),
+            &mut |stage, d, n| {
+                bar.set_stage(stage);
+                bar.update(d, n)
+            },
+        )?;
+        bar.finish();
+        let meta = export_metadata(&rec, &plan);
+        match format {
+            ExportFormat::Safetensors => write_hf(&base, &t, out, dtype, &meta)?,
+            ExportFormat::Gguf => write_gguf(&base, &t, out, dtype, &meta)?,
+        }
+        eprintln!("model of run {} written to {}", rec.id, out.display());
+    }
+    Ok(())
+}
+
+/// The store side of `reparam run`.
+#[derive(Debug, Args)]
+pub struct RunStoreArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Do not read or write the store.
+    #[arg(long)]
+    pub no_store: bool,
+    /// Tag the stored run.
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Run even if this run key is already stored.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Integer metrics print as integers, as in `RunReport`.
+const INTEGER_METRICS: [&str; 4] = ["bytes", "base_bytes", "flattened_blocks", "merged_models"];
+
+/// A stored record in the shape of `run --json`'s report, plus the run's id and key.
+pub fn record_report_json(rec: &ExperimentRecord, cached: bool) -> serde_json::Value {
+    let mut obj = serde_json::Map::new();
+    obj.insert("model_id".into(), rec.model_id.clone().into());
+    obj.insert("model_name".into(), rec.model_name.clone().into());
+    obj.insert("recipe_hash".into(), rec.recipe_hash.clone().into());
+    let mut tasks = serde_json::Map::new();
+    for (k, v) in &rec.metrics {
+        if let Some(task) = k.strip_prefix("task_").filter(|t| *t != "acc_mean") {
+            tasks.insert(task.to_string(), (*v).into());
+        } else if INTEGER_METRICS.contains(&k.as_str()) && v.fract() == 0.0 && *v >= 0.0 {
+            obj.insert(k.clone(), (*v as u64).into());
+        } else {
+            obj.insert(k.clone(), (*v).into());
+        }
+    }
+    if !tasks.is_empty() {
+        obj.insert("tasks".into(), tasks.into());
+    }
+    obj.insert("notes".into(), rec.notes.clone().into());
+    obj.insert("run_id".into(), rec.id.clone().into());
+    obj.insert("run_key".into(), rec.run_key.clone().into());
+    obj.insert("status".into(), rec.status.as_str().into());
+    obj.insert("cached".into(), cached.into());
+    serde_json::Value::Object(obj)
+}
+
+/// Runs one recipe through the store: a stored run key returns the stored record.
+pub fn run_stored(
+    model: &str,
+    spec_eval: EvalSettings,
+    recipe: crate::technique::recipe::Recipe,
+    args: &RunStoreArgs,
+) -> anyhow::Result<(ExperimentRecord, bool)> {
+    let store = args.store.open()?;
+    let models = ModelCache::default();
+    let spec = JobSpec {
+        label: "run".into(),
+        model: model.to_string(),
+        recipe,
+        tags: args.tag.clone(),
+        force: args.force,
+        eval: spec_eval,
+    };
+    let bar = TermProgress::new("run");
+    let outcome = execute(
+        &store,
+        &models,
+        &spec,
+        &AtomicBool::new(false),
+        &AtomicU64::new(0),
+        &mut |stage, d, t| {
+            bar.set_stage(stage);
+            bar.update(d, t);
+        },
+    )?;
+    bar.finish();
+    let rec = outcome.record;
+    if rec.status != Status::Ok {
+        anyhow::bail!(
+            "run {} {}: {}",
+            rec.id,
+            rec.status,
+            rec.error.clone().unwrap_or_default()
+        );
+    }
+    if outcome.cached {
+        eprintln!(
+            "run key already stored as run {} ({}); use --force to run again",
+            rec.id, rec.created_at
+        );
+    } else {
+        eprintln!("stored as run {} in {}", rec.id, store.dir().display());
+    }
+    Ok((rec, outcome.cached))
+}

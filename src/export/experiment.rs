@@ -1,0 +1,336 @@
+//! Exporting a stored run: its exact recipe (TOML, with hash and model id), the compressed
+//! model (the recipe re-applied to the base, deterministically, then written as an HF
+//! directory or a GGUF file), and llama.cpp's per-tensor quantization types.
+//!
+//! Every compressed form is written dense (f32 or f16): shift-add, RPS and pruned layers are
+//! dequantized, which the file's metadata says. The recipe hash, run id and model id go into
+//! the metadata of every file written.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+use candle_core::DType;
+use candle_core::quantized::GgmlDType;
+
+use crate::model::gguf::{GgufFile, GgufWriter, MetaValue};
+use crate::model::{LinearKind, Model, ModelFormat, Transformer};
+use crate::store::ExperimentRecord;
+use crate::technique::recipe::{Plan, Quant, Recipe};
+use crate::technique::{CalibOptions, Progress, apply};
+
+use super::hf::{TokenizerFiles, save_hf_dir};
+
+/// The model file formats `export --model` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    Safetensors,
+    Gguf,
+}
+
+impl std::str::FromStr for ExportFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "safetensors" | "hf" => Ok(Self::Safetensors),
+            "gguf" => Ok(Self::Gguf),
+            other => Err(format!(
+                "format `{other}`: expected `safetensors` or `gguf`"
+            )),
+        }
+    }
+}
+
+/// The run's recipe as TOML, with a header naming its hash, run and model.
+pub fn recipe_toml(rec: &ExperimentRecord) -> anyhow::Result<String> {
+    let recipe = rec.recipe().context("the stored recipe does not parse")?;
+    anyhow::ensure!(
+        recipe.hash() == rec.recipe_hash,
+        "the stored recipe hashes to {} but the run says {}: the record is inconsistent",
+        recipe.hash(),
+        rec.recipe_hash
+    );
+    let mut recipe = recipe;
+    if recipe.model.is_none() && !rec.model_spec.is_empty() {
+        recipe.model = Some(rec.model_spec.clone());
+    }
+    Ok(format!(
+        "# Exported from run {} ({}).\n# recipe_hash = \"{}\"\n# model_id = \"{}\"\n# model = \"{}\"\n# eval = {}\n{}",
+        rec.id,
+        rec.created_at,
+        rec.recipe_hash,
+        rec.model_id,
+        rec.model_name,
+        rec.eval_json,
+        recipe.to_toml()?
+    ))
+}
+
+/// Metadata written into exported files.
+pub fn export_metadata(rec: &ExperimentRecord, plan: &Plan) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("reparam.recipe_hash".into(), rec.recipe_hash.clone());
+    m.insert("reparam.run_id".into(), rec.id.clone());
+    m.insert("reparam.run_key".into(), rec.run_key.clone());
+    m.insert("reparam.model_id".into(), rec.model_id.clone());
+    m.insert("reparam.recipe_json".into(), rec.recipe_json.clone());
+    let dequantized = plan
+        .layers
+        .values()
+        .filter(|(_, p)| p.quant.is_some() || p.rps.is_some() || p.prune.is_some())
+        .count();
+    if dequantized > 0 {
+        m.insert(
+            "reparam.note".into(),
+            format!(
+                "{dequantized} compressed linears (shift-add, RTN, RPS or pruned) are stored \
+                 dequantized; the values are exactly the compressed ones"
+            ),
+        );
+    }
+    m
+}
+
+/// Calibration settings stored in the run's `eval_json`.
+fn calib_from_eval(eval_json: &str) -> anyhow::Result<(CalibOptions, Option<String>)> {
+    let v: serde_json::Value = if eval_json.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(eval_json).context("the run's eval settings do not parse")?
+    };
+    let d = CalibOptions::default();
+    let get = |k: &str, def: usize| {
+        v.get(k)
+            .and_then(serde_json::Value::as_u64)
+            .map_or(def, |x| x as usize)
+    };
+    Ok((
+        CalibOptions {
+            samples: get("calib_samples", d.samples),
+            seq_len: get("calib_len", d.seq_len),
+        },
+        v.get("calib_text")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string),
+    ))
+}
+
+/// Re-applies the run's recipe to `base` (the same calibration data and seed, so the same
+/// weights). `calib_text` must be given when the run used its own calibration text.
+pub fn reapply(
+    base: &Model,
+    rec: &ExperimentRecord,
+    calib_text: Option<&Path>,
+    progress: &mut Progress<'_>,
+) -> anyhow::Result<(Transformer, Plan)> {
+    anyhow::ensure!(
+        base.id == rec.model_id,
+        "model {} has id {}, but run {} was made on {}",
+        base.name,
+        base.id,
+        rec.id,
+        rec.model_id
+    );
+    let recipe: Recipe = rec.recipe()?;
+    let (calib, text_hash) = calib_from_eval(&rec.eval_json)?;
+    match (&text_hash, calib_text) {
+        (Some(_), None) => anyhow::bail!(
+            "run {} used its own calibration text; pass it with --calib-text",
+            rec.id
+        ),
+        (Some(h), Some(p)) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            let got = blake3::hash(&bytes).to_hex()[..16].to_string();
+            anyhow::ensure!(
+                &got == h,
+                "{} is not the calibration text run {} used",
+                p.display(),
+                rec.id
+            );
+        }
+        _ => {}
+    }
+    let path = calib_text.map(Path::to_path_buf);
+    let tokens = crate::run::calibration_tokens(base, path.as_ref())?;
+    let ctx = 512.min(base.config().max_position_embeddings);
+    let calib = CalibOptions {
+        seq_len: calib.seq_len.min(ctx),
+        ..calib
+    };
+    let compressed = apply(base, &recipe, &tokens, calib, progress)?;
+    Ok((compressed.model.transformer, compressed.plan))
+}
+
+/// Writes `t` (from `base`'s tokenizer) as an HF directory in `dtype`. Zoo models keep their
+/// zoo marker so the export evaluates on the same built-in text and tasks.
+pub fn write_hf(
+    base: &Model,
+    t: &Transformer,
+    out: &Path,
+    dtype: DType,
+    metadata: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let json = base.tokenizer.to_json()?;
+    let tok = &base.tokenizer;
+    let bos_text = tok.bos_id.and_then(|id| tok.token_text(id));
+    let eos_text = tok.eos_id.and_then(|id| tok.token_text(id));
+    let files = TokenizerFiles {
+        json: &json,
+        bos: tok.bos_id.zip(bos_text.as_deref()),
+        add_bos: tok.add_bos,
+        eos: tok.eos_id.zip(eos_text.as_deref()),
+    };
+    save_hf_dir(t, &files, out, dtype, metadata)?;
+    let zoo_meta = base.path.join(crate::zoo::ZOO_META_FILE);
+    if zoo_meta.is_file() {
+        std::fs::copy(&zoo_meta, out.join(crate::zoo::ZOO_META_FILE))
+            .with_context(|| format!("copying {}", zoo_meta.display()))?;
+    }
+    Ok(())
+}
+
+/// HF rotate-half row order → GGUF's interleaved order (inverse of the loader's unpermute).
+fn permute_qk(w: &candle_core::Tensor, heads: usize) -> anyhow::Result<candle_core::Tensor> {
+    let (rows, cols) = w.dims2()?;
+    Ok(w.reshape((heads, 2, rows / heads / 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
+}
+
+/// Writes `t` as a GGUF file. The tokenizer and architecture metadata are copied from the
+/// base's GGUF file (a base from an HF directory has no GGUF tokenizer to copy: an error).
+pub fn write_gguf(
+    base: &Model,
+    t: &Transformer,
+    out: &Path,
+    dtype: DType,
+    metadata: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        base.format == ModelFormat::Gguf,
+        "GGUF export needs a GGUF base model (its tokenizer metadata is copied); {} is an HF \
+         directory: use --format safetensors",
+        base.name
+    );
+    let src = GgufFile::open(&base.path)?;
+    let arch = src.get_str("general.architecture")?.to_string();
+    let mut w = GgufWriter::default();
+    for (key, value) in &src.metadata {
+        // Depth may have changed; block_count is rewritten below. File type no longer applies.
+        if key == &format!("{arch}.block_count") || key == "general.file_type" {
+            continue;
+        }
+        w.meta(key, value.clone());
+    }
+    w.meta(
+        &format!("{arch}.block_count"),
+        MetaValue::U32(t.blocks.len() as u32),
+    );
+    for (k, v) in metadata {
+        w.meta(k, MetaValue::String(v.clone()));
+    }
+    let (ggml, dt) = match dtype {
+        DType::F16 => (GgmlDType::F16, DType::F16),
+        _ => (GgmlDType::F32, DType::F32),
+    };
+    let mut put =
+        |name: &str, tensor: &candle_core::Tensor, keep_f32: bool| -> anyhow::Result<()> {
+            let (g, d) = if keep_f32 {
+                (GgmlDType::F32, DType::F32)
+            } else {
+                (ggml, dt)
+            };
+            let x = tensor.to_dtype(d)?.flatten_all()?;
+            let bytes: Vec<u8> = match d {
+                DType::F16 => x
+                    .to_vec1::<half::f16>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+                _ => x
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            };
+            w.tensor(name, tensor.dims(), g, bytes);
+            Ok(())
+        };
+    let permuted = t.config.architecture == crate::model::Architecture::Llama;
+    put("token_embd.weight", &t.token_embd, false)?;
+    for (i, b) in t.blocks.iter().enumerate() {
+        put(&format!("blk.{i}.attn_norm.weight"), &b.attn_norm, true)?;
+        put(&format!("blk.{i}.ffn_norm.weight"), &b.ffn_norm, true)?;
+        for kind in LinearKind::ALL {
+            let lw = b.linear(kind);
+            let mut dense = lw.to_dense()?;
+            if permuted && kind == LinearKind::AttnQ {
+                dense = permute_qk(&dense, t.config.num_heads)?;
+            } else if permuted && kind == LinearKind::AttnK {
+                dense = permute_qk(&dense, t.config.num_kv_heads)?;
+            }
+            put(
+                &format!("blk.{i}.{}.weight", kind.gguf_name()),
+                &dense,
+                false,
+            )?;
+            if let Some(bias) = lw.bias() {
+                put(&format!("blk.{i}.{}.bias", kind.gguf_name()), bias, true)?;
+            }
+        }
+    }
+    put("output_norm.weight", &t.output_norm, true)?;
+    if !t.config.tie_word_embeddings {
+        put("output.weight", &t.output.to_dense()?, false)?;
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(out, w.to_bytes()).with_context(|| format!("writing {}", out.display()))
+}
+
+/// The closest llama.cpp type for `bits` bits per weight.
+fn llama_type(bits: usize) -> &'static str {
+    match bits {
+        0..=2 => "q2_k",
+        3 => "q3_k",
+        4 => "q4_k",
+        5 => "q5_k",
+        6 | 7 => "q6_k",
+        _ => "q8_0",
+    }
+}
+
+/// llama.cpp per-tensor types for the layers it can express, one `NAME=TYPE` per line (the
+/// argument of `llama-quantize --tensor-type`); `#` lines explain the layers it cannot.
+pub fn llama_quantize_types(plan: &Plan) -> String {
+    let mut out = String::from(
+        "# Per-tensor types for llama-quantize: pass each line as `--tensor-type LINE`.\n",
+    );
+    for (id, (_, p)) in &plan.layers {
+        let name = format!("{id}.weight");
+        if p.rps.is_some() {
+            out.push_str(&format!(
+                "# {name}: RPS parameter sharing has no llama.cpp type (exported dense)\n"
+            ));
+            continue;
+        }
+        if p.prune.is_some() {
+            out.push_str(&format!(
+                "# {name}: pruned; llama.cpp types do not keep sparsity (zeros stay zeros in the dense export)\n"
+            ));
+        }
+        match &p.quant {
+            Some(Quant::Rtn(k)) => out.push_str(&format!("{name}={}\n", llama_type(k.bits))),
+            Some(Quant::ShiftAdd(k)) => out.push_str(&format!(
+                "# {name}: shift-add {}b; nearest llama.cpp type by bits\n{name}={}\n",
+                k.bits,
+                llama_type(k.bits)
+            )),
+            None => {}
+        }
+    }
+    out
+}

@@ -1,0 +1,413 @@
+//! The experiment store: every run ever made, as plain Parquet files in one directory.
+//!
+//! Layout of a store directory (default [`DEFAULT_DIR`]):
+//! - `run-<id>.parquet`: one finished run (one row), written once and never rewritten;
+//! - `compact-<stamp>-<id>.parquet`: many runs merged by [`Store::compact`];
+//! - `tags/<id>.<stamp>.tag`: one tag operation (`+tag` or `-tag`) per small file;
+//! - `.tmp-*`: a write in progress (ignored by readers; a killed writer may leave one).
+//!
+//! Every file is written to a temporary name, fsynced, renamed into place and the directory
+//! fsynced, so a reader sees either the whole file or nothing, and several processes (a sharded
+//! sweep on a cluster) can write into one directory without locks. A file that cannot be read
+//! is reported in [`Snapshot::skipped`] and left alone. This module never deletes a run file
+//! except the inputs of a finished compaction, whose rows are then in the compacted file.
+
+pub mod frame;
+pub mod pareto;
+pub mod query;
+pub mod record;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use polars::prelude::*;
+
+pub use frame::{SCHEMA_VERSION, frame_from_records, records_from_frame};
+pub use record::{CODE_VERSION, ExperimentRecord, Status, run_key};
+
+/// Where runs go unless `--store DIR` says otherwise.
+pub const DEFAULT_DIR: &str = "experiments/store";
+
+/// Temporary files older than this are leftovers of killed writers; `compact` removes them.
+const STALE_TMP: Duration = Duration::from_secs(3600);
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parquet { path: PathBuf, message: String },
+    #[error("no run with id `{0}` in the store")]
+    NoSuchRun(String),
+    #[error("run id `{id}` is ambiguous: {matches} runs start with it")]
+    AmbiguousId { id: String, matches: usize },
+    #[error("bad tag `{0}`: tags are 1–64 characters, no whitespace, not starting with `+`/`-`")]
+    BadTag(String),
+    #[error("{0}")]
+    Query(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Everything readable in the store at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Runs, oldest first, tags merged in, each id once.
+    pub records: Vec<ExperimentRecord>,
+    /// Files that could not be read, with the reason (they stay on disk untouched).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// A store directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// A unique, sortable stamp for file names: nanoseconds since the epoch, zero padded.
+fn stamp() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos:020}")
+}
+
+/// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, fsync the directory.
+fn write_atomic(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut File) -> Result<(), StoreError>,
+) -> Result<PathBuf, StoreError> {
+    let tmp = dir.join(format!(".tmp-{}-{}-{name}", std::process::id(), stamp()));
+    let dest = dir.join(name);
+    let result = (|| {
+        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+        write(&mut file)?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        drop(file);
+        std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))
+    })();
+    if result.is_err() {
+        // Our own partial file; nobody else can be reading it under its temporary name.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| dest)
+}
+
+fn write_parquet(dir: &Path, name: &str, mut df: DataFrame) -> Result<PathBuf, StoreError> {
+    let path = dir.join(name);
+    write_atomic(dir, name, |file| {
+        ParquetWriter::new(file)
+            .finish(&mut df)
+            .map(|_| ())
+            .map_err(|e| StoreError::Parquet {
+                path: path.clone(),
+                message: e.to_string(),
+            })
+    })
+}
+
+/// Reads one Parquet file of runs.
+pub fn read_run_file(path: &Path) -> Result<Vec<ExperimentRecord>, String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let df = ParquetReader::new(file)
+        .finish()
+        .map_err(|e| e.to_string())?;
+    records_from_frame(&df).map_err(|e| e.to_string())
+}
+
+fn check_tag(tag: &str) -> Result<(), StoreError> {
+    let ok = !tag.is_empty()
+        && tag.chars().count() <= 64
+        && !tag.chars().any(char::is_whitespace)
+        && !tag.starts_with(['+', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadTag(tag.to_string()))
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir.join("tags")).map_err(io_err(dir))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Run files currently in the directory (finished writes only), sorted by name.
+    pub fn run_files(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !name.starts_with('.') && name.ends_with(".parquet") {
+                files.push(entry.path());
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// Stores one finished run as its own file; returns the file's path.
+    pub fn append(&self, rec: &ExperimentRecord) -> Result<PathBuf, StoreError> {
+        let df =
+            frame_from_records(std::slice::from_ref(rec)).map_err(|e| StoreError::Parquet {
+                path: self.dir.clone(),
+                message: e.to_string(),
+            })?;
+        write_parquet(&self.dir, &format!("run-{}.parquet", rec.id), df)
+    }
+
+    /// Reads every run file, without tag files applied. Unreadable files are reported.
+    fn load_raw(
+        &self,
+    ) -> Result<
+        (
+            Vec<(PathBuf, Vec<ExperimentRecord>)>,
+            Vec<(PathBuf, String)>,
+        ),
+        StoreError,
+    > {
+        let mut good = Vec::new();
+        let mut skipped = Vec::new();
+        for path in self.run_files()? {
+            match read_run_file(&path) {
+                Ok(recs) => good.push((path, recs)),
+                Err(why) => {
+                    tracing::warn!("skipping unreadable store file {}: {why}", path.display());
+                    skipped.push((path, why));
+                }
+            }
+        }
+        Ok((good, skipped))
+    }
+
+    /// Every readable run, oldest first, with tag files applied; each id appears once (a
+    /// compaction interrupted before it removed its inputs leaves duplicates on disk).
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
+        let (files, skipped) = self.load_raw()?;
+        let mut seen = HashSet::new();
+        let mut records: Vec<ExperimentRecord> = files
+            .into_iter()
+            .flat_map(|(_, recs)| recs)
+            .filter(|r| seen.insert(r.id.clone()))
+            .collect();
+        let ops = self.tag_ops()?;
+        for r in &mut records {
+            if let Some(ops) = ops.get(&r.id) {
+                for (add, tag) in ops {
+                    if *add {
+                        if !r.tags.contains(tag) {
+                            r.tags.push(tag.clone());
+                        }
+                    } else {
+                        r.tags.retain(|t| t != tag);
+                    }
+                }
+            }
+        }
+        records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(Snapshot { records, skipped })
+    }
+
+    /// All runs as a lazy frame (the Parquet columns; `tags` reflects tag files, as JSON).
+    pub fn frame(&self) -> Result<LazyFrame, StoreError> {
+        let snap = self.load()?;
+        let df = frame_from_records(&snap.records).map_err(|e| StoreError::Parquet {
+            path: self.dir.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(df.lazy())
+    }
+
+    /// The newest successful run with this key, if any.
+    pub fn find_key(&self, run_key: &str) -> Result<Option<ExperimentRecord>, StoreError> {
+        Ok(self
+            .load()?
+            .records
+            .into_iter()
+            .rev()
+            .find(|r| r.run_key == run_key && r.status == Status::Ok))
+    }
+
+    /// The run whose id is `id` or starts with it (unique prefix).
+    pub fn get(&self, id: &str) -> Result<ExperimentRecord, StoreError> {
+        let recs = self.load()?.records;
+        if let Some(r) = recs.iter().find(|r| r.id == id) {
+            return Ok(r.clone());
+        }
+        let matches: Vec<&ExperimentRecord> =
+            recs.iter().filter(|r| r.id.starts_with(id)).collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(StoreError::NoSuchRun(id.to_string())),
+            many => Err(StoreError::AmbiguousId {
+                id: id.to_string(),
+                matches: many.len(),
+            }),
+        }
+    }
+
+    fn tag_op(&self, id: &str, tag: &str, add: bool) -> Result<(), StoreError> {
+        check_tag(tag)?;
+        let id = self.get(id)?.id;
+        let dir = self.dir.join("tags");
+        let name = format!("{id}.{}-{}.tag", stamp(), std::process::id());
+        let line = format!("{}{tag}\n", if add { '+' } else { '-' });
+        write_atomic(&dir, &name, |f| {
+            f.write_all(line.as_bytes()).map_err(io_err(&dir))
+        })?;
+        Ok(())
+    }
+
+    /// Adds `tag` to run `id` (a new small tag file; the run file is not touched).
+    pub fn add_tag(&self, id: &str, tag: &str) -> Result<(), StoreError> {
+        self.tag_op(id, tag, true)
+    }
+
+    /// Removes `tag` from run `id` (also by a new tag file).
+    pub fn remove_tag(&self, id: &str, tag: &str) -> Result<(), StoreError> {
+        self.tag_op(id, tag, false)
+    }
+
+    /// Tag operations per run id, in the order they were made.
+    fn tag_ops(&self) -> Result<BTreeMap<String, Vec<(bool, String)>>, StoreError> {
+        let dir = self.dir.join("tags");
+        let mut files = Vec::new();
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry.map_err(io_err(&dir))?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !name.starts_with('.') && name.ends_with(".tag") {
+                        files.push(name);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+        // Names are `<id>.<stamp>-<pid>.tag`: sorting by the part after the id orders by time.
+        let mut ops: Vec<(String, String, PathBuf)> = files
+            .into_iter()
+            .filter_map(|name| {
+                let (id, rest) = name.split_once('.')?;
+                Some((rest.to_string(), id.to_string(), dir.join(&name)))
+            })
+            .collect();
+        ops.sort();
+        let mut out: BTreeMap<String, Vec<(bool, String)>> = BTreeMap::new();
+        for (_, id, path) in ops {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                tracing::warn!("skipping unreadable tag file {}", path.display());
+                continue;
+            };
+            for line in text.lines() {
+                if let Some(tag) = line.strip_prefix('+') {
+                    out.entry(id.clone())
+                        .or_default()
+                        .push((true, tag.to_string()));
+                } else if let Some(tag) = line.strip_prefix('-') {
+                    out.entry(id.clone())
+                        .or_default()
+                        .push((false, tag.to_string()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Merges every readable run file into one new file, atomically: the merged file is
+    /// complete on disk before any input is removed, so a crash at any point loses nothing (at
+    /// worst, rows exist twice and readers keep one). Unreadable files are left as they are.
+    /// Returns (files merged, runs in the new file).
+    pub fn compact(&self) -> Result<(usize, usize), StoreError> {
+        let (files, _skipped) = self.load_raw()?;
+        if files.len() <= 1 {
+            return Ok((files.len(), files.iter().map(|(_, r)| r.len()).sum()));
+        }
+        let mut seen = HashSet::new();
+        let records: Vec<ExperimentRecord> = files
+            .iter()
+            .flat_map(|(_, recs)| recs.iter().cloned())
+            .filter(|r| seen.insert(r.id.clone()))
+            .collect();
+        let df = frame_from_records(&records).map_err(|e| StoreError::Parquet {
+            path: self.dir.clone(),
+            message: e.to_string(),
+        })?;
+        let name = format!("compact-{}-{}.parquet", stamp(), record::new_id("compact"));
+        let merged = write_parquet(&self.dir, &name, df)?;
+        for (path, _) in &files {
+            if *path != merged {
+                std::fs::remove_file(path).map_err(io_err(path))?;
+            }
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))?;
+        self.remove_stale_tmp();
+        Ok((files.len(), records.len()))
+    }
+
+    /// Removes temporary files of writers that died mid-write long ago.
+    fn remove_stale_tmp(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TMP);
+            if name.starts_with(".tmp-") && old {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Writes every run as CSV (the same columns as the Parquet files).
+    pub fn export_csv(&self, out: &Path) -> Result<usize, StoreError> {
+        let snap = self.load()?;
+        let mut df = frame_from_records(&snap.records).map_err(|e| StoreError::Parquet {
+            path: out.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut file = File::create(out).map_err(io_err(out))?;
+        CsvWriter::new(&mut file)
+            .finish(&mut df)
+            .map_err(|e| StoreError::Parquet {
+                path: out.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(snap.records.len())
+    }
+}

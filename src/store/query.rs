@@ -1,0 +1,450 @@
+//! Questions asked of the store: `--where` filters (compiled to polars expressions over the
+//! lazy frame), Pareto fronts of chosen metrics with hypervolume and knee, and the comparison
+//! of two groups of runs. Front ends print these reports; nothing here prints.
+
+use std::collections::BTreeMap;
+
+use polars::prelude::*;
+use serde::Serialize;
+
+use super::pareto::{Sense, front, hypervolume, knee_point};
+use super::{ExperimentRecord, Status, Store, StoreError};
+use crate::model::Transformer;
+use crate::technique::recipe::{LayerPlan, Quant, Recipe};
+
+/// One `column op value` clause.
+#[derive(Debug, Clone, PartialEq)]
+struct Clause {
+    column: String,
+    op: &'static str,
+    value: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Num(f64),
+    Text(String),
+}
+
+/// A conjunction of comparisons: `avg_bits < 3 and status == ok and techniques != rps`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    clauses: Vec<Clause>,
+}
+
+const OPS: [&str; 6] = ["<=", ">=", "==", "!=", "<", ">"];
+
+/// Whether `text` looks like a filter expression rather than a tag.
+pub fn is_filter(text: &str) -> bool {
+    OPS.iter().any(|op| text.contains(op)) || text.contains('=')
+}
+
+impl std::str::FromStr for Filter {
+    type Err = StoreError;
+    fn from_str(text: &str) -> Result<Self, StoreError> {
+        let bad = |what: String| StoreError::Query(format!("--where `{text}`: {what}"));
+        let mut clauses = Vec::new();
+        let normalised = text.replace("&&", " and ");
+        for part in normalised.split(" and ").map(str::trim) {
+            if part.is_empty() {
+                return Err(bad("empty clause".into()));
+            }
+            let Some((pos, op)) = OPS
+                .iter()
+                .filter_map(|op| part.find(op).map(|p| (p, *op)))
+                .min_by_key(|(p, op)| (*p, std::cmp::Reverse(op.len())))
+                .or_else(|| part.find('=').map(|p| (p, "=")))
+            else {
+                return Err(bad(format!(
+                    "`{part}` has no comparison (one of {})",
+                    OPS.join(" ")
+                )));
+            };
+            let column = part[..pos].trim().to_string();
+            let raw = part[pos + op.len()..].trim().trim_matches(['\'', '"']);
+            if column.is_empty() || raw.is_empty() {
+                return Err(bad(format!("`{part}` needs a column and a value")));
+            }
+            let op = if op == "=" { "==" } else { op };
+            let value = raw
+                .parse::<f64>()
+                .map_or_else(|_| Value::Text(raw.to_string()), Value::Num);
+            if matches!(value, Value::Text(_)) && !matches!(op, "==" | "!=") {
+                return Err(bad(format!(
+                    "`{part}`: text can only be compared with == or !="
+                )));
+            }
+            clauses.push(Clause { column, op, value });
+        }
+        Ok(Filter { clauses })
+    }
+}
+
+impl Filter {
+    /// The filter as one polars expression.
+    pub fn expr(&self) -> Expr {
+        let mut out: Option<Expr> = None;
+        for c in &self.clauses {
+            let lhs = col(c.column.as_str());
+            let rhs = match &c.value {
+                Value::Num(v) => lit(*v),
+                Value::Text(t) => lit(t.clone()),
+            };
+            let e = match c.op {
+                "<=" => lhs.lt_eq(rhs),
+                ">=" => lhs.gt_eq(rhs),
+                "<" => lhs.lt(rhs),
+                ">" => lhs.gt(rhs),
+                "!=" => lhs.neq(rhs),
+                _ => lhs.eq(rhs),
+            };
+            out = Some(match out {
+                Some(acc) => acc.and(e),
+                None => e,
+            });
+        }
+        out.unwrap_or_else(|| lit(true))
+    }
+}
+
+/// The runs matching `filter`, evaluated by polars over the store's lazy frame.
+pub fn filter_records(
+    records: &[ExperimentRecord],
+    filter: &Filter,
+) -> Result<Vec<ExperimentRecord>, StoreError> {
+    let qerr = |e: PolarsError| StoreError::Query(format!("--where: {e}"));
+    let df = super::frame_from_records(records).map_err(qerr)?;
+    let columns: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    if let Some(c) = filter.clauses.iter().find(|c| !columns.contains(&c.column)) {
+        return Err(StoreError::Query(format!(
+            "--where: no column `{}` (columns: {})",
+            c.column,
+            columns.join(", ")
+        )));
+    }
+    let ids = df
+        .lazy()
+        .filter(filter.expr())
+        .select([col("id")])
+        .collect()
+        .map_err(qerr)?;
+    let ids: std::collections::HashSet<String> = ids
+        .column("id")
+        .and_then(|c| {
+            c.str()
+                .map(|s| s.iter().flatten().map(str::to_string).collect())
+        })
+        .map_err(qerr)?;
+    Ok(records
+        .iter()
+        .filter(|r| ids.contains(&r.id))
+        .cloned()
+        .collect())
+}
+
+/// Runs selected by a tag, or by a filter expression if the text contains a comparison.
+pub fn select(store: &Store, tag_or_filter: &str) -> Result<Vec<ExperimentRecord>, StoreError> {
+    let all = store.load()?.records;
+    if is_filter(tag_or_filter) {
+        filter_records(&all, &tag_or_filter.parse()?)
+    } else {
+        Ok(all
+            .into_iter()
+            .filter(|r| r.tags.iter().any(|t| t == tag_or_filter))
+            .collect())
+    }
+}
+
+/// One objective: a metric and its sense. `max:NAME` / `min:NAME` override the default sense.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Objective {
+    pub metric: String,
+    pub sense: Sense,
+}
+
+impl std::str::FromStr for Objective {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        let (sense, metric) = if let Some(m) = s.strip_prefix("max:") {
+            (Sense::Maximize, m)
+        } else if let Some(m) = s.strip_prefix("min:") {
+            (Sense::Minimize, m)
+        } else {
+            (Sense::for_metric(s), s)
+        };
+        if metric.is_empty() {
+            return Err(StoreError::Query(format!(
+                "objective `{s}` names no metric"
+            )));
+        }
+        Ok(Objective {
+            metric: metric.to_string(),
+            sense,
+        })
+    }
+}
+
+/// A run on a front.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrontRun {
+    pub id: String,
+    pub values: Vec<f64>,
+    pub techniques: String,
+    pub tags: Vec<String>,
+    pub recipe_hash: String,
+}
+
+/// The Pareto front of a set of runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrontReport {
+    pub objectives: Vec<Objective>,
+    /// Successful runs that have every objective.
+    pub considered: usize,
+    pub front: Vec<FrontRun>,
+    pub knee: Option<String>,
+    /// Against `reference` (2 or 3 objectives).
+    pub hypervolume: Option<f64>,
+    pub reference: Vec<f64>,
+}
+
+/// The usable runs and their objective values.
+fn points(
+    records: &[ExperimentRecord],
+    objectives: &[Objective],
+) -> (Vec<ExperimentRecord>, Vec<Vec<f64>>) {
+    let mut recs = Vec::new();
+    let mut pts = Vec::new();
+    for r in records.iter().filter(|r| r.status == Status::Ok) {
+        let v: Option<Vec<f64>> = objectives
+            .iter()
+            .map(|o| r.metric(&o.metric).filter(|x| x.is_finite()))
+            .collect();
+        if let Some(v) = v {
+            recs.push(r.clone());
+            pts.push(v);
+        }
+    }
+    (recs, pts)
+}
+
+/// A reference point just worse than every given point: the worst value plus 10% of the range
+/// (plus 1e-9 relative, so the worst point still adds volume).
+pub fn reference_point(pts: &[Vec<f64>], objectives: &[Objective]) -> Vec<f64> {
+    objectives
+        .iter()
+        .enumerate()
+        .map(|(d, o)| {
+            let (lo, hi) = pts
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                    (lo.min(p[d]), hi.max(p[d]))
+                });
+            if !lo.is_finite() {
+                return 0.0;
+            }
+            let pad = 0.1 * (hi - lo) + 1e-9 * hi.abs().max(lo.abs()).max(1.0);
+            match o.sense {
+                Sense::Minimize => hi + pad,
+                Sense::Maximize => lo - pad,
+            }
+        })
+        .collect()
+}
+
+/// The front of `records` over `objectives` (2–5), with hypervolume against `reference`
+/// (computed from the points themselves when `None`).
+pub fn front_report(
+    records: &[ExperimentRecord],
+    objectives: &[Objective],
+    reference: Option<&[f64]>,
+) -> Result<FrontReport, StoreError> {
+    if !(2..=5).contains(&objectives.len()) {
+        return Err(StoreError::Query(format!(
+            "a front needs 2 to 5 objectives, got {}",
+            objectives.len()
+        )));
+    }
+    let senses: Vec<Sense> = objectives.iter().map(|o| o.sense).collect();
+    let (recs, pts) = points(records, objectives);
+    let reference = reference.map_or_else(|| reference_point(&pts, objectives), <[f64]>::to_vec);
+    let f = front(&pts, &senses);
+    let knee = knee_point(&pts, &senses).map(|i| recs[i].id.clone());
+    let hv =
+        (objectives.len() <= 3 && !pts.is_empty()).then(|| hypervolume(&pts, &senses, &reference));
+    Ok(FrontReport {
+        objectives: objectives.to_vec(),
+        considered: recs.len(),
+        front: f
+            .iter()
+            .map(|&i| FrontRun {
+                id: recs[i].id.clone(),
+                values: pts[i].clone(),
+                techniques: recs[i].techniques.clone(),
+                tags: recs[i].tags.clone(),
+                recipe_hash: recs[i].recipe_hash.clone(),
+            })
+            .collect(),
+        knee,
+        hypervolume: hv,
+        reference,
+    })
+}
+
+/// One layer whose plan differs between two runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerDiff {
+    pub layer: String,
+    pub a: String,
+    pub b: String,
+}
+
+/// Two groups of runs side by side.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompareReport {
+    pub a: FrontReport,
+    pub b: FrontReport,
+    /// `a.hypervolume - b.hypervolume` (same reference for both).
+    pub hypervolume_diff: Option<f64>,
+    /// The closest pair of front runs (one from each side), in objective space scaled to 0–1.
+    pub best_match: Option<(String, String)>,
+    /// Per-layer plan differences of that pair (empty when their plans agree or cannot be
+    /// resolved; see `plan_note`).
+    pub plan_diff: Vec<LayerDiff>,
+    pub plan_note: Option<String>,
+}
+
+/// Compares two groups: both fronts against one shared reference point, the hypervolume
+/// difference, and the closest pair of front runs.
+pub fn compare(
+    a: &[ExperimentRecord],
+    b: &[ExperimentRecord],
+    objectives: &[Objective],
+) -> Result<CompareReport, StoreError> {
+    let (_, pa) = points(a, objectives);
+    let (_, pb) = points(b, objectives);
+    let all: Vec<Vec<f64>> = pa.iter().chain(&pb).cloned().collect();
+    let reference = reference_point(&all, objectives);
+    let fa = front_report(a, objectives, Some(&reference))?;
+    let fb = front_report(b, objectives, Some(&reference))?;
+    let hypervolume_diff = fa.hypervolume.zip(fb.hypervolume).map(|(x, y)| x - y);
+    // Scale by the combined range so metrics of different magnitude weigh alike.
+    let span: Vec<f64> = (0..objectives.len())
+        .map(|d| {
+            let (lo, hi) = all
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                    (lo.min(p[d]), hi.max(p[d]))
+                });
+            if hi > lo { hi - lo } else { 1.0 }
+        })
+        .collect();
+    let mut best: Option<(f64, String, String)> = None;
+    for x in &fa.front {
+        for y in &fb.front {
+            let d: f64 = x
+                .values
+                .iter()
+                .zip(&y.values)
+                .zip(&span)
+                .map(|((p, q), s)| ((p - q) / s).powi(2))
+                .sum();
+            if best.as_ref().is_none_or(|(bd, _, _)| d < *bd) {
+                best = Some((d, x.id.clone(), y.id.clone()));
+            }
+        }
+    }
+    Ok(CompareReport {
+        a: fa,
+        b: fb,
+        hypervolume_diff,
+        best_match: best.map(|(_, x, y)| (x, y)),
+        plan_diff: Vec::new(),
+        plan_note: None,
+    })
+}
+
+/// A short description of one layer's plan (`prune wanda 0.50 → shiftadd 3b`, `rps 4.0×`).
+pub fn describe_plan(p: &LayerPlan) -> String {
+    let mut parts = Vec::new();
+    if let Some(pr) = &p.prune {
+        parts.push(format!("prune {:?} {:.2}", pr.method, pr.sparsity()).to_lowercase());
+    }
+    match &p.quant {
+        Some(Quant::ShiftAdd(k)) => parts.push(format!("shiftadd {}b g{}", k.bits, k.group)),
+        Some(Quant::Rtn(k)) => parts.push(format!("rtn {}b g{}", k.bits, k.group)),
+        None => {}
+    }
+    if let Some(r) = &p.rps {
+        parts.push(format!("rps {:.1}x", r.ratio));
+    }
+    if parts.is_empty() {
+        "dense".into()
+    } else {
+        parts.join(" → ")
+    }
+}
+
+/// Layers whose plans differ between recipes `a` and `b`, both resolved against `model`.
+pub fn plan_diff(
+    model: &Transformer,
+    a: &Recipe,
+    b: &Recipe,
+) -> Result<Vec<LayerDiff>, crate::technique::recipe::RecipeError> {
+    let pa = a.resolve(model)?;
+    let pb = b.resolve(model)?;
+    let describe = |plan: &crate::technique::recipe::Plan| -> BTreeMap<String, String> {
+        plan.layers
+            .iter()
+            .map(|(id, (_, p))| (id.to_string(), describe_plan(p)))
+            .collect()
+    };
+    let (da, db) = (describe(&pa), describe(&pb));
+    let mut out = Vec::new();
+    for id in model.linear_ids() {
+        let name = id.to_string();
+        let x = da.get(&name).cloned().unwrap_or_else(|| "dense".into());
+        let y = db.get(&name).cloned().unwrap_or_else(|| "dense".into());
+        if x != y {
+            out.push(LayerDiff {
+                layer: name,
+                a: x,
+                b: y,
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse() {
+        let f: Filter = "avg_bits < 3 and status == 'ok'".parse().unwrap();
+        assert_eq!(f.clauses.len(), 2);
+        assert_eq!(f.clauses[0].op, "<");
+        assert_eq!(f.clauses[1].value, Value::Text("ok".into()));
+        let g: Filter = "bytes<=100&&kld_mean>=0.5".parse().unwrap();
+        assert_eq!(g.clauses[0].op, "<=");
+        assert_eq!(g.clauses[1].op, ">=");
+        assert!("status < ok".parse::<Filter>().is_err());
+        assert!("nothing".parse::<Filter>().is_err());
+        assert!(is_filter("bits<3") && !is_filter("baseline"));
+    }
+
+    #[test]
+    fn objectives_parse() {
+        let o: Objective = "max:kld_mean".parse().unwrap();
+        assert_eq!(o.sense, Sense::Maximize);
+        assert_eq!(
+            "decode_tok_s".parse::<Objective>().unwrap().sense,
+            Sense::Maximize
+        );
+        assert_eq!("bytes".parse::<Objective>().unwrap().sense, Sense::Minimize);
+    }
+}

@@ -1,0 +1,439 @@
+//! Jobs and sweeps: events and panics with a scripted executor (fast, no model), then the real
+//! thing on the zoo through the `reparam` binary: a sweep killed with SIGKILL loses no finished
+//! run and leaves no unreadable file, two concurrent shard processes lose nothing and their
+//! union equals the unsharded sweep, a re-run skips stored keys, a running job cancels within
+//! about a second, and an exported model reloads with the same metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use reparam::jobs::{EvalSettings, JobEventKind, JobRunner, JobSpec, Outcome};
+use reparam::store::{ExperimentRecord, Status, Store};
+use reparam::technique::recipe::Recipe;
+
+fn recipe(bits: usize) -> Recipe {
+    Recipe::from_toml(&format!(
+        "[[layers]]\nmatch = \"blk.*.ffn_*\"\n[layers.rtn]\nbits = {bits}\ngroup = 32\n"
+    ))
+    .unwrap()
+}
+
+fn spec(label: &str, bits: usize) -> JobSpec {
+    JobSpec {
+        label: label.into(),
+        model: "zoo:multi".into(),
+        recipe: recipe(bits),
+        tags: vec![],
+        force: false,
+        eval: tiny_eval(),
+    }
+}
+
+fn tiny_eval() -> EvalSettings {
+    let mut e = EvalSettings {
+        ctx: Some(64),
+        chunks: Some(2),
+        task_prompts: 2,
+        ..EvalSettings::default()
+    };
+    e.calib.samples = 2;
+    e.calib.seq_len = 64;
+    e
+}
+
+/// Collects events until every job in `n` has finished (or the deadline passes).
+fn finished(runner: &JobRunner, n: usize, limit: Duration) -> Vec<(u64, ExperimentRecord)> {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    while out.len() < n && Instant::now() < deadline {
+        if let Some(ev) = runner.recv_event(Duration::from_millis(50))
+            && let JobEventKind::Finished(rec) = ev.kind
+        {
+            out.push((ev.id.0, *rec));
+        }
+    }
+    out
+}
+
+#[test]
+fn panics_are_caught_and_the_runner_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let wakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let w = Arc::clone(&wakes);
+    let runner = JobRunner::with_executor(
+        store.clone(),
+        2,
+        Arc::new(move || {
+            w.fetch_add(1, Ordering::SeqCst);
+        }),
+        Box::new(|store, _models, spec, cancel, _reserved, progress| {
+            if spec.label == "panic" {
+                panic!("scripted failure");
+            }
+            for i in 0..200 {
+                progress("working", i, 200);
+                if cancel.load(Ordering::SeqCst) {
+                    let rec = ExperimentRecord::failed(
+                        "m",
+                        "m",
+                        &spec.recipe,
+                        "k",
+                        SystemTime::now(),
+                        0.0,
+                        Status::Cancelled,
+                        "cancelled",
+                        &spec.tags,
+                    );
+                    store.append(&rec)?;
+                    return Ok(Outcome {
+                        record: rec,
+                        cached: false,
+                        report: None,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(if spec.label == "slow" {
+                    20
+                } else {
+                    1
+                }));
+            }
+            let mut rec = ExperimentRecord::failed(
+                "m",
+                "m",
+                &spec.recipe,
+                "k",
+                SystemTime::now(),
+                0.0,
+                Status::Ok,
+                "",
+                &spec.tags,
+            );
+            rec.error = None;
+            store.append(&rec)?;
+            Ok(Outcome {
+                record: rec,
+                cached: false,
+                report: None,
+            })
+        }),
+    );
+    let p = runner.submit(spec("panic", 2));
+    let slow = runner.submit(spec("slow", 3));
+    let ok = runner.submit(spec("fine", 4));
+    let queued = runner.submit(spec("fine", 5));
+    std::thread::sleep(Duration::from_millis(100));
+    runner.cancel(slow);
+    let cancel_at = Instant::now();
+    let done = finished(&runner, 4, Duration::from_secs(20));
+    assert_eq!(done.len(), 4, "every job finishes exactly once");
+    let status = |id: u64| done.iter().find(|(j, _)| *j == id).unwrap().1.status;
+    assert_eq!(status(p.0), Status::Failed);
+    let panic_rec = &done.iter().find(|(j, _)| *j == p.0).unwrap().1;
+    assert!(
+        panic_rec
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("scripted failure")
+    );
+    assert_eq!(status(slow.0), Status::Cancelled);
+    assert!(cancel_at.elapsed() < Duration::from_secs(2));
+    assert_eq!(status(ok.0), Status::Ok);
+    assert_eq!(status(queued.0), Status::Ok);
+    assert!(
+        runner
+            .try_events()
+            .iter()
+            .all(|e| !matches!(e.kind, JobEventKind::Finished(_)))
+    );
+    assert!(
+        wakes.load(Ordering::SeqCst) >= 8,
+        "the waker runs after events"
+    );
+    // The panic, the cancel and the two successes are all stored.
+    assert_eq!(store.load().unwrap().records.len(), 4);
+}
+
+fn reparam() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_reparam"))
+}
+
+fn write_space(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("space.toml");
+    std::fs::write(
+        &path,
+        r#"
+mode = "grid"
+[eval]
+ctx = 64
+chunks = 2
+task_prompts = 2
+calib_samples = 2
+calib_len = 64
+[[rules]]
+match = "blk.*.ffn_*"
+[rules.rtn]
+bits = [2, 3, 4, 8]
+group = 32
+[[rules]]
+match = "blk.*.attn_*"
+[rules.rtn]
+bits = [4, 8]
+group = 32
+"#,
+    )
+    .unwrap();
+    path
+}
+
+const POINTS: usize = 8;
+
+fn sweep(space: &Path, store: &Path, extra: &[&str]) -> Command {
+    let mut c = reparam();
+    c.args(["sweep", "zoo:multi", "--space"])
+        .arg(space)
+        .arg("--store")
+        .arg(store)
+        .args(extra);
+    c
+}
+
+fn keys(store: &Path) -> (Vec<String>, usize) {
+    let snap = Store::open(store).unwrap().load().unwrap();
+    assert!(
+        snap.skipped.is_empty(),
+        "unreadable files: {:?}",
+        snap.skipped
+    );
+    let ok: Vec<String> = snap
+        .records
+        .iter()
+        .filter(|r| r.status == Status::Ok)
+        .map(|r| r.run_key.clone())
+        .collect();
+    (ok, snap.records.len())
+}
+
+#[test]
+fn killed_sweep_loses_nothing_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let space = write_space(dir.path());
+    let store = dir.path().join("store");
+    let mut child = sweep(&space, &store, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once two runs are stored (mid-sweep, most likely mid-write of the third).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = Store::open(&store).map_or(0, |s| s.run_files().unwrap().len());
+        if n >= 2 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let (before, _) = keys(&store);
+    assert!(
+        before.len() >= 2,
+        "runs stored before the kill: {}",
+        before.len()
+    );
+    assert!(
+        before.len() < POINTS,
+        "the kill came too late to test anything"
+    );
+    // Resume: only the missing points run; nothing stored before is lost or repeated.
+    let out = sweep(&space, &store, &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{} already stored", before.len())),
+        "{err}"
+    );
+    let (after, _) = keys(&store);
+    let set: BTreeSet<&String> = after.iter().collect();
+    assert_eq!(set.len(), POINTS, "every point stored");
+    assert_eq!(after.len(), POINTS, "no point stored twice");
+    assert!(before.iter().all(|k| set.contains(k)));
+    // A third run has nothing left to do.
+    let out = sweep(&space, &store, &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{POINTS} already stored, 0 to run")),
+        "{err}"
+    );
+    assert_eq!(keys(&store).1, POINTS);
+}
+
+#[test]
+fn concurrent_shards_equal_the_unsharded_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let space = write_space(dir.path());
+    let shared = dir.path().join("shared");
+    let whole = dir.path().join("whole");
+    let a = sweep(&space, &shared, &["--shard", "0/2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = sweep(&space, &shared, &["--shard", "1/2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let out = sweep(&space, &whole, &["--jobs", "2"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (sharded, n) = keys(&shared);
+    let (unsharded, _) = keys(&whole);
+    assert_eq!(n, POINTS, "two writers, nothing lost, nothing doubled");
+    let s: BTreeSet<String> = sharded.into_iter().collect();
+    let u: BTreeSet<String> = unsharded.into_iter().collect();
+    assert_eq!(s.len(), POINTS);
+    assert_eq!(s, u);
+}
+
+#[test]
+fn a_running_job_cancels_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let runner = JobRunner::new(store.clone(), 1, Arc::new(|| {}));
+    let mut s = spec("long", 3);
+    s.eval.chunks = None; // the whole evaluation text: long enough to cancel in the middle
+    s.eval.task_prompts = 200;
+    let id = runner.submit(s);
+    // Wait until it is evaluating, then cancel.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(ev) = runner.recv_event(Duration::from_millis(50))
+            && let JobEventKind::Progress { stage, .. } = &ev.kind
+            && stage.starts_with("evaluating")
+        {
+            break;
+        }
+    }
+    runner.cancel(id);
+    let start = Instant::now();
+    let done = finished(&runner, 1, Duration::from_secs(30));
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].1.status, Status::Cancelled, "{:?}", done[0].1.error);
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(store.load().unwrap().records[0].status, Status::Cancelled);
+}
+
+#[test]
+fn export_reloads_with_the_same_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let recipe_path = dir.path().join("r.toml");
+    std::fs::write(&recipe_path, recipe(3).to_toml().unwrap()).unwrap();
+    let args = |extra: &[&str]| {
+        let mut c = reparam();
+        c.args(["run", "zoo:multi", "--recipe"])
+            .arg(&recipe_path)
+            .args([
+                "--ctx",
+                "64",
+                "--chunks",
+                "3",
+                "--prompts",
+                "2",
+                "--calib-samples",
+                "2",
+            ])
+            .args(["--calib-len", "64", "--json", "--store"])
+            .arg(&store)
+            .args(extra);
+        c
+    };
+    let out = args(&["--tag", "first"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["cached"], false);
+    let id = run["run_id"].as_str().unwrap().to_string();
+    // Same key again: the stored record comes back without running.
+    let again: serde_json::Value =
+        serde_json::from_slice(&args(&[]).output().unwrap().stdout).unwrap();
+    assert_eq!(again["cached"], true);
+    assert_eq!(again["run_id"], run["run_id"]);
+    assert_eq!(again["bytes"], run["bytes"]);
+
+    let model_dir = dir.path().join("exported");
+    let rtoml = dir.path().join("exported.toml");
+    let types = dir.path().join("types.txt");
+    let out = reparam()
+        .args(["export", &id[..8], "--store"])
+        .arg(&store)
+        .arg("--model")
+        .arg(&model_dir)
+        .arg("--recipe")
+        .arg(&rtoml)
+        .arg("--llama-quantize-types")
+        .arg(&types)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&rtoml).unwrap();
+    let hash = run["recipe_hash"].as_str().unwrap();
+    assert!(text.contains(hash));
+    assert!(text.contains(run["model_id"].as_str().unwrap()));
+    assert_eq!(Recipe::from_toml(&text).unwrap().hash(), hash);
+    let header = std::fs::read(model_dir.join("model.safetensors")).unwrap();
+    assert!(String::from_utf8_lossy(&header[..header.len().min(1 << 16)]).contains(hash));
+    let types = std::fs::read_to_string(&types).unwrap();
+    assert!(types.contains("blk.0.ffn_up.weight=q3_k"), "{types}");
+
+    let out = reparam()
+        .arg("eval")
+        .arg(&model_dir)
+        .args([
+            "--base",
+            "zoo:multi",
+            "--ctx",
+            "64",
+            "--chunks",
+            "3",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * b.abs().max(1e-3);
+    let (p0, p1) = (run["ppl"].as_f64().unwrap(), ev["ppl"].as_f64().unwrap());
+    assert!(close(p0, p1, 1e-3), "ppl {p0} vs reloaded {p1}");
+    let (k0, k1) = (
+        run["kld_mean"].as_f64().unwrap(),
+        ev["kld_mean"].as_f64().unwrap(),
+    );
+    assert!(close(k0, k1, 1e-2), "kld {k0} vs reloaded {k1}");
+}

@@ -1,0 +1,413 @@
+//! The experiment store without models: Parquet round trips, corrupt files skipped and left
+//! alone, older schemas read, tags as separate files, atomic compaction, filters, and the
+//! Pareto/hypervolume code against brute force on seeded random points.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::time::SystemTime;
+
+use polars::prelude::*;
+use reparam::store::pareto::{Sense, dominates_min, front, hypervolume, knee_point, pareto_ranks};
+use reparam::store::query::{Filter, Objective, compare, filter_records, front_report};
+use reparam::store::{ExperimentRecord, Status, Store};
+use reparam::technique::recipe::Recipe;
+
+fn recipe(bits: usize) -> Recipe {
+    Recipe::from_toml(&format!(
+        "[[layers]]\nmatch = \"blk.*.ffn_*\"\n[layers.rtn]\nbits = {bits}\n"
+    ))
+    .unwrap()
+}
+
+fn record(bits: usize, bytes: f64, kld: f64) -> ExperimentRecord {
+    let r = recipe(bits);
+    let mut rec = ExperimentRecord::failed(
+        "model-id",
+        "tiny",
+        &r,
+        &format!("key-{bits}-{bytes}-{kld}"),
+        SystemTime::now(),
+        1.5,
+        Status::Ok,
+        "",
+        &["t0".to_string()],
+    );
+    rec.error = None;
+    rec.metrics = BTreeMap::from([
+        ("bytes".to_string(), bytes),
+        ("kld_mean".to_string(), kld),
+        ("task_arith".to_string(), 0.5),
+    ]);
+    rec.notes = vec!["a note".into()];
+    rec
+}
+
+#[test]
+fn round_trip_and_key_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = record(2, 100.0, 0.5);
+    let mut b = record(4, 200.0, 0.1);
+    b.status = Status::Failed;
+    b.error = Some("boom".into());
+    b.steps_json = Some("[1,2]".into());
+    store.append(&a).unwrap();
+    store.append(&b).unwrap();
+    let snap = store.load().unwrap();
+    assert!(snap.skipped.is_empty());
+    assert_eq!(snap.records.len(), 2);
+    let got_a = snap.records.iter().find(|r| r.id == a.id).unwrap();
+    assert_eq!(got_a, &a);
+    let got_b = snap.records.iter().find(|r| r.id == b.id).unwrap();
+    assert_eq!(got_b, &b);
+    assert_eq!(store.find_key(&a.run_key).unwrap().unwrap().id, a.id);
+    assert!(
+        store.find_key(&b.run_key).unwrap().is_none(),
+        "failed runs do not satisfy a key"
+    );
+    // Plain Parquet: one column per metric under its own name, readable by any reader.
+    let df =
+        ParquetReader::new(File::open(dir.path().join(format!("run-{}.parquet", a.id))).unwrap())
+            .finish()
+            .unwrap();
+    assert_eq!(
+        df.column("kld_mean").unwrap().f64().unwrap().get(0),
+        Some(0.5)
+    );
+    assert_eq!(
+        df.column("status").unwrap().str().unwrap().get(0),
+        Some("ok")
+    );
+    // The lazy frame answers queries.
+    let n = store
+        .frame()
+        .unwrap()
+        .filter(col("bytes").lt(lit(150.0)))
+        .collect()
+        .unwrap()
+        .height();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn corrupt_files_are_skipped_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.append(&record(2, 1.0, 1.0)).unwrap();
+    let bad = dir.path().join("run-garbage.parquet");
+    std::fs::write(&bad, b"PAR1 this is not parquet").unwrap();
+    // A truncated copy of a real file.
+    let good = store.run_files().unwrap()[0].clone();
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.path().join("run-truncated.parquet");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let snap = store.load().unwrap();
+    assert_eq!(snap.records.len(), 1);
+    assert_eq!(snap.skipped.len(), 2);
+    // Compaction merges what it can read and leaves the rest exactly as it was.
+    store.append(&record(3, 2.0, 0.5)).unwrap();
+    store.compact().unwrap();
+    assert_eq!(std::fs::read(&bad).unwrap(), b"PAR1 this is not parquet");
+    assert_eq!(
+        std::fs::read(&truncated).unwrap(),
+        &bytes[..bytes.len() / 2]
+    );
+    let snap = store.load().unwrap();
+    assert_eq!(snap.records.len(), 2);
+    assert_eq!(snap.skipped.len(), 2);
+    // The CLI says so on stderr.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reparam"))
+        .args(["history", "--store", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: skipping unreadable store file"),
+        "{err}"
+    );
+    assert!(err.contains("run-garbage.parquet"), "{err}");
+}
+
+#[test]
+fn older_schema_versions_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    // A version-1 file: no model_spec, eval_json or techniques columns, plus a column some
+    // newer version added that this one does not know.
+    let mut df = df!(
+        "schema_version" => [1u32],
+        "id" => ["old000000001"],
+        "run_key" => ["k-old"],
+        "created_at" => ["2026-01-01T00:00:00.000Z"],
+        "model_id" => ["m"],
+        "model_name" => ["tiny"],
+        "recipe_hash" => [recipe(3).hash()],
+        "recipe_json" => [recipe(3).to_json()],
+        "status" => ["ok"],
+        "duration_s" => [2.0],
+        "machine" => ["box"],
+        "code_version" => ["reparam 0.0.9"],
+        "tags" => ["[\"legacy\"]"],
+        "notes" => ["[]"],
+        "future_text_column" => ["ignored"],
+        "bytes" => [123i64],
+        "kld_mean" => [0.25],
+    )
+    .unwrap();
+    let mut f = File::create(dir.path().join("run-old000000001.parquet")).unwrap();
+    ParquetWriter::new(&mut f).finish(&mut df).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.append(&record(2, 50.0, 0.9)).unwrap();
+    let snap = store.load().unwrap();
+    assert!(snap.skipped.is_empty(), "{:?}", snap.skipped);
+    let old = snap
+        .records
+        .iter()
+        .find(|r| r.id == "old000000001")
+        .unwrap();
+    assert_eq!(old.model_spec, "");
+    assert_eq!(old.eval_json, "");
+    assert_eq!(old.error, None);
+    assert_eq!(old.tags, vec!["legacy".to_string()]);
+    assert_eq!(old.metrics.get("bytes"), Some(&123.0));
+    assert!(!old.metrics.contains_key("future_text_column"));
+    // Both versions in one frame, and compaction rewrites them under the new schema.
+    assert_eq!(store.frame().unwrap().collect().unwrap().height(), 2);
+    store.compact().unwrap();
+    assert_eq!(store.run_files().unwrap().len(), 1);
+    assert_eq!(store.load().unwrap().records.len(), 2);
+}
+
+#[test]
+fn tags_live_in_their_own_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let rec = record(2, 1.0, 1.0);
+    let file = store.append(&rec).unwrap();
+    let before = std::fs::read(&file).unwrap();
+    store.add_tag(&rec.id, "best").unwrap();
+    store.add_tag(&rec.id[..6], "paper").unwrap();
+    store.remove_tag(&rec.id, "t0").unwrap();
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "run files are never rewritten"
+    );
+    let got = store.get(&rec.id).unwrap();
+    assert_eq!(got.tags, vec!["best".to_string(), "paper".to_string()]);
+    assert!(store.add_tag(&rec.id, "has space").is_err());
+    assert!(store.add_tag("nope", "x").is_err());
+    // Tags survive compaction (they are applied on read).
+    store.append(&record(3, 1.0, 1.0)).unwrap();
+    store.compact().unwrap();
+    assert_eq!(store.get(&rec.id).unwrap().tags, vec!["best", "paper"]);
+}
+
+#[test]
+fn compaction_is_lossless_and_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for i in 0..20 {
+        store
+            .append(&record(2 + i % 6, i as f64, 1.0 / (1.0 + i as f64)))
+            .unwrap();
+    }
+    let before = store.load().unwrap().records;
+    assert_eq!(store.compact().unwrap(), (20, 20));
+    assert_eq!(store.run_files().unwrap().len(), 1);
+    assert_eq!(store.load().unwrap().records, before);
+    // An interrupted compaction (merged file written, inputs not yet removed) reads the same.
+    let merged = store.run_files().unwrap()[0].clone();
+    std::fs::copy(&merged, dir.path().join("compact-0-copy.parquet")).unwrap();
+    assert_eq!(store.load().unwrap().records, before);
+    store.compact().unwrap();
+    assert_eq!(store.load().unwrap().records, before);
+    // CSV export has a header and one line per run.
+    let csv = dir.path().join("runs.csv");
+    assert_eq!(store.export_csv(&csv).unwrap(), 20);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.lines().next().unwrap().contains("kld_mean"));
+}
+
+#[test]
+fn filters_and_fronts_over_records() {
+    let recs: Vec<ExperimentRecord> = vec![
+        record(2, 100.0, 0.9),
+        record(3, 150.0, 0.4),
+        record(4, 200.0, 0.1),
+        record(8, 400.0, 0.01),
+        record(5, 300.0, 0.2), // dominated by the 4-bit run
+    ];
+    let f: Filter = "bytes < 250 and status == ok".parse().unwrap();
+    assert_eq!(filter_records(&recs, &f).unwrap().len(), 3);
+    assert!(filter_records(&recs, &"nosuch < 1".parse().unwrap()).is_err());
+    let objs: Vec<Objective> = vec!["bytes".parse().unwrap(), "kld_mean".parse().unwrap()];
+    let rep = front_report(&recs, &objs, None).unwrap();
+    assert_eq!(rep.front.len(), 4);
+    assert_eq!(rep.front[0].id, recs[0].id);
+    assert!(rep.hypervolume.unwrap() > 0.0);
+    let cmp = compare(&recs[..2], &recs[2..], &objs).unwrap();
+    assert!(cmp.hypervolume_diff.is_some());
+    assert!(cmp.best_match.is_some());
+}
+
+/// SplitMix64, seeded: reproducible random points without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Small integers, so ties and duplicates happen often.
+    fn small(&mut self, n: u64) -> f64 {
+        (self.next() % n) as f64
+    }
+}
+
+fn to_min(p: &[f64], senses: &[Sense]) -> Vec<f64> {
+    p.iter()
+        .zip(senses)
+        .map(|(v, s)| if *s == Sense::Maximize { -v } else { *v })
+        .collect()
+}
+
+/// Rank by definition: peel off the points no remaining point dominates.
+fn brute_ranks(points: &[Vec<f64>], senses: &[Sense]) -> Vec<usize> {
+    let pts: Vec<Vec<f64>> = points.iter().map(|p| to_min(p, senses)).collect();
+    let mut ranks = vec![usize::MAX; pts.len()];
+    let mut rank = 0;
+    while ranks.contains(&usize::MAX) {
+        let left: Vec<usize> = (0..pts.len()).filter(|&i| ranks[i] == usize::MAX).collect();
+        let front: Vec<usize> = left
+            .iter()
+            .copied()
+            .filter(|&i| !left.iter().any(|&j| dominates_min(&pts[j], &pts[i])))
+            .collect();
+        for i in front {
+            ranks[i] = rank;
+        }
+        rank += 1;
+    }
+    ranks
+}
+
+/// Hypervolume by cells: the grid of all coordinates; a cell counts when some point is at or
+/// below its lower corner in every objective.
+fn brute_hv(points: &[Vec<f64>], senses: &[Sense], reference: &[f64]) -> f64 {
+    let pts: Vec<Vec<f64>> = points.iter().map(|p| to_min(p, senses)).collect();
+    let r = to_min(reference, senses);
+    let d = r.len();
+    let axes: Vec<Vec<f64>> = (0..d)
+        .map(|k| {
+            let mut v: Vec<f64> = pts.iter().map(|p| p[k]).filter(|x| *x < r[k]).collect();
+            v.push(r[k]);
+            v.sort_by(f64::total_cmp);
+            v.dedup();
+            v
+        })
+        .collect();
+    let mut total = 0.0;
+    let mut idx = vec![0usize; d];
+    loop {
+        if (0..d).all(|k| idx[k] + 1 < axes[k].len()) {
+            let corner: Vec<f64> = (0..d).map(|k| axes[k][idx[k]]).collect();
+            if pts
+                .iter()
+                .any(|p| p.iter().zip(&corner).all(|(a, c)| a <= c))
+            {
+                total += (0..d)
+                    .map(|k| axes[k][idx[k] + 1] - axes[k][idx[k]])
+                    .product::<f64>();
+            }
+        }
+        let mut k = 0;
+        loop {
+            if k == d {
+                return total;
+            }
+            idx[k] += 1;
+            if idx[k] < axes[k].len() {
+                break;
+            }
+            idx[k] = 0;
+            k += 1;
+        }
+    }
+}
+
+#[test]
+fn ranks_and_fronts_match_brute_force() {
+    let mut rng = Rng(42);
+    for case in 0..300 {
+        let dims = 2 + case % 4;
+        let n = 1 + (rng.next() % 60) as usize;
+        let senses: Vec<Sense> = (0..dims)
+            .map(|_| {
+                if rng.next() % 2 == 0 {
+                    Sense::Minimize
+                } else {
+                    Sense::Maximize
+                }
+            })
+            .collect();
+        let spread = if case % 3 == 0 { 4 } else { 1000 };
+        let pts: Vec<Vec<f64>> = (0..n)
+            .map(|_| (0..dims).map(|_| rng.small(spread)).collect())
+            .collect();
+        let ranks = pareto_ranks(&pts, &senses);
+        assert_eq!(
+            ranks,
+            brute_ranks(&pts, &senses),
+            "case {case}: {pts:?} {senses:?}"
+        );
+        let f = front(&pts, &senses);
+        let mut expect: Vec<usize> = (0..n).filter(|&i| ranks[i] == 0).collect();
+        expect.sort_by(|&a, &b| pts[a][0].total_cmp(&pts[b][0]).then(a.cmp(&b)));
+        assert_eq!(f, expect, "case {case}");
+        let knee = knee_point(&pts, &senses).unwrap();
+        assert_eq!(ranks[knee], 0, "the knee is on the front");
+    }
+}
+
+#[test]
+fn hypervolume_matches_brute_force() {
+    let mut rng = Rng(7);
+    for case in 0..200 {
+        let dims = 2 + case % 2;
+        let n = 1 + (rng.next() % 14) as usize;
+        let senses: Vec<Sense> = (0..dims)
+            .map(|_| {
+                if rng.next() % 2 == 0 {
+                    Sense::Minimize
+                } else {
+                    Sense::Maximize
+                }
+            })
+            .collect();
+        let pts: Vec<Vec<f64>> = (0..n)
+            .map(|_| (0..dims).map(|_| rng.small(20)).collect())
+            .collect();
+        // A reference inside the cloud sometimes, so points beyond it must be ignored.
+        let reference: Vec<f64> = senses
+            .iter()
+            .map(|s| {
+                let edge = rng.small(24) - 2.0;
+                if *s == Sense::Minimize {
+                    edge
+                } else {
+                    19.0 - edge
+                }
+            })
+            .collect();
+        let got = hypervolume(&pts, &senses, &reference);
+        let want = brute_hv(&pts, &senses, &reference);
+        assert!(
+            (got - want).abs() < 1e-9 * want.max(1.0),
+            "case {case}: {got} vs {want}"
+        );
+    }
+}
