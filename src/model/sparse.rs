@@ -7,11 +7,12 @@
 
 use rayon::prelude::*;
 
-/// Densities (kept fraction) at or below which CSR decodes faster than the dense f32 GEMV on
-/// SmolLM2 shapes. Measured with `reparam bench kernels --sparse --small` (see
-/// `experiments/RESULTS.md`): CSR at 50 % density was already faster than candle's dense GEMV
-/// on every shape, and at 70 % it lost on the 576-wide ones; 0.6 sits between.
-pub const CSR_MAX_DENSITY: f64 = 0.6;
+/// Density (kept fraction) at or below which the CSR GEMV decodes faster than dense f32 on
+/// SmolLM2's shapes. Measured with `reparam bench kernels --sparse --small --threads 1,2`
+/// (table in `experiments/RESULTS.md`): the scalar gather costs ≈0.3 ns per stored value
+/// against ≈0.06 ns per weight for the vectorised dense GEMV, so CSR lost at 30–70 % sparsity
+/// (0.2–0.8× dense) and won at 90 % (1.3–2.5×); the break-even lies near 80 % sparsity.
+pub const CSR_MAX_DENSITY: f64 = 0.2;
 
 /// Activation rows at or above which the multi-row kernel is used instead of one GEMV per row.
 const MATMUL_MIN_ROWS: usize = 4;

@@ -14,7 +14,7 @@ use crate::calib::InputStats;
 use crate::model::nm::NmPacked;
 use crate::model::sparse::{CSR_MAX_DENSITY, CsrMatrix};
 use crate::model::{LinearWeight, Model};
-use crate::technique::recipe::{NmScore, PruneKnobs, PruneMethod};
+use crate::technique::recipe::{NmScore, PruneKnobs, PruneMethod, SparseForm};
 
 /// Orders candidates for removal: lower score first, ties by lower index, so masks are
 /// deterministic and exact counts hold even with many equal values (spec D.11).
@@ -101,8 +101,8 @@ pub fn prune_weights(
 }
 
 /// The stored form of a pruned matrix: compressed n:m when the pattern fits 4-bit positions,
-/// else CSR at or below [`CSR_MAX_DENSITY`] (where its kernel was measured faster than dense),
-/// else the dense matrix with its zeros.
+/// else (form `auto`) CSR at or below [`CSR_MAX_DENSITY`] (where its kernel was measured faster
+/// than dense), else the dense matrix with its zeros; `form = csr | dense` forces one.
 pub fn inference_form(
     w: Vec<f32>,
     rows: usize,
@@ -119,7 +119,12 @@ pub fn inference_form(
     }
     let nnz = w.iter().filter(|v| **v != 0.0).count();
     let density = nnz as f64 / (rows * cols).max(1) as f64;
-    if density <= CSR_MAX_DENSITY
+    let csr_wanted = match knobs.form {
+        SparseForm::Auto => density <= CSR_MAX_DENSITY,
+        SparseForm::Csr => true,
+        SparseForm::Dense => false,
+    };
+    if csr_wanted
         && let Ok(csr) = CsrMatrix::from_dense(&w, rows, cols)
     {
         return Ok(LinearWeight::Csr {
@@ -216,6 +221,7 @@ mod tests {
             n: 2,
             m: 4,
             score: NmScore::Wanda,
+            form: SparseForm::Auto,
         }
     }
 
@@ -353,8 +359,16 @@ mod tests {
     #[test]
     fn form_follows_density() {
         let (rows, cols) = (16, 32);
-        for (ratio, form) in [(0.3, "dense"), (0.5, "csr"), (0.9, "csr")] {
-            let k = knobs(PruneMethod::Magnitude, ratio);
+        for (ratio, forced, form) in [
+            (0.5, SparseForm::Auto, "dense"),
+            (0.9, SparseForm::Auto, "csr"),
+            (0.3, SparseForm::Csr, "csr"),
+            (0.9, SparseForm::Dense, "dense"),
+        ] {
+            let k = PruneKnobs {
+                form: forced,
+                ..knobs(PruneMethod::Magnitude, ratio)
+            };
             let mut w = matrix(rows, cols);
             prune_weights(&mut w, rows, cols, &k, None).unwrap();
             let lw = inference_form(w.clone(), rows, cols, None, &k).unwrap();

@@ -89,6 +89,20 @@ pub struct PruneKnobs {
     /// calibration) or `magnitude`.
     #[serde(default)]
     pub score: NmScore,
+    /// Stored form of an unstructured-pruned layer: `auto` (CSR where its kernel was measured
+    /// faster than dense, else dense with zeros), `csr` (always; smaller from ~33 % sparsity),
+    /// or `dense`. `nm` layers are always stored compressed when `m <= 16`.
+    #[serde(default)]
+    pub form: SparseForm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SparseForm {
+    #[default]
+    Auto,
+    Csr,
+    Dense,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
