@@ -214,9 +214,20 @@ pub struct KernelBenchArgs {
     /// Only the SmolLM2 shapes (skip the 7B ones).
     #[arg(long)]
     pub small: bool,
-    /// Print a JSON array of `{rows, cols, bits, threads, lut_us, dense_us, dense_loop_us}`.
+    /// Print a JSON array of `{rows, cols, bits, threads, lut_us, dense_us, dense_loop_us}`
+    /// (with `--sparse`: `{rows, cols, threads, batch, form, sparsity, us, dense_us}`).
     #[arg(long)]
     pub json: bool,
+    /// Measure the pruned forms instead (CSR at each `--sparsity`, compressed 2:4) against
+    /// dense f32, at batch 1 (decode) and at `--prefill-rows` (prefill).
+    #[arg(long)]
+    pub sparse: bool,
+    /// Sparsities (fraction pruned) for the CSR rows of `--sparse`.
+    #[arg(long, value_delimiter = ',', default_value = "0.3,0.4,0.5,0.7,0.9")]
+    pub sparsity: Vec<f64>,
+    /// Activation rows of the prefill measurement of `--sparse`.
+    #[arg(long, default_value_t = 128)]
+    pub prefill_rows: usize,
 }
 
 /// `(rows, cols)` of SmolLM2-135M's linears and of a 7B model's.
@@ -286,6 +297,9 @@ pub fn kernel_bench(args: &KernelBenchArgs) -> anyhow::Result<()> {
     use crate::quant::gptq::{ScaleLayout, SweepOptions, quantize_matrix};
     use crate::quant::lut::BcqPacked;
 
+    if args.sparse {
+        return sparse_kernel_bench(args);
+    }
     let mut shapes = SMOLLM2_SHAPES.to_vec();
     if !args.small {
         shapes.extend_from_slice(&LARGE_SHAPES);
@@ -370,6 +384,164 @@ pub fn kernel_bench(args: &KernelBenchArgs) -> anyhow::Result<()> {
             r.dense_us,
             r.dense_loop_us,
             r.dense_us.min(r.dense_loop_us) / r.lut_us
+        );
+    }
+    Ok(())
+}
+
+/// One measured configuration of a pruned form.
+#[derive(Debug, serde::Serialize)]
+struct SparseRow {
+    rows: usize,
+    cols: usize,
+    threads: usize,
+    /// Activation rows multiplied at once (1 = decode).
+    batch: usize,
+    /// `csr`, `nm-2:4`, or at batch > 1 also `csr-densify` (the forward's prefill path:
+    /// densify the CSR matrix for the call, then candle's GEMM).
+    form: String,
+    sparsity: f64,
+    /// Microseconds per product (median of repeats).
+    us: f64,
+    /// The same product on the dense f32 matrix through candle's matmul.
+    dense_us: f64,
+    /// Batch 1 only: the plain row-parallel dense loop; 0 at batch > 1.
+    dense_loop_us: f64,
+}
+
+/// Pruned forms against dense f32, side by side in one run on the SmolLM2 (and 7B) shapes.
+fn sparse_kernel_bench(args: &KernelBenchArgs) -> anyhow::Result<()> {
+    use crate::model::nm::NmPacked;
+    use crate::model::sparse::CsrMatrix;
+    use crate::technique::prune::prune_weights;
+    use crate::technique::recipe::{NmScore, PruneKnobs, PruneMethod};
+    use candle_core::{Device, Tensor};
+
+    let mut shapes = SMOLLM2_SHAPES.to_vec();
+    if !args.small {
+        shapes.extend_from_slice(&LARGE_SHAPES);
+    }
+    let knobs = |method, ratio| PruneKnobs {
+        ratio,
+        method,
+        n: 2,
+        m: 4,
+        score: NmScore::Magnitude,
+        form: crate::technique::recipe::SparseForm::Auto,
+    };
+    let mut out = Vec::new();
+    for &(rows, cols) in &shapes {
+        let mut rng = crate::zoo::corpus::Rng::new((rows * 31 + cols) as u64);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            .collect();
+        let batch = args.prefill_rows.max(1);
+        let x: Vec<f32> = (0..cols * batch)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let wt = Tensor::from_slice(&w, (rows, cols), &Device::Cpu)?;
+        let x1 = Tensor::from_slice(&x[..cols], (1, cols), &Device::Cpu)?;
+        let xb = Tensor::from_slice(&x, (batch, cols), &Device::Cpu)?;
+        let mut forms: Vec<(String, f64, Vec<f32>)> = Vec::new();
+        for &s in &args.sparsity {
+            let mut p = w.clone();
+            prune_weights(&mut p, rows, cols, &knobs(PruneMethod::Magnitude, s), None)?;
+            forms.push(("csr".into(), s, p));
+        }
+        let mut p = w.clone();
+        prune_weights(&mut p, rows, cols, &knobs(PruneMethod::Nm, 0.5), None)?;
+        forms.push(("nm-2:4".into(), 0.5, p));
+        for &threads in &args.threads {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()?;
+            pool.install(|| -> anyhow::Result<()> {
+                let wt_t = wt.t()?;
+                let mut y = vec![0f32; rows * batch];
+                let dense_us = time_us(|| {
+                    let _ = x1.matmul(&wt_t);
+                });
+                let dense_loop_us = time_us(|| dense_loop(&w, &x[..cols], &mut y[..rows]));
+                let dense_b_us = time_us(|| {
+                    let _ = xb.matmul(&wt_t);
+                });
+                for (form, sparsity, p) in &forms {
+                    let row = |batch, form: &str, us, dense_us, dense_loop_us| SparseRow {
+                        rows,
+                        cols,
+                        threads,
+                        batch,
+                        form: form.to_string(),
+                        sparsity: *sparsity,
+                        us,
+                        dense_us,
+                        dense_loop_us,
+                    };
+                    if form == "csr" {
+                        let m = CsrMatrix::from_dense(p, rows, cols)?;
+                        let us = time_us(|| m.gemv(&x[..cols], &mut y[..rows]));
+                        out.push(row(1, form, us, dense_us, dense_loop_us));
+                        let us = time_us(|| m.gemm(&x, batch, &mut y));
+                        out.push(row(batch, form, us, dense_b_us, 0.0));
+                        let us = time_us(|| {
+                            let d = Tensor::from_vec(m.to_dense(), (rows, cols), &Device::Cpu);
+                            if let Ok(d) = d.and_then(|d| d.t()) {
+                                let _ = xb.matmul(&d);
+                            }
+                        });
+                        out.push(row(batch, "csr-densify", us, dense_b_us, 0.0));
+                    } else {
+                        let m = NmPacked::from_dense(p, rows, cols, 2, 4)?;
+                        let us = time_us(|| m.gemv(&x[..cols], &mut y[..rows]));
+                        out.push(row(1, form, us, dense_us, dense_loop_us));
+                        let us = time_us(|| {
+                            let d = Tensor::from_vec(m.to_dense(), (rows, cols), &Device::Cpu);
+                            if let Ok(d) = d.and_then(|d| d.t()) {
+                                let _ = xb.matmul(&d);
+                            }
+                        });
+                        out.push(row(batch, "nm-densify", us, dense_b_us, 0.0));
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+    if args.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    crate::outln!(
+        "{:>6} {:>6} {:>7} {:>5} {:>12} {:>8} {:>10} {:>10} {:>10} {:>8}",
+        "rows",
+        "cols",
+        "threads",
+        "batch",
+        "form",
+        "sparsity",
+        "µs",
+        "candle µs",
+        "loop µs",
+        "speedup"
+    );
+    for r in &out {
+        let best = if r.dense_loop_us > 0.0 {
+            r.dense_us.min(r.dense_loop_us)
+        } else {
+            r.dense_us
+        };
+        crate::outln!(
+            "{:>6} {:>6} {:>7} {:>5} {:>12} {:>8.2} {:>10.1} {:>10.1} {:>10.1} {:>7.2}×",
+            r.rows,
+            r.cols,
+            r.threads,
+            r.batch,
+            r.form,
+            r.sparsity,
+            r.us,
+            r.dense_us,
+            r.dense_loop_us,
+            best / r.us
         );
     }
     Ok(())

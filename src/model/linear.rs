@@ -10,6 +10,9 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 
 use crate::quant::lut::BcqPacked;
 
+use super::nm::NmPacked;
+use super::sparse::CsrMatrix;
+
 /// Activation rows at or above which a binary-coded layer multiplies through a dense GEMM on
 /// weights dequantized on the fly (prefill); below it, the LUT kernel runs row by row (decode).
 /// The LUT kernel reads the packed planes once per row, so its cost grows with the batch while
@@ -39,6 +42,16 @@ pub enum LinearWeight {
         group: usize,
         bias: Option<Tensor>,
     },
+    /// Unstructured-pruned weights in compressed sparse rows, multiplied by the CSR kernel.
+    Csr {
+        csr: Arc<CsrMatrix>,
+        bias: Option<Tensor>,
+    },
+    /// n:m-pruned weights (kept values + 4-bit positions), multiplied by the n:m kernel.
+    Nm {
+        packed: Arc<NmPacked>,
+        bias: Option<Tensor>,
+    },
 }
 
 impl LinearWeight {
@@ -58,6 +71,8 @@ impl LinearWeight {
                 (dims[0], dims[1])
             }
             Self::Bcq { packed, .. } => (packed.rows, packed.cols),
+            Self::Csr { csr, .. } => (csr.rows, csr.cols),
+            Self::Nm { packed, .. } => (packed.rows, packed.cols),
         }
     }
 
@@ -73,6 +88,8 @@ impl LinearWeight {
             Self::Rtn { bits, group, .. } => {
                 (rows * cols * bits).div_ceil(8) + rows * cols.div_ceil(*group) * 2 * 2
             }
+            Self::Csr { csr, .. } => csr.size_bytes(),
+            Self::Nm { packed, .. } => packed.size_bytes(),
         };
         weight_bytes + bias_bytes
     }
@@ -96,14 +113,22 @@ impl LinearWeight {
                 (packed.rows, packed.cols),
                 &Device::Cpu,
             ),
+            Self::Csr { csr, .. } => {
+                Tensor::from_vec(csr.to_dense(), (csr.rows, csr.cols), &Device::Cpu)
+            }
+            Self::Nm { packed, .. } => {
+                Tensor::from_vec(packed.to_dense(), (packed.rows, packed.cols), &Device::Cpu)
+            }
         }
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
         match self {
-            Self::Dense { bias, .. } | Self::Bcq { bias, .. } | Self::Rtn { bias, .. } => {
-                bias.as_ref()
-            }
+            Self::Dense { bias, .. }
+            | Self::Bcq { bias, .. }
+            | Self::Rtn { bias, .. }
+            | Self::Csr { bias, .. }
+            | Self::Nm { bias, .. } => bias.as_ref(),
         }
     }
 
@@ -113,6 +138,8 @@ impl LinearWeight {
             Self::Dense { .. } => "dense",
             Self::Bcq { .. } => "shiftadd",
             Self::Rtn { .. } => "rtn",
+            Self::Csr { .. } => "csr",
+            Self::Nm { .. } => "nm",
         }
     }
 }
@@ -131,6 +158,34 @@ fn bcq_forward(packed: &BcqPacked, x: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(y, (n, packed.rows), x.device())
 }
 
+/// Activation rows at or above which a sparse layer (CSR, n:m) multiplies through a dense GEMM
+/// on weights densified for this call only (prefill), as [`BCQ_GEMM_MIN_ROWS`] does for BCQ:
+/// measured with `reparam bench kernels --sparse`, the AVX-512 GEMM on the densified matrix beats
+/// the sparse kernels by a wide margin at 512 rows, while at one row the sparse kernels win.
+const SPARSE_GEMM_MIN_ROWS: usize = 8;
+
+/// `x [rows, in]` times a sparse matrix: its own kernel for few rows, a GEMM on the densified
+/// matrix for many.
+fn sparse_forward(
+    x: &Tensor,
+    (out, k): (usize, usize),
+    dense: impl Fn() -> Vec<f32>,
+    kernel: impl Fn(&[f32], usize, &mut [f32]),
+) -> Result<Tensor> {
+    let (n, cols) = x.dims2()?;
+    if cols != k {
+        candle_core::bail!("sparse linear: input width {cols}, weight takes {k}");
+    }
+    if n >= SPARSE_GEMM_MIN_ROWS {
+        let w = Tensor::from_vec(dense(), (out, k), x.device())?;
+        return x.matmul(&w.t()?);
+    }
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut y = vec![0f32; n * out];
+    kernel(&xs, n, &mut y);
+    Tensor::from_vec(y, (n, out), x.device())
+}
+
 impl Module for LinearWeight {
     /// `x` is `[tokens, in]`; returns `[tokens, out]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -141,6 +196,18 @@ impl Module for LinearWeight {
                 ..
             } => x.matmul(&weight.t()?)?,
             Self::Bcq { packed, .. } => bcq_forward(packed, x)?,
+            Self::Csr { csr, .. } => sparse_forward(
+                x,
+                (csr.rows, csr.cols),
+                || csr.to_dense(),
+                |xs, n, y| csr.gemm(xs, n, y),
+            )?,
+            Self::Nm { packed, .. } => sparse_forward(
+                x,
+                (packed.rows, packed.cols),
+                || packed.to_dense(),
+                |xs, n, y| packed.gemm(xs, n, y),
+            )?,
         };
         match self.bias() {
             Some(b) => y.broadcast_add(b),

@@ -9,7 +9,9 @@ pub mod kernels;
 pub mod linear;
 pub mod llama;
 pub mod names;
+pub mod nm;
 pub mod safetensors;
+pub mod sparse;
 pub mod tokenizer;
 
 use std::collections::{BTreeMap, HashMap};

@@ -85,6 +85,32 @@ pub struct PruneKnobs {
     pub n: usize,
     #[serde(default = "default_m")]
     pub m: usize,
+    /// Which score picks the kept values of an `nm` group: `wanda` (|W|·‖X_j‖, needs
+    /// calibration) or `magnitude`.
+    #[serde(default)]
+    pub score: NmScore,
+    /// Stored form of an unstructured-pruned layer: `auto` (CSR where its kernel was measured
+    /// faster than dense, else dense with zeros), `csr` (always; smaller from ~33 % sparsity),
+    /// or `dense`. `nm` layers are always stored compressed when `m <= 16`.
+    #[serde(default)]
+    pub form: SparseForm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SparseForm {
+    #[default]
+    Auto,
+    Csr,
+    Dense,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NmScore {
+    #[default]
+    Wanda,
+    Magnitude,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -229,7 +255,8 @@ impl LayerPlan {
     /// Whether this layer's technique reads its input statistics (XᵀX or column norms).
     pub fn needs_stats(&self) -> bool {
         matches!(&self.quant, Some(Quant::ShiftAdd(k)) if k.error_feedback)
-            || matches!(&self.prune, Some(p) if p.method == PruneMethod::Wanda)
+            || matches!(&self.prune, Some(p) if p.method == PruneMethod::Wanda
+                || (p.method == PruneMethod::Nm && p.score == NmScore::Wanda))
     }
 }
 
@@ -415,6 +442,27 @@ impl LayerRule {
         };
         if let Some(p) = &self.prune {
             p.validate()?;
+            // Prune then quantize would not keep the mask: neither quantized form can hold a
+            // zero at a pruned position, so the zeros would come back as quantization values.
+            match &quant {
+                Some(Quant::ShiftAdd(_)) => {
+                    return Err(
+                        "combines `prune` with `shiftadd`: binary coding writes every \
+                                weight as a sum of ±α planes, which has no zero, so the pruned \
+                                weights would come back and the LUT kernel cannot skip them"
+                            .into(),
+                    );
+                }
+                Some(Quant::Rtn(_)) => {
+                    return Err(
+                        "combines `prune` with `rtn`: the asymmetric RTN grid does not \
+                                hold 0 exactly and the RTN form stores no mask, so the pruned \
+                                weights would come back as small values"
+                            .into(),
+                    );
+                }
+                None => {}
+            }
         }
         if let Some(r) = &self.rps {
             r.validate()?;
