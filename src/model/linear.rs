@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 
+use crate::model::hashed::HashedWeight;
 use crate::quant::lut::BcqPacked;
 
 /// Activation rows at or above which a binary-coded layer multiplies through a dense GEMM on
@@ -39,6 +40,11 @@ pub enum LinearWeight {
         group: usize,
         bias: Option<Tensor>,
     },
+    /// Randomized parameter sharing: a compact array rebuilt tile by tile inside the kernel.
+    Hashed {
+        hashed: Arc<HashedWeight>,
+        bias: Option<Tensor>,
+    },
 }
 
 impl LinearWeight {
@@ -58,6 +64,7 @@ impl LinearWeight {
                 (dims[0], dims[1])
             }
             Self::Bcq { packed, .. } => (packed.rows, packed.cols),
+            Self::Hashed { hashed, .. } => (hashed.rows, hashed.cols),
         }
     }
 
@@ -73,6 +80,7 @@ impl LinearWeight {
             Self::Rtn { bits, group, .. } => {
                 (rows * cols * bits).div_ceil(8) + rows * cols.div_ceil(*group) * 2 * 2
             }
+            Self::Hashed { hashed, .. } => hashed.size_bytes(),
         };
         weight_bytes + bias_bytes
     }
@@ -96,6 +104,11 @@ impl LinearWeight {
                 (packed.rows, packed.cols),
                 &Device::Cpu,
             ),
+            Self::Hashed { hashed, .. } => Tensor::from_vec(
+                hashed.reconstruct(),
+                (hashed.rows, hashed.cols),
+                &Device::Cpu,
+            ),
         }
     }
 
@@ -104,6 +117,7 @@ impl LinearWeight {
             Self::Dense { bias, .. } | Self::Bcq { bias, .. } | Self::Rtn { bias, .. } => {
                 bias.as_ref()
             }
+            Self::Hashed { bias, .. } => bias.as_ref(),
         }
     }
 
@@ -113,6 +127,7 @@ impl LinearWeight {
             Self::Dense { .. } => "dense",
             Self::Bcq { .. } => "shiftadd",
             Self::Rtn { .. } => "rtn",
+            Self::Hashed { .. } => "rps",
         }
     }
 }
@@ -131,6 +146,20 @@ fn bcq_forward(packed: &BcqPacked, x: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(y, (n, packed.rows), x.device())
 }
 
+/// `x [rows, in]` times the hashed matrix: the tile kernel for few rows, a GEMM on the matrix
+/// rebuilt for this call only for many.
+fn hashed_forward(hashed: &HashedWeight, x: &Tensor) -> Result<Tensor> {
+    let (n, k) = x.dims2()?;
+    if HashedWeight::prefers_gemm(n) {
+        let w = Tensor::from_vec(hashed.reconstruct(), (hashed.rows, k), x.device())?;
+        return x.matmul(&w.t()?);
+    }
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut y = vec![0f32; n * hashed.rows];
+    hashed.gemm(&xs, n, &mut y);
+    Tensor::from_vec(y, (n, hashed.rows), x.device())
+}
+
 impl Module for LinearWeight {
     /// `x` is `[tokens, in]`; returns `[tokens, out]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -141,6 +170,7 @@ impl Module for LinearWeight {
                 ..
             } => x.matmul(&weight.t()?)?,
             Self::Bcq { packed, .. } => bcq_forward(packed, x)?,
+            Self::Hashed { hashed, .. } => hashed_forward(hashed, x)?,
         };
         match self.bias() {
             Some(b) => y.broadcast_add(b),

@@ -111,6 +111,17 @@ pub struct RpsKnobs {
     pub ratio: f64,
     #[serde(default)]
     pub mapping: RpsMapping,
+    /// Output-aware refit of the array on calibration inputs (conjugate gradient on `XᵀX`),
+    /// after the data-free projection.
+    #[serde(default)]
+    pub refit: bool,
+    /// Conjugate-gradient steps of the refit.
+    #[serde(default = "default_refit_iters")]
+    pub refit_iters: usize,
+}
+
+fn default_refit_iters() -> usize {
+    20
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -230,6 +241,7 @@ impl LayerPlan {
     pub fn needs_stats(&self) -> bool {
         matches!(&self.quant, Some(Quant::ShiftAdd(k)) if k.error_feedback)
             || matches!(&self.prune, Some(p) if p.method == PruneMethod::Wanda)
+            || matches!(&self.rps, Some(r) if r.refit)
     }
 }
 
@@ -389,6 +401,12 @@ impl RpsKnobs {
     fn validate(&self) -> Result<(), String> {
         if !(self.ratio >= 1.0 && self.ratio <= 1024.0) {
             return Err(format!("rps.ratio = {} is outside 1..=1024", self.ratio));
+        }
+        if self.refit_iters > 1000 {
+            return Err(format!(
+                "rps.refit_iters = {} is outside 0..=1000",
+                self.refit_iters
+            ));
         }
         Ok(())
     }
