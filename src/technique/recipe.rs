@@ -398,7 +398,8 @@ impl PruneKnobs {
 }
 
 impl RpsKnobs {
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the ratio and refit settings.
+    pub fn validate(&self) -> Result<(), String> {
         if !(self.ratio >= 1.0 && self.ratio <= 1024.0) {
             return Err(format!("rps.ratio = {} is outside 1..=1024", self.ratio));
         }
