@@ -214,8 +214,13 @@ pub struct KernelBenchArgs {
     /// Only the SmolLM2 shapes (skip the 7B ones).
     #[arg(long)]
     pub small: bool,
+    /// RPS compression ratios to measure as well (the hashed tile kernel against the same dense
+    /// baselines), e.g. `1,2,4`; none by default.
+    #[arg(long, value_delimiter = ',')]
+    pub rps_ratios: Vec<f64>,
     /// Print a JSON array of `{rows, cols, bits, threads, lut_us, dense_us, dense_loop_us}`
-    /// (with `--sparse`: `{rows, cols, threads, batch, form, sparsity, us, dense_us}`).
+    /// (RPS rows: `{kind: "rps", rows, cols, ratio, threads, rps_us, dense_us, dense_loop_us}`;
+    /// with `--sparse`: `{rows, cols, threads, batch, form, sparsity, us, dense_us}`).
     #[arg(long)]
     pub json: bool,
     /// Measure the pruned forms instead (CSR at each `--sparsity`, compressed 2:4) against
@@ -228,6 +233,81 @@ pub struct KernelBenchArgs {
     /// Activation rows of the prefill measurement of `--sparse`.
     #[arg(long, default_value_t = 128)]
     pub prefill_rows: usize,
+}
+
+/// One measured RPS configuration.
+#[derive(Debug, serde::Serialize)]
+struct RpsRow {
+    kind: &'static str,
+    rows: usize,
+    cols: usize,
+    ratio: f64,
+    threads: usize,
+    /// Batch-1 GEMV of the hashed layer, rebuilding 16-row tiles from the array and seed.
+    rps_us: f64,
+    dense_us: f64,
+    dense_loop_us: f64,
+}
+
+/// Measures the hashed tile kernel against dense f32 GEMV at each ratio and thread count.
+fn rps_rows(
+    shapes: &[(usize, usize)],
+    ratios: &[f64],
+    threads: &[usize],
+) -> anyhow::Result<Vec<RpsRow>> {
+    use crate::model::LinearWeight;
+    use crate::technique::recipe::{RpsKnobs, RpsMapping};
+    let mut out = Vec::new();
+    for &(rows, cols) in shapes {
+        let mut rng = crate::zoo::corpus::Rng::new((rows * 31 + cols) as u64);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            .collect();
+        let x: Vec<f32> = (0..cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let wt = candle_core::Tensor::from_slice(&w, (rows, cols), &candle_core::Device::Cpu)?;
+        let xt = candle_core::Tensor::from_slice(&x, (1, cols), &candle_core::Device::Cpu)?;
+        let dense = LinearWeight::dense(wt.clone(), None);
+        for &ratio in ratios {
+            let knobs = RpsKnobs {
+                ratio,
+                mapping: RpsMapping::Fold,
+                refit: false,
+                refit_iters: 0,
+            };
+            knobs.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let LinearWeight::Hashed { hashed, .. } =
+                crate::technique::rps::share_linear(&dense, &knobs, None, 1)?
+            else {
+                anyhow::bail!("RPS did not produce a hashed layer");
+            };
+            for &t in threads {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
+                let (rps_us, dense_us, dense_loop_us) = pool.install(|| -> anyhow::Result<_> {
+                    let mut y = vec![0f32; rows];
+                    let rps_us = time_us(|| hashed.gemm(&x, 1, &mut y));
+                    let wt_t = wt.t()?;
+                    let dense_us = time_us(|| {
+                        let _ = xt.matmul(&wt_t);
+                    });
+                    let dense_loop_us = time_us(|| dense_loop(&w, &x, &mut y));
+                    Ok((rps_us, dense_us, dense_loop_us))
+                })?;
+                out.push(RpsRow {
+                    kind: "rps",
+                    rows,
+                    cols,
+                    ratio,
+                    threads: t,
+                    rps_us,
+                    dense_us,
+                    dense_loop_us,
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `(rows, cols)` of SmolLM2-135M's linears and of a 7B model's.
@@ -358,8 +438,45 @@ pub fn kernel_bench(args: &KernelBenchArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let rps = rps_rows(&shapes, &args.rps_ratios, &args.threads)?;
     if args.json {
-        crate::outln!("{}", serde_json::to_string_pretty(&rows_out)?);
+        let mut all: Vec<serde_json::Value> = rows_out
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
+        for r in &rps {
+            all.push(serde_json::to_value(r)?);
+        }
+        crate::outln!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    if !rps.is_empty() {
+        crate::outln!(
+            "{:>6} {:>6} {:>6} {:>7} {:>10} {:>10} {:>10} {:>8}",
+            "rows",
+            "cols",
+            "rps c",
+            "threads",
+            "rps µs",
+            "candle µs",
+            "loop µs",
+            "speedup"
+        );
+        for r in &rps {
+            crate::outln!(
+                "{:>6} {:>6} {:>6.2} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>7.2}×",
+                r.rows,
+                r.cols,
+                r.ratio,
+                r.threads,
+                r.rps_us,
+                r.dense_us,
+                r.dense_loop_us,
+                r.dense_us.min(r.dense_loop_us) / r.rps_us
+            );
+        }
+    }
+    if rows_out.is_empty() {
         return Ok(());
     }
     crate::outln!(

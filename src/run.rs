@@ -10,8 +10,9 @@ use crate::eval::latency::measure_latency;
 use crate::eval::tasks::task_accuracy;
 use crate::eval::{PerplexityOptions, perplexity};
 use crate::model::Model;
+use crate::technique::merge::MergeStepInfo;
 use crate::technique::recipe::Recipe;
-use crate::technique::{CalibOptions, Progress, apply};
+use crate::technique::{CalibOptions, Progress, apply_with_merge_hook};
 use crate::zoo::corpus::{lang_eval_text, training_text};
 use crate::zoo::tasks::Task;
 use crate::zoo::{LANG_EVAL_SENTENCES, MEMBERS, is_zoo_model};
@@ -68,8 +69,26 @@ pub struct RunReport {
     pub tasks: Option<BTreeMap<String, f64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_acc_mean: Option<f64>,
+    /// The merge timeline: one entry per merged model, in merge order (merge recipes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<MergeTimelineStep>>,
     /// Rule overlaps and other facts the user should see.
     pub notes: Vec<String>,
+}
+
+/// The merge after one step: what was folded in and, on zoo models, every task's accuracy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MergeTimelineStep {
+    #[serde(flatten)]
+    pub info: MergeStepInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<BTreeMap<String, f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_acc_mean: Option<f64>,
+}
+
+fn mean(t: &BTreeMap<String, f64>) -> f64 {
+    t.values().sum::<f64>() / t.len().max(1) as f64
 }
 
 /// Calibration tokens: from `path`, else the zoo's training mix for zoo models, else the
@@ -117,7 +136,32 @@ pub fn run(
         seq_len: req.calib.seq_len.min(ctx),
         ..req.calib
     };
-    let compressed = apply(base, &req.recipe, &calib_tokens, calib, progress)?;
+    let mut steps = Vec::new();
+    let compressed = apply_with_merge_hook(
+        base,
+        &req.recipe,
+        &calib_tokens,
+        calib,
+        progress,
+        &mut |info, merged| {
+            let tasks = if zoo {
+                Some(task_accuracy(
+                    merged,
+                    &Task::SKILLS,
+                    req.task_prompts,
+                    &mut |_, _| true,
+                )?)
+            } else {
+                None
+            };
+            steps.push(MergeTimelineStep {
+                info: info.clone(),
+                task_acc_mean: tasks.as_ref().map(mean),
+                tasks,
+            });
+            Ok(())
+        },
+    )?;
     let opts = PerplexityOptions {
         ctx,
         chunks: req.chunks,
@@ -163,10 +207,9 @@ pub fn run(
         flattened_blocks: compressed.summary.flattened_blocks,
         rps_ratio: compressed.summary.rps_ratio,
         merged_models: compressed.summary.merged_models,
-        task_acc_mean: tasks
-            .as_ref()
-            .map(|t| t.values().sum::<f64>() / t.len().max(1) as f64),
+        task_acc_mean: tasks.as_ref().map(mean),
         tasks,
+        steps: req.recipe.merge.as_ref().map(|_| steps),
         notes: compressed.plan.notes.clone(),
     })
 }

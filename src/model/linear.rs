@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 
+use crate::model::hashed::HashedWeight;
 use crate::quant::lut::BcqPacked;
 
 use super::nm::NmPacked;
@@ -50,6 +51,9 @@ pub enum LinearWeight {
     /// n:m-pruned weights (kept values + 4-bit positions), multiplied by the n:m kernel.
     Nm {
         packed: Arc<NmPacked>,
+    /// Randomized parameter sharing: a compact array rebuilt tile by tile inside the kernel.
+    Hashed {
+        hashed: Arc<HashedWeight>,
         bias: Option<Tensor>,
     },
 }
@@ -73,6 +77,7 @@ impl LinearWeight {
             Self::Bcq { packed, .. } => (packed.rows, packed.cols),
             Self::Csr { csr, .. } => (csr.rows, csr.cols),
             Self::Nm { packed, .. } => (packed.rows, packed.cols),
+            Self::Hashed { hashed, .. } => (hashed.rows, hashed.cols),
         }
     }
 
@@ -90,6 +95,7 @@ impl LinearWeight {
             }
             Self::Csr { csr, .. } => csr.size_bytes(),
             Self::Nm { packed, .. } => packed.size_bytes(),
+            Self::Hashed { hashed, .. } => hashed.size_bytes(),
         };
         weight_bytes + bias_bytes
     }
@@ -119,6 +125,11 @@ impl LinearWeight {
             Self::Nm { packed, .. } => {
                 Tensor::from_vec(packed.to_dense(), (packed.rows, packed.cols), &Device::Cpu)
             }
+            Self::Hashed { hashed, .. } => Tensor::from_vec(
+                hashed.reconstruct(),
+                (hashed.rows, hashed.cols),
+                &Device::Cpu,
+            ),
         }
     }
 
@@ -128,7 +139,8 @@ impl LinearWeight {
             | Self::Bcq { bias, .. }
             | Self::Rtn { bias, .. }
             | Self::Csr { bias, .. }
-            | Self::Nm { bias, .. } => bias.as_ref(),
+            | Self::Nm { bias, .. }
+            | Self::Hashed { bias, .. } => bias.as_ref(),
         }
     }
 
@@ -140,6 +152,7 @@ impl LinearWeight {
             Self::Rtn { .. } => "rtn",
             Self::Csr { .. } => "csr",
             Self::Nm { .. } => "nm",
+            Self::Hashed { .. } => "rps",
         }
     }
 }
@@ -184,6 +197,18 @@ fn sparse_forward(
     let mut y = vec![0f32; n * out];
     kernel(&xs, n, &mut y);
     Tensor::from_vec(y, (n, out), x.device())
+/// `x [rows, in]` times the hashed matrix: the tile kernel for few rows, a GEMM on the matrix
+/// rebuilt for this call only for many.
+fn hashed_forward(hashed: &HashedWeight, x: &Tensor) -> Result<Tensor> {
+    let (n, k) = x.dims2()?;
+    if HashedWeight::prefers_gemm(n) {
+        let w = Tensor::from_vec(hashed.reconstruct(), (hashed.rows, k), x.device())?;
+        return x.matmul(&w.t()?);
+    }
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut y = vec![0f32; n * hashed.rows];
+    hashed.gemm(&xs, n, &mut y);
+    Tensor::from_vec(y, (n, hashed.rows), x.device())
 }
 
 impl Module for LinearWeight {
@@ -208,6 +233,7 @@ impl Module for LinearWeight {
                 || packed.to_dense(),
                 |xs, n, y| packed.gemm(xs, n, y),
             )?,
+            Self::Hashed { hashed, .. } => hashed_forward(hashed, x)?,
         };
         match self.bias() {
             Some(b) => y.broadcast_add(b),

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod hashed;
 pub mod kernels;
 pub mod linear;
 pub mod llama;

@@ -11,6 +11,7 @@ pub mod prune;
 pub mod recipe;
 pub mod rps;
 pub mod shiftadd;
+pub mod svd;
 
 use std::time::Instant;
 
@@ -90,6 +91,21 @@ pub fn apply(
     calib: CalibOptions,
     progress: &mut Progress<'_>,
 ) -> anyhow::Result<CompressedModel> {
+    apply_with_merge_hook(base, recipe, calib_tokens, calib, progress, &mut |_, _| {
+        Ok(())
+    })
+}
+
+/// [`apply`], with `on_merge_step` called after each step of the recipe's merge (if any) with
+/// the merged model so far: how per-step evaluations (the merge timeline) are taken.
+pub fn apply_with_merge_hook(
+    base: &Model,
+    recipe: &Recipe,
+    calib_tokens: &[u32],
+    calib: CalibOptions,
+    progress: &mut Progress<'_>,
+    on_merge_step: &mut merge::OnStep<'_>,
+) -> anyhow::Result<CompressedModel> {
     let start = Instant::now();
     // Rules are checked against the base before any work when no step changes the depth.
     if recipe.flatten.is_none() {
@@ -101,7 +117,7 @@ pub fn apply(
         ..TechniqueSummary::default()
     };
     if let Some(step) = &recipe.merge {
-        model = merge::apply_merge(&model, step, progress)?;
+        model = merge::apply_merge(&model, step, progress, on_merge_step)?;
         summary.merged_models = step.models.len();
     }
     if let Some(step) = &recipe.flatten {

@@ -137,6 +137,17 @@ pub struct RpsKnobs {
     pub ratio: f64,
     #[serde(default)]
     pub mapping: RpsMapping,
+    /// Output-aware refit of the array on calibration inputs (conjugate gradient on `XᵀX`),
+    /// after the data-free projection.
+    #[serde(default)]
+    pub refit: bool,
+    /// Conjugate-gradient steps of the refit.
+    #[serde(default = "default_refit_iters")]
+    pub refit_iters: usize,
+}
+
+fn default_refit_iters() -> usize {
+    20
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -257,6 +268,7 @@ impl LayerPlan {
         matches!(&self.quant, Some(Quant::ShiftAdd(k)) if k.error_feedback)
             || matches!(&self.prune, Some(p) if p.method == PruneMethod::Wanda
                 || (p.method == PruneMethod::Nm && p.score == NmScore::Wanda))
+            || matches!(&self.rps, Some(r) if r.refit)
     }
 }
 
@@ -413,9 +425,16 @@ impl PruneKnobs {
 }
 
 impl RpsKnobs {
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the ratio and refit settings.
+    pub fn validate(&self) -> Result<(), String> {
         if !(self.ratio >= 1.0 && self.ratio <= 1024.0) {
             return Err(format!("rps.ratio = {} is outside 1..=1024", self.ratio));
+        }
+        if self.refit_iters > 1000 {
+            return Err(format!(
+                "rps.refit_iters = {} is outside 0..=1000",
+                self.refit_iters
+            ));
         }
         Ok(())
     }

@@ -1,0 +1,285 @@
+//! The hashed (RPS) inference form of a linear layer: a compact shared array plus a seed, from
+//! which every virtual weight is recomputed on the fly (spec A).
+//!
+//! Weight `i` (flat, row-major over `[out, in]`) reads `g_i · z[h(i)]`. Both the slot `h` and
+//! the sign `g` are pure functions of `(seed, i)`, so no index is ever stored: the bytes are the
+//! array plus the seed. This module owns the mapping and the kernels; how the array is fitted
+//! to a pretrained matrix lives in `technique::rps`.
+
+use rayon::prelude::*;
+
+/// How flat weight indices are spread over the array's slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum HashMapping {
+    /// STABLE-RPS "RANDOMFOLD": the index space is cut into chunks of `m` and each chunk is laid
+    /// on the array with a seeded cyclic shift, so every slot gets `⌊n/m⌋` or `⌈n/m⌉` weights
+    /// and `m = n` is a bijection.
+    Fold,
+    /// HashedNets-style: every index hashed independently (Poisson loads, empty slots).
+    Uniform,
+}
+
+/// Rows reconstructed at a time by the kernel; 16 rows of 1536 f32 inputs stay in L2.
+const TILE_ROWS: usize = 16;
+/// Activation rows at or above which the forward rebuilds the dense matrix once for this call
+/// and runs a GEMM (prefill); below, the tile kernel runs (decode). As for binary-coded layers.
+const GEMM_MIN_ROWS: usize = 8;
+
+/// splitmix64's finaliser: a bijective 64-bit mixer, identical on every platform.
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Domain separators so slots, signs and chunk shifts draw independent streams from one seed.
+const SIGN_DOMAIN: u64 = 0x5349_474e;
+const SHIFT_DOMAIN: u64 = 0x5348_4654;
+const SLOT_DOMAIN: u64 = 0x534c_4f54;
+
+/// A seeded map from `n` virtual weights onto `m` slots, with a ±1 sign per weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hasher {
+    pub mapping: HashMapping,
+    pub seed: u64,
+    /// Virtual weights.
+    pub n: usize,
+    /// Slots in the shared array (1 ≤ m ≤ n).
+    pub m: usize,
+}
+
+impl Hasher {
+    /// The mapping of `n` weights onto `m` slots. `m` is clamped to `1..=n`.
+    pub fn new(mapping: HashMapping, seed: u64, n: usize, m: usize) -> Self {
+        Self {
+            mapping,
+            seed,
+            n,
+            m: m.clamp(1, n.max(1)),
+        }
+    }
+
+    /// The sign word covering indices `64w .. 64w + 64`: one mix per 64 weights.
+    fn sign_word(&self, w: u64) -> u64 {
+        mix64(self.seed ^ SIGN_DOMAIN.wrapping_mul(0x1000_0000_01b3) ^ mix64(w))
+    }
+
+    /// `true` when weight `i` is stored negated.
+    pub fn negative(&self, i: usize) -> bool {
+        (self.sign_word((i >> 6) as u64) >> (i & 63)) & 1 == 1
+    }
+
+    /// The cyclic shift of fold chunk `chunk`.
+    fn shift(&self, chunk: usize) -> usize {
+        (mix64(self.seed ^ SHIFT_DOMAIN ^ mix64(chunk as u64)) % self.m as u64) as usize
+    }
+
+    /// The slot of weight `i`.
+    pub fn slot(&self, i: usize) -> usize {
+        match self.mapping {
+            HashMapping::Fold => (self.shift(i / self.m) + i % self.m) % self.m,
+            HashMapping::Uniform => {
+                (mix64(self.seed ^ SLOT_DOMAIN ^ mix64(i as u64)) % self.m as u64) as usize
+            }
+        }
+    }
+
+    /// Calls `f(i, slot, negative)` for every weight `i` in `start..start + len`, computing
+    /// slots run by run for fold (consecutive indices of a chunk take consecutive slots) and
+    /// signs one 64-bit word at a time.
+    pub fn for_each(&self, start: usize, len: usize, mut f: impl FnMut(usize, usize, bool)) {
+        let end = start + len;
+        let mut i = start;
+        let mut word = self.sign_word((i >> 6) as u64);
+        while i < end {
+            // A run: up to the end of the range, the fold chunk, or the slot wrap.
+            let (run_end, first_slot) = match self.mapping {
+                HashMapping::Fold => {
+                    let chunk_end = (i / self.m + 1) * self.m;
+                    let slot = (self.shift(i / self.m) + i % self.m) % self.m;
+                    (end.min(chunk_end).min(i + (self.m - slot)), Some(slot))
+                }
+                HashMapping::Uniform => (end, None),
+            };
+            for (k, idx) in (i..run_end).enumerate() {
+                if idx & 63 == 0 {
+                    word = self.sign_word((idx >> 6) as u64);
+                }
+                let slot = match first_slot {
+                    Some(s) => s + k,
+                    None => self.slot(idx),
+                };
+                f(idx, slot, (word >> (idx & 63)) & 1 == 1);
+            }
+            i = run_end;
+        }
+    }
+}
+
+/// A linear weight stored as a shared array: `W[r, c] = ±z[h(r·cols + c)]`.
+#[derive(Debug, Clone)]
+pub struct HashedWeight {
+    pub rows: usize,
+    pub cols: usize,
+    pub hasher: Hasher,
+    /// The shared array (`hasher.m` values). The per-layer scale λ of the spec is folded in:
+    /// with one array per layer it is a redundant degree of freedom, and keeping the raw values
+    /// makes `c = 1` with fold bit-exact.
+    pub z: Vec<f32>,
+}
+
+impl HashedWeight {
+    /// Bytes stored: the array plus the seed (the mapping kind, `m` and the shape are
+    /// architecture, not data).
+    pub fn size_bytes(&self) -> usize {
+        self.z.len() * 4 + 8
+    }
+
+    /// Writes rows `r0..r0 + out.len() / cols` of the virtual matrix into `out`.
+    pub fn reconstruct_rows(&self, r0: usize, out: &mut [f32]) {
+        let z = &self.z;
+        self.hasher
+            .for_each(r0 * self.cols, out.len(), |i, slot, neg| {
+                let v = z[slot];
+                out[i - r0 * self.cols] = if neg { -v } else { v };
+            });
+    }
+
+    /// The whole virtual matrix, row-major, rebuilt in parallel tiles.
+    pub fn reconstruct(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.rows * self.cols];
+        if self.cols == 0 {
+            return w;
+        }
+        w.par_chunks_mut(TILE_ROWS * self.cols)
+            .enumerate()
+            .for_each(|(t, tile)| self.reconstruct_rows(t * TILE_ROWS, tile));
+        w
+    }
+
+    /// `y [n, rows] = x [n, cols] · Wᵀ`, rebuilding `TILE_ROWS` rows of `W` at a time into a
+    /// thread-local buffer (never the whole matrix). Tiles run on rayon's pool.
+    pub fn gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        let tiles: Vec<Vec<f32>> = (0..rows.div_ceil(TILE_ROWS))
+            .into_par_iter()
+            .map(|t| {
+                let r0 = t * TILE_ROWS;
+                let tr = TILE_ROWS.min(rows - r0);
+                let mut w = vec![0f32; tr * cols];
+                self.reconstruct_rows(r0, &mut w);
+                let mut out = vec![0f32; n * tr];
+                for (b, xb) in x.chunks_exact(cols).enumerate().take(n) {
+                    for (r, wr) in w.chunks_exact(cols).enumerate() {
+                        out[b * tr + r] = dot(wr, xb);
+                    }
+                }
+                out
+            })
+            .collect();
+        for (t, out) in tiles.iter().enumerate() {
+            let r0 = t * TILE_ROWS;
+            let tr = out.len() / n.max(1);
+            for b in 0..n {
+                y[b * rows + r0..b * rows + r0 + tr].copy_from_slice(&out[b * tr..(b + 1) * tr]);
+            }
+        }
+    }
+
+    /// Whether a batch of `n` activation rows goes through a GEMM on the rebuilt matrix.
+    pub fn prefers_gemm(n: usize) -> bool {
+        n >= GEMM_MIN_ROWS
+    }
+}
+
+/// A dot product in eight independent lanes so the compiler vectorises it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (ac, bc) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += ac[l] * bc[l];
+        }
+    }
+    let tail = a.len() / 8 * 8;
+    let t: f32 = a[tail..].iter().zip(&b[tail..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fold_loads_are_balanced_and_a_bijection_at_full_size() {
+        for (n, m) in [(1000, 1000), (1000, 500), (1000, 301), (4096, 7)] {
+            let h = Hasher::new(HashMapping::Fold, 42, n, m);
+            let mut count = vec![0usize; m];
+            h.for_each(0, n, |_, s, _| count[s] += 1);
+            let (lo, hi) = (n / m, n.div_ceil(m));
+            assert!(count.iter().all(|&c| c == lo || c == hi), "{n} {m}");
+        }
+    }
+
+    #[test]
+    fn run_iteration_matches_pointwise_slots_and_signs() {
+        for mapping in [HashMapping::Fold, HashMapping::Uniform] {
+            let h = Hasher::new(mapping, 7, 5000, 1234);
+            // An unaligned range crossing chunk, wrap and sign-word boundaries.
+            h.for_each(37, 4000, |i, s, neg| {
+                assert_eq!(s, h.slot(i));
+                assert_eq!(neg, h.negative(i));
+            });
+        }
+    }
+
+    #[test]
+    fn mapping_is_pinned_across_runs_and_platforms() {
+        // Golden values: a change here changes every stored RPS model.
+        let h = Hasher::new(HashMapping::Fold, 1, 100, 40);
+        let slots: Vec<usize> = (0..6).map(|i| h.slot(i)).collect();
+        let signs: Vec<bool> = (0..6).map(|i| h.negative(i)).collect();
+        let u = Hasher::new(HashMapping::Uniform, 1, 100, 40);
+        let uslots: Vec<usize> = (0..6).map(|i| u.slot(i)).collect();
+        assert_eq!(mix64(0), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(
+            (slots, signs, uslots),
+            (
+                GOLDEN_FOLD.to_vec(),
+                GOLDEN_SIGNS.to_vec(),
+                GOLDEN_UNIFORM.to_vec()
+            )
+        );
+    }
+    const GOLDEN_FOLD: [usize; 6] = [15, 16, 17, 18, 19, 20];
+    const GOLDEN_SIGNS: [bool; 6] = [false, true, true, false, true, true];
+    const GOLDEN_UNIFORM: [usize; 6] = [39, 2, 26, 38, 28, 37];
+
+    #[test]
+    fn tile_kernel_matches_the_rebuilt_matrix() {
+        let (rows, cols, n) = (37, 53, 3);
+        let h = Hasher::new(HashMapping::Fold, 3, rows * cols, 900);
+        let z: Vec<f32> = (0..900)
+            .map(|j| ((j * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let hw = HashedWeight {
+            rows,
+            cols,
+            hasher: h,
+            z,
+        };
+        let w = hw.reconstruct();
+        let x: Vec<f32> = (0..n * cols)
+            .map(|i| ((i * 13) % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let mut y = vec![0f32; n * rows];
+        hw.gemm(&x, n, &mut y);
+        for b in 0..n {
+            for r in 0..rows {
+                let want: f32 = (0..cols).map(|c| w[r * cols + c] * x[b * cols + c]).sum();
+                assert!((y[b * rows + r] - want).abs() < 1e-4, "{b} {r}");
+            }
+        }
+        assert_eq!(hw.size_bytes(), 900 * 4 + 8);
+    }
+}
