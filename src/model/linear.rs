@@ -51,6 +51,8 @@ pub enum LinearWeight {
     /// n:m-pruned weights (kept values + 4-bit positions), multiplied by the n:m kernel.
     Nm {
         packed: Arc<NmPacked>,
+        bias: Option<Tensor>,
+    },
     /// Randomized parameter sharing: a compact array rebuilt tile by tile inside the kernel.
     Hashed {
         hashed: Arc<HashedWeight>,
@@ -197,6 +199,8 @@ fn sparse_forward(
     let mut y = vec![0f32; n * out];
     kernel(&xs, n, &mut y);
     Tensor::from_vec(y, (n, out), x.device())
+}
+
 /// `x [rows, in]` times the hashed matrix: the tile kernel for few rows, a GEMM on the matrix
 /// rebuilt for this call only for many.
 fn hashed_forward(hashed: &HashedWeight, x: &Tensor) -> Result<Tensor> {
