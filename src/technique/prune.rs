@@ -124,9 +124,7 @@ pub fn inference_form(
         SparseForm::Csr => true,
         SparseForm::Dense => false,
     };
-    if csr_wanted
-        && let Ok(csr) = CsrMatrix::from_dense(&w, rows, cols)
-    {
+    if csr_wanted && let Ok(csr) = CsrMatrix::from_dense(&w, rows, cols) {
         return Ok(LinearWeight::Csr {
             csr: Arc::new(csr),
             bias,
