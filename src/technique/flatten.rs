@@ -63,7 +63,6 @@ pub fn apply_flatten(
             }
         }
     };
-    let removed: usize = groups.iter().map(|(a, b)| b - a).sum();
     match step.method {
         FlattenMethod::Drop => {
             // A pair (i, i + 1) drops block i: the pair's similarity is block i's input
@@ -83,7 +82,7 @@ pub fn apply_flatten(
         }
     }
     t.config.num_layers = t.blocks.len();
-    Ok(removed)
+    Ok(n_blocks - t.blocks.len())
 }
 
 /// Explicit pairs as half-open groups `(i, i + 2)`, checked: adjacent, in range, disjoint.
@@ -835,9 +834,9 @@ mod tests {
             c[i * n + i] = (i + 1) as f64;
         }
         let s = ridge_leverage(&c, n, 2.0).unwrap();
-        for i in 0..n {
+        for (i, si) in s.iter().enumerate() {
             let want = (i + 1) as f64 / (i as f64 + 3.0);
-            assert!((s[i] - want).abs() < 1e-12);
+            assert!((si - want).abs() < 1e-12);
         }
     }
 
