@@ -54,7 +54,8 @@ enum Command {
     },
     /// Apply a recipe and measure the result against the uncompressed model.
     Run(RunArgs),
-    /// Choose shift-add bits per layer under an average-bits budget and write the recipe.
+    /// Write a recipe: shift-add bits per layer under an average-bits budget (`--avg-bits`), or
+    /// pruning ratios at a global sparsity (`--prune`, uniform or `--owl`).
     Allocate(AllocateArgs),
     /// Benchmarks, side by side with a baseline.
     #[command(subcommand)]
@@ -181,8 +182,23 @@ struct AllocateArgs {
     /// A GGUF file, a Hugging Face directory, or `zoo:NAME`.
     model: String,
     /// Parameter-weighted average bits per weight (planes only, scales not counted).
+    #[arg(long, required_unless_present = "prune", conflicts_with = "prune")]
+    avg_bits: Option<f64>,
+    /// Write a pruning recipe at this global sparsity (0–0.95) instead of a bits allocation.
     #[arg(long)]
-    avg_bits: f64,
+    prune: Option<f64>,
+    /// With `--prune`: OWL outlier-weighted per-block ratios instead of one uniform ratio.
+    #[arg(long, requires = "prune")]
+    owl: bool,
+    /// With `--prune`: `wanda` or `magnitude`.
+    #[arg(long, default_value = "wanda", requires = "prune")]
+    method: String,
+    /// With `--owl`: half-spread λ of the per-block ratios.
+    #[arg(long, default_value_t = 0.08)]
+    owl_lambda: f64,
+    /// With `--owl`: a score is an outlier above this multiple of its block's mean.
+    #[arg(long, default_value_t = 5.0)]
+    owl_m: f64,
     /// Bit widths a layer may get.
     #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
     bits: Vec<usize>,
@@ -474,6 +490,9 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
 }
 
 fn allocate(args: &AllocateArgs) -> anyhow::Result<()> {
+    let Some(avg_bits) = args.avg_bits else {
+        return allocate_prune(args);
+    };
     let base = load(&args.model)?;
     let layout = match args.layout.as_str() {
         "block" => ScaleLayoutKnob::Block,
@@ -503,7 +522,7 @@ fn allocate(args: &AllocateArgs) -> anyhow::Result<()> {
         &calib_tokens,
         calib,
         &args.bits,
-        args.avg_bits,
+        avg_bits,
         &template,
         &mut |stage, d, t| {
             bar.set_stage(stage);
@@ -524,7 +543,7 @@ fn allocate(args: &AllocateArgs) -> anyhow::Result<()> {
         "{} layers, parameter-weighted average {:.3} bits (budget {})",
         table.len(),
         crate::technique::allocate::average_bits(&items, &bits),
-        args.avg_bits
+        avg_bits
     );
     for b in &args.bits {
         let n = table.iter().filter(|l| l.bits == *b).count();
@@ -533,8 +552,82 @@ fn allocate(args: &AllocateArgs) -> anyhow::Result<()> {
     let text = format!(
         "# Allocated by `reparam allocate {} --avg-bits {}`: ShiftAddLLM sensitivity scores, exact\n# multiple-choice knapsack over bits {:?}.\n{}",
         args.model,
-        args.avg_bits,
+        avg_bits,
         args.bits,
+        recipe.to_toml()?
+    );
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => crate::outln!("{}", text.trim_end()),
+    }
+    Ok(())
+}
+
+/// `allocate --prune RATIO [--owl]`: a uniform or OWL pruning recipe.
+fn allocate_prune(args: &AllocateArgs) -> anyhow::Result<()> {
+    use crate::technique::prune::{OwlOptions, allocate_prune_recipe};
+    use crate::technique::recipe::PruneMethod;
+    let Some(target) = args.prune else {
+        anyhow::bail!("give --avg-bits or --prune");
+    };
+    let method = match args.method.as_str() {
+        "wanda" => PruneMethod::Wanda,
+        "magnitude" => PruneMethod::Magnitude,
+        other => anyhow::bail!("--method `{other}`: expected `wanda` or `magnitude`"),
+    };
+    let base = load(&args.model)?;
+    let calib_tokens = crate::run::calibration_tokens(&base, args.calib.calib_text.as_ref())?;
+    let calib = CalibOptions {
+        seq_len: args
+            .calib
+            .calib_len
+            .min(base.config().max_position_embeddings),
+        ..args.calib.options()
+    };
+    let owl = args.owl.then_some(OwlOptions {
+        lambda: args.owl_lambda,
+        m: args.owl_m,
+    });
+    let bar = TermProgress::new("allocate");
+    let (mut recipe, table) = allocate_prune_recipe(
+        &base,
+        &calib_tokens,
+        calib,
+        target,
+        method,
+        owl,
+        &mut |stage, d, t| {
+            bar.set_stage(stage);
+            bar.update(d, t)
+        },
+    )?;
+    bar.finish();
+    recipe.model = Some(args.model.clone());
+    if args.owl {
+        for b in &table {
+            eprintln!(
+                "  block {:>3}: outlier ratio {:.4}%  sparsity {:.4}",
+                b.block,
+                100.0 * b.outlier_ratio,
+                b.ratio
+            );
+        }
+    }
+    let how = if args.owl {
+        format!(
+            "OWL per-block ratios (λ = {}, M = {}) from {} Wanda-score outlier ratios",
+            args.owl_lambda, args.owl_m, args.method
+        )
+    } else {
+        "one uniform ratio".to_string()
+    };
+    let text = format!(
+        "# Allocated by `reparam allocate {} --prune {}{}`: {how}.\n{}",
+        args.model,
+        target,
+        if args.owl { " --owl" } else { "" },
         recipe.to_toml()?
     );
     match &args.out {

@@ -173,3 +173,108 @@ fn run_applies_a_recipe_to_a_zoo_model() {
     assert_eq!(r["tasks"].as_object().unwrap().len(), 4);
     assert_eq!(r["recipe_hash"].as_str().unwrap().len(), 64);
 }
+
+fn run_zoo_recipe(recipe: &str) -> serde_json::Value {
+    json(&reparam(&[
+        "run",
+        "zoo:multi",
+        "--recipe",
+        recipe,
+        "--chunks",
+        "2",
+        "--prompts",
+        "5",
+        "--calib-samples",
+        "4",
+        "--json",
+    ]))
+}
+
+#[test]
+fn prune_recipes_run_on_a_zoo_model() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/recipes");
+    let wanda = run_zoo_recipe(&format!("{dir}/wanda-50.toml"));
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    assert!((f(&wanda, "sparsity") - 0.5).abs() < 1e-3, "{wanda}");
+    assert_eq!(wanda["flattened_blocks"], 0);
+    // 50 % is below the measured CSR break-even: dense with zeros, same bytes.
+    assert_eq!(wanda["bytes"], wanda["base_bytes"]);
+    assert!(f(&wanda, "kld_mean") < 0.5, "{wanda}");
+    let nm = run_zoo_recipe(&format!("{dir}/nm-2of4.toml"));
+    assert!((f(&nm, "sparsity") - 0.5).abs() < 1e-3, "{nm}");
+    // 2:4 stored compressed: 9 bytes per 4 weights instead of 16.
+    assert!((f(&nm, "avg_bits") - 18.0).abs() < 1e-9, "{nm}");
+    assert!(f(&nm, "bytes") < f(&nm, "base_bytes"), "{nm}");
+    assert_eq!(nm["tasks"].as_object().unwrap().len(), 4);
+}
+
+#[test]
+fn flatten_and_drop_recipes_run_on_a_zoo_model() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/recipes");
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    for name in ["flatten-2", "drop-2"] {
+        let r = run_zoo_recipe(&format!("{dir}/{name}.toml"));
+        assert_eq!(r["flattened_blocks"], 2, "{name}: {r}");
+        // Two of six blocks gone: the blocks are 1/6 of the bytes each, minus shared embeddings.
+        assert!(f(&r, "bytes") < f(&r, "base_bytes"), "{name}: {r}");
+        assert!(
+            f(&r, "ppl").is_finite() && f(&r, "kld_mean") > 0.0,
+            "{name}: {r}"
+        );
+        assert_eq!(r["tasks"].as_object().unwrap().len(), 4);
+    }
+}
+
+#[test]
+fn allocate_prune_owl_writes_a_recipe_that_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("owl.toml");
+    let out = reparam(&[
+        "allocate",
+        "zoo:multi",
+        "--prune",
+        "0.5",
+        "--owl",
+        "--calib-samples",
+        "4",
+        "--out",
+        recipe.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r =
+        reparam::technique::recipe::Recipe::from_toml(&std::fs::read_to_string(&recipe).unwrap())
+            .unwrap();
+    assert_eq!(r.layers.len(), 6, "one rule per block");
+    let ratios: Vec<f64> = r
+        .layers
+        .iter()
+        .map(|l| l.prune.as_ref().unwrap().ratio)
+        .collect();
+    let mean = ratios.iter().sum::<f64>() / 6.0;
+    assert!((mean - 0.5).abs() < 1e-9, "{ratios:?}");
+    let report = run_zoo_recipe(recipe.to_str().unwrap());
+    assert!(
+        (report["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-2,
+        "{report}"
+    );
+}
+
+#[test]
+fn prune_with_shiftadd_is_a_recipe_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("both.toml");
+    std::fs::write(
+        &bad,
+        "[[layers]]\nmatch = \"blk.*.*\"\n[layers.prune]\nratio = 0.5\n[layers.shiftadd]\nbits = 3\n",
+    )
+    .unwrap();
+    let out = reparam(&["run", "zoo:multi", "--recipe", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("combines `prune` with `shiftadd`"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

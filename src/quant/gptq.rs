@@ -400,7 +400,7 @@ pub fn inverse_factor_diag(h: &[f64], n: usize, damp: f64) -> Result<Vec<f64>, Q
 
 /// In-place blocked lower Cholesky `A = LLᵀ` of a row-major `n × n` matrix (only the lower
 /// triangle is read and written). Returns the failing pivot index if `A` is not positive definite.
-fn cholesky_lower(a: &mut [f64], n: usize) -> Result<(), usize> {
+pub(crate) fn cholesky_lower(a: &mut [f64], n: usize) -> Result<(), usize> {
     const NB: usize = 64;
     let mut panel: Vec<f64> = Vec::new();
     for k0 in (0..n).step_by(NB) {

@@ -208,6 +208,153 @@ pub fn owl_ratios(outliers: &[f64], target: f64, lambda: f64) -> Vec<f64> {
         .collect()
 }
 
+/// OWL's two hyper-parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct OwlOptions {
+    /// Half-spread λ of the per-block ratios around the target (OWL's `Lamda`, 0.08).
+    pub lambda: f64,
+    /// Outlier threshold: scores above `m ×` the block's mean score (OWL's `Hyper_m`, 5).
+    pub m: f64,
+}
+
+impl Default for OwlOptions {
+    fn default() -> Self {
+        Self {
+            lambda: 0.08,
+            m: 5.0,
+        }
+    }
+}
+
+/// One block's allocation, for the user to see.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BlockRatio {
+    pub block: usize,
+    /// Fraction of the block's Wanda scores above `m ×` their mean (0 when uniform).
+    pub outlier_ratio: f64,
+    pub ratio: f64,
+}
+
+/// A pruning recipe at a global `target` sparsity with `method`: uniform (one rule for every
+/// linear), or OWL (one rule per block, ratios from the blocks' outlier ratios, which are
+/// measured on the dense model with calibration windows run block by block). All blocks of a
+/// Llama model have the same size, so the parameter-weighted mean ratio is the target.
+pub fn allocate_prune_recipe(
+    base: &Model,
+    calib_tokens: &[u32],
+    calib: crate::technique::CalibOptions,
+    target: f64,
+    method: PruneMethod,
+    owl: Option<OwlOptions>,
+    progress: &mut crate::technique::Progress<'_>,
+) -> anyhow::Result<(crate::technique::recipe::Recipe, Vec<BlockRatio>)> {
+    use crate::calib::{StatsCollector, calibration_ids, stats_source};
+    use crate::model::{LinearId, LinearKind};
+    use crate::technique::recipe::{LayerRule, Recipe};
+
+    anyhow::ensure!(
+        (0.0..=0.95).contains(&target),
+        "--prune {target} is outside 0..=0.95"
+    );
+    anyhow::ensure!(
+        method != PruneMethod::Nm,
+        "n:m patterns have a fixed ratio; allocate magnitude or wanda"
+    );
+    let knobs = |ratio| PruneKnobs {
+        ratio,
+        method,
+        n: 2,
+        m: 4,
+        score: NmScore::Wanda,
+        form: SparseForm::Auto,
+    };
+    let rule = |blocks: Option<String>, ratio| LayerRule {
+        pattern: "blk.*.*".into(),
+        blocks,
+        shiftadd: None,
+        rtn: None,
+        prune: Some(knobs(ratio)),
+        rps: None,
+    };
+    let t = &base.transformer;
+    let n_blocks = t.blocks.len();
+    let (layers, table) = match owl {
+        None => (
+            vec![rule(None, target)],
+            (0..n_blocks)
+                .map(|block| BlockRatio {
+                    block,
+                    outlier_ratio: 0.0,
+                    ratio: target,
+                })
+                .collect(),
+        ),
+        Some(o) => {
+            let ids = calibration_ids(calib_tokens, calib.samples, calib.seq_len, 0)?;
+            let mut h = t.embed(&ids)?;
+            let mut outliers = Vec::with_capacity(n_blocks);
+            for block in 0..n_blocks {
+                if !progress("outlier ratios", block, n_blocks) {
+                    anyhow::bail!("cancelled");
+                }
+                let sources: Vec<LinearId> = LinearKind::ALL
+                    .into_iter()
+                    .map(|k| LinearId::new(block, stats_source(k)))
+                    .collect();
+                let mut stats = StatsCollector::new(Some(sources), false);
+                h = t.run_block(block, &h, calib.samples, calib.seq_len, &mut stats)?;
+                let mut scores = Vec::new();
+                for kind in LinearKind::ALL {
+                    let id = LinearId::new(block, kind);
+                    let (Some(w), Some(s)) = (
+                        t.linear(id),
+                        stats.stats.get(&LinearId::new(block, stats_source(kind))),
+                    ) else {
+                        anyhow::bail!("{id}: no calibration statistics");
+                    };
+                    let norms = s.col_norms();
+                    let cols = norms.len();
+                    let w = w.to_dense()?.flatten_all()?.to_vec1::<f32>()?;
+                    scores.extend(
+                        w.iter()
+                            .enumerate()
+                            .map(|(i, v)| v.abs() * norms[i % cols] as f32),
+                    );
+                }
+                outliers.push(outlier_ratio(&scores, o.m));
+            }
+            let ratios = owl_ratios(&outliers, target, o.lambda);
+            let layers = ratios
+                .iter()
+                .enumerate()
+                .map(|(b, r)| rule(Some(b.to_string()), *r))
+                .collect();
+            let table = outliers
+                .iter()
+                .zip(&ratios)
+                .enumerate()
+                .map(|(block, (d, r))| BlockRatio {
+                    block,
+                    outlier_ratio: *d,
+                    ratio: *r,
+                })
+                .collect();
+            (layers, table)
+        }
+    };
+    progress("done", n_blocks, n_blocks);
+    Ok((
+        Recipe {
+            model: Some(base.id.clone()),
+            seed: 0,
+            merge: None,
+            flatten: None,
+            layers,
+        },
+        table,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
