@@ -277,4 +277,105 @@ fn prune_with_shiftadd_is_a_recipe_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("combines `prune` with `shiftadd`"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+fn recipe_path(name: &str) -> String {
+    format!("{}/experiments/recipes/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn run_shares_a_zoo_model_with_rps() {
+    let run = |recipe: &str| {
+        json(&reparam(&[
+            "run",
+            "zoo:multi",
+            "--recipe",
+            recipe,
+            "--chunks",
+            "2",
+            "--prompts",
+            "5",
+            "--json",
+        ]))
+    };
+    // c = 1 with the fold mapping reproduces the model exactly, in an array plus a seed.
+    let r = run(&recipe_path("rps-1x.toml"));
+    assert_eq!(r["kld_mean"].as_f64().unwrap(), 0.0, "{r}");
+    assert_eq!(r["rps_ratio"].as_f64().unwrap(), 1.0, "{r}");
+    // c = 2 halves the linears' bytes (each keeps an 8-byte seed).
+    let r = run(&recipe_path("rps-2x.toml"));
+    assert_eq!(r["rps_ratio"].as_f64().unwrap(), 2.0, "{r}");
+    let bits = r["avg_bits"].as_f64().unwrap();
+    assert!(bits > 16.0 && bits < 16.01, "{r}");
+    assert!(r["kld_mean"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[test]
+fn run_merges_the_zoo_and_reports_a_timeline() {
+    let r = json(&reparam(&[
+        "run",
+        "zoo:base",
+        "--recipe",
+        &recipe_path("merge-opcm.toml"),
+        "--chunks",
+        "1",
+        "--prompts",
+        "4",
+        "--json",
+    ]));
+    assert_eq!(r["merged_models"], 4, "{r}");
+    let steps = r["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["model"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["zoo:arith", "zoo:brackets", "zoo:reverse", "zoo:recall"]
+    );
+    for s in steps {
+        assert_eq!(s["tasks"].as_object().unwrap().len(), 4, "{s}");
+        assert!(s["task_acc_mean"].as_f64().is_some(), "{s}");
+    }
+    // The last step's accuracies are the run's.
+    assert_eq!(steps[3]["tasks"], r["tasks"]);
+    assert_eq!(steps[3]["task_acc_mean"], r["task_acc_mean"]);
+    // A model of another architecture is refused with a one-line error.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[merge]\nmodels = [\"zoo:arith\", \"/no/such/model\"]\nmethod = \"average\"\n",
+    )
+    .unwrap();
+    let out = reparam(&["run", "zoo:base", "--recipe", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/no/such/model") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bench_kernels_compares_rps_with_dense() {
+    let rows = json(&reparam(&[
+        "bench",
+        "kernels",
+        "--small",
+        "--bits",
+        "2",
+        "--threads",
+        "1",
+        "--rps-ratios",
+        "2",
+        "--json",
+    ]));
+    let rps: Vec<_> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "rps")
+        .collect();
+    assert_eq!(rps.len(), 4);
+    for r in rps {
+        for k in ["rps_us", "dense_us", "dense_loop_us"] {
+            assert!(r[k].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
 }
