@@ -27,12 +27,15 @@ mod experiments;
     about = "Reparam Studio: compress transformer models layer by layer and measure the trade-offs"
 )]
 struct Cli {
+    /// Without a subcommand, the desktop app opens.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Open the desktop app (also what `reparam` alone does).
+    Gui(GuiArgs),
     /// Show a model's architecture and every linear layer with its shape and bytes.
     Info {
         /// A GGUF file, a Hugging Face directory, or `zoo:NAME`.
@@ -97,6 +100,34 @@ enum ZooCommand {
         #[arg(long, value_delimiter = ',')]
         only: Option<Vec<String>>,
     },
+}
+
+/// `reparam gui`.
+#[derive(Debug, Default, Args)]
+struct GuiArgs {
+    /// Experiment store directory (default `experiments/store`).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Open this model instead of the one from the last session.
+    #[arg(long)]
+    model: Option<String>,
+    /// Drive the app from a script (screenshots, demos); see `src/ui/demo.rs`.
+    #[arg(long)]
+    demo_script: Option<PathBuf>,
+    /// Experiment jobs run at once.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+impl GuiArgs {
+    fn options(self) -> crate::ui::GuiOptions {
+        crate::ui::GuiOptions {
+            store_dir: self.store,
+            model: self.model,
+            demo_script: self.demo_script,
+            workers: self.workers,
+        }
+    }
 }
 
 /// How the evaluation text is read and windowed (shared by `eval` and `run`).
@@ -223,7 +254,9 @@ enum BenchCommand {
 /// Parses `std::env::args` and runs the chosen subcommand.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
+    let command = cli.command.unwrap_or(Command::Gui(GuiArgs::default()));
+    match command {
+        Command::Gui(args) => crate::ui::run_gui(args.options()),
         Command::Info { model, json } => info(&model, json),
         Command::Eval(args) => eval(&args),
         Command::Generate { model, prompt, n } => generate(&model, &prompt, n),

@@ -15,4 +15,5 @@ pub mod run;
 pub mod store;
 pub mod sweep;
 pub mod technique;
+pub mod ui;
 pub mod zoo;

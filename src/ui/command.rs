@@ -1,0 +1,84 @@
+//! What the panels ask for. Widgets never change app data directly: they push a [`Command`],
+//! and [`super::studio::Studio::apply`] applies the frame's commands once, after drawing.
+
+use crate::jobs::JobId;
+use crate::model::LinearId;
+use crate::technique::recipe::{LayerRule, MergeStep, Recipe};
+
+use super::dialogs::DialogKind;
+use super::editor::CellEdit;
+use super::state::Panel;
+
+/// One user intent.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Show another panel.
+    SwitchPanel(Panel),
+    /// Load a model by spec (`zoo:NAME`, a GGUF path, an HF directory) in the background.
+    OpenModel(String),
+    /// Ask for a GGUF file or an HF directory, then open it.
+    OpenModelDialog(DialogKind),
+    /// Score every linear's sensitivity on calibration data (a background job).
+    RunSensitivity,
+    /// Set one family of the given linears.
+    EditCells {
+        targets: Vec<LinearId>,
+        edit: CellEdit,
+    },
+    /// Toggle "flatten this block with the next".
+    ToggleFlatten(usize),
+    /// Replace the merge step.
+    SetMerge(Option<MergeStep>),
+    /// Set the recipe's seed.
+    SetSeed(u64),
+    /// Append a pattern rule.
+    AddRule(LayerRule),
+    RemoveRule(usize),
+    /// Replace the whole recipe (undoable).
+    SetRecipe(Recipe),
+    Undo,
+    Redo,
+    /// Load a recipe TOML through a dialog.
+    LoadRecipeDialog,
+    /// Save the edited recipe as TOML through a dialog.
+    SaveRecipeDialog,
+    /// Run the edited recipe on the open model.
+    RunRecipe,
+    /// Run the edited recipe and its neighbours (every bit width one lower and one higher).
+    RunSweep,
+    CancelJob(JobId),
+    /// Cancel the most recently started job still running (Esc).
+    CancelLatest,
+    /// Forget finished jobs in the jobs list (their runs stay in the store).
+    ClearFinishedJobs,
+    /// Select a run (Pareto click, history row).
+    SelectRun(Option<String>),
+    /// Replace the box selection of runs.
+    SetBoxSelection(Vec<String>),
+    /// Load a run's recipe into the editor.
+    LoadRunRecipe(String),
+    AddTag {
+        ids: Vec<String>,
+        tag: String,
+    },
+    RemoveTag {
+        id: String,
+        tag: String,
+    },
+    /// Read the store again.
+    ReloadStore,
+    /// Export the Pareto plot.
+    ExportPlotPng,
+    ExportPlotSvg,
+    /// Export a run's recipe, compressed model, or llama.cpp tensor-type file.
+    ExportRecipe(String),
+    ExportModel(String),
+    ExportTypes(String),
+    /// Pick a run as side A or B of the per-layer diff.
+    SetCompareRun {
+        side_b: bool,
+        id: Option<String>,
+    },
+    /// Forget the notices shown in the status bar.
+    DismissNotices,
+}

@@ -1,0 +1,568 @@
+//! The history panel: every run as a sortable, filterable table; the selected run's tags,
+//! actions and (for continual merges) per-step timeline; and the compare view — two tagged sets
+//! overlaid with their fronts and hypervolumes, and a per-layer diff of two runs' recipes with
+//! their metric deltas.
+
+use std::collections::BTreeMap;
+
+use eframe::egui;
+use egui_plot::{Legend, Line, Plot, Points};
+
+use crate::store::pareto::{Sense, hypervolume};
+
+use super::command::Command;
+use super::editor::quant_label;
+use super::pareto_panel::{filters_ui, run_actions_ui};
+use super::runs::{
+    RunFilter, RunTable, format_value, front_2d, maximize, metric_deltas, recipe_layer_diff,
+    steps_table,
+};
+use super::shell::a11y_label;
+use super::studio::Studio;
+use super::theme;
+
+const ROW_HEIGHT: f32 = 20.0;
+/// Fixed columns before the metric columns.
+const FIXED: [&str; 5] = ["id", "created_at", "model", "status", "recipe"];
+
+/// Sorted, filtered row order, recomputed when the runs, filter or sort change.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryCache {
+    key: Option<(u64, RunFilter, String, bool)>,
+    pub order: Vec<usize>,
+}
+
+impl HistoryCache {
+    pub fn update(&mut self, runs: &RunTable, filter: &RunFilter, sort: &str, descending: bool) {
+        let key = (
+            runs.generation,
+            filter.clone(),
+            sort.to_string(),
+            descending,
+        );
+        if self.key.as_ref() == Some(&key) {
+            return;
+        }
+        self.key = Some(key);
+        let mut order = runs.filtered(filter);
+        let text = |i: usize| -> &str {
+            let r = &runs.rows[i].record;
+            match sort {
+                "id" => &r.id,
+                "model" => &r.model_name,
+                "status" => runs.rows[i].status_label(),
+                "recipe" => &runs.rows[i].summary,
+                _ => &r.created_at,
+            }
+        };
+        if FIXED.contains(&sort) {
+            order.sort_by(|&a, &b| text(a).cmp(text(b)));
+        } else {
+            // NaN (metric missing) sorts last either way.
+            order.sort_by(|&a, &b| {
+                let (va, vb) = (runs.value(sort, a), runs.value(sort, b));
+                match (va.is_nan(), vb.is_nan()) {
+                    (true, true) => std::cmp::Ordering::Equal,
+                    (true, false) => std::cmp::Ordering::Greater,
+                    (false, true) => std::cmp::Ordering::Less,
+                    _ if descending => vb.total_cmp(&va),
+                    _ => va.total_cmp(&vb),
+                }
+            });
+            self.order = order;
+            return;
+        }
+        if descending {
+            order.reverse();
+        }
+        self.order = order;
+    }
+}
+
+pub fn history_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
+    ui.horizontal(|ui| {
+        if ui.button("Reload store").clicked() {
+            out.push(Command::ReloadStore);
+        }
+        ui.weak(format!("store {}", s.store_dir().display()));
+    });
+    filters_ui(ui, &s.runs, &mut s.state.history.filter, "history");
+    let h = s.state.history.clone();
+    s.history_cache
+        .update(&s.runs, &h.filter, &h.sort, h.descending);
+    egui::Panel::bottom("history-details")
+        .resizable(true)
+        .default_size(320.0)
+        .show(ui, |ui| {
+            egui::ScrollArea::vertical().show(ui, |ui| {
+                details_ui(ui, s, out);
+                ui.separator();
+                compare_ui(ui, s, out);
+            });
+        });
+    table_ui(ui, s, out);
+}
+
+fn table_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
+    let h = &mut s.state.history;
+    let metric_cols = h.columns.clone();
+    let widths = |c: &str| match c {
+        "id" => 110.0,
+        "created_at" => 170.0,
+        "model" => 80.0,
+        "status" => 70.0,
+        "recipe" => 260.0,
+        _ => 90.0,
+    };
+    ui.horizontal(|ui| {
+        for c in FIXED
+            .iter()
+            .map(|c| c.to_string())
+            .chain(metric_cols.iter().cloned())
+        {
+            let arrow = if h.sort == c {
+                if h.descending { " v" } else { " ^" }
+            } else {
+                ""
+            };
+            let resp = ui.add_sized(
+                [widths(&c), ROW_HEIGHT],
+                egui::Button::new(format!("{c}{arrow}")),
+            );
+            if resp.clicked() {
+                if h.sort == c {
+                    h.descending = !h.descending;
+                } else {
+                    h.sort = c.clone();
+                    h.descending = c == "created_at";
+                }
+            }
+        }
+        ui.menu_button("Columns", |ui| {
+            for m in s.runs.metric_names() {
+                let mut on = h.columns.contains(&m);
+                if ui.checkbox(&mut on, &m).changed() {
+                    if on {
+                        h.columns.push(m);
+                    } else {
+                        h.columns.retain(|c| *c != m);
+                    }
+                }
+            }
+        });
+    });
+    let order = &s.history_cache.order;
+    let selected = s.state.selected_run.clone();
+    egui::ScrollArea::both()
+        .auto_shrink([false, false])
+        .show_rows(ui, ROW_HEIGHT, order.len(), |ui, range| {
+            for &i in &order[range] {
+                let row = &s.runs.rows[i];
+                let r = &row.record;
+                let is_sel = selected.as_deref() == Some(r.id.as_str());
+                ui.horizontal(|ui| {
+                    let resp = ui.add_sized(
+                        [widths("id"), ROW_HEIGHT],
+                        egui::Button::selectable(is_sel, r.id.as_str()),
+                    );
+                    if resp.clicked() {
+                        out.push(Command::SelectRun(Some(r.id.clone())));
+                    }
+                    let status_color = match row.status_label() {
+                        "ok" => theme::OK,
+                        "failed" => theme::ERROR,
+                        _ => theme::WARN,
+                    };
+                    ui.add_sized(
+                        [widths("created_at"), ROW_HEIGHT],
+                        egui::Label::new(&r.created_at).truncate(),
+                    );
+                    ui.add_sized(
+                        [widths("model"), ROW_HEIGHT],
+                        egui::Label::new(&r.model_name).truncate(),
+                    );
+                    ui.add_sized(
+                        [widths("status"), ROW_HEIGHT],
+                        egui::Label::new(
+                            egui::RichText::new(row.status_label()).color(status_color),
+                        ),
+                    );
+                    let tags = if r.tags.is_empty() {
+                        String::new()
+                    } else {
+                        format!("[{}] ", r.tags.join(", "))
+                    };
+                    ui.add_sized(
+                        [widths("recipe"), ROW_HEIGHT],
+                        egui::Label::new(format!("{tags}{}", row.summary)).truncate(),
+                    )
+                    .on_hover_text(r.error.clone().unwrap_or_else(|| row.summary.clone()));
+                    for c in &metric_cols {
+                        ui.add_sized(
+                            [90.0, ROW_HEIGHT],
+                            egui::Label::new(format_value(s.runs.value(c, i))),
+                        );
+                    }
+                });
+            }
+        });
+}
+
+fn details_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
+    let Some(id) = s.state.selected_run.clone() else {
+        ui.weak("Select a run to see its tags, metrics and actions.");
+        return;
+    };
+    let Some(i) = s.runs.index_of(&id) else {
+        ui.weak(format!("run {id} is not in the store"));
+        return;
+    };
+    let row = s.runs.rows[i].clone();
+    let r = &row.record;
+    ui.horizontal_wrapped(|ui| {
+        ui.strong(format!("Run {id}"));
+        ui.label(format!(
+            "{} · {} · {:.1} s · {}",
+            r.model_name,
+            row.status_label(),
+            r.duration_s,
+            r.created_at
+        ));
+    });
+    ui.label(&row.summary);
+    if let Some(e) = &r.error {
+        ui.colored_label(theme::ERROR, e);
+    }
+    ui.horizontal_wrapped(|ui| {
+        ui.label("Tags");
+        for t in &r.tags {
+            ui.monospace(t);
+            if ui
+                .small_button("x")
+                .on_hover_text(format!("Remove tag {t}"))
+                .clicked()
+            {
+                out.push(Command::RemoveTag {
+                    id: id.clone(),
+                    tag: t.clone(),
+                });
+            }
+        }
+        let resp = ui.add(
+            egui::TextEdit::singleline(&mut s.tag_input)
+                .hint_text("new tag")
+                .desired_width(100.0),
+        );
+        a11y_label(ui, &resp, "New tag");
+        if ui.button("Add tag").clicked() {
+            out.push(Command::AddTag {
+                ids: vec![id.clone()],
+                tag: s.tag_input.clone(),
+            });
+        }
+    });
+    run_actions_ui(ui, &id, out);
+    ui.horizontal(|ui| {
+        if ui.button("Compare as A").clicked() {
+            out.push(Command::SetCompareRun {
+                side_b: false,
+                id: Some(id.clone()),
+            });
+        }
+        if ui.button("Compare as B").clicked() {
+            out.push(Command::SetCompareRun {
+                side_b: true,
+                id: Some(id.clone()),
+            });
+        }
+    });
+    egui::CollapsingHeader::new("Metrics")
+        .id_salt("run-metrics")
+        .show(ui, |ui| {
+            egui::Grid::new("run-metrics-grid")
+                .striped(true)
+                .show(ui, |ui| {
+                    for (k, v) in &r.metrics {
+                        ui.label(k);
+                        ui.monospace(format_value(*v));
+                        ui.end_row();
+                    }
+                });
+        });
+    if let Some(steps) = &r.steps_json {
+        ui.strong("Merge timeline");
+        match steps_table(steps) {
+            Ok((cols, rows)) => {
+                egui::Grid::new("merge-steps").striped(true).show(ui, |ui| {
+                    for c in &cols {
+                        ui.strong(c);
+                    }
+                    ui.end_row();
+                    for row in rows {
+                        for cell in row {
+                            ui.monospace(cell);
+                        }
+                        ui.end_row();
+                    }
+                });
+            }
+            Err(e) => {
+                ui.colored_label(theme::ERROR, format!("unreadable timeline: {e}"));
+            }
+        }
+    }
+}
+
+/// A tagged set's points on the Pareto axes, its front and (for the hypervolume) its points.
+struct SetView {
+    points: Vec<[f64; 2]>,
+    front: Vec<[f64; 2]>,
+}
+
+fn set_view(runs: &RunTable, tag: &str, x: &str, y: &str) -> SetView {
+    let filter = RunFilter {
+        tag: tag.to_string(),
+        ok_only: true,
+        ..RunFilter::default()
+    };
+    let (Some(xs), Some(ys)) = (runs.column(x), runs.column(y)) else {
+        return SetView {
+            points: Vec::new(),
+            front: Vec::new(),
+        };
+    };
+    let rows: Vec<usize> = runs
+        .filtered(&filter)
+        .into_iter()
+        .filter(|&i| xs[i].is_finite() && ys[i].is_finite())
+        .collect();
+    let front = front_2d(xs, ys, &rows, maximize(x), maximize(y));
+    SetView {
+        points: rows.iter().map(|&i| [xs[i], ys[i]]).collect(),
+        front: front.iter().map(|&i| [xs[i], ys[i]]).collect(),
+    }
+}
+
+/// Hypervolumes of both sets' fronts against one reference: the worst value of each
+/// objective over both sets, pushed out by 10 % so the worst points still count.
+pub fn hypervolumes(a: &[[f64; 2]], b: &[[f64; 2]], x: &str, y: &str) -> (f64, f64) {
+    let senses = [Sense::for_metric(x), Sense::for_metric(y)];
+    let all: Vec<&[f64; 2]> = a.iter().chain(b).collect();
+    if all.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mut reference = [0.0; 2];
+    for (d, sense) in senses.iter().enumerate() {
+        let vals = all.iter().map(|p| p[d]);
+        let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+            (l.min(v), h.max(v))
+        });
+        let pad = ((hi - lo) * 0.1).max(hi.abs().max(1e-12) * 1e-3);
+        reference[d] = match sense {
+            Sense::Maximize => lo - pad,
+            Sense::Minimize => hi + pad,
+        };
+    }
+    let hv = |pts: &[[f64; 2]]| {
+        let v: Vec<Vec<f64>> = pts.iter().map(|p| p.to_vec()).collect();
+        hypervolume(&v, &senses, &reference)
+    };
+    (hv(a), hv(b))
+}
+
+fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
+    ui.strong("Compare");
+    let tags: Vec<String> = s.runs.facets().tags.into_iter().collect();
+    let (x, y) = (s.state.pareto.x.clone(), s.state.pareto.y.clone());
+    let h = &mut s.state.history;
+    ui.horizontal(|ui| {
+        for (label, value) in [("Set A", &mut h.tag_a), ("Set B", &mut h.tag_b)] {
+            ui.label(format!("{label} tag"));
+            let resp = egui::ComboBox::from_id_salt(label)
+                .selected_text(if value.is_empty() {
+                    "—".to_string()
+                } else {
+                    value.clone()
+                })
+                .show_ui(ui, |ui| {
+                    for t in &tags {
+                        ui.selectable_value(value, t.clone(), t);
+                    }
+                })
+                .response;
+            a11y_label(ui, &resp, label);
+        }
+        ui.weak(format!("on the Pareto axes: {x} vs {y}"));
+    });
+    if !h.tag_a.is_empty() && !h.tag_b.is_empty() {
+        let a = set_view(&s.runs, &h.tag_a, &x, &y);
+        let b = set_view(&s.runs, &h.tag_b, &x, &y);
+        let (hva, hvb) = hypervolumes(&a.front, &b.front, &x, &y);
+        ui.horizontal(|ui| {
+            ui.colored_label(
+                theme::SET_A,
+                format!(
+                    "A `{}`: {} runs, {} on its front, hypervolume {}",
+                    h.tag_a,
+                    a.points.len(),
+                    a.front.len(),
+                    format_value(hva)
+                ),
+            );
+        });
+        ui.horizontal(|ui| {
+            ui.colored_label(
+                theme::SET_B,
+                format!(
+                    "B `{}`: {} runs, {} on its front, hypervolume {}",
+                    h.tag_b,
+                    b.points.len(),
+                    b.front.len(),
+                    format_value(hvb)
+                ),
+            );
+        });
+        s.compare_hv = Some((hva, hvb));
+        Plot::new("compare-plot")
+            .height(220.0)
+            .legend(Legend::default())
+            .x_axis_label(x.clone())
+            .y_axis_label(y.clone())
+            .show(ui, |pu| {
+                pu.points(
+                    Points::new(format!("A {}", h.tag_a), a.points.clone())
+                        .color(theme::SET_A)
+                        .radius(3.0),
+                );
+                pu.points(
+                    Points::new(format!("B {}", h.tag_b), b.points.clone())
+                        .color(theme::SET_B)
+                        .radius(3.0),
+                );
+                if a.front.len() > 1 {
+                    pu.line(
+                        Line::new("front A", a.front.clone())
+                            .color(theme::SET_A)
+                            .width(2.0),
+                    );
+                }
+                if b.front.len() > 1 {
+                    pu.line(
+                        Line::new("front B", b.front.clone())
+                            .color(theme::SET_B)
+                            .width(2.0),
+                    );
+                }
+            });
+    } else {
+        ui.weak(
+            "Tag runs (select one, Add tag; or box-select on the Pareto plot), then pick two tags.",
+        );
+    }
+    ui.separator();
+    let (ra, rb) = (h.run_a.clone(), h.run_b.clone());
+    ui.label(format!(
+        "Per-layer diff: A = {}, B = {}",
+        ra.as_deref().unwrap_or("—"),
+        rb.as_deref().unwrap_or("—")
+    ));
+    let (Some(ra), Some(rb)) = (ra, rb) else {
+        ui.weak("Select a run and press Compare as A, another and Compare as B.");
+        return;
+    };
+    let (Some(ia), Some(ib)) = (s.runs.index_of(&ra), s.runs.index_of(&rb)) else {
+        return;
+    };
+    let key = (
+        ra.clone(),
+        rb.clone(),
+        s.model.as_ref().map(|m| m.summary.id.clone()),
+    );
+    if s.diff_cache.as_ref().map(|c| &c.0) != Some(&key) {
+        let rows = layer_diff(s, ia, ib);
+        s.diff_cache = Some((key, rows));
+    }
+    if let Some((_, rows)) = &s.diff_cache {
+        match rows {
+            Ok(rows) if rows.is_empty() => {
+                ui.label("The two recipes plan every layer the same way.");
+            }
+            Ok(rows) => {
+                egui::Grid::new("layer-diff").striped(true).show(ui, |ui| {
+                    ui.strong("Layer");
+                    ui.strong("A");
+                    ui.strong("B");
+                    ui.end_row();
+                    for (l, a, b) in rows {
+                        ui.monospace(l);
+                        ui.label(a);
+                        ui.label(b);
+                        ui.end_row();
+                    }
+                });
+            }
+            Err(e) => {
+                ui.colored_label(theme::ERROR, e);
+            }
+        }
+    }
+    let deltas = metric_deltas(&s.runs.rows[ia].record, &s.runs.rows[ib].record);
+    egui::Grid::new("metric-deltas")
+        .striped(true)
+        .show(ui, |ui| {
+            for h in ["Metric", "A", "B", "B - A"] {
+                ui.strong(h);
+            }
+            ui.end_row();
+            for (k, va, vb) in deltas {
+                ui.label(&k);
+                ui.monospace(format_value(va));
+                ui.monospace(format_value(vb));
+                ui.monospace(format_value(vb - va));
+                ui.end_row();
+            }
+        });
+}
+
+/// Per-layer plans of two runs' recipes resolved against the open model (the model both were
+/// made for); without it, the rules are compared by pattern.
+fn layer_diff(s: &Studio, ia: usize, ib: usize) -> Result<Vec<(String, String, String)>, String> {
+    let ra = s.runs.rows[ia].recipe()?;
+    let rb = s.runs.rows[ib].recipe()?;
+    let describe = |p: &crate::technique::recipe::LayerPlan| {
+        let mut parts = Vec::new();
+        if p.quant.is_some() {
+            parts.push(quant_label(&p.quant));
+        }
+        if let Some(k) = &p.prune {
+            parts.push(format!("prune {:.2} {:?}", k.sparsity(), k.method).to_lowercase());
+        }
+        if let Some(k) = &p.rps {
+            parts.push(format!("RPS ×{}", k.ratio));
+        }
+        parts.join(" + ")
+    };
+    let model = s
+        .model
+        .as_ref()
+        .filter(|m| m.summary.id == s.runs.rows[ia].record.model_id);
+    let per_layer = |r: &crate::technique::recipe::Recipe| -> Result<BTreeMap<crate::model::LinearId, String>, String> {
+        let Some(m) = model else {
+            return Err("open the model these runs were made on to diff them per layer".into());
+        };
+        let plan = r.resolve(&m.model.transformer).map_err(|e| e.to_string())?;
+        Ok(plan.layers.iter().map(|(id, (_, p))| (*id, describe(p))).collect())
+    };
+    let mut rows = recipe_layer_diff(&per_layer(&ra)?, &per_layer(&rb)?);
+    let step = |r: &crate::technique::recipe::Recipe| {
+        format!(
+            "merge {:?} · flatten {:?}",
+            r.merge.as_ref().map(|m| (&m.models, m.method, m.alpha)),
+            r.flatten.as_ref().map(|f| &f.pairs)
+        )
+    };
+    if step(&ra) != step(&rb) {
+        rows.insert(0, ("model-level steps".into(), step(&ra), step(&rb)));
+    }
+    Ok(rows)
+}

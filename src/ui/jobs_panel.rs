@@ -1,0 +1,136 @@
+//! The jobs panel: evaluation settings for new runs, Run / Sweep, and every job of this
+//! session with its stage, progress bar, elapsed time and Cancel; finished jobs show their key
+//! metrics, failed ones their error.
+
+use eframe::egui;
+
+use super::command::Command;
+use super::jobs::{JobEntry, JobState};
+use super::model_panel::human_bytes;
+use super::runs::format_value;
+use super::studio::Studio;
+use super::theme;
+
+/// Metrics shown for a finished job.
+const KEY_METRICS: [(&str, &str); 6] = [
+    ("ppl", "ppl"),
+    ("kld_mean", "KLD"),
+    ("top1_agree", "top-1"),
+    ("avg_bits", "bits"),
+    ("decode_tok_s", "decode tok/s"),
+    ("task_acc_mean", "task acc"),
+];
+
+pub fn jobs_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
+    settings_ui(ui, s);
+    ui.horizontal(|ui| {
+        let can = s.model.is_some();
+        if ui
+            .add_enabled(can, egui::Button::new("Run recipe"))
+            .on_hover_text("Ctrl+Enter")
+            .clicked()
+        {
+            out.push(Command::RunRecipe);
+        }
+        if ui
+            .add_enabled(can, egui::Button::new("Run sweep"))
+            .on_hover_text("The recipe with every bit width one lower and one higher")
+            .clicked()
+        {
+            out.push(Command::RunSweep);
+        }
+        if ui.button("Clear finished").clicked() {
+            out.push(Command::ClearFinishedJobs);
+        }
+    });
+    ui.separator();
+    if s.jobs.entries.is_empty() {
+        ui.label("No jobs yet. Edit a recipe, then Run (Ctrl+Enter).");
+    }
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        for e in s.jobs.entries.iter().rev() {
+            job_ui(ui, e, out);
+            ui.separator();
+        }
+    });
+}
+
+fn settings_ui(ui: &mut egui::Ui, s: &mut Studio) {
+    let e = &mut s.state.eval;
+    egui::CollapsingHeader::new("Evaluation settings")
+        .id_salt("eval-settings")
+        .default_open(true)
+        .show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.label("Perplexity windows");
+                ui.add(egui::DragValue::new(&mut e.chunks).range(1..=10_000));
+                ui.label("Context");
+                ui.add(egui::DragValue::new(&mut e.ctx).range(16..=8192));
+                ui.label("Task prompts");
+                ui.add(egui::DragValue::new(&mut e.task_prompts).range(0..=1000));
+                ui.label("Calibration windows");
+                ui.add(egui::DragValue::new(&mut e.calib_samples).range(1..=1024));
+                ui.label("length");
+                ui.add(egui::DragValue::new(&mut e.calib_len).range(8..=8192));
+            });
+            ui.horizontal(|ui| {
+                ui.label("Tags for new runs");
+                ui.add(egui::TextEdit::singleline(&mut e.tags).hint_text("comma-separated"));
+            });
+        });
+}
+
+fn job_ui(ui: &mut egui::Ui, e: &JobEntry, out: &mut Vec<Command>) {
+    ui.horizontal(|ui| {
+        let color = match e.status_label() {
+            "ok" => theme::OK,
+            "failed" => theme::ERROR,
+            "cancelled" => theme::WARN,
+            _ => ui.visuals().text_color(),
+        };
+        ui.colored_label(color, e.status_label());
+        ui.label(format!("{} ·", e.id));
+        ui.label(&e.label);
+    });
+    ui.horizontal(|ui| {
+        ui.monospace(format!("{:>6.1} s", e.elapsed().as_secs_f32()));
+        match &e.state {
+            JobState::Queued | JobState::Running => {
+                let bar = match e.fraction() {
+                    Some(f) => egui::ProgressBar::new(f).show_percentage(),
+                    None => egui::ProgressBar::new(0.0).animate(true),
+                };
+                ui.add(bar.desired_width(240.0));
+                ui.label(&e.stage);
+                if e.cancel_requested {
+                    ui.weak("cancelling…");
+                } else if ui
+                    .button("Cancel")
+                    .on_hover_text("Esc cancels the latest job")
+                    .clicked()
+                {
+                    out.push(Command::CancelJob(e.id));
+                }
+            }
+            JobState::Finished(rec) => {
+                if let Some(err) = &rec.error {
+                    ui.colored_label(theme::ERROR, err);
+                } else {
+                    let bytes = rec.metrics.get("bytes").copied().unwrap_or(f64::NAN);
+                    if bytes.is_finite() {
+                        ui.label(format!("size {}", human_bytes(bytes as usize)));
+                    }
+                    for (k, name) in KEY_METRICS {
+                        if let Some(v) = rec.metrics.get(k) {
+                            ui.label(format!("{name} {}", format_value(*v)));
+                        }
+                    }
+                    if ui.small_button("Show in history").clicked() {
+                        out.push(Command::SelectRun(Some(rec.id.clone())));
+                        out.push(Command::SwitchPanel(super::state::Panel::History));
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,123 @@
+//! What the model panel and the recipe editor show about a loaded model, computed once off the
+//! UI thread so drawing never touches tensors.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::model::{LinearId, LinearWeight, Model};
+
+/// One linear layer as the panels show it.
+#[derive(Debug, Clone)]
+pub struct LinearInfo {
+    pub id: LinearId,
+    /// `(out_features, in_features)`.
+    pub rows: usize,
+    pub cols: usize,
+    /// Bytes of its current stored form.
+    pub size_bytes: usize,
+    /// The current form (`dense f32`, `shift-add 3-bit`, …).
+    pub form: String,
+}
+
+impl LinearInfo {
+    pub fn weight_count(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+/// A loaded model, summarised.
+#[derive(Debug, Clone)]
+pub struct ModelSummary {
+    /// What the user opened (`zoo:multi`, a path): also what jobs are given.
+    pub spec: String,
+    pub name: String,
+    pub id: String,
+    pub architecture: String,
+    pub format: String,
+    pub n_blocks: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub vocab_size: usize,
+    pub params: usize,
+    pub size_bytes: usize,
+    pub linears: Vec<LinearInfo>,
+}
+
+impl ModelSummary {
+    pub fn from_model(spec: &str, model: &Model) -> Self {
+        let t = &model.transformer;
+        let cfg = model.config();
+        let linears = t
+            .linear_ids()
+            .filter_map(|id| {
+                let w = t.linear(id)?;
+                let (rows, cols) = w.shape();
+                Some(LinearInfo {
+                    id,
+                    rows,
+                    cols,
+                    size_bytes: w.size_bytes(),
+                    form: form_name(w),
+                })
+            })
+            .collect();
+        Self {
+            spec: spec.to_string(),
+            name: model.name.clone(),
+            id: model.id.clone(),
+            architecture: format!("{:?}", cfg.architecture),
+            format: format!("{:?}", model.format),
+            n_blocks: t.blocks.len(),
+            hidden_size: cfg.hidden_size,
+            intermediate_size: cfg.intermediate_size,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            vocab_size: cfg.vocab_size,
+            params: cfg.param_count(),
+            size_bytes: t.size_bytes(),
+            linears,
+        }
+    }
+
+    /// The linears of one block, in the order of [`crate::model::LinearKind::ALL`].
+    pub fn block_linears(&self, block: usize) -> impl Iterator<Item = &LinearInfo> {
+        self.linears.iter().filter(move |l| l.id.block == block)
+    }
+
+    pub fn linear(&self, id: LinearId) -> Option<&LinearInfo> {
+        self.linears.iter().find(|l| l.id == id)
+    }
+}
+
+fn form_name(w: &LinearWeight) -> String {
+    match w {
+        LinearWeight::Dense { .. } => "dense f32".into(),
+        LinearWeight::Rtn { bits, group, .. } => format!("RTN {bits}-bit g{group}"),
+        LinearWeight::Bcq { packed, .. } => format!("shift-add {}-bit", packed.bits),
+        #[allow(unreachable_patterns)]
+        _ => "other".into(),
+    }
+}
+
+/// A loaded model shared with the editor (which resolves recipes against it).
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    pub model: Arc<Model>,
+    pub summary: Arc<ModelSummary>,
+}
+
+/// Per-layer sensitivity scores (ShiftAddLLM's ‖IS‖_F·std(IS)²) from a sensitivity pass.
+#[derive(Debug, Clone, Default)]
+pub struct Sensitivity {
+    /// Which model (id) the scores are for.
+    pub model_id: String,
+    pub scores: BTreeMap<LinearId, f64>,
+}
+
+impl Sensitivity {
+    pub fn max(&self) -> f64 {
+        self.scores.values().copied().fold(0.0, f64::max)
+    }
+}

@@ -1,0 +1,465 @@
+//! The Pareto panel: runs as points over two chosen metrics, coloured by family or a third
+//! metric, the non-dominated front as a line, hover for a run's recipe, click to select, a box
+//! to select many, filters, and PNG/SVG export. Drawing is decimated to one point per screen
+//! cell per colour, so 100 000 runs draw as fast as a few thousand.
+
+use eframe::egui;
+use egui_plot::{Legend, Line, Plot, PlotPoint, Points, Polygon};
+
+use super::command::Command;
+use super::editor::FAMILIES;
+use super::runs::{RunFilter, RunTable, data_bounds, decimate, format_value, front_2d, maximize};
+use super::shell::a11y_label;
+use super::state::ColorBy;
+use super::studio::Studio;
+use super::theme;
+
+/// Hover/click pick radius in screen points.
+const PICK_RADIUS: f32 = 8.0;
+/// Colour buckets for a metric colour ramp.
+const RAMP_BUCKETS: u32 = 8;
+
+/// Filtered rows, front and ranges for the current axes, recomputed only when the runs, the
+/// axes or the filter change.
+#[derive(Debug, Clone, Default)]
+pub struct ParetoCache {
+    key: Option<(u64, String, String, RunFilter, ColorBy)>,
+    /// Rows passing the filter with finite x and y.
+    pub rows: Vec<usize>,
+    /// Non-dominated rows, sorted by x.
+    pub front: Vec<usize>,
+    pub bounds: Option<[f64; 4]>,
+    /// Range of the colour metric over `rows`.
+    color_range: (f64, f64),
+}
+
+impl ParetoCache {
+    /// Brings the cache up to date; cheap when nothing changed.
+    pub fn update(
+        &mut self,
+        runs: &RunTable,
+        x: &str,
+        y: &str,
+        filter: &RunFilter,
+        color: &ColorBy,
+    ) {
+        let key = (
+            runs.generation,
+            x.to_string(),
+            y.to_string(),
+            filter.clone(),
+            color.clone(),
+        );
+        if self.key.as_ref() == Some(&key) {
+            return;
+        }
+        self.key = Some(key);
+        let (Some(xs), Some(ys)) = (runs.column(x), runs.column(y)) else {
+            self.rows.clear();
+            self.front.clear();
+            self.bounds = None;
+            return;
+        };
+        self.rows = runs
+            .filtered(filter)
+            .into_iter()
+            .filter(|&i| xs[i].is_finite() && ys[i].is_finite())
+            .collect();
+        self.front = front_2d(xs, ys, &self.rows, maximize(x), maximize(y));
+        self.bounds = data_bounds(xs, ys, &self.rows);
+        self.color_range = match color {
+            ColorBy::Metric(m) => {
+                let c = runs.column(m).unwrap_or(&[]);
+                self.rows
+                    .iter()
+                    .filter_map(|&i| c.get(i).copied().filter(|v| v.is_finite()))
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                        (lo.min(v), hi.max(v))
+                    })
+            }
+            _ => (0.0, 1.0),
+        };
+    }
+
+    /// Colour group of a row (family index or ramp bucket) and its colour.
+    pub fn color_of(&self, runs: &RunTable, color: &ColorBy, row: usize) -> (u32, egui::Color32) {
+        match color {
+            ColorBy::None => (0, theme::POINT),
+            ColorBy::Family => {
+                let f = runs.rows[row].family;
+                let i = FAMILIES
+                    .iter()
+                    .position(|x| *x == f)
+                    .unwrap_or(FAMILIES.len() - 1);
+                (i as u32, theme::CATEGORICAL[i % theme::CATEGORICAL.len()])
+            }
+            ColorBy::Metric(m) => {
+                let v = runs.value(m, row);
+                let (lo, hi) = self.color_range;
+                let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+                let b = ((t * RAMP_BUCKETS as f64).floor() as u32).min(RAMP_BUCKETS - 1);
+                (
+                    b,
+                    theme::ramp((f64::from(b) + 0.5) / f64::from(RAMP_BUCKETS)),
+                )
+            }
+        }
+    }
+
+    /// Name of a colour group for the legend.
+    fn group_name(&self, color: &ColorBy, group: u32) -> String {
+        match color {
+            ColorBy::None => "runs".into(),
+            ColorBy::Family => FAMILIES
+                .get(group as usize)
+                .copied()
+                .unwrap_or("none")
+                .into(),
+            ColorBy::Metric(m) => {
+                let (lo, hi) = self.color_range;
+                let step = (hi - lo) / f64::from(RAMP_BUCKETS);
+                format!(
+                    "{m} {}–{}",
+                    format_value(lo + step * f64::from(group)),
+                    format_value(lo + step * f64::from(group + 1))
+                )
+            }
+        }
+    }
+}
+
+/// Where a box selection started (plot coordinates), kept in egui's temporary memory.
+fn box_start_id(plot: egui::Id) -> egui::Id {
+    plot.with("box-start")
+}
+
+pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
+    let metrics = s.runs.metric_names();
+    controls_ui(ui, s, &metrics, out);
+    filters_ui(ui, &s.runs, &mut s.state.pareto.filter, "pareto");
+    let prefs = s.state.pareto.clone();
+    s.pareto_cache
+        .update(&s.runs, &prefs.x, &prefs.y, &prefs.filter, &prefs.color);
+    let cache = &s.pareto_cache;
+    let (Some(xs), Some(ys)) = (s.runs.column(&prefs.x), s.runs.column(&prefs.y)) else {
+        ui.label(format!(
+            "No run has both `{}` and `{}` yet: run a recipe (Jobs panel) and its point appears here.",
+            prefs.x, prefs.y
+        ));
+        s.plot_rect = None;
+        return;
+    };
+    ui.label(format!(
+        "{} runs plotted · {} on the front{}",
+        cache.rows.len(),
+        cache.front.len(),
+        if s.box_selection.is_empty() {
+            String::new()
+        } else {
+            format!(" · {} box-selected", s.box_selection.len())
+        }
+    ));
+    let selected = prefs.selected_row(&s.runs, s.state.selected_run.as_deref());
+    let height = (ui.available_height() - 150.0).max(200.0);
+    let mut plot = Plot::new("pareto-plot")
+        .height(height)
+        .x_axis_label(prefs.x.clone())
+        .y_axis_label(prefs.y.clone())
+        .legend(Legend::default())
+        .allow_drag(!prefs.box_select)
+        .allow_boxed_zoom(!prefs.box_select);
+    if let Some(b) = cache.bounds {
+        plot = plot
+            .default_x_bounds(b[0], b[2])
+            .default_y_bounds(b[1], b[3]);
+    }
+    let runs = &s.runs;
+    let resp = plot.show(ui, |pu| {
+        let b = pu.plot_bounds();
+        let size = pu.response().rect.size();
+        let bounds = [b.min()[0], b.min()[1], b.max()[0], b.max()[1]];
+        let grid = (
+            (size.x / 2.0).max(1.0) as usize,
+            (size.y / 2.0).max(1.0) as usize,
+        );
+        let drawn = decimate(xs, ys, &cache.rows, bounds, grid, |i| {
+            cache.color_of(runs, &prefs.color, i).0
+        });
+        let mut groups: std::collections::BTreeMap<u32, (egui::Color32, Vec<[f64; 2]>)> =
+            Default::default();
+        for &i in &drawn {
+            let (g, c) = cache.color_of(runs, &prefs.color, i);
+            groups
+                .entry(g)
+                .or_insert_with(|| (c, Vec::new()))
+                .1
+                .push([xs[i], ys[i]]);
+        }
+        for (g, (c, pts)) in groups {
+            pu.points(
+                Points::new(cache.group_name(&prefs.color, g), pts)
+                    .color(c)
+                    .radius(2.5)
+                    .filled(true),
+            );
+        }
+        if prefs.show_front && cache.front.len() > 1 {
+            let pts: Vec<[f64; 2]> = cache.front.iter().map(|&i| [xs[i], ys[i]]).collect();
+            pu.line(Line::new("front", pts).color(theme::FRONT).width(2.0));
+        }
+        if let Some(i) = selected {
+            pu.points(
+                Points::new("selected", vec![[xs[i], ys[i]]])
+                    .color(theme::SELECTED)
+                    .radius(6.0)
+                    .filled(false),
+            );
+        }
+        let pointer = pu.pointer_coordinate();
+        let r = pu.response().clone();
+        let mut box_rect = None;
+        if prefs.box_select {
+            let start: Option<PlotPoint> = pu.ctx().data(|d| d.get_temp(box_start_id(r.id)));
+            if r.drag_started()
+                && let Some(p) = pointer
+            {
+                pu.ctx().data_mut(|d| d.insert_temp(box_start_id(r.id), p));
+            }
+            if let (Some(a), Some(p)) = (start, pointer) {
+                let rect = [a.x.min(p.x), a.y.min(p.y), a.x.max(p.x), a.y.max(p.y)];
+                pu.polygon(
+                    Polygon::new(
+                        "box",
+                        vec![
+                            [rect[0], rect[1]],
+                            [rect[2], rect[1]],
+                            [rect[2], rect[3]],
+                            [rect[0], rect[3]],
+                        ],
+                    )
+                    .fill_color(egui::Color32::from_white_alpha(20)),
+                );
+                if r.drag_stopped() {
+                    box_rect = Some(rect);
+                    pu.ctx()
+                        .data_mut(|d| d.remove::<PlotPoint>(box_start_id(r.id)));
+                }
+            }
+        }
+        let nearest = pointer.and_then(|p| {
+            let t = pu.transform();
+            let at = t.position_from_point(&p);
+            let mut best: Option<(f32, usize)> = None;
+            for &i in &cache.rows {
+                let q = t.position_from_point(&PlotPoint::new(xs[i], ys[i]));
+                let d = q.distance(at);
+                if d <= PICK_RADIUS && best.is_none_or(|(bd, _)| d < bd) {
+                    best = Some((d, i));
+                }
+            }
+            best.map(|(_, i)| i)
+        });
+        (nearest, box_rect)
+    });
+    s.plot_rect = Some(resp.response.rect);
+    let (nearest, box_rect) = resp.inner;
+    a11y_label(ui, &resp.response, "Pareto plot");
+    if let Some(i) = nearest {
+        let row = &s.runs.rows[i];
+        let text = format!(
+            "{} · {}\n{}\n{} = {} · {} = {}",
+            row.record.id,
+            row.record.model_name,
+            row.summary,
+            prefs.x,
+            format_value(xs[i]),
+            prefs.y,
+            format_value(ys[i])
+        );
+        let r = resp.response.clone().on_hover_ui_at_pointer(|ui| {
+            ui.label(text);
+        });
+        if r.clicked() {
+            out.push(Command::SelectRun(Some(row.record.id.clone())));
+        }
+    }
+    if let Some([x0, y0, x1, y1]) = box_rect {
+        let ids = s
+            .pareto_cache
+            .rows
+            .iter()
+            .filter(|&&i| (x0..=x1).contains(&xs[i]) && (y0..=y1).contains(&ys[i]))
+            .map(|&i| s.runs.rows[i].record.id.clone())
+            .collect();
+        out.push(Command::SetBoxSelection(ids));
+    }
+    selection_ui(ui, s, out);
+}
+
+impl super::state::ParetoPrefs {
+    fn selected_row(&self, runs: &RunTable, id: Option<&str>) -> Option<usize> {
+        let i = runs.index_of(id?)?;
+        let (x, y) = (runs.value(&self.x, i), runs.value(&self.y, i));
+        (x.is_finite() && y.is_finite()).then_some(i)
+    }
+}
+
+fn metric_combo(ui: &mut egui::Ui, label: &str, value: &mut String, metrics: &[String]) {
+    ui.label(label);
+    let resp = egui::ComboBox::from_id_salt(("axis", label))
+        .selected_text(value.as_str())
+        .width(130.0)
+        .show_ui(ui, |ui| {
+            for m in metrics {
+                ui.selectable_value(value, m.clone(), m);
+            }
+        })
+        .response;
+    a11y_label(ui, &resp, &format!("{label} axis"));
+}
+
+fn controls_ui(ui: &mut egui::Ui, s: &mut Studio, metrics: &[String], out: &mut Vec<Command>) {
+    let p = &mut s.state.pareto;
+    ui.horizontal_wrapped(|ui| {
+        metric_combo(ui, "X", &mut p.x, metrics);
+        metric_combo(ui, "Y", &mut p.y, metrics);
+        ui.label("Colour");
+        let text = match &p.color {
+            ColorBy::None => "none".to_string(),
+            ColorBy::Family => "technique family".to_string(),
+            ColorBy::Metric(m) => m.clone(),
+        };
+        egui::ComboBox::from_id_salt("colour-by")
+            .selected_text(text)
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut p.color, ColorBy::None, "none");
+                ui.selectable_value(&mut p.color, ColorBy::Family, "technique family");
+                for m in metrics {
+                    ui.selectable_value(&mut p.color, ColorBy::Metric(m.clone()), m);
+                }
+            });
+        ui.checkbox(&mut p.show_front, "Front");
+        ui.checkbox(&mut p.box_select, "Box select")
+            .on_hover_text("Drag a box to select runs (instead of panning)");
+        if ui.button("Export PNG…").clicked() {
+            out.push(Command::ExportPlotPng);
+        }
+        if ui.button("Export SVG…").clicked() {
+            out.push(Command::ExportPlotSvg);
+        }
+    });
+}
+
+/// Model / tag / family / text filters; shared with the history panel.
+pub fn filters_ui(ui: &mut egui::Ui, runs: &RunTable, f: &mut RunFilter, salt: &str) {
+    let facets = runs.facets();
+    ui.horizontal_wrapped(|ui| {
+        let combo = |ui: &mut egui::Ui,
+                     label: &str,
+                     value: &mut String,
+                     options: &std::collections::BTreeSet<String>| {
+            ui.label(label);
+            let shown = if value.is_empty() {
+                "all".to_string()
+            } else {
+                value.clone()
+            };
+            let resp = egui::ComboBox::from_id_salt((salt, label))
+                .selected_text(shown)
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(value, String::new(), "all");
+                    for o in options {
+                        ui.selectable_value(value, o.clone(), o);
+                    }
+                })
+                .response;
+            a11y_label(ui, &resp, &format!("{salt} {label} filter"));
+        };
+        combo(ui, "Model", &mut f.model, &facets.models);
+        combo(ui, "Tag", &mut f.tag, &facets.tags);
+        combo(ui, "Technique", &mut f.family, &facets.families);
+        ui.label("Search");
+        ui.add(egui::TextEdit::singleline(&mut f.text).desired_width(120.0));
+        ui.checkbox(&mut f.ok_only, "Only successful");
+    });
+}
+
+/// The selected run and the box selection, with their actions.
+fn selection_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
+    if let Some(id) = s.state.selected_run.clone()
+        && let Some(i) = s.runs.index_of(&id)
+    {
+        let row = &s.runs.rows[i];
+        ui.horizontal_wrapped(|ui| {
+            ui.strong(format!("Selected {id}"));
+            ui.label(&row.summary);
+        });
+        run_actions_ui(ui, &id, out);
+    }
+    if !s.box_selection.is_empty() {
+        ui.horizontal(|ui| {
+            ui.label(format!("{} runs in the box", s.box_selection.len()));
+            ui.add(
+                egui::TextEdit::singleline(&mut s.tag_input)
+                    .hint_text("tag")
+                    .desired_width(100.0),
+            );
+            if ui.button("Tag them").clicked() {
+                out.push(Command::AddTag {
+                    ids: s.box_selection.clone(),
+                    tag: s.tag_input.clone(),
+                });
+            }
+            if ui.button("Clear box").clicked() {
+                out.push(Command::SetBoxSelection(Vec::new()));
+            }
+        });
+    }
+}
+
+/// Load / export buttons for one run.
+pub fn run_actions_ui(ui: &mut egui::Ui, id: &str, out: &mut Vec<Command>) {
+    ui.horizontal(|ui| {
+        if ui.button("Load recipe into editor").clicked() {
+            out.push(Command::LoadRunRecipe(id.to_string()));
+        }
+        if ui.button("Export recipe…").clicked() {
+            out.push(Command::ExportRecipe(id.to_string()));
+        }
+        if ui.button("Export model…").clicked() {
+            out.push(Command::ExportModel(id.to_string()));
+        }
+        if ui.button("Export llama.cpp types…").clicked() {
+            out.push(Command::ExportTypes(id.to_string()));
+        }
+    });
+}
+
+/// The plot as SVG, written from the plotted data (decimated like the screen).
+pub fn plot_svg(s: &Studio) -> String {
+    let p = &s.state.pareto;
+    let c = &s.pareto_cache;
+    let (Some(xs), Some(ys), Some(b)) = (s.runs.column(&p.x), s.runs.column(&p.y), c.bounds) else {
+        return super::plot_export::empty_svg("no runs to plot");
+    };
+    let rows = decimate(xs, ys, &c.rows, b, (400, 250), |i| {
+        c.color_of(&s.runs, &p.color, i).0
+    });
+    let points: Vec<(f64, f64, egui::Color32)> = rows
+        .iter()
+        .map(|&i| (xs[i], ys[i], c.color_of(&s.runs, &p.color, i).1))
+        .collect();
+    let front: Vec<(f64, f64)> = if p.show_front {
+        c.front.iter().map(|&i| (xs[i], ys[i])).collect()
+    } else {
+        Vec::new()
+    };
+    super::plot_export::scatter_svg(&super::plot_export::SvgPlot {
+        x_label: &p.x,
+        y_label: &p.y,
+        bounds: b,
+        points: &points,
+        front: &front,
+        title: &format!("{} runs, {} on the front", c.rows.len(), c.front.len()),
+    })
+}

@@ -1,0 +1,418 @@
+//! The runs the Pareto and history panels show: records from the store held column-wise, so a
+//! frame over 100 000 runs reads plain `Vec<f64>`s, plus filters, 2-D fronts and decimation for
+//! drawing. Built off the UI thread when the store is loaded. No egui here.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use crate::store::pareto::Sense;
+use crate::store::{ExperimentRecord, Status};
+use crate::technique::recipe::Recipe;
+
+use super::editor::{recipe_family, recipe_summary};
+
+/// Columns every run has besides its metrics.
+pub const DURATION: &str = "duration_s";
+
+/// One run as the panels show it.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub record: ExperimentRecord,
+    /// Technique family of its recipe (`shift-add`, `prune`, `mixed`, …).
+    pub family: &'static str,
+    /// One-line recipe summary for hovers and tables.
+    pub summary: String,
+}
+
+impl RunRow {
+    pub fn new(record: ExperimentRecord) -> Self {
+        let (family, summary) = match Recipe::from_json(&record.recipe_json) {
+            Ok(r) => (recipe_family(&r), recipe_summary(&r)),
+            Err(e) => ("none", format!("unreadable recipe: {e}")),
+        };
+        Self {
+            record,
+            family,
+            summary,
+        }
+    }
+
+    pub fn recipe(&self) -> Result<Recipe, String> {
+        Recipe::from_json(&self.record.recipe_json).map_err(|e| e.to_string())
+    }
+
+    pub fn status_label(&self) -> &'static str {
+        match self.record.status {
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Whether larger values of a metric are better (for fronts and hypervolumes): the store's
+/// convention, so the app's fronts match `reparam pareto`.
+pub fn maximize(metric: &str) -> bool {
+    matches!(Sense::for_metric(metric), Sense::Maximize)
+}
+
+/// Metrics offered first in the axis pickers, in this order.
+pub const PREFERRED_METRICS: [&str; 9] = [
+    "bytes",
+    "avg_bits",
+    "decode_tok_s",
+    "prefill_tok_s",
+    "ppl",
+    "kld_mean",
+    "top1_agree",
+    "task_acc_mean",
+    "compress_seconds",
+];
+
+/// Which runs to show.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct RunFilter {
+    /// Model name; empty = all.
+    pub model: String,
+    /// A tag the run must carry; empty = any.
+    pub tag: String,
+    /// Technique family; empty = any.
+    pub family: String,
+    /// Substring of id, recipe summary or error; empty = any.
+    pub text: String,
+    /// Hide failed and cancelled runs.
+    pub ok_only: bool,
+}
+
+/// All runs, column-wise.
+#[derive(Debug, Clone, Default)]
+pub struct RunTable {
+    pub rows: Vec<RunRow>,
+    /// Metric name → value per row (NaN where a run lacks it).
+    columns: HashMap<String, Vec<f64>>,
+    /// Bumped on every change so views can cache.
+    pub generation: u64,
+}
+
+impl RunTable {
+    pub fn from_records(records: Vec<ExperimentRecord>) -> Self {
+        let mut t = Self::default();
+        t.rows.reserve(records.len());
+        for r in records {
+            t.push(r);
+        }
+        t
+    }
+
+    /// Adds a run, or replaces the row with the same id.
+    pub fn push(&mut self, record: ExperimentRecord) {
+        self.generation += 1;
+        if let Some(i) = self.rows.iter().position(|r| r.record.id == record.id) {
+            for (k, col) in self.columns.iter_mut() {
+                col[i] = value_of(&record, k);
+            }
+            for (k, v) in &record.metrics {
+                self.columns
+                    .entry(k.clone())
+                    .or_insert_with(|| vec![f64::NAN; self.rows.len()])[i] = *v;
+            }
+            self.rows[i] = RunRow::new(record);
+            return;
+        }
+        let n = self.rows.len();
+        for (k, col) in self.columns.iter_mut() {
+            col.push(value_of(&record, k));
+        }
+        let mut keys: Vec<&String> = record.metrics.keys().collect();
+        let dur = DURATION.to_string();
+        keys.push(&dur);
+        for k in keys {
+            if !self.columns.contains_key(k) {
+                let mut col = vec![f64::NAN; n];
+                col.push(value_of(&record, k));
+                self.columns.insert(k.clone(), col);
+            }
+        }
+        self.rows.push(RunRow::new(record));
+    }
+
+    /// Replaces a run's tags (after the store changed them).
+    pub fn set_tags(&mut self, id: &str, tags: Vec<String>) {
+        if let Some(r) = self.rows.iter_mut().find(|r| r.record.id == id) {
+            r.record.tags = tags;
+            self.generation += 1;
+        }
+    }
+
+    pub fn column(&self, metric: &str) -> Option<&[f64]> {
+        self.columns.get(metric).map(Vec::as_slice)
+    }
+
+    pub fn value(&self, metric: &str, row: usize) -> f64 {
+        self.columns
+            .get(metric)
+            .and_then(|c| c.get(row))
+            .copied()
+            .unwrap_or(f64::NAN)
+    }
+
+    /// Metric names, preferred ones first, then the rest alphabetically.
+    pub fn metric_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = PREFERRED_METRICS
+            .iter()
+            .filter(|m| self.columns.contains_key(**m))
+            .map(|m| (*m).to_string())
+            .collect();
+        let rest: BTreeSet<&String> = self
+            .columns
+            .keys()
+            .filter(|k| !PREFERRED_METRICS.contains(&k.as_str()))
+            .collect();
+        names.extend(rest.into_iter().cloned());
+        names
+    }
+
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.rows.iter().position(|r| r.record.id == id)
+    }
+
+    /// Distinct model names, tags and families present.
+    pub fn facets(&self) -> Facets {
+        let mut f = Facets::default();
+        for r in &self.rows {
+            f.models.insert(r.record.model_name.clone());
+            f.tags.extend(r.record.tags.iter().cloned());
+            f.families.insert(r.family.to_string());
+        }
+        f
+    }
+
+    /// Rows passing `filter`, in table order.
+    pub fn filtered(&self, filter: &RunFilter) -> Vec<usize> {
+        let text = filter.text.to_lowercase();
+        (0..self.rows.len())
+            .filter(|&i| {
+                let r = &self.rows[i];
+                (filter.model.is_empty() || r.record.model_name == filter.model)
+                    && (filter.tag.is_empty() || r.record.tags.contains(&filter.tag))
+                    && (filter.family.is_empty() || r.family == filter.family)
+                    && (!filter.ok_only || r.record.status == Status::Ok)
+                    && (text.is_empty()
+                        || r.record.id.to_lowercase().contains(&text)
+                        || r.summary.to_lowercase().contains(&text)
+                        || r.record
+                            .error
+                            .as_deref()
+                            .is_some_and(|e| e.to_lowercase().contains(&text)))
+            })
+            .collect()
+    }
+}
+
+fn value_of(record: &ExperimentRecord, metric: &str) -> f64 {
+    if metric == DURATION {
+        return record.duration_s;
+    }
+    record.metrics.get(metric).copied().unwrap_or(f64::NAN)
+}
+
+/// Distinct values for filter pickers.
+#[derive(Debug, Clone, Default)]
+pub struct Facets {
+    pub models: BTreeSet<String>,
+    pub tags: BTreeSet<String>,
+    pub families: BTreeSet<String>,
+}
+
+/// Indices (into `xs`/`ys`) of the non-dominated points of `rows`, sorted by x ascending.
+/// O(n log n): sort by x (better first), sweep keeping the best y so far.
+pub fn front_2d(xs: &[f64], ys: &[f64], rows: &[usize], max_x: bool, max_y: bool) -> Vec<usize> {
+    let sx = if max_x { -1.0 } else { 1.0 };
+    let sy = if max_y { -1.0 } else { 1.0 };
+    let mut pts: Vec<(f64, f64, usize)> = rows
+        .iter()
+        .filter(|&&i| xs[i].is_finite() && ys[i].is_finite())
+        .map(|&i| (sx * xs[i], sy * ys[i], i))
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    let mut out = Vec::new();
+    let mut best = f64::INFINITY;
+    for (_, y, i) in pts {
+        if y < best {
+            best = y;
+            out.push(i);
+        }
+    }
+    out.sort_by(|&a, &b| xs[a].total_cmp(&xs[b]));
+    out
+}
+
+/// Keeps one row per cell of a `cols × rows` grid over `bounds` (`[min_x, min_y, max_x,
+/// max_y]`), so drawing costs the same for 100 000 runs as for a few thousand; rows outside the
+/// bounds are dropped. `key` splits cells further (e.g. by colour group) so no colour vanishes.
+pub fn decimate(
+    xs: &[f64],
+    ys: &[f64],
+    rows: &[usize],
+    bounds: [f64; 4],
+    grid: (usize, usize),
+    key: impl Fn(usize) -> u32,
+) -> Vec<usize> {
+    let [x0, y0, x1, y1] = bounds;
+    let (w, h) = (
+        (x1 - x0).max(f64::MIN_POSITIVE),
+        (y1 - y0).max(f64::MIN_POSITIVE),
+    );
+    let (gc, gr) = (grid.0.max(1), grid.1.max(1));
+    let mut seen: HashSet<(u32, u32, u32)> = HashSet::with_capacity(rows.len().min(gc * gr));
+    let mut out = Vec::new();
+    for &i in rows {
+        let (x, y) = (xs[i], ys[i]);
+        if !(x.is_finite() && y.is_finite()) || x < x0 || x > x1 || y < y0 || y > y1 {
+            continue;
+        }
+        let cx = (((x - x0) / w) * gc as f64) as u32;
+        let cy = (((y - y0) / h) * gr as f64) as u32;
+        if seen.insert((cx, cy, key(i))) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// Bounding box `[min_x, min_y, max_x, max_y]` of the finite points, padded by 5 %.
+pub fn data_bounds(xs: &[f64], ys: &[f64], rows: &[usize]) -> Option<[f64; 4]> {
+    let mut b = [
+        f64::INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    for &i in rows {
+        let (x, y) = (xs[i], ys[i]);
+        if x.is_finite() && y.is_finite() {
+            b = [b[0].min(x), b[1].min(y), b[2].max(x), b[3].max(y)];
+        }
+    }
+    if !b[0].is_finite() {
+        return None;
+    }
+    let px = ((b[2] - b[0]) * 0.05).max(1e-9 * b[2].abs().max(1.0));
+    let py = ((b[3] - b[1]) * 0.05).max(1e-9 * b[3].abs().max(1.0));
+    Some([b[0] - px, b[1] - py, b[2] + px, b[3] + py])
+}
+
+/// Difference of two runs' metrics (`b − a`), for the compare view.
+pub fn metric_deltas(a: &ExperimentRecord, b: &ExperimentRecord) -> Vec<(String, f64, f64)> {
+    let keys: BTreeSet<&String> = a.metrics.keys().chain(b.metrics.keys()).collect();
+    keys.into_iter()
+        .map(|k| {
+            let va = a.metrics.get(k).copied().unwrap_or(f64::NAN);
+            let vb = b.metrics.get(k).copied().unwrap_or(f64::NAN);
+            (k.clone(), va, vb)
+        })
+        .collect()
+}
+
+/// A continual-merge run's timeline: one row per step, columns from the step objects' keys.
+pub fn steps_table(steps_json: &str) -> Result<(Vec<String>, Vec<Vec<String>>), String> {
+    let v: serde_json::Value = serde_json::from_str(steps_json).map_err(|e| e.to_string())?;
+    let steps = match &v {
+        serde_json::Value::Array(a) => a.clone(),
+        serde_json::Value::Object(o) => match o.get("steps") {
+            Some(serde_json::Value::Array(a)) => a.clone(),
+            _ => vec![v.clone()],
+        },
+        other => vec![other.clone()],
+    };
+    let mut cols: Vec<String> = Vec::new();
+    for s in &steps {
+        if let serde_json::Value::Object(o) = s {
+            for k in o.keys() {
+                if !cols.contains(k) {
+                    cols.push(k.clone());
+                }
+            }
+        }
+    }
+    let rows = steps
+        .iter()
+        .map(|s| match s {
+            serde_json::Value::Object(o) => cols
+                .iter()
+                .map(|c| o.get(c).map_or(String::new(), cell_text))
+                .collect(),
+            other => vec![cell_text(other)],
+        })
+        .collect();
+    if cols.is_empty() {
+        cols.push("step".into());
+    }
+    Ok((cols, rows))
+}
+
+fn cell_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), format_value),
+        other => other.to_string(),
+    }
+}
+
+/// Compact number formatting for tables and hovers.
+pub fn format_value(v: f64) -> String {
+    if !v.is_finite() {
+        return "—".into();
+    }
+    let a = v.abs();
+    if a != 0.0 && !(1e-3..1e6).contains(&a) {
+        format!("{v:.3e}")
+    } else if a >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// Per-layer differences of two recipes resolved against the same layer list: rows of
+/// `(layer, plan in A, plan in B)` where they differ.
+pub fn recipe_layer_diff(
+    a: &BTreeMap<crate::model::LinearId, String>,
+    b: &BTreeMap<crate::model::LinearId, String>,
+) -> Vec<(String, String, String)> {
+    let keys: BTreeSet<_> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (va, vb) = (
+                a.get(k).cloned().unwrap_or_else(|| "—".into()),
+                b.get(k).cloned().unwrap_or_else(|| "—".into()),
+            );
+            (va != vb).then(|| (k.to_string(), va, vb))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn front_is_non_dominated_and_sorted() {
+        let xs = [1.0, 2.0, 3.0, 2.5, 4.0, f64::NAN];
+        let ys = [5.0, 3.0, 1.0, 4.0, 0.5, 0.0];
+        let rows: Vec<usize> = (0..6).collect();
+        assert_eq!(front_2d(&xs, &ys, &rows, false, false), vec![0, 1, 2, 4]);
+        // Maximising y: the best y with the smallest x.
+        assert_eq!(front_2d(&xs, &ys, &rows, false, true), vec![0]);
+    }
+
+    #[test]
+    fn decimation_keeps_one_point_per_cell_and_drops_outside() {
+        let xs: Vec<f64> = (0..1000).map(|i| (i % 10) as f64 * 0.1).collect();
+        let ys: Vec<f64> = (0..1000).map(|i| (i / 100) as f64 * 0.1).collect();
+        let rows: Vec<usize> = (0..1000).collect();
+        let kept = decimate(&xs, &ys, &rows, [0.0, 0.0, 0.45, 1.0], (10, 10), |_| 0);
+        // x in {0, .1, .2, .3, .4} × y in 10 values = 50 occupied cells.
+        assert_eq!(kept.len(), 50);
+    }
+}

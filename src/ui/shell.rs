@@ -1,0 +1,169 @@
+//! The frame around the panels: the top bar (panel tabs, model, run), the status bar (jobs,
+//! notices, keyboard hints), global shortcuts, and dispatch to the current panel.
+
+use eframe::egui::{self, Key, KeyboardShortcut, Modifiers};
+
+use super::command::Command;
+use super::state::Panel;
+use super::studio::Studio;
+use super::theme;
+
+/// Shown in the status bar so the shortcuts are discoverable.
+pub const SHORTCUT_HINT: &str = "Ctrl+Enter run · Esc cancel · Ctrl+Z undo · Ctrl+Shift+Z redo";
+
+/// Gives a widget an accessible label (what screen readers and the UI tests find it by)
+/// without drawing any text.
+pub fn a11y_label(ui: &egui::Ui, resp: &egui::Response, label: &str) {
+    ui.ctx()
+        .accesskit_node_builder(resp.id, |node| node.set_label(label.to_string()));
+}
+
+impl Studio {
+    /// Draws one frame of the app; widgets push commands, applied by [`Studio::frame`].
+    pub fn ui(&mut self, ui: &mut egui::Ui) {
+        let mut out = Vec::new();
+        shortcuts(ui.ctx(), &mut out);
+        egui::Panel::top("top-bar").show(ui, |ui| self.top_bar_ui(ui, &mut out));
+        egui::Panel::bottom("status-bar").show(ui, |ui| self.status_bar_ui(ui, &mut out));
+        egui::CentralPanel::default().show(ui, |ui| match self.state.panel {
+            Panel::Model => super::model_panel::model_ui(ui, self, &mut out),
+            Panel::Recipe => super::recipe_panel::recipe_ui(ui, self, &mut out),
+            Panel::Jobs => super::jobs_panel::jobs_ui(ui, self, &mut out),
+            Panel::Pareto => super::pareto_panel::pareto_ui(ui, self, &mut out),
+            Panel::History => super::history_panel::history_ui(ui, self, &mut out),
+        });
+        for c in out {
+            self.push(c);
+        }
+    }
+
+    fn top_bar_ui(&mut self, ui: &mut egui::Ui, out: &mut Vec<Command>) {
+        ui.horizontal(|ui| {
+            ui.strong("Reparam Studio");
+            ui.separator();
+            for p in Panel::ALL {
+                if ui
+                    .selectable_label(self.state.panel == p, p.label())
+                    .clicked()
+                {
+                    out.push(Command::SwitchPanel(p));
+                }
+            }
+            ui.separator();
+            match (&self.model, &self.loading) {
+                (_, Some((spec, since))) => {
+                    ui.spinner();
+                    ui.label(format!(
+                        "loading {spec} ({:.0} s)",
+                        since.elapsed().as_secs_f32()
+                    ));
+                }
+                (Some(m), None) => {
+                    ui.label(format!("model {}", m.summary.spec));
+                }
+                (None, None) => {
+                    ui.label("no model");
+                }
+            }
+            ui.separator();
+            let can_run = self.model.is_some();
+            if ui
+                .add_enabled(can_run, egui::Button::new("Run"))
+                .on_hover_text("Run the edited recipe on the open model (Ctrl+Enter)")
+                .clicked()
+            {
+                out.push(Command::RunRecipe);
+            }
+            if ui
+                .add_enabled(can_run, egui::Button::new("Sweep"))
+                .on_hover_text(
+                    "Run the recipe and its neighbours: every bit width one lower and one higher",
+                )
+                .clicked()
+            {
+                out.push(Command::RunSweep);
+            }
+            if ui
+                .add_enabled(self.editor.can_undo(), egui::Button::new("Undo"))
+                .on_hover_text("Ctrl+Z")
+                .clicked()
+            {
+                out.push(Command::Undo);
+            }
+            if ui
+                .add_enabled(self.editor.can_redo(), egui::Button::new("Redo"))
+                .on_hover_text("Ctrl+Shift+Z")
+                .clicked()
+            {
+                out.push(Command::Redo);
+            }
+        });
+    }
+
+    fn status_bar_ui(&mut self, ui: &mut egui::Ui, out: &mut Vec<Command>) {
+        ui.horizontal(|ui| {
+            let active = self.jobs.active().count();
+            ui.label(format!(
+                "{} runs · {active} jobs running",
+                self.runs.rows.len()
+            ));
+            if self.store_loading {
+                ui.spinner();
+                ui.label("reading the store");
+            }
+            if let Some(a) = self.export.as_ref().or(self.sensitivity_run.as_ref()) {
+                ui.separator();
+                ui.label(format!("{}: {}", a.what, a.stage));
+                let bar = match (a.total > 0).then(|| a.done as f32 / a.total as f32) {
+                    Some(f) => egui::ProgressBar::new(f)
+                        .desired_width(120.0)
+                        .show_percentage(),
+                    None => egui::ProgressBar::new(0.0)
+                        .desired_width(120.0)
+                        .animate(true),
+                };
+                ui.add(bar);
+            }
+            ui.separator();
+            ui.weak(SHORTCUT_HINT);
+        });
+        if let Some(n) = self.notices.last() {
+            ui.horizontal(|ui| {
+                let color = if n.is_error {
+                    theme::ERROR
+                } else {
+                    ui.visuals().text_color()
+                };
+                ui.colored_label(color, &n.text);
+                if ui.small_button("Dismiss").clicked() {
+                    out.push(Command::DismissNotices);
+                }
+            });
+        }
+    }
+}
+
+/// Global keyboard shortcuts. Undo/redo are left to a focused text field.
+fn shortcuts(ctx: &egui::Context, out: &mut Vec<Command>) {
+    let typing = ctx.egui_wants_keyboard_input();
+    ctx.input_mut(|i| {
+        if i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter)) {
+            out.push(Command::RunRecipe);
+        }
+        if !typing && i.consume_key(Modifiers::NONE, Key::Escape) {
+            out.push(Command::CancelLatest);
+        }
+        if typing {
+            return;
+        }
+        // Redo first: Ctrl+Z also matches Ctrl+Shift+Z logically.
+        if i.consume_shortcut(&KeyboardShortcut::new(
+            Modifiers::COMMAND | Modifiers::SHIFT,
+            Key::Z,
+        )) {
+            out.push(Command::Redo);
+        } else if i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND, Key::Z)) {
+            out.push(Command::Undo);
+        }
+    });
+}

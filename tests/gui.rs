@@ -1,0 +1,342 @@
+//! The desktop app driven through egui_kittest on the real app state: widgets are found by
+//! their labels, jobs run for real on the bundled zoo model (with small evaluation settings),
+//! and the assertions read the studio's state.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable as _;
+use reparam::store::{ExperimentRecord, Status, Store};
+use reparam::technique::recipe::{Quant, Recipe};
+use reparam::ui::dialogs::ScriptedDialogs;
+use reparam::ui::jobs::JobState;
+use reparam::ui::state::{AppState, EvalPrefs, Panel};
+use reparam::ui::{Studio, StudioOptions};
+
+/// Longest wait for a background step (a model load, a small job) in the debug test build.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn small_eval() -> EvalPrefs {
+    EvalPrefs {
+        chunks: 2,
+        ctx: 64,
+        task_prompts: 4,
+        calib_samples: 4,
+        calib_len: 64,
+        tags: String::new(),
+    }
+}
+
+fn studio(store: &Path, dialogs: &ScriptedDialogs) -> Studio {
+    Studio::new(StudioOptions {
+        store_dir: store.to_path_buf(),
+        dialogs: Arc::new(dialogs.clone()),
+        workers: 1,
+        state: AppState {
+            eval: small_eval(),
+            ..AppState::default()
+        },
+    })
+    .expect("studio")
+}
+
+fn harness(s: Studio) -> Harness<'static, Studio> {
+    Harness::builder()
+        .with_size(egui::vec2(1400.0, 1000.0))
+        .with_accessibility_check(false)
+        .build_ui_state(|ui, s: &mut Studio| s.frame(ui), s)
+}
+
+/// A few frames: enough for a click to land and a popup or a grid's sizing pass to finish.
+/// (`Harness::run` waits for the UI to stop repainting, which a spinner never does.)
+fn settle(h: &mut Harness<'static, Studio>) {
+    h.run_steps(3);
+}
+
+/// Runs frames until `cond` holds, failing after [`TIMEOUT`].
+fn run_until(h: &mut Harness<'static, Studio>, what: &str, cond: impl Fn(&Studio) -> bool) {
+    let start = Instant::now();
+    loop {
+        settle(h);
+        if cond(h.state()) {
+            return;
+        }
+        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_model(h: &mut Harness<'static, Studio>) {
+    run_until(h, "the zoo model", |s| {
+        s.model.is_some() || s.load_error.is_some()
+    });
+    assert!(h.state().load_error.is_none(), "{:?}", h.state().load_error);
+}
+
+fn block0_quant(s: &mut Studio) -> Option<Quant> {
+    let id = "blk.0.attn_q".parse().unwrap();
+    s.analysis()
+        .plan
+        .get(&id)
+        .and_then(|(_, p)| p.quant.clone())
+}
+
+/// Open → edit a cell → run → progress → completion → the point on the Pareto plot; undo and
+/// redo by keyboard.
+#[test]
+fn edit_run_and_see_the_point_on_the_pareto_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let dialogs = ScriptedDialogs::default();
+    let mut h = harness(studio(dir.path(), &dialogs));
+    wait_model(&mut h);
+    assert_eq!(h.state().summary().unwrap().spec, "zoo:multi");
+    h.get_by_label("Recipe").click();
+    settle(&mut h);
+    assert_eq!(h.state().state.panel, Panel::Recipe);
+
+    // Edit one cell: block 0's bits to shift-add 3.
+    h.get_by_label("Block 0 bits").click();
+    settle(&mut h);
+    h.get_by_label("SA 3").click();
+    settle(&mut h);
+    assert!(matches!(block0_quant(h.state_mut()), Some(Quant::ShiftAdd(k)) if k.bits == 3));
+    let est = h.state_mut().analysis().estimate.clone();
+    assert!(est.total_bytes < est.base_bytes, "{est:?}");
+
+    // Undo / redo by keyboard.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    settle(&mut h);
+    assert_eq!(block0_quant(h.state_mut()), None);
+    h.key_press_modifiers(
+        egui::Modifiers::COMMAND | egui::Modifiers::SHIFT,
+        egui::Key::Z,
+    );
+    settle(&mut h);
+    assert!(block0_quant(h.state_mut()).is_some());
+
+    // Run it and watch the job.
+    h.get_by_label("Run").click();
+    settle(&mut h);
+    assert_eq!(h.state().jobs.entries.len(), 1);
+    h.get_by_label("Jobs").click();
+    let mut saw_progress = false;
+    let start = Instant::now();
+    loop {
+        settle(&mut h);
+        let e = &h.state().jobs.entries[0];
+        saw_progress |= e.total > 0 && matches!(e.state, JobState::Running);
+        if !e.is_active() {
+            break;
+        }
+        assert!(start.elapsed() < TIMEOUT, "job did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(saw_progress, "no progress was reported");
+    let rec = h.state().jobs.entries[0].record().unwrap().clone();
+    assert_eq!(rec.status, Status::Ok, "{:?}", rec.error);
+    settle(&mut h);
+    assert!(
+        h.query_by_label("ok").is_some(),
+        "the jobs panel shows the finished job"
+    );
+
+    // The point is on the Pareto plot.
+    h.get_by_label("Pareto").click();
+    settle(&mut h);
+    let s = h.state();
+    let row = s.runs.index_of(&rec.id).expect("run in the table");
+    assert!(s.pareto_cache.rows.contains(&row));
+    assert!(
+        s.pareto_cache.front.contains(&row),
+        "a single run is its own front"
+    );
+    assert!(h.query_by_label("Pareto plot").is_some());
+
+    // Export its recipe through the (scripted) save dialog.
+    h.state_mut().state.selected_run = Some(rec.id.clone());
+    let out = dir.path().join("exported.toml");
+    dialogs.push(&out);
+    settle(&mut h);
+    h.get_by_label("Export recipe…").click();
+    run_until(&mut h, "the recipe file", |_| out.exists());
+    let text = std::fs::read_to_string(&out).unwrap();
+    let back = Recipe::from_toml(&text).unwrap();
+    assert_eq!(back.hash(), rec.recipe_hash);
+}
+
+/// A running job is cancelled by its Cancel button; the next one by Esc.
+#[test]
+fn cancel_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let dialogs = ScriptedDialogs::default();
+    let mut s = studio(dir.path(), &dialogs);
+    // Enough work that the job is still running when Cancel is pressed.
+    s.state.eval = EvalPrefs {
+        chunks: 50,
+        ctx: 128,
+        task_prompts: 200,
+        ..small_eval()
+    };
+    let mut h = harness(s);
+    wait_model(&mut h);
+    h.get_by_label("Jobs").click();
+    settle(&mut h);
+    h.get_by_label("Run recipe").click();
+    run_until(&mut h, "the job to start", |s| {
+        s.jobs
+            .entries
+            .first()
+            .is_some_and(|e| matches!(e.state, JobState::Running))
+    });
+    h.get_by_label("Cancel").click();
+    run_until(&mut h, "the job to stop", |s| {
+        !s.jobs.entries[0].is_active()
+    });
+    let rec = h.state().jobs.entries[0].record().unwrap();
+    assert_eq!(rec.status, Status::Cancelled, "{:?}", rec.error);
+
+    // Esc cancels the latest running job. A different seed makes it a new run key.
+    h.state_mut()
+        .push(reparam::ui::command::Command::SetSeed(7));
+    settle(&mut h);
+    h.get_by_label("Run recipe").click();
+    run_until(&mut h, "the second job to start", |s| {
+        s.jobs
+            .entries
+            .get(1)
+            .is_some_and(|e| matches!(e.state, JobState::Running))
+    });
+    h.key_press(egui::Key::Escape);
+    run_until(&mut h, "the second job to stop", |s| {
+        !s.jobs.entries[1].is_active()
+    });
+    assert_eq!(
+        h.state().jobs.entries[1].record().unwrap().status,
+        Status::Cancelled
+    );
+}
+
+fn synthetic(i: usize, tag: &str, bytes: f64, kld: f64) -> ExperimentRecord {
+    let recipe = Recipe::from_toml(&format!(
+        "seed = {i}\n[[layers]]\nmatch = \"blk.*\"\n[layers.shiftadd]\nbits = {}\n",
+        2 + i % 4
+    ))
+    .unwrap();
+    let mut r = ExperimentRecord::failed(
+        "model-id",
+        "multi",
+        &recipe,
+        &format!("key-{tag}-{i}"),
+        std::time::SystemTime::now(),
+        1.0,
+        Status::Ok,
+        "",
+        &[tag.to_string()],
+    );
+    r.status = Status::Ok;
+    r.error = None;
+    r.metrics.insert("bytes".into(), bytes);
+    r.metrics.insert("kld_mean".into(), kld);
+    r
+}
+
+/// Two tagged sets overlaid: the better set (lower KLD at every size) has the larger
+/// hypervolume; tags added in the app land in the store.
+#[test]
+fn compare_two_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for i in 0..5 {
+        let b = 1e6 * (i + 1) as f64;
+        store
+            .append(&synthetic(i, "old", b, 1.0 / (i + 1) as f64))
+            .unwrap();
+        store
+            .append(&synthetic(10 + i, "new", b, 0.5 / (i + 1) as f64))
+            .unwrap();
+    }
+    let dialogs = ScriptedDialogs::default();
+    let mut s = studio(dir.path(), &dialogs);
+    s.state.model_spec = String::new();
+    let mut h = harness(s);
+    run_until(&mut h, "the store", |s| {
+        !s.store_loading && s.runs.rows.len() == 10
+    });
+    h.get_by_label("History").click();
+    settle(&mut h);
+    h.get_by_label("Set A").click();
+    settle(&mut h);
+    h.get_by_label("old").click();
+    settle(&mut h);
+    h.get_by_label("Set B").click();
+    settle(&mut h);
+    h.get_by_label("new").click();
+    settle(&mut h);
+    let (hva, hvb) = h.state().compare_hv.expect("hypervolumes shown");
+    assert!(hva > 0.0 && hvb > hva, "A {hva}, B {hvb}");
+
+    // Tag a run from the history panel; the store keeps it.
+    let id = h.state().runs.rows[0].record.id.clone();
+    h.state_mut().state.selected_run = Some(id.clone());
+    h.state_mut().tag_input = "keep".into();
+    settle(&mut h);
+    h.get_by_label("Add tag").click();
+    run_until(&mut h, "the tag", |s| {
+        s.runs.rows[0].record.tags.iter().any(|t| t == "keep")
+    });
+    let snap = Store::open(dir.path()).unwrap().load().unwrap();
+    let stored = snap.records.iter().find(|r| r.id == id).unwrap();
+    assert!(stored.tags.iter().any(|t| t == "keep"));
+}
+
+/// A file that is not a model gives a readable error, and invalid combinations are flagged.
+#[test]
+fn bad_model_file_and_invalid_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.gguf");
+    std::fs::write(&bad, b"this is not a gguf file").unwrap();
+    let dialogs = ScriptedDialogs::default();
+    let mut h = harness(studio(&dir.path().join("store"), &dialogs));
+    wait_model(&mut h);
+    dialogs.push(&bad);
+    h.get_by_label("Open GGUF…").click();
+    run_until(&mut h, "the load error", |s| s.load_error.is_some());
+    let err = h.state().load_error.clone().unwrap();
+    assert!(err.contains("broken.gguf"), "{err}");
+    // The previous model stays open.
+    assert!(h.state().model.is_some());
+
+    h.get_by_label("Recipe").click();
+    settle(&mut h);
+    h.get_by_label("Block 1 bits").click();
+    settle(&mut h);
+    h.get_by_label("SA 4").click();
+    settle(&mut h);
+    // RPS on a quantized layer is not a valid combination: flagged in place, not run.
+    let id = "blk.1.ffn_up".parse().unwrap();
+    let a = h.state_mut().analysis().clone();
+    let targets = vec![id];
+    h.state_mut()
+        .push(reparam::ui::command::Command::EditCells {
+            targets,
+            edit: reparam::ui::editor::CellEdit::Rps(Some(reparam::technique::recipe::RpsKnobs {
+                ratio: 4.0,
+                mapping: Default::default(),
+            })),
+        });
+    settle(&mut h);
+    assert!(a.is_valid());
+    let a = h.state_mut().analysis().clone();
+    assert!(a.cell_errors.contains_key(&id), "{a:?}");
+    assert!(h.query_all_by_label("invalid").next().is_some());
+    h.get_by_label("Run").click();
+    settle(&mut h);
+    assert!(
+        h.state().jobs.entries.is_empty(),
+        "an invalid recipe is not submitted"
+    );
+}

@@ -1,0 +1,168 @@
+//! The recipe editor's logic without a window: cell edits become exact-name rules that start
+//! from the layer's effective plan, pattern rules keep working, undo/redo, drag coalescing,
+//! errors per cell, the size estimate, and the bit sweep.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::TinySpec;
+use reparam::model::{LinearId, LinearKind, Model};
+use reparam::technique::recipe::{PruneKnobs, PruneMethod, Quant, Recipe, RpsKnobs};
+use reparam::ui::editor::{CellEdit, RecipeEditor, default_shiftadd, estimated_bytes, shift_bits};
+use reparam::ui::model_info::ModelSummary;
+
+fn tiny() -> (tempfile::TempDir, Model, ModelSummary) {
+    let dir = tempfile::tempdir().unwrap();
+    TinySpec::default().write_hf(dir.path(), 1);
+    let m = Model::load(dir.path()).unwrap();
+    let s = ModelSummary::from_model("tiny", &m);
+    (dir, m, s)
+}
+
+fn id(block: usize, kind: LinearKind) -> LinearId {
+    LinearId::new(block, kind)
+}
+
+#[test]
+fn cell_edits_override_patterns_and_undo() {
+    let (_d, m, s) = tiny();
+    let mut ed = RecipeEditor::new(
+        Recipe::from_toml("[[layers]]\nmatch = \"blk.*\"\n[layers.shiftadd]\nbits = 3\n").unwrap(),
+    );
+    let a = ed.analyse(Some((&m.transformer, &s)));
+    assert!(a.is_valid());
+    assert_eq!(a.plan.len(), s.linears.len());
+    let q = id(1, LinearKind::FfnUp);
+    // Prune one layer: it keeps its 3 bits from the pattern.
+    ed.edit_cells(
+        &[q],
+        &CellEdit::Prune(Some(PruneKnobs {
+            ratio: 0.5,
+            method: PruneMethod::Magnitude,
+            n: 2,
+            m: 4,
+        })),
+        &a,
+    );
+    let a = ed.analyse(Some((&m.transformer, &s)));
+    let (rule, plan) = &a.plan[&q];
+    assert_eq!(*rule, 1, "an exact rule wins over the pattern");
+    assert!(matches!(&plan.quant, Some(Quant::ShiftAdd(k)) if k.bits == 3));
+    assert_eq!(plan.prune.as_ref().unwrap().ratio, 0.5);
+    // Dragging the ratio further is one undo step.
+    for r in [0.55, 0.6, 0.65] {
+        ed.edit_cells(
+            &[q],
+            &CellEdit::Prune(Some(PruneKnobs {
+                ratio: r,
+                method: PruneMethod::Magnitude,
+                n: 2,
+                m: 4,
+            })),
+            &a,
+        );
+    }
+    assert!(ed.undo());
+    assert_eq!(ed.recipe.layers.len(), 1, "back to the pattern alone");
+    assert!(ed.redo());
+    assert_eq!(ed.recipe.layers[1].prune.as_ref().unwrap().ratio, 0.65);
+    // Clearing the pruning keeps the bits.
+    let a = ed.analyse(Some((&m.transformer, &s)));
+    ed.edit_cells(&[q], &CellEdit::Prune(None), &a);
+    let a = ed.analyse(Some((&m.transformer, &s)));
+    ed.edit_cells(
+        &[q],
+        &CellEdit::Quant(Some(Quant::ShiftAdd(default_shiftadd(3)))),
+        &a,
+    );
+    assert!(ed.analyse(Some((&m.transformer, &s))).is_valid());
+}
+
+#[test]
+fn invalid_combinations_are_flagged_per_cell_and_the_estimate_tracks_bits() {
+    let (_d, m, s) = tiny();
+    let mut ed = RecipeEditor::default();
+    let a = ed.analyse(Some((&m.transformer, &s)));
+    assert_eq!(a.estimate.total_bytes, s.size_bytes);
+    let all: Vec<LinearId> = s.linears.iter().map(|l| l.id).collect();
+    ed.edit_cells(
+        &all,
+        &CellEdit::Quant(Some(Quant::ShiftAdd(default_shiftadd(4)))),
+        &a,
+    );
+    let a4 = ed.analyse(Some((&m.transformer, &s)));
+    let a = a4.clone();
+    ed.edit_cells(
+        &all,
+        &CellEdit::Quant(Some(Quant::ShiftAdd(default_shiftadd(2)))),
+        &a,
+    );
+    let a2 = ed.analyse(Some((&m.transformer, &s)));
+    assert!(a2.estimate.total_bytes < a4.estimate.total_bytes);
+    assert!(a2.estimate.avg_bits < a4.estimate.avg_bits);
+    // Planes alone are 2 bits; scales add the rest.
+    assert!(a2.estimate.avg_bits > 2.0, "{}", a2.estimate.avg_bits);
+
+    let q = id(0, LinearKind::AttnV);
+    ed.edit_cells(
+        &[q],
+        &CellEdit::Rps(Some(RpsKnobs {
+            ratio: 4.0,
+            mapping: Default::default(),
+        })),
+        &a2,
+    );
+    let bad = ed.analyse(Some((&m.transformer, &s)));
+    assert!(!bad.is_valid());
+    assert!(
+        bad.cell_errors[&q].contains("rps"),
+        "{}",
+        bad.cell_errors[&q]
+    );
+    assert_eq!(bad.cell_errors.len(), 1, "only the edited layer is flagged");
+    // Taking the quantization away makes the RPS layer valid; its estimate is n/ratio slots.
+    ed.edit_cells(&[q], &CellEdit::Quant(None), &bad);
+    let ok = ed.analyse(Some((&m.transformer, &s)));
+    assert!(ok.is_valid(), "{:?}", ok.first_error());
+    let l = s.linear(q).unwrap();
+    assert_eq!(
+        estimated_bytes(l, &ok.plan[&q].1),
+        l.weight_count().div_ceil(4) * 4
+    );
+}
+
+#[test]
+fn flatten_pairs_are_checked() {
+    let (_d, m, s) = tiny();
+    let mut ed = RecipeEditor::default();
+    ed.toggle_flatten(0);
+    assert!(ed.analyse(Some((&m.transformer, &s))).is_valid());
+    ed.toggle_flatten(s.n_blocks - 1);
+    let a = ed.analyse(Some((&m.transformer, &s)));
+    assert!(
+        a.step_errors.iter().any(|e| e.contains("no next block")),
+        "{:?}",
+        a.step_errors
+    );
+    ed.toggle_flatten(s.n_blocks - 1);
+    ed.toggle_flatten(0);
+    assert!(ed.recipe.flatten.is_none());
+}
+
+#[test]
+fn the_sweep_moves_every_bit_width() {
+    let r = Recipe::from_toml(
+        "[[layers]]\nmatch = \"blk.*\"\n[layers.shiftadd]\nbits = 2\n[[layers]]\nmatch = \"blk.0.*\"\n[layers.rtn]\nbits = 8\n",
+    )
+    .unwrap();
+    let down = shift_bits(&r, -1);
+    assert_eq!(
+        down.layers[0].shiftadd.as_ref().unwrap().bits,
+        2,
+        "clamped at 2"
+    );
+    assert_eq!(down.layers[1].rtn.as_ref().unwrap().bits, 7);
+    let up = shift_bits(&r, 1);
+    assert_eq!(up.layers[0].shiftadd.as_ref().unwrap().bits, 3);
+    assert_eq!(up.layers[1].rtn.as_ref().unwrap().bits, 8);
+}
