@@ -277,6 +277,8 @@ fn prune_with_shiftadd_is_a_recipe_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("combines `prune` with `shiftadd`"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
 fn recipe_path(name: &str) -> String {
     format!("{}/experiments/recipes/{name}", env!("CARGO_MANIFEST_DIR"))
 }

@@ -325,7 +325,7 @@ fn bad_model_file_and_invalid_cells() {
             targets,
             edit: reparam::ui::editor::CellEdit::Rps(Some(reparam::technique::recipe::RpsKnobs {
                 ratio: 4.0,
-                mapping: Default::default(),
+                ..Default::default()
             })),
         });
     settle(&mut h);

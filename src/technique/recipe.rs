@@ -96,6 +96,20 @@ pub struct PruneKnobs {
     pub form: SparseForm,
 }
 
+/// The knobs' values when a rule does not set them (what the GUI starts an edit from).
+impl Default for PruneKnobs {
+    fn default() -> Self {
+        Self {
+            ratio: 0.5,
+            method: PruneMethod::default(),
+            n: default_n(),
+            m: default_m(),
+            score: NmScore::default(),
+            form: SparseForm::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SparseForm {
@@ -148,6 +162,18 @@ pub struct RpsKnobs {
 
 fn default_refit_iters() -> usize {
     20
+}
+
+/// The knobs' values when a rule does not set them (what the GUI starts an edit from).
+impl Default for RpsKnobs {
+    fn default() -> Self {
+        Self {
+            ratio: 2.0,
+            mapping: RpsMapping::default(),
+            refit: false,
+            refit_iters: default_refit_iters(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -182,6 +182,7 @@ impl DemoScript {
                         method,
                         n: 2,
                         m: 4,
+                        ..PruneKnobs::default()
                     })),
                 });
             }

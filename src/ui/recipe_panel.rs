@@ -52,13 +52,12 @@ impl RuleForm {
                 PruneKnobs {
                     ratio: self.prune_ratio,
                     method: self.prune_method,
-                    n: 2,
-                    m: 4,
+                    ..PruneKnobs::default()
                 }
             }),
             rps: (self.rps_ratio > 0.0).then_some(RpsKnobs {
                 ratio: self.rps_ratio,
-                mapping: Default::default(),
+                ..RpsKnobs::default()
             }),
         };
         let mut r = super::editor::rule_from_plan(self.pattern.trim().to_string(), &plan);
@@ -388,6 +387,7 @@ fn cells_ui(
             method,
             n: 2,
             m: 4,
+            ..PruneKnobs::default()
         });
         out.push(Command::EditCells {
             targets: targets.to_vec(),
@@ -447,6 +447,7 @@ fn cells_ui(
                 .as_ref()
                 .and_then(|p| p.as_ref().map(|k| k.mapping))
                 .unwrap_or_default(),
+            ..RpsKnobs::default()
         });
         out.push(Command::EditCells {
             targets: targets.to_vec(),
