@@ -39,8 +39,7 @@ fn cell_edits_override_patterns_and_undo() {
         &CellEdit::Prune(Some(PruneKnobs {
             ratio: 0.5,
             method: PruneMethod::Magnitude,
-            n: 2,
-            m: 4,
+            ..Default::default()
         })),
         &a,
     );
@@ -56,8 +55,7 @@ fn cell_edits_override_patterns_and_undo() {
             &CellEdit::Prune(Some(PruneKnobs {
                 ratio: r,
                 method: PruneMethod::Magnitude,
-                n: 2,
-                m: 4,
+                ..Default::default()
             })),
             &a,
         );
@@ -108,7 +106,7 @@ fn invalid_combinations_are_flagged_per_cell_and_the_estimate_tracks_bits() {
         &[q],
         &CellEdit::Rps(Some(RpsKnobs {
             ratio: 4.0,
-            mapping: Default::default(),
+            ..Default::default()
         })),
         &a2,
     );
