@@ -5,9 +5,13 @@
 
 use std::process::{Command, Output};
 
+/// Runs the binary with a store of its own, so no run is served from an earlier one and the
+/// repository's default store stays untouched.
 fn reparam(args: &[&str]) -> Output {
+    let store = tempfile::tempdir().unwrap();
     Command::new(env!("CARGO_BIN_EXE_reparam"))
         .args(args)
+        .env("REPARAM_STORE", store.path())
         .output()
         .unwrap()
 }

@@ -26,7 +26,7 @@ use crate::sweep::{SearchSpace, Shard};
 #[derive(Debug, Args)]
 pub struct StoreArg {
     /// The experiment store directory.
-    #[arg(long = "store", default_value = DEFAULT_DIR)]
+    #[arg(long = "store", env = "REPARAM_STORE", default_value = DEFAULT_DIR)]
     pub dir: PathBuf,
 }
 

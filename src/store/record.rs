@@ -10,9 +10,15 @@ use serde::{Deserialize, Serialize};
 use crate::run::RunReport;
 use crate::technique::recipe::Recipe;
 
-/// The code version written into every record and hashed into every run key: a new release may
-/// change results, so its runs are new experiments.
-pub const CODE_VERSION: &str = concat!("reparam ", env!("CARGO_PKG_VERSION"));
+/// The code version written into every record and hashed into every run key: the crate version
+/// plus a hash of the source tree (see `build.rs`), so results of changed code are new
+/// experiments rather than cache hits.
+pub const CODE_VERSION: &str = concat!(
+    "reparam ",
+    env!("CARGO_PKG_VERSION"),
+    "+",
+    env!("REPARAM_SOURCE_HASH")
+);
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
