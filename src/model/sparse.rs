@@ -8,10 +8,10 @@
 use rayon::prelude::*;
 
 /// Density (kept fraction) at or below which the CSR GEMV decodes faster than dense f32 on
-/// SmolLM2's shapes. Measured with `reparam bench kernels --sparse --small --threads 1,2`
-/// (table in `experiments/RESULTS.md`): the scalar gather costs ≈0.3 ns per stored value
-/// against ≈0.06 ns per weight for the vectorised dense GEMV, so CSR lost at 30–70 % sparsity
-/// (0.2–0.8× dense) and won at 90 % (1.3–2.5×); the break-even lies near 80 % sparsity.
+/// SmolLM2's shapes. Measured with `reparam bench kernels --sparse --small --sparsity
+/// 0.5,0.7,0.8,0.9` (table in `experiments/RESULTS.md`): the scalar gather costs ≈0.3 ns per
+/// stored value against ≈0.06 ns per weight for the vectorised dense GEMV, so CSR ran at
+/// 0.43–0.83× dense at 50–70 % sparsity and 1.11–1.25× at 80 % (2.3× at 90 %).
 pub const CSR_MAX_DENSITY: f64 = 0.2;
 
 /// Activation rows at or above which the multi-row kernel is used instead of one GEMV per row.

@@ -63,6 +63,7 @@ pub fn apply_flatten(
             }
         }
     };
+    tracing::info!("{:?}: blocks {:?} (half-open ranges)", step.method, groups);
     match step.method {
         FlattenMethod::Drop => {
             // A pair (i, i + 1) drops block i: the pair's similarity is block i's input
