@@ -4,7 +4,7 @@
 //! per weight, so at `c` it keeps a fraction `1/c − 1/32` of each layer; the pruned model runs
 //! as dense-with-zeros (its latency is not what is compared here).
 //!
-//! `cargo run --release --example rps_vs_magnitude -- MODEL TEXT CTX CHUNKS C1,C2,...`
+//! `cargo run --release --example rps_vs_magnitude -- MODEL TEXT|zoo CTX CHUNKS C1,C2,...`
 //! prints one JSON object per ratio.
 
 use anyhow::Context as _;
@@ -35,7 +35,12 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: rps_vs_magnitude MODEL TEXT CTX CHUNKS C1,C2,...");
     };
     let base = load_spec(model)?;
-    let text = std::fs::read_to_string(text).with_context(|| format!("reading {text}"))?;
+    // `zoo`: the zoo's held-out language text, as `reparam run` scores zoo models.
+    let text = if text == "zoo" {
+        reparam::zoo::corpus::lang_eval_text(reparam::zoo::LANG_EVAL_SENTENCES)
+    } else {
+        std::fs::read_to_string(text).with_context(|| format!("reading {text}"))?
+    };
     let tokens = base.tokenizer.encode(&text, true)?;
     let opts = PerplexityOptions {
         ctx: ctx.parse()?,

@@ -635,11 +635,11 @@ mod tests {
             .collect();
         let a = values(&get(avg.merged().unwrap(), p).unwrap()).unwrap();
         let t = values(&get(ta.merged().unwrap(), p).unwrap()).unwrap();
-        for i in 0..b.len() {
+        for (i, bi) in b.iter().enumerate() {
             let mean = xs.iter().map(|x| x[i]).sum::<f32>() / 3.0;
-            let sum_tv: f32 = xs.iter().map(|x| x[i] - b[i]).sum();
+            let sum_tv: f32 = xs.iter().map(|x| x[i] - bi).sum();
             assert!((a[i] - mean).abs() < 1e-5);
-            assert!((t[i] - (b[i] + 0.3 * sum_tv)).abs() < 1e-5);
+            assert!((t[i] - (bi + 0.3 * sum_tv)).abs() < 1e-5);
         }
     }
 

@@ -126,9 +126,9 @@ pub fn thin_svd(a: &[f64], rows: usize, cols: usize) -> candle_core::Result<Thin
     } else {
         matmul(&mat, m, p, &right, k)?
     };
-    for r in 0..m {
-        for col in 0..k {
-            left[r * k + col] /= s[col];
+    for row in left.chunks_exact_mut(k.max(1)) {
+        for (x, sv) in row.iter_mut().zip(&s) {
+            *x /= sv;
         }
     }
     let (u, v) = if wide { (right, left) } else { (left, right) };
@@ -187,7 +187,7 @@ mod tests {
         let (l, r) = (random(20 * 3, 3), random(3 * 15, 4));
         let a = matmul(&l, 20, 3, &r, 15).unwrap();
         check(&a, 20, 15, 3);
-        check(&vec![0.0; 12], 3, 4, 0);
+        check(&[0.0; 12], 3, 4, 0);
     }
 
     #[test]

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Rows of experiments/RESULTS.md for RPS sharing and continual merging.
+#   scripts/results-share.sh rps MODEL [TEXT CTX CHUNKS]   RPS c ∈ {1,1.5,2,4} × refit, and
+#                                                           magnitude pruning at equal bytes
+#   scripts/results-share.sh merge [PROMPTS]               OPCM / TA / average on the zoo, two orders
+# Needs a release build: cargo build --release --bin reparam --example rps_vs_magnitude
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=${CARGO_TARGET_DIR:-target}/release
+BIN=$T/reparam
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+rps() {
+  # Zoo models score their held-out `lang` text at their 128-token context.
+  local model=$1 text=${2:-assets/text/licenses.txt} ctx=${3:-512} chunks=${4:-8}
+  [[ $model == zoo:* ]] && ctx=${3:-128}
+  local evalargs=(--ctx "$ctx" --chunks "$chunks")
+  [[ $model == zoo:* ]] || evalargs+=(--text "$text")
+  echo "| c | refit | ppl | KLD mean | top-1 agree | linear bytes ratio | compress s |"
+  echo "|---|---|---|---|---|---|---|"
+  for c in 1 1.5 2 4; do
+    for refit in false true; do
+      printf 'seed = 0\n[[layers]]\nmatch = "blk.*.*"\n[layers.rps]\nratio = %s\nrefit = %s\n' "$c" "$refit" >"$tmp/r.toml"
+      "$BIN" run "$model" --recipe "$tmp/r.toml" "${evalargs[@]}" --json 2>/dev/null |
+        python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"| $c | $refit | {d['ppl']:.3f} | {d['kld_mean']:.4f} | {d['top1_agree']:.3f} | {d['rps_ratio']:.3f} | {d['compress_seconds']:.1f} |\")"
+    done
+  done
+  echo
+  echo "magnitude pruning at equal bytes (kept f32 values + 1-bit mask):"
+  local text_arg=$text
+  [[ $model == zoo:* ]] && text_arg=zoo
+  "$T/examples/rps_vs_magnitude" "$model" "$text_arg" "$ctx" "$chunks" 1,1.5,2,4 |
+    python3 -c "
+import json,sys
+for l in sys.stdin:
+    d=json.loads(l); print(f\"| {d['ratio']} | keep {d['keep']:.3f} | {d['ppl']:.3f} | {d['kld_mean']:.4f} | {d['top1_agree']:.3f} |\")"
+}
+
+merge() {
+  local prompts=${1:-200}
+  for order in "arith brackets reverse recall" "recall reverse brackets arith"; do
+    for method in opcm task_arithmetic average; do
+      models=$(printf '"zoo:%s", ' $order)
+      printf '[merge]\nmodels = [%s]\nmethod = "%s"\nalpha = 0.5\n' "${models%, }" "$method" >"$tmp/m.toml"
+      echo "### $method, order: $order"
+      "$BIN" run zoo:base --recipe "$tmp/m.toml" --prompts "$prompts" --chunks 4 --json 2>/dev/null |
+        python3 -c "
+import json,sys
+d=json.load(sys.stdin)
+print('| step | model | arith | brackets | reverse | recall | mean | λ |')
+print('|---|---|---|---|---|---|---|---|')
+for s in d['steps']:
+    t=s['tasks']; print(f\"| {s['step']} | {s['model']} | {t['arith']:.3f} | {t['brackets']:.3f} | {t['reverse']:.3f} | {t['recall']:.3f} | **{s['task_acc_mean']:.3f}** | {s['lambda']:.3f} |\")
+print(f\"final ppl {d['ppl']:.3f} (base {d['base_ppl']:.3f})\")"
+      echo
+    done
+  done
+}
+
+"$@"
