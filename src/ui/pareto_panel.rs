@@ -195,17 +195,18 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                 .1
                 .push([xs[i], ys[i]]);
         }
+        // The front first, so the points stay visible on top of it.
+        if prefs.show_front && cache.front.len() > 1 {
+            let pts: Vec<[f64; 2]> = cache.front.iter().map(|&i| [xs[i], ys[i]]).collect();
+            pu.line(Line::new("front", pts).color(theme::FRONT).width(1.5));
+        }
         for (g, (c, pts)) in groups {
             pu.points(
                 Points::new(cache.group_name(&prefs.color, g), pts)
                     .color(c)
-                    .radius(2.5)
+                    .radius(3.5)
                     .filled(true),
             );
-        }
-        if prefs.show_front && cache.front.len() > 1 {
-            let pts: Vec<[f64; 2]> = cache.front.iter().map(|&i| [xs[i], ys[i]]).collect();
-            pu.line(Line::new("front", pts).color(theme::FRONT).width(2.0));
         }
         if let Some(i) = selected {
             pu.points(
