@@ -281,7 +281,12 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         });
         (nearest, box_rect, fresh)
     });
-    s.plot_rect = Some(resp.response.rect);
+    // The PNG export crops to this: the plot frame plus its tick labels and axis titles.
+    let r = resp.response.rect;
+    s.plot_rect = Some(egui::Rect::from_min_max(
+        r.min - egui::vec2(70.0, 4.0),
+        r.max + egui::vec2(4.0, 36.0),
+    ));
     let (nearest, box_rect, fresh) = resp.inner;
     if fresh.is_some() {
         s.pareto_cache.drawn = fresh;
