@@ -347,7 +347,7 @@ fn ranks_and_fronts_match_brute_force() {
         let n = 1 + (rng.next() % 60) as usize;
         let senses: Vec<Sense> = (0..dims)
             .map(|_| {
-                if rng.next() % 2 == 0 {
+                if rng.next().is_multiple_of(2) {
                     Sense::Minimize
                 } else {
                     Sense::Maximize
@@ -381,7 +381,7 @@ fn hypervolume_matches_brute_force() {
         let n = 1 + (rng.next() % 14) as usize;
         let senses: Vec<Sense> = (0..dims)
             .map(|_| {
-                if rng.next() % 2 == 0 {
+                if rng.next().is_multiple_of(2) {
                     Sense::Minimize
                 } else {
                     Sense::Maximize

@@ -84,9 +84,13 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.space)
         .with_context(|| format!("reading {}", args.space.display()))?;
     let space = SearchSpace::from_toml(&text).with_context(|| args.space.display().to_string())?;
-    let mut points = space
+    // Indices are positions in the whole space, the same in every shard.
+    let mut points: Vec<(usize, crate::technique::recipe::Recipe)> = space
         .points()
-        .with_context(|| args.space.display().to_string())?;
+        .with_context(|| args.space.display().to_string())?
+        .into_iter()
+        .enumerate()
+        .collect();
     let total = points.len();
     if let Some(shard) = args.shard {
         points = shard.select(points);
@@ -97,8 +101,8 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         eval.task_prompts = p;
     }
     if args.dry_run {
-        for r in &points {
-            crate::outln!("{} {}", r.hash(), r.to_json());
+        for (i, r) in &points {
+            crate::outln!("{i} {} {}", r.hash(), r.to_json());
         }
         return Ok(());
     }
@@ -113,7 +117,7 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         .map(|r| r.run_key)
         .collect();
     let mut todo = Vec::new();
-    for (i, recipe) in points.into_iter().enumerate() {
+    for (i, recipe) in points {
         let key = run_key(&base.id, &recipe.hash(), &eval_json, CODE_VERSION);
         if args.force || !stored.contains(&key) {
             todo.push((i, recipe));

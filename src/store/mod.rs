@@ -62,6 +62,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// Run files read (path, rows) and files that could not be read (path, reason).
+type RawLoad = (
+    Vec<(PathBuf, Vec<ExperimentRecord>)>,
+    Vec<(PathBuf, String)>,
+);
+
 /// Everything readable in the store at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -184,15 +190,7 @@ impl Store {
     }
 
     /// Reads every run file, without tag files applied. Unreadable files are reported.
-    fn load_raw(
-        &self,
-    ) -> Result<
-        (
-            Vec<(PathBuf, Vec<ExperimentRecord>)>,
-            Vec<(PathBuf, String)>,
-        ),
-        StoreError,
-    > {
+    fn load_raw(&self) -> Result<RawLoad, StoreError> {
         let mut good = Vec::new();
         let mut skipped = Vec::new();
         for path in self.run_files()? {

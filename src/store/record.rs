@@ -109,7 +109,8 @@ pub fn recipe_techniques(recipe: &Recipe) -> String {
     if recipe.flatten.is_some() {
         out.push("flatten");
     }
-    let families: [(&str, fn(&crate::technique::recipe::LayerRule) -> bool); 4] = [
+    type Uses = fn(&crate::technique::recipe::LayerRule) -> bool;
+    let families: [(&str, Uses); 4] = [
         ("prune", |r| r.prune.is_some()),
         ("rtn", |r| r.rtn.is_some()),
         ("shiftadd", |r| r.shiftadd.is_some()),
