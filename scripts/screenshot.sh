@@ -68,6 +68,8 @@ axes bytes kld_mean
 select-last
 frames 10
 screenshot $out/pareto.png
+plot-png $work/plot.png
+plot-svg $work/plot.svg
 compare-tags rtn shiftadd
 compare-last
 select-last
@@ -88,4 +90,10 @@ DISPLAY="$display" XDG_RUNTIME_DIR="$work/xdg" LIBGL_ALWAYS_SOFTWARE=1 \
 for panel in model recipe jobs pareto history; do
   test -s "$out/$panel.png" || { echo "missing $out/$panel.png" >&2; exit 1; }
 done
+# The Pareto panel's own exports: a PNG cropped to the plot, and an SVG with every point.
+for f in plot.png plot.svg; do
+  test -s "$work/$f" || { echo "the plot export $f was not written" >&2; exit 1; }
+done
+grep -q "<polyline" "$work/plot.svg" || { echo "the SVG export has no front" >&2; exit 1; }
 echo "wrote $(ls "$out"/*.png | wc -l) screenshots to $out"
+if [ -n "${KEEP_PLOT_EXPORTS:-}" ]; then cp "$work/plot.png" "$work/plot.svg" "$out/"; fi

@@ -81,7 +81,8 @@ fn time_panel(studio: &mut Studio, ctx: &egui::Context, panel: Panel) -> (f64, f
     };
     // Warm-up: caches (filters, fronts, sort order) are built on the first frame.
     let t0 = Instant::now();
-    let out = ctx.run_ui(input(), |ui| studio.frame(ui));
+    let mut out = ctx.run_ui(input(), |ui| studio.frame(ui));
+    out.textures_delta.clear();
     let _ = ctx.tessellate(out.shapes, out.pixels_per_point);
     let first = t0.elapsed().as_secs_f64() * 1e3;
     let mut times = Vec::new();
@@ -93,7 +94,8 @@ fn time_panel(studio: &mut Studio, ctx: &egui::Context, panel: Panel) -> (f64, f
             400.0,
         )));
         let t = Instant::now();
-        let out = ctx.run_ui(inp, |ui| studio.frame(ui));
+        let mut out = ctx.run_ui(inp, |ui| studio.frame(ui));
+        out.textures_delta.clear();
         let _ = ctx.tessellate(out.shapes, out.pixels_per_point);
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }

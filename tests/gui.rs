@@ -166,6 +166,31 @@ fn edit_run_and_see_the_point_on_the_pareto_plot() {
     let text = std::fs::read_to_string(&out).unwrap();
     let back = Recipe::from_toml(&text).unwrap();
     assert_eq!(back.hash(), rec.recipe_hash);
+
+    // The llama.cpp type file and the compressed model, through their dialogs, with progress.
+    let types = dir.path().join("types.txt");
+    dialogs.push(&types);
+    h.get_by_label("Export llama.cpp types…").click();
+    run_until(&mut h, "the type file", |s| {
+        s.export.is_none() && types.exists()
+    });
+    assert!(
+        std::fs::read_to_string(&types)
+            .unwrap()
+            .contains("blk.0.attn_q")
+    );
+    let model_dir = dir.path().join("exported-model");
+    dialogs.push(&model_dir);
+    h.get_by_label("Export model…").click();
+    run_until(&mut h, "the exported model", |s| {
+        s.export.is_none()
+            && s.notices
+                .iter()
+                .any(|n| n.text.contains("exported-model") || n.is_error)
+    });
+    let last = h.state().notices.last().unwrap().clone();
+    assert!(!last.is_error, "{}", last.text);
+    assert!(model_dir.join("config.json").exists());
 }
 
 /// A running job is cancelled by its Cancel button; the next one by Esc.

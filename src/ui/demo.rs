@@ -16,6 +16,7 @@
 //! axes bytes kld_mean     # Pareto axes
 //! select-last | compare-last | compare-tags A B | expand 0
 //! screenshot out/pareto.png
+//! plot-png out/plot.png | plot-svg out/plot.svg   # the Pareto panel's own exports
 //! quit
 //! ```
 
@@ -49,6 +50,8 @@ enum Wait {
     Frames(u64),
     /// 0 pending, 1 written, 2 failed.
     Screenshot(Arc<AtomicU8>),
+    /// An export written by a background thread.
+    File(PathBuf),
 }
 
 /// A parsed script and where it is.
@@ -117,6 +120,11 @@ impl DemoScript {
             Wait::Sensitivity => s.sensitivity_run.is_none(),
             Wait::Frames(until) => s.frames >= *until,
             Wait::Screenshot(flag) => flag.load(Ordering::SeqCst) != 0,
+            // Done when the writer reported it (the file alone may still be half written).
+            Wait::File(p) => {
+                let saved = format!("saved {}", p.display());
+                s.notices.iter().any(|n| n.text == saved)
+            }
         };
         if done {
             self.wait = Wait::None;
@@ -269,6 +277,11 @@ impl DemoScript {
                     f2.store(if ok.is_ok() { 1 } else { 2 }, Ordering::SeqCst);
                 });
                 self.wait = Wait::Screenshot(flag);
+            }
+            "plot-png" | "plot-svg" => {
+                let path = PathBuf::from(arg(0)?);
+                s.export_plot_to(ctx, path.clone(), cmd == "plot-png");
+                self.wait = Wait::File(path);
             }
             "quit" => ctx.send_viewport_cmd(egui::ViewportCommand::Close),
             other => anyhow::bail!("unknown demo command `{other}`"),

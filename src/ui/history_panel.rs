@@ -372,7 +372,7 @@ pub fn hypervolumes(a: &[[f64; 2]], b: &[[f64; 2]], x: &str, y: &str) -> (f64, f
 
 fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
     ui.strong("Compare");
-    let tags: Vec<String> = s.runs.facets().tags.into_iter().collect();
+    let tags: Vec<String> = s.runs.facets().tags.iter().cloned().collect();
     let (x, y) = (s.state.pareto.x.clone(), s.state.pareto.y.clone());
     let h = &mut s.state.history;
     ui.horizontal(|ui| {

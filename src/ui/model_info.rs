@@ -120,4 +120,13 @@ impl Sensitivity {
     pub fn max(&self) -> f64 {
         self.scores.values().copied().fold(0.0, f64::max)
     }
+
+    /// The smallest positive score.
+    pub fn min(&self) -> f64 {
+        self.scores
+            .values()
+            .copied()
+            .filter(|v| *v > 0.0)
+            .fold(f64::INFINITY, f64::min)
+    }
 }

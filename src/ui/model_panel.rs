@@ -109,7 +109,7 @@ pub fn model_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         .as_ref()
         .filter(|x| x.model_id == sum.id)
         .cloned();
-    let max = sens.as_ref().map_or(0.0, |x| x.max());
+    let range = sens.as_ref().map_or((0.0, 0.0), |x| (x.min(), x.max()));
     egui::ScrollArea::vertical().show(ui, |ui| {
         for block in 0..sum.n_blocks {
             let bytes: usize = sum.block_linears(block).map(|l| l.size_bytes).sum();
@@ -125,7 +125,7 @@ pub fn model_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                             ui.strong("Shape");
                             ui.strong("Bytes");
                             ui.strong("Form");
-                            ui.strong("Sensitivity");
+                            ui.strong("Sensitivity (log)");
                             ui.end_row();
                             for l in sum.block_linears(block) {
                                 ui.monospace(l.id.to_string());
@@ -133,7 +133,7 @@ pub fn model_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                                 ui.monospace(human_bytes(l.size_bytes));
                                 ui.label(&l.form);
                                 match sens.as_ref().and_then(|x| x.scores.get(&l.id)) {
-                                    Some(&v) => sensitivity_bar_ui(ui, v, max),
+                                    Some(&v) => sensitivity_bar_ui(ui, v, range),
                                     None => {
                                         ui.weak("—");
                                     }
@@ -175,15 +175,24 @@ fn open_row_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     }
 }
 
-/// A horizontal bar proportional to `value / max`, with the value.
-fn sensitivity_bar_ui(ui: &mut egui::Ui, value: f64, max: f64) {
+/// A horizontal bar on a log scale over `min..=max` (scores span orders of magnitude: on a
+/// linear scale one layer would dwarf the rest), with the value on hover.
+fn sensitivity_bar_ui(ui: &mut egui::Ui, value: f64, (min, max): (f64, f64)) {
     let width = 160.0;
     let (rect, resp) = ui.allocate_exact_size(egui::vec2(width, 12.0), egui::Sense::hover());
-    let frac = if max > 0.0 { (value / max) as f32 } else { 0.0 };
+    let frac = if max > min && min > 0.0 && value > 0.0 {
+        // A sliver for the smallest score so every layer shows a bar.
+        (0.03 + 0.97 * (value / min).ln() / (max / min).ln()) as f32
+    } else {
+        1.0
+    };
     let painter = ui.painter();
     painter.rect_filled(rect, 2.0, ui.visuals().extreme_bg_color);
     let mut bar = rect;
     bar.set_width(width * frac.clamp(0.0, 1.0));
     painter.rect_filled(bar, 2.0, theme::BAR);
-    resp.on_hover_text(format!("{value:.4e} ({:.0}% of the largest)", 100.0 * frac));
+    resp.on_hover_text(format!(
+        "{value:.4e} ({:.1}% of the largest; bars are on a log scale)",
+        100.0 * value / max
+    ));
 }

@@ -31,7 +31,13 @@ pub struct ParetoCache {
     pub bounds: Option<[f64; 4]>,
     /// Range of the colour metric over `rows`.
     color_range: (f64, f64),
+    /// The rows drawn for the last view (bounds bits, grid), so a still plot does not
+    /// re-bin 100 000 points every frame.
+    drawn: Option<(DrawKey, Vec<usize>)>,
 }
+
+/// The view a decimation was made for: plot bounds (bit patterns) and grid size.
+type DrawKey = ([u64; 4], (usize, usize));
 
 impl ParetoCache {
     /// Brings the cache up to date; cheap when nothing changed.
@@ -54,6 +60,7 @@ impl ParetoCache {
             return;
         }
         self.key = Some(key);
+        self.drawn = None;
         let (Some(xs), Some(ys)) = (runs.column(x), runs.column(y)) else {
             self.rows.clear();
             self.front.clear();
@@ -182,12 +189,23 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             (size.x / 2.0).max(1.0) as usize,
             (size.y / 2.0).max(1.0) as usize,
         );
-        let drawn = decimate(xs, ys, &cache.rows, bounds, grid, |i| {
-            cache.color_of(runs, &prefs.color, i).0
-        });
+        let key: DrawKey = (bounds.map(f64::to_bits), grid);
+        let fresh = match &cache.drawn {
+            Some((k, _)) if *k == key => None,
+            _ => Some((
+                key,
+                decimate(xs, ys, &cache.rows, bounds, grid, |i| {
+                    cache.color_of(runs, &prefs.color, i).0
+                }),
+            )),
+        };
+        let drawn: &[usize] = match (&fresh, &cache.drawn) {
+            (Some((_, d)), _) | (None, Some((_, d))) => d,
+            (None, None) => &[],
+        };
         let mut groups: std::collections::BTreeMap<u32, (egui::Color32, Vec<[f64; 2]>)> =
             Default::default();
-        for &i in &drawn {
+        for &i in drawn {
             let (g, c) = cache.color_of(runs, &prefs.color, i);
             groups
                 .entry(g)
@@ -195,17 +213,18 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                 .1
                 .push([xs[i], ys[i]]);
         }
+        // The front first, so the points stay visible on top of it.
+        if prefs.show_front && cache.front.len() > 1 {
+            let pts: Vec<[f64; 2]> = cache.front.iter().map(|&i| [xs[i], ys[i]]).collect();
+            pu.line(Line::new("front", pts).color(theme::FRONT).width(1.5));
+        }
         for (g, (c, pts)) in groups {
             pu.points(
                 Points::new(cache.group_name(&prefs.color, g), pts)
                     .color(c)
-                    .radius(2.5)
+                    .radius(3.5)
                     .filled(true),
             );
-        }
-        if prefs.show_front && cache.front.len() > 1 {
-            let pts: Vec<[f64; 2]> = cache.front.iter().map(|&i| [xs[i], ys[i]]).collect();
-            pu.line(Line::new("front", pts).color(theme::FRONT).width(2.0));
         }
         if let Some(i) = selected {
             pu.points(
@@ -249,8 +268,9 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         let nearest = pointer.and_then(|p| {
             let t = pu.transform();
             let at = t.position_from_point(&p);
+            // Among the drawn points: a hidden one is within a grid cell (2 px) of one drawn.
             let mut best: Option<(f32, usize)> = None;
-            for &i in &cache.rows {
+            for &i in drawn {
                 let q = t.position_from_point(&PlotPoint::new(xs[i], ys[i]));
                 let d = q.distance(at);
                 if d <= PICK_RADIUS && best.is_none_or(|(bd, _)| d < bd) {
@@ -259,10 +279,18 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             }
             best.map(|(_, i)| i)
         });
-        (nearest, box_rect)
+        (nearest, box_rect, fresh)
     });
-    s.plot_rect = Some(resp.response.rect);
-    let (nearest, box_rect) = resp.inner;
+    // The PNG export crops to this: the plot frame plus its tick labels and axis titles.
+    let r = resp.response.rect;
+    s.plot_rect = Some(egui::Rect::from_min_max(
+        r.min - egui::vec2(70.0, 4.0),
+        r.max + egui::vec2(4.0, 36.0),
+    ));
+    let (nearest, box_rect, fresh) = resp.inner;
+    if fresh.is_some() {
+        s.pareto_cache.drawn = fresh;
+    }
     a11y_label(ui, &resp.response, "Pareto plot");
     if let Some(i) = nearest {
         let row = &s.runs.rows[i];

@@ -134,6 +134,14 @@ fn toolbar_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         ui.separator();
         ui.label("Selected cells");
         ui.monospace(s.state.selected_cells.len().to_string());
+        if let Some(sum) = s.summary().cloned()
+            && ui
+                .small_button("Select all")
+                .on_hover_text("Edits of a selected row then apply to every layer")
+                .clicked()
+        {
+            s.state.selected_cells = sum.linears.iter().map(|l| l.id.to_string()).collect();
+        }
         if !s.state.selected_cells.is_empty() && ui.small_button("Clear selection").clicked() {
             s.state.selected_cells.clear();
         }

@@ -90,6 +90,11 @@ pub struct RunTable {
     pub rows: Vec<RunRow>,
     /// Metric name → value per row (NaN where a run lacks it).
     columns: HashMap<String, Vec<f64>>,
+    /// Run id → row.
+    index: HashMap<String, usize>,
+    /// Distinct models, tags and families, kept up to date on every change (filter pickers
+    /// read them every frame).
+    facets: Facets,
     /// Bumped on every change so views can cache.
     pub generation: u64,
 }
@@ -107,7 +112,7 @@ impl RunTable {
     /// Adds a run, or replaces the row with the same id.
     pub fn push(&mut self, record: ExperimentRecord) {
         self.generation += 1;
-        if let Some(i) = self.rows.iter().position(|r| r.record.id == record.id) {
+        if let Some(&i) = self.index.get(&record.id) {
             for (k, col) in self.columns.iter_mut() {
                 col[i] = value_of(&record, k);
             }
@@ -116,7 +121,9 @@ impl RunTable {
                     .entry(k.clone())
                     .or_insert_with(|| vec![f64::NAN; self.rows.len()])[i] = *v;
             }
-            self.rows[i] = RunRow::new(record);
+            let row = RunRow::new(record);
+            self.facets.add(&row);
+            self.rows[i] = row;
             return;
         }
         let n = self.rows.len();
@@ -133,13 +140,17 @@ impl RunTable {
                 self.columns.insert(k.clone(), col);
             }
         }
-        self.rows.push(RunRow::new(record));
+        self.index.insert(record.id.clone(), n);
+        let row = RunRow::new(record);
+        self.facets.add(&row);
+        self.rows.push(row);
     }
 
     /// Replaces a run's tags (after the store changed them).
     pub fn set_tags(&mut self, id: &str, tags: Vec<String>) {
-        if let Some(r) = self.rows.iter_mut().find(|r| r.record.id == id) {
-            r.record.tags = tags;
+        if let Some(&i) = self.index.get(id) {
+            self.facets.tags.extend(tags.iter().cloned());
+            self.rows[i].record.tags = tags;
             self.generation += 1;
         }
     }
@@ -173,18 +184,13 @@ impl RunTable {
     }
 
     pub fn index_of(&self, id: &str) -> Option<usize> {
-        self.rows.iter().position(|r| r.record.id == id)
+        self.index.get(id).copied()
     }
 
-    /// Distinct model names, tags and families present.
-    pub fn facets(&self) -> Facets {
-        let mut f = Facets::default();
-        for r in &self.rows {
-            f.models.insert(r.record.model_name.clone());
-            f.tags.extend(r.record.tags.iter().cloned());
-            f.families.insert(r.family.to_string());
-        }
-        f
+    /// Distinct model names, tags and families present (a removed tag stays offered until
+    /// the store is read again).
+    pub fn facets(&self) -> &Facets {
+        &self.facets
     }
 
     /// Rows passing `filter`, in table order.
@@ -222,6 +228,22 @@ pub struct Facets {
     pub models: BTreeSet<String>,
     pub tags: BTreeSet<String>,
     pub families: BTreeSet<String>,
+}
+
+impl Facets {
+    fn add(&mut self, r: &RunRow) {
+        if !self.models.contains(&r.record.model_name) {
+            self.models.insert(r.record.model_name.clone());
+        }
+        for t in &r.record.tags {
+            if !self.tags.contains(t) {
+                self.tags.insert(t.clone());
+            }
+        }
+        if !self.families.contains(r.family) {
+            self.families.insert(r.family.to_string());
+        }
+    }
 }
 
 /// Indices (into `xs`/`ys`) of the non-dominated points of `rows`, sorted by x ascending.

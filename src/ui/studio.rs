@@ -690,6 +690,17 @@ impl Studio {
         }
     }
 
+    /// Exports the Pareto plot to `path` as PNG (a cropped window screenshot, so the Pareto
+    /// panel must be showing) or SVG, as if a save dialog had answered `path`.
+    pub fn export_plot_to(&mut self, ctx: &egui::Context, path: PathBuf, png: bool) {
+        let purpose = if png {
+            DialogPurpose::PlotPng
+        } else {
+            DialogPurpose::PlotSvg
+        };
+        self.on_dialog(ctx, purpose, Some(path));
+    }
+
     fn on_dialog(&mut self, ctx: &egui::Context, purpose: DialogPurpose, path: Option<PathBuf>) {
         let Some(path) = path else {
             self.notice("cancelled");
