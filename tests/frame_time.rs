@@ -109,8 +109,9 @@ fn time_panel(studio: &mut Studio, ctx: &egui::Context, panel: Panel) -> (f64, f
 #[ignore = "measurement: run in release with --ignored --nocapture"]
 fn frame_time_with_100k_runs() {
     let dir = tempfile::tempdir().unwrap();
+    let records = records();
     let t = Instant::now();
-    let table = RunTable::from_records(records());
+    let table = RunTable::from_records(records);
     let build_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut studio = Studio::new(StudioOptions {
         store_dir: dir.path().to_path_buf(),
