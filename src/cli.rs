@@ -454,7 +454,8 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
             calib: args.calib.options(),
             task_prompts: args.prompts,
         };
-        let (rec, cached) = experiments::run_stored(&args.model, eval, recipe, &args.store)?;
+        let (rec, cached) = experiments::run_stored(&args.model, eval, recipe, &args.store)
+            .with_context(|| args.recipe.display().to_string())?;
         let obj = experiments::record_report_json(&rec, cached);
         if args.json {
             crate::outln!("{}", serde_json::to_string_pretty(&obj)?);
