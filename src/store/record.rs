@@ -2,6 +2,7 @@
 //! that identifies "the same experiment" across processes and machines.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,9 +11,32 @@ use serde::{Deserialize, Serialize};
 use crate::run::RunReport;
 use crate::technique::recipe::Recipe;
 
-/// The code version written into every record and hashed into every run key: a new release may
-/// change results, so its runs are new experiments.
-pub const CODE_VERSION: &str = concat!("reparam ", env!("CARGO_PKG_VERSION"));
+/// The crate version, the first part of [`code_version`].
+pub const PACKAGE_VERSION: &str = concat!("reparam ", env!("CARGO_PKG_VERSION"));
+
+/// The code version written into every record and hashed into every run key:
+/// `reparam 0.1.0+<blake3 of the running executable, 12 hex>`. The crate version alone would
+/// return stale stored results after every change to the code during development; the
+/// executable's hash changes with every rebuild and is the same for every process running one
+/// binary (all shards of a cluster sweep on a shared file system). `REPARAM_CODE_VERSION`
+/// overrides it, e.g. to resume a sweep across a rebuild that did not change the numerics.
+pub fn code_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| {
+        if let Ok(v) = std::env::var("REPARAM_CODE_VERSION")
+            && !v.is_empty()
+        {
+            return v;
+        }
+        let exe_hash = std::env::current_exe()
+            .and_then(std::fs::read)
+            .map(|bytes| blake3::hash(&bytes).to_hex()[..12].to_string());
+        match exe_hash {
+            Ok(h) => format!("{PACKAGE_VERSION}+{h}"),
+            Err(_) => PACKAGE_VERSION.to_string(),
+        }
+    })
+}
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,7 +261,7 @@ impl ExperimentRecord {
             error: None,
             duration_s,
             machine: machine_description(),
-            code_version: CODE_VERSION.to_string(),
+            code_version: code_version().to_string(),
             tags: tags.to_vec(),
             metrics: report_metrics(report),
             steps_json: None,
@@ -273,7 +297,7 @@ impl ExperimentRecord {
             error: Some(error.to_string()),
             duration_s,
             machine: machine_description(),
-            code_version: CODE_VERSION.to_string(),
+            code_version: code_version().to_string(),
             tags: tags.to_vec(),
             metrics: BTreeMap::new(),
             steps_json: None,
