@@ -157,6 +157,13 @@ impl ModelCache {
         models.insert(spec.to_string(), Arc::clone(&m));
         Ok(m)
     }
+
+    /// Puts an already loaded model under `spec` (a front end that loaded it to validate).
+    pub fn insert(&self, spec: &str, model: Arc<Model>) {
+        if let Ok(mut models) = self.models.lock() {
+            models.insert(spec.to_string(), model);
+        }
+    }
 }
 
 /// `MemAvailable` from `/proc/meminfo`, in bytes (`None` where there is no such file).

@@ -610,13 +610,13 @@ pub fn record_report_json(rec: &ExperimentRecord, cached: bool) -> serde_json::V
 
 /// Runs one recipe through the store: a stored run key returns the stored record.
 pub fn run_stored(
+    models: &ModelCache,
     model: &str,
     spec_eval: EvalSettings,
     recipe: crate::technique::recipe::Recipe,
     args: &RunStoreArgs,
 ) -> anyhow::Result<(ExperimentRecord, bool)> {
     let store = args.store.open()?;
-    let models = ModelCache::default();
     let spec = JobSpec {
         label: "run".into(),
         model: model.to_string(),
@@ -628,7 +628,7 @@ pub fn run_stored(
     let bar = TermProgress::new("run");
     let outcome = execute(
         &store,
-        &models,
+        models,
         &spec,
         &AtomicBool::new(false),
         &AtomicU64::new(0),
