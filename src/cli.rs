@@ -445,6 +445,11 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.recipe)
         .with_context(|| format!("reading {}", args.recipe.display()))?;
     let recipe = Recipe::from_toml(&text).with_context(|| args.recipe.display().to_string())?;
+    let base = load(&args.model)?;
+    // Validate against the model before any work starts (and before anything is stored).
+    recipe
+        .resolve(&base.transformer)
+        .with_context(|| args.recipe.display().to_string())?;
     if !args.store.no_store {
         let eval = crate::jobs::EvalSettings {
             text: args.text.text.clone(),
@@ -454,8 +459,11 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
             calib: args.calib.options(),
             task_prompts: args.prompts,
         };
-        let (rec, cached) = experiments::run_stored(&args.model, eval, recipe, &args.store)
-            .with_context(|| args.recipe.display().to_string())?;
+        let models = crate::jobs::ModelCache::default();
+        models.insert(&args.model, std::sync::Arc::new(base));
+        let (rec, cached) =
+            experiments::run_stored(&models, &args.model, eval, recipe, &args.store)
+                .with_context(|| args.recipe.display().to_string())?;
         let obj = experiments::record_report_json(&rec, cached);
         if args.json {
             crate::outln!("{}", serde_json::to_string_pretty(&obj)?);
@@ -469,11 +477,6 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let base = load(&args.model)?;
-    // Validate against the model before any work starts.
-    recipe
-        .resolve(&base.transformer)
-        .with_context(|| args.recipe.display().to_string())?;
     let req = RunRequest {
         recipe,
         text: args.text.text.clone(),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::model::{Model, load_spec};
 use crate::run::{RunReport, RunRequest};
-use crate::store::record::CODE_VERSION;
+use crate::store::record::code_version;
 use crate::store::{ExperimentRecord, Status, Store, StoreError, run_key};
 use crate::technique::CalibOptions;
 use crate::technique::recipe::Recipe;
@@ -156,6 +156,13 @@ impl ModelCache {
         let m = Arc::new(load_spec(spec)?);
         models.insert(spec.to_string(), Arc::clone(&m));
         Ok(m)
+    }
+
+    /// Puts an already loaded model under `spec` (a front end that loaded it to validate).
+    pub fn insert(&self, spec: &str, model: Arc<Model>) {
+        if let Ok(mut models) = self.models.lock() {
+            models.insert(spec.to_string(), model);
+        }
     }
 }
 
@@ -291,7 +298,7 @@ pub fn execute(
         Ok(m) => m,
         Err(e) => return store_outcome(fail(None, "", Status::Failed, format!("{e:#}")), None),
     };
-    let key = run_key(&base.id, &recipe.hash(), &eval_json, CODE_VERSION);
+    let key = run_key(&base.id, &recipe.hash(), &eval_json, code_version());
     if !spec.force
         && let Some(rec) = store.find_key(&key)?
     {
@@ -560,6 +567,11 @@ impl JobRunner {
     /// The store jobs write into.
     pub fn store(&self) -> &Store {
         &self.shared.store
+    }
+
+    /// The base models the workers share (load one here to inspect it without loading twice).
+    pub fn models(&self) -> &ModelCache {
+        &self.shared.models
     }
 
     /// Queues a job.

@@ -59,6 +59,8 @@ fn allocate_writes_a_recipe_that_runs() {
         "--calib-samples",
         "4",
         "--json",
+        // Measured fresh, not written into the repository's default store.
+        "--no-store",
     ]));
     // At most 2.5 planes on average, each with a 32-bit scale per 128 weights: ≤ 2.5 · 1.25.
     let bits = report["avg_bits"].as_f64().unwrap();
@@ -158,6 +160,8 @@ fn run_applies_a_recipe_to_a_zoo_model() {
         "--calib-samples",
         "4",
         "--json",
+        // Measured fresh, not written into the repository's default store.
+        "--no-store",
     ]));
     let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("no `{k}` in {r}"));
     // Four planes on a small model: close to the base, a fraction of its bytes.

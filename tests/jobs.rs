@@ -437,3 +437,118 @@ fn export_reloads_with_the_same_metrics() {
     );
     assert!(close(k0, k1, 1e-2), "kld {k0} vs reloaded {k1}");
 }
+
+mod common;
+
+#[test]
+fn gguf_export_reloads_with_the_same_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("tiny.gguf");
+    common::TinySpec::default().write_gguf(&base, candle_core::quantized::GgmlDType::F32);
+    let recipe_path = dir.path().join("r.toml");
+    std::fs::write(
+        &recipe_path,
+        "[[layers]]\nmatch = \"blk.*.*\"\n[layers.rtn]\nbits = 4\ngroup = 16\n",
+    )
+    .unwrap();
+    let text = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/text/licenses.txt");
+    let store = dir.path().join("store");
+    let out = reparam()
+        .arg("run")
+        .arg(&base)
+        .arg("--recipe")
+        .arg(&recipe_path)
+        .args([
+            "--text",
+            text,
+            "--ctx",
+            "32",
+            "--chunks",
+            "3",
+            "--calib-samples",
+            "2",
+        ])
+        .args(["--calib-len", "32", "--json", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let exported = dir.path().join("out.gguf");
+    let out = reparam()
+        .args([
+            "export",
+            run["run_id"].as_str().unwrap(),
+            "--format",
+            "gguf",
+            "--store",
+        ])
+        .arg(&store)
+        .arg("--model")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = reparam::model::gguf::GgufFile::open(&exported).unwrap();
+    assert_eq!(
+        file.get_str("reparam.recipe_hash").unwrap(),
+        run["recipe_hash"].as_str().unwrap()
+    );
+    let out = reparam()
+        .arg("eval")
+        .arg(&exported)
+        .arg("--base")
+        .arg(&base)
+        .args(["--text", text, "--ctx", "32", "--chunks", "3", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (p0, p1) = (run["ppl"].as_f64().unwrap(), ev["ppl"].as_f64().unwrap());
+    assert!((p0 - p1).abs() <= 1e-3 * p0, "ppl {p0} vs reloaded {p1}");
+    let (k0, k1) = (
+        run["kld_mean"].as_f64().unwrap(),
+        ev["kld_mean"].as_f64().unwrap(),
+    );
+    assert!(
+        (k0 - k1).abs() <= 1e-2 * k0.max(1e-4),
+        "kld {k0} vs reloaded {k1}"
+    );
+}
+
+#[test]
+fn memory_check_refuses_with_numbers() {
+    let base = reparam::model::load_spec("zoo:multi").unwrap();
+    let small = spec("a", 3);
+    let mut big = spec("b", 3);
+    big.eval.calib.samples = 512;
+    let (s, b) = (
+        reparam::jobs::estimate_job_bytes(&base, &small),
+        reparam::jobs::estimate_job_bytes(&base, &big),
+    );
+    assert!(s > 0 && b > s, "{s} {b}");
+    let check = reparam::jobs::MemoryCheck {
+        needed_bytes: 3 << 30,
+        available_bytes: 2 << 30,
+        reserved_bytes: 1 << 29,
+    };
+    assert!(!check.fits());
+    let msg = check.message();
+    assert!(
+        msg.contains("3072 MiB") && msg.contains("2048 MiB") && msg.contains("512 MiB"),
+        "{msg}"
+    );
+    assert!(reparam::jobs::available_memory_bytes().is_some_and(|m| m > 0));
+}

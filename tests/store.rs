@@ -411,3 +411,124 @@ fn hypervolume_matches_brute_force() {
         );
     }
 }
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_reparam"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok_json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn experiment_commands_on_a_synthetic_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut ids = Vec::new();
+    for (bits, bytes, kld) in [
+        (2, 100.0, 0.9),
+        (3, 150.0, 0.4),
+        (4, 200.0, 0.1),
+        (8, 400.0, 0.01),
+    ] {
+        let mut r = record(bits, bytes, kld);
+        r.model_spec = "zoo:multi".into();
+        store.append(&r).unwrap();
+        ids.push(r.id);
+    }
+    assert!(cli(&["tag", &ids[0], "low", "--store", d]).status.success());
+    assert!(cli(&["tag", &ids[1], "low", "--store", d]).status.success());
+    assert!(
+        !cli(&["tag", "nosuchrun", "low", "--store", d])
+            .status
+            .success()
+    );
+
+    let hist = ok_json(&cli(&["history", "--tag", "low", "--json", "--store", d]));
+    assert_eq!(hist.as_array().unwrap().len(), 2);
+
+    let front = ok_json(&cli(&[
+        "pareto",
+        "--store",
+        d,
+        "--x",
+        "bytes",
+        "--y",
+        "kld_mean",
+        "--where",
+        "bytes < 300",
+        "--json",
+    ]));
+    assert_eq!(front["front"].as_array().unwrap().len(), 3);
+    assert!(front["hypervolume"].as_f64().unwrap() > 0.0);
+    let bad = cli(&["pareto", "--store", d, "--where", "nosuch < 3"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no column `nosuch`"));
+
+    let cmp = ok_json(&cli(&[
+        "compare",
+        "--store",
+        d,
+        "--a",
+        "low",
+        "--b",
+        "bytes >= 200",
+        "--json",
+    ]));
+    let (ha, hb) = (
+        cmp["a"]["hypervolume"].as_f64().unwrap(),
+        cmp["b"]["hypervolume"].as_f64().unwrap(),
+    );
+    assert!((cmp["hypervolume_diff"].as_f64().unwrap() - (ha - hb)).abs() < 1e-9);
+    // The closest pair is the 3-bit run (A) and the 4-bit run (B); their FFN plans differ.
+    assert_eq!(cmp["best_match"][0], ids[1].as_str());
+    assert_eq!(cmp["best_match"][1], ids[2].as_str());
+    let diff = cmp["plan_diff"].as_array().unwrap();
+    assert_eq!(diff.len(), 6 * 3, "{cmp}");
+    assert_eq!(diff[0]["a"], "rtn 3b g128");
+    assert_eq!(diff[0]["b"], "rtn 4b g128");
+
+    let csv = dir.path().join("out.csv");
+    assert!(
+        cli(&[
+            "store",
+            "export",
+            "--store",
+            d,
+            "--csv",
+            csv.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 5);
+    assert!(cli(&["store", "compact", "--store", d]).status.success());
+    assert_eq!(store.run_files().unwrap().len(), 1);
+    let hist = ok_json(&cli(&["history", "--tag", "low", "--json", "--store", d]));
+    assert_eq!(hist.as_array().unwrap().len(), 2, "tags survive compaction");
+
+    let toml_out = dir.path().join("r.toml");
+    assert!(
+        cli(&[
+            "export",
+            &ids[2],
+            "--store",
+            d,
+            "--recipe",
+            toml_out.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    let text = std::fs::read_to_string(&toml_out).unwrap();
+    assert_eq!(Recipe::from_toml(&text).unwrap().hash(), recipe(4).hash());
+}

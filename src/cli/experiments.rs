@@ -18,7 +18,7 @@ use crate::progress::TermProgress;
 use crate::store::query::{
     CompareReport, FrontReport, Objective, compare, filter_records, front_report, plan_diff, select,
 };
-use crate::store::record::CODE_VERSION;
+use crate::store::record::code_version;
 use crate::store::{DEFAULT_DIR, ExperimentRecord, Status, Store, run_key};
 use crate::sweep::{SearchSpace, Shard};
 
@@ -55,8 +55,8 @@ pub struct SweepArgs {
     /// The search space (TOML).
     #[arg(long)]
     pub space: PathBuf,
-    /// Jobs run at once (0 = fit the machine).
-    #[arg(long, default_value_t = 1)]
+    /// Jobs run at once (0 = fit the machine: one per four cores).
+    #[arg(long, default_value_t = 0)]
     pub jobs: usize,
     /// Run only shard I of N (`I/N`, I from 0): points I, I+N, I+2N, …
     #[arg(long)]
@@ -107,9 +107,9 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let store = args.store.open()?;
+    let runner = JobRunner::new(store.clone(), args.jobs, Arc::new(|| {}));
     // Resume: skip points already stored (the runner would return them too; this says so).
-    let models = ModelCache::default();
-    let base = models.get(&args.model)?;
+    let base = runner.models().get(&args.model)?;
     let eval_json = eval.key_json()?;
     let stored: std::collections::HashSet<String> = warn_skipped(&store)?
         .into_iter()
@@ -118,7 +118,7 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         .collect();
     let mut todo = Vec::new();
     for (i, recipe) in points {
-        let key = run_key(&base.id, &recipe.hash(), &eval_json, CODE_VERSION);
+        let key = run_key(&base.id, &recipe.hash(), &eval_json, code_version());
         if args.force || !stored.contains(&key) {
             todo.push((i, recipe));
         }
@@ -130,7 +130,6 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         todo.len()
     );
     drop(base);
-    let runner = JobRunner::new(store, args.jobs, Arc::new(|| {}));
     let mut pending = std::collections::HashMap::new();
     for (i, recipe) in todo {
         let id = runner.submit(JobSpec {
@@ -611,13 +610,13 @@ pub fn record_report_json(rec: &ExperimentRecord, cached: bool) -> serde_json::V
 
 /// Runs one recipe through the store: a stored run key returns the stored record.
 pub fn run_stored(
+    models: &ModelCache,
     model: &str,
     spec_eval: EvalSettings,
     recipe: crate::technique::recipe::Recipe,
     args: &RunStoreArgs,
 ) -> anyhow::Result<(ExperimentRecord, bool)> {
     let store = args.store.open()?;
-    let models = ModelCache::default();
     let spec = JobSpec {
         label: "run".into(),
         model: model.to_string(),
@@ -629,7 +628,7 @@ pub fn run_stored(
     let bar = TermProgress::new("run");
     let outcome = execute(
         &store,
-        &models,
+        models,
         &spec,
         &AtomicBool::new(false),
         &AtomicU64::new(0),

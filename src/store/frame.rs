@@ -149,12 +149,12 @@ pub fn records_from_frame(df: &DataFrame) -> PolarsResult<Vec<ExperimentRecord>>
             metric_cols.push((name.as_str(), v));
         }
     }
-    let get = |name: &str, i: usize| -> Option<String> {
-        string_cols.get(name).and_then(|c| c[i].clone())
+    // Values are moved out of the columns, not cloned: opening a large store is mostly this.
+    let mut get = |name: &str, i: usize| -> Option<String> {
+        string_cols.get_mut(name).and_then(|c| c[i].take())
     };
-    let list = |name: &str, i: usize| -> Vec<String> {
-        get(name, i)
-            .and_then(|s| serde_json::from_str(&s).ok())
+    let list = |text: Option<String>| -> Vec<String> {
+        text.and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or_default()
     };
     let mut out = Vec::with_capacity(n);
@@ -186,10 +186,10 @@ pub fn records_from_frame(df: &DataFrame) -> PolarsResult<Vec<ExperimentRecord>>
             duration_s: duration.as_ref().and_then(|d| d[i]).unwrap_or(0.0),
             machine: get("machine", i).unwrap_or_default(),
             code_version: get("code_version", i).unwrap_or_default(),
-            tags: list("tags", i),
+            tags: list(get("tags", i)),
             metrics,
             steps_json: get("steps_json", i),
-            notes: list("notes", i),
+            notes: list(get("notes", i)),
         });
     }
     Ok(out)

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use polars::prelude::*;
 
 pub use frame::{SCHEMA_VERSION, frame_from_records, records_from_frame};
-pub use record::{CODE_VERSION, ExperimentRecord, Status, run_key};
+pub use record::{ExperimentRecord, Status, code_version, run_key};
 
 /// Where runs go unless `--store DIR` says otherwise.
 pub const DEFAULT_DIR: &str = "experiments/store";
@@ -209,12 +209,12 @@ impl Store {
     /// compaction interrupted before it removed its inputs leaves duplicates on disk).
     pub fn load(&self) -> Result<Snapshot, StoreError> {
         let (files, skipped) = self.load_raw()?;
-        let mut seen = HashSet::new();
-        let mut records: Vec<ExperimentRecord> = files
-            .into_iter()
-            .flat_map(|(_, recs)| recs)
-            .filter(|r| seen.insert(r.id.clone()))
-            .collect();
+        let mut records: Vec<ExperimentRecord> =
+            files.into_iter().flat_map(|(_, recs)| recs).collect();
+        // Copies of one run (an interrupted compaction) are identical, so after sorting by
+        // (created_at, id) they are neighbours.
+        records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        records.dedup_by(|a, b| a.id == b.id);
         let ops = self.tag_ops()?;
         for r in &mut records {
             if let Some(ops) = ops.get(&r.id) {
@@ -229,7 +229,6 @@ impl Store {
                 }
             }
         }
-        records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(Snapshot { records, skipped })
     }
 
@@ -363,7 +362,11 @@ impl Store {
         let merged = write_parquet(&self.dir, &name, df)?;
         for (path, _) in &files {
             if *path != merged {
-                std::fs::remove_file(path).map_err(io_err(path))?;
+                match std::fs::remove_file(path) {
+                    // A concurrent compaction merged and removed it first; its rows are safe.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    other => other.map_err(io_err(path))?,
+                }
             }
         }
         File::open(&self.dir)

@@ -2,6 +2,7 @@
 //! that identifies "the same experiment" across processes and machines.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,15 +11,22 @@ use serde::{Deserialize, Serialize};
 use crate::run::RunReport;
 use crate::technique::recipe::Recipe;
 
-/// The code version written into every record and hashed into every run key: the crate version
-/// plus a hash of the source tree (see `build.rs`), so results of changed code are new
-/// experiments rather than cache hits.
-pub const CODE_VERSION: &str = concat!(
-    "reparam ",
-    env!("CARGO_PKG_VERSION"),
-    "+",
-    env!("REPARAM_SOURCE_HASH")
-);
+/// The crate version, the first part of [`code_version`].
+pub const PACKAGE_VERSION: &str = concat!("reparam ", env!("CARGO_PKG_VERSION"));
+
+/// The code version written into every record and hashed into every run key:
+/// `reparam 0.1.0+<blake3 of the source tree, 12 hex>` (see `build.rs`). The crate version
+/// alone would return stale stored results after every change to the code; the source hash
+/// changes with the code, and is the same for the CLI, the app, the tests and every shard of a
+/// cluster sweep built from one tree, in debug and release alike. `REPARAM_CODE_VERSION`
+/// overrides it, e.g. to resume a sweep across a change that did not touch the numerics.
+pub fn code_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| match std::env::var("REPARAM_CODE_VERSION") {
+        Ok(v) if !v.is_empty() => v,
+        _ => format!("{PACKAGE_VERSION}+{}", env!("REPARAM_SOURCE_HASH")),
+    })
+}
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,7 +251,7 @@ impl ExperimentRecord {
             error: None,
             duration_s,
             machine: machine_description(),
-            code_version: CODE_VERSION.to_string(),
+            code_version: code_version().to_string(),
             tags: tags.to_vec(),
             metrics: report_metrics(report),
             steps_json: None,
@@ -279,7 +287,7 @@ impl ExperimentRecord {
             error: Some(error.to_string()),
             duration_s,
             machine: machine_description(),
-            code_version: CODE_VERSION.to_string(),
+            code_version: code_version().to_string(),
             tags: tags.to_vec(),
             metrics: BTreeMap::new(),
             steps_json: None,
