@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${CARGO_TARGET_DIR:-target}/release
-BIN=$T/reparam
+BIN=${REPARAM_BIN:-$T/reparam}
+MAG=${MAG_BIN:-$T/examples/rps_vs_magnitude}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -30,7 +31,7 @@ rps() {
   echo "magnitude pruning at equal bytes (kept f32 values + 1-bit mask):"
   local text_arg=$text
   [[ $model == zoo:* ]] && text_arg=zoo
-  "$T/examples/rps_vs_magnitude" "$model" "$text_arg" "$ctx" "$chunks" 1,1.5,2,4 |
+  "$MAG" "$model" "$text_arg" "$ctx" "$chunks" 1,1.5,2,4 |
     python3 -c "
 import json,sys
 for l in sys.stdin:
