@@ -600,6 +600,13 @@ pub fn record_report_json(rec: &ExperimentRecord, cached: bool) -> serde_json::V
     if !tasks.is_empty() {
         obj.insert("tasks".into(), tasks.into());
     }
+    if let Some(steps) = rec
+        .steps_json
+        .as_deref()
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+    {
+        obj.insert("steps".into(), steps);
+    }
     obj.insert("notes".into(), rec.notes.clone().into());
     obj.insert("run_id".into(), rec.id.clone().into());
     obj.insert("run_key".into(), rec.run_key.clone().into());

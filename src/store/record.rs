@@ -254,7 +254,11 @@ impl ExperimentRecord {
             code_version: code_version().to_string(),
             tags: tags.to_vec(),
             metrics: report_metrics(report),
-            steps_json: None,
+            // Plain structs of numbers and strings always serialize.
+            steps_json: report
+                .steps
+                .as_ref()
+                .and_then(|steps| serde_json::to_string(steps).ok()),
             notes: report.notes.clone(),
         }
     }
