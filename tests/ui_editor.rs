@@ -27,53 +27,48 @@ fn id(block: usize, kind: LinearKind) -> LinearId {
 fn cell_edits_override_patterns_and_undo() {
     let (_d, m, s) = tiny();
     let mut ed = RecipeEditor::new(
-        Recipe::from_toml("[[layers]]\nmatch = \"blk.*\"\n[layers.shiftadd]\nbits = 3\n").unwrap(),
+        Recipe::from_toml("[[layers]]\nmatch = \"blk.*\"\n[layers.prune]\nratio = 0.3\n").unwrap(),
     );
     let a = ed.analyse(Some((&m.transformer, &s)));
     assert!(a.is_valid());
     assert_eq!(a.plan.len(), s.linears.len());
     let q = id(1, LinearKind::FfnUp);
-    // Prune one layer: it keeps its 3 bits from the pattern.
-    ed.edit_cells(
-        &[q],
-        &CellEdit::Prune(Some(PruneKnobs {
-            ratio: 0.5,
+    let prune = |ratio| {
+        CellEdit::Prune(Some(PruneKnobs {
+            ratio,
             method: PruneMethod::Magnitude,
             ..Default::default()
-        })),
-        &a,
-    );
+        }))
+    };
+    // Prune one layer harder: an exact rule for it wins over the pattern.
+    ed.edit_cells(&[q], &prune(0.5), &a);
     let a = ed.analyse(Some((&m.transformer, &s)));
     let (rule, plan) = &a.plan[&q];
     assert_eq!(*rule, 1, "an exact rule wins over the pattern");
-    assert!(matches!(&plan.quant, Some(Quant::ShiftAdd(k)) if k.bits == 3));
     assert_eq!(plan.prune.as_ref().unwrap().ratio, 0.5);
     // Dragging the ratio further is one undo step.
     for r in [0.55, 0.6, 0.65] {
-        ed.edit_cells(
-            &[q],
-            &CellEdit::Prune(Some(PruneKnobs {
-                ratio: r,
-                method: PruneMethod::Magnitude,
-                ..Default::default()
-            })),
-            &a,
-        );
+        ed.edit_cells(&[q], &prune(r), &a);
     }
     assert!(ed.undo());
     assert_eq!(ed.recipe.layers.len(), 1, "back to the pattern alone");
     assert!(ed.redo());
     assert_eq!(ed.recipe.layers[1].prune.as_ref().unwrap().ratio, 0.65);
-    // Clearing the pruning keeps the bits.
-    let a = ed.analyse(Some((&m.transformer, &s)));
-    ed.edit_cells(&[q], &CellEdit::Prune(None), &a);
+    // Quantizing a pruned layer is flagged in place (the quantized forms hold no zeros)...
     let a = ed.analyse(Some((&m.transformer, &s)));
     ed.edit_cells(
         &[q],
         &CellEdit::Quant(Some(Quant::ShiftAdd(default_shiftadd(3)))),
         &a,
     );
-    assert!(ed.analyse(Some((&m.transformer, &s))).is_valid());
+    let a = ed.analyse(Some((&m.transformer, &s)));
+    assert!(!a.is_valid());
+    assert!(a.cell_errors.contains_key(&q), "{a:?}");
+    // ...and clearing the pruning leaves a valid shift-add layer.
+    ed.edit_cells(&[q], &CellEdit::Prune(None), &a);
+    let a = ed.analyse(Some((&m.transformer, &s)));
+    assert!(a.is_valid(), "{a:?}");
+    assert!(matches!(&a.plan[&q].1.quant, Some(Quant::ShiftAdd(k)) if k.bits == 3));
 }
 
 #[test]
