@@ -259,13 +259,7 @@ fn rps_rows(
     use crate::technique::recipe::{RpsKnobs, RpsMapping};
     let mut out = Vec::new();
     for &(rows, cols) in shapes {
-        let mut rng = crate::zoo::corpus::Rng::new((rows * 31 + cols) as u64);
-        let w: Vec<f32> = (0..rows * cols)
-            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
-            .collect();
-        let x: Vec<f32> = (0..cols)
-            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-            .collect();
+        let (w, x) = bench_inputs(rows, cols, 1);
         let wt = candle_core::Tensor::from_slice(&w, (rows, cols), &candle_core::Device::Cpu)?;
         let xt = candle_core::Tensor::from_slice(&x, (1, cols), &candle_core::Device::Cpu)?;
         let dense = LinearWeight::dense(wt.clone(), None);
@@ -330,6 +324,19 @@ struct KernelRow {
 }
 
 /// Median wall time of `f` in microseconds over enough repeats to fill ~0.2 s.
+/// A reproducible `rows × cols` weight matrix (uniform in [-0.5, 0.5), seeded by the shape) and
+/// `batch` rows of activations in [-1, 1), the inputs every kernel benchmark measures on.
+fn bench_inputs(rows: usize, cols: usize, batch: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = crate::zoo::corpus::Rng::new((rows * 31 + cols) as u64);
+    let w = (0..rows * cols)
+        .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+        .collect();
+    let x = (0..cols * batch)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    (w, x)
+}
+
 fn time_us(mut f: impl FnMut()) -> f64 {
     f();
     let probe = std::time::Instant::now();
@@ -386,13 +393,7 @@ pub fn kernel_bench(args: &KernelBenchArgs) -> anyhow::Result<()> {
     }
     let mut rows_out = Vec::new();
     for &(rows, cols) in &shapes {
-        let mut rng = crate::zoo::corpus::Rng::new((rows * 31 + cols) as u64);
-        let w: Vec<f32> = (0..rows * cols)
-            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
-            .collect();
-        let x: Vec<f32> = (0..cols)
-            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-            .collect();
+        let (w, x) = bench_inputs(rows, cols, 1);
         let wt = candle_core::Tensor::from_slice(&w, (rows, cols), &candle_core::Device::Cpu)?;
         let xt = candle_core::Tensor::from_slice(&x, (1, cols), &candle_core::Device::Cpu)?;
         for &bits in &args.bits {
@@ -548,14 +549,8 @@ fn sparse_kernel_bench(args: &KernelBenchArgs) -> anyhow::Result<()> {
     };
     let mut out = Vec::new();
     for &(rows, cols) in &shapes {
-        let mut rng = crate::zoo::corpus::Rng::new((rows * 31 + cols) as u64);
-        let w: Vec<f32> = (0..rows * cols)
-            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
-            .collect();
         let batch = args.prefill_rows.max(1);
-        let x: Vec<f32> = (0..cols * batch)
-            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-            .collect();
+        let (w, x) = bench_inputs(rows, cols, batch);
         let wt = Tensor::from_slice(&w, (rows, cols), &Device::Cpu)?;
         let x1 = Tensor::from_slice(&x[..cols], (1, cols), &Device::Cpu)?;
         let xb = Tensor::from_slice(&x, (batch, cols), &Device::Cpu)?;

@@ -593,7 +593,12 @@ fn allocate(args: &AllocateArgs) -> anyhow::Result<()> {
         args.bits,
         recipe.to_toml()?
     );
-    match &args.out {
+    write_recipe(args.out.as_deref(), &text)
+}
+
+/// Writes an allocated recipe to `out`, or prints it.
+fn write_recipe(out: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {
+    match out {
         Some(path) => {
             std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         }
@@ -667,13 +672,7 @@ fn allocate_prune(args: &AllocateArgs) -> anyhow::Result<()> {
         if args.owl { " --owl" } else { "" },
         recipe.to_toml()?
     );
-    match &args.out {
-        Some(path) => {
-            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        }
-        None => crate::outln!("{}", text.trim_end()),
-    }
-    Ok(())
+    write_recipe(args.out.as_deref(), &text)
 }
 
 fn zoo_train(opts: &ZooOptions) -> anyhow::Result<()> {

@@ -20,7 +20,7 @@
 //! A point picks, for every rule, one family and one value per knob; the rule is then parsed
 //! as a normal recipe rule, so knob names and ranges are checked as in any recipe.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
@@ -184,21 +184,6 @@ impl SpaceRule {
     }
 }
 
-/// A small deterministic generator (SplitMix64): the draw must not depend on a crate version.
-struct SplitMix(u64);
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 impl SearchSpace {
     pub fn from_toml(text: &str) -> Result<Self, SpaceError> {
         let space: SearchSpace =
@@ -258,15 +243,15 @@ impl SearchSpace {
             }
             SpaceMode::Random => {
                 let want = self.samples.unwrap_or(0).min(total);
-                let mut rng = SplitMix(self.seed ^ 0x5eed_5eed);
-                let mut seen = BTreeMap::new();
+                let mut rng = crate::zoo::corpus::Rng::new(self.seed ^ 0x5eed_5eed);
+                let mut seen = BTreeSet::new();
                 let mut out = Vec::with_capacity(want);
                 // Distinct points; give up on duplicates after many tries (tiny spaces).
                 let mut tries = 0;
                 while out.len() < want && tries < want * 100 + 1000 {
                     tries += 1;
                     let pick: Vec<usize> = choices.iter().map(|c| rng.below(c.len())).collect();
-                    if seen.insert(pick.clone(), ()).is_none() {
+                    if seen.insert(pick.clone()) {
                         out.push(recipe(&pick));
                     }
                 }
@@ -334,7 +319,7 @@ mod tests {
         let s = SearchSpace::from_toml(SPACE).unwrap();
         let pts = s.points().unwrap();
         assert_eq!(pts.len(), (3 * 2 + 1) * 2);
-        let hashes: std::collections::BTreeSet<String> = pts.iter().map(Recipe::hash).collect();
+        let hashes: BTreeSet<String> = pts.iter().map(Recipe::hash).collect();
         assert_eq!(hashes.len(), pts.len(), "points are distinct");
     }
 
@@ -346,7 +331,7 @@ mod tests {
         let b: Vec<String> = s.points().unwrap().iter().map(Recipe::hash).collect();
         assert_eq!(a, b);
         assert_eq!(a.len(), 5);
-        let set: std::collections::BTreeSet<_> = a.iter().collect();
+        let set: BTreeSet<_> = a.iter().collect();
         assert_eq!(set.len(), 5);
     }
 
