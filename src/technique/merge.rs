@@ -114,10 +114,6 @@ fn values(t: &Tensor) -> anyhow::Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
-fn norm_sq(v: &[f32]) -> f64 {
-    v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum()
-}
-
 /// Checks that `model` can be merged with `base`: same configuration and parameter shapes.
 pub fn check_same_architecture(base: &Transformer, model: &Transformer) -> anyhow::Result<()> {
     let (a, b) = (&base.config, &model.config);
@@ -210,88 +206,187 @@ pub fn opcm_project(
     Ok(t.iter().zip(&removed).map(|(a, b)| a - b).collect())
 }
 
-/// The running merge: the state carried from one step to the next (constant in the number of
-/// models: the merged transformer and a few scalars).
+/// The running merge: the state carried from one step to the next. Its size does not depend on
+/// the number of models: one f32 buffer per parameter (the merged model, updated in place) and
+/// a few scalars. The incoming fine-tuned model is borrowed for one step and never kept.
 pub struct Merger {
     method: MergeMethod,
     alpha: f64,
-    merged: Option<Transformer>,
+    /// The parameters, in [`params`] order, fixed by the first step.
+    list: Vec<Param>,
+    /// The merged model's values per parameter (empty before the first step).
+    acc: Vec<Vec<f32>>,
     steps: usize,
     norm_sum: f64,
     lambda_prev: f64,
 }
 
+/// Groups of consecutive parameters that belong to one block (or stand alone), processed in
+/// parallel within a group so that the transient f64 workspace is one block's worth.
+fn block_groups(list: &[Param]) -> Vec<std::ops::Range<usize>> {
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut cur_block = None;
+    for (i, &p) in list.iter().enumerate() {
+        let blk = match p {
+            Param::Linear(id) | Param::Bias(id) => Some(id.block),
+            Param::AttnNorm(b) | Param::FfnNorm(b) => Some(b),
+            _ => None,
+        };
+        match groups.last_mut() {
+            Some(g) if blk.is_some() && blk == cur_block => g.end = i + 1,
+            _ => groups.push(i..i + 1),
+        }
+        cur_block = blk;
+    }
+    groups
+}
+
 impl Merger {
+    /// An empty merge with `method` and its knob (OPCM's α, task arithmetic's λ).
     pub fn new(method: MergeMethod, alpha: f64) -> Self {
         Self {
             method,
             alpha,
-            merged: None,
+            list: Vec::new(),
+            acc: Vec::new(),
             steps: 0,
             norm_sum: 0.0,
             lambda_prev: 1.0,
         }
     }
 
-    /// The merged transformer so far (`None` before the first step).
-    pub fn merged(&self) -> Option<&Transformer> {
-        self.merged.as_ref()
+    /// Bytes of merge state held between steps: the merged parameters (one model's worth of
+    /// f32), whatever the number of models merged so far.
+    pub fn state_bytes(&self) -> usize {
+        self.acc.iter().map(|v| v.len() * 4).sum()
+    }
+
+    /// The merged transformer so far (`None` before the first step), built on `base`'s
+    /// structure from a copy of the merged values.
+    pub fn merged(&self, base: &Transformer) -> anyhow::Result<Option<Transformer>> {
+        if self.steps == 0 {
+            return Ok(None);
+        }
+        let mut t = base.clone();
+        for (&p, v) in self.list.iter().zip(&self.acc) {
+            let dims = get(base, p)?.dims().to_vec();
+            set(&mut t, p, Tensor::from_vec(v.clone(), dims, &Device::Cpu)?);
+        }
+        Ok(Some(t))
+    }
+
+    /// The merged transformer, moving the merged values into it (no copy).
+    pub fn into_merged(self, base: &Transformer) -> anyhow::Result<Option<Transformer>> {
+        if self.steps == 0 {
+            return Ok(None);
+        }
+        let mut t = base.clone();
+        for (p, v) in self.list.into_iter().zip(self.acc) {
+            let dims = get(base, p)?.dims().to_vec();
+            set(&mut t, p, Tensor::from_vec(v, dims, &Device::Cpu)?);
+        }
+        Ok(Some(t))
     }
 
     /// Folds `model` into the merge and returns the step's summary (its `model` field empty).
-    pub fn add(&mut self, base: &Transformer, model: Transformer) -> anyhow::Result<MergeStepInfo> {
-        check_same_architecture(base, &model)?;
-        self.steps += 1;
-        let t = self.steps;
-        let list = params(base);
+    /// `model` is only read: the caller drops it as soon as this returns.
+    pub fn add(
+        &mut self,
+        base: &Transformer,
+        model: &Transformer,
+    ) -> anyhow::Result<MergeStepInfo> {
+        check_same_architecture(base, model)?;
+        if self.steps == 0 {
+            self.list = params(base);
+        }
+        let t = self.steps + 1;
+        let first = self.steps == 0;
+        let (method, alpha, lp) = (self.method, self.alpha, self.lambda_prev);
+        let mut acc = std::mem::take(&mut self.acc);
+        if first {
+            acc = vec![Vec::new(); self.list.len()];
+        }
         let mut tv_sq = 0.0;
-        for &p in &list {
-            let d: Vec<f32> = values(&get(&model, p)?)?
-                .iter()
-                .zip(values(&get(base, p)?)?)
-                .map(|(x, b)| x - b)
+        // OPCM: ‖λ_prev·P + T'‖², the norm of the un-rescaled merged task vector.
+        let mut sum_sq = 0.0;
+        for group in block_groups(&self.list) {
+            let out: Vec<anyhow::Result<(f64, f64)>> = acc[group.clone()]
+                .par_iter_mut()
+                .zip(&self.list[group])
+                .map(|(m, &p)| {
+                    let x = values(&get(model, p)?)?;
+                    let b = values(&get(base, p)?)?;
+                    let tv: f64 = x
+                        .iter()
+                        .zip(&b)
+                        .map(|(a, c)| f64::from(a - c).powi(2))
+                        .sum();
+                    let mut sq = 0.0;
+                    match (method, first) {
+                        // The first model is the merge (OPCM, averaging).
+                        (MergeMethod::Opcm | MergeMethod::Average, true) => *m = x,
+                        (MergeMethod::TaskArithmetic, true) => {
+                            let l = alpha as f32;
+                            *m = b.iter().zip(&x).map(|(b, x)| b + l * (x - b)).collect();
+                        }
+                        (MergeMethod::TaskArithmetic, false) => {
+                            let l = alpha as f32;
+                            for ((m, x), b) in m.iter_mut().zip(&x).zip(&b) {
+                                *m += l * (x - b);
+                            }
+                        }
+                        (MergeMethod::Average, false) => {
+                            let w = 1.0 / t as f32;
+                            for (m, x) in m.iter_mut().zip(&x) {
+                                *m += w * (x - *m);
+                            }
+                        }
+                        (MergeMethod::Opcm, false) => {
+                            sq = opcm_fold(p, base, m, &x, &b, alpha, lp)?;
+                        }
+                    }
+                    Ok((tv, sq))
+                })
                 .collect();
-            tv_sq += norm_sq(&d);
+            for r in out {
+                let (tv, sq) = r?;
+                tv_sq += tv;
+                sum_sq += sq;
+            }
         }
         let tv_norm = tv_sq.sqrt();
         self.norm_sum += tv_norm;
-        let lambda = match (self.method, self.merged.take()) {
-            // The first model is the merge (OPCM, averaging); task arithmetic scales it.
-            (MergeMethod::Opcm | MergeMethod::Average, None) => {
-                self.merged = Some(model);
-                1.0
-            }
-            (MergeMethod::TaskArithmetic, prev) => {
-                let mut merged = prev.unwrap_or_else(|| base.clone());
-                let l = self.alpha as f32;
-                for &p in &list {
-                    let (m, x, b) = (get(&merged, p)?, get(&model, p)?, get(base, p)?);
-                    let new = combine(&[&m, &x, &b], |v| v[0] + l * (v[1] - v[2]))?;
-                    set(&mut merged, p, new);
+        self.steps = t;
+        let lambda = match (method, first) {
+            (MergeMethod::Opcm, true) => 1.0,
+            (MergeMethod::Opcm, false) => {
+                let avg = self.norm_sum / t as f64;
+                let n = sum_sq.sqrt();
+                if n == 0.0 || avg == 0.0 {
+                    // Nothing to rescale: every task vector so far is zero.
+                    self.lambda_prev = 1.0;
+                } else {
+                    // Rescale the merged task vector to the running mean of task-vector norms.
+                    let scale = (avg / n) as f32;
+                    let list = &self.list;
+                    acc.par_iter_mut()
+                        .zip(list)
+                        .try_for_each(|(m, &p)| -> anyhow::Result<()> {
+                            let b = values(&get(base, p)?)?;
+                            for (m, b) in m.iter_mut().zip(&b) {
+                                *m = b + (*m - b) * scale;
+                            }
+                            Ok(())
+                        })?;
+                    self.lambda_prev = n / avg;
                 }
-                self.merged = Some(merged);
-                self.alpha
+                self.lambda_prev
             }
-            (MergeMethod::Average, Some(mut merged)) => {
-                let w = 1.0 / t as f32;
-                for &p in &list {
-                    let (m, x) = (get(&merged, p)?, get(&model, p)?);
-                    let new = combine(&[&m, &x], |v| v[0] + w * (v[1] - v[0]))?;
-                    set(&mut merged, p, new);
-                }
-                self.merged = Some(merged);
-                t as f64
-            }
-            (MergeMethod::Opcm, Some(mut merged)) => {
-                let n = self.opcm_step(base, &model, &mut merged, &list)?;
-                self.merged = Some(merged);
-                n
-            }
+            (MergeMethod::TaskArithmetic, _) => alpha,
+            (MergeMethod::Average, _) => t as f64,
         };
-        let merged_norm = match &self.merged {
-            Some(m) => task_vector_norm(base, m)?,
-            None => 0.0,
-        };
+        self.acc = acc;
+        let merged_norm = self.merged_norm(base)?;
         Ok(MergeStepInfo {
             step: t,
             model: String::new(),
@@ -301,102 +396,59 @@ impl Merger {
         })
     }
 
-    /// One OPCM step (t ≥ 2) in place on `merged`; returns `λ_t`.
-    fn opcm_step(
-        &mut self,
-        base: &Transformer,
-        model: &Transformer,
-        merged: &mut Transformer,
-        list: &[Param],
-    ) -> anyhow::Result<f64> {
-        let avg = self.norm_sum / self.steps as f64;
-        let lp = self.lambda_prev;
-        let alpha = self.alpha;
-        let mut sum_sq = 0.0;
-        // Unscaled `θ₀ + λ_prev·P + T'` per parameter, a block's linears in parallel, so the
-        // transient memory is one block's worth.
-        let groups: Vec<Vec<Param>> = {
-            let mut g: Vec<Vec<Param>> = Vec::new();
-            let mut cur_block = None;
-            for &p in list {
-                let blk = match p {
-                    Param::Linear(id) | Param::Bias(id) => Some(id.block),
-                    Param::AttnNorm(b) | Param::FfnNorm(b) => Some(b),
-                    _ => None,
-                };
-                if blk.is_none() || blk != cur_block || g.is_empty() {
-                    g.push(Vec::new());
-                }
-                cur_block = blk;
-                if let Some(last) = g.last_mut() {
-                    last.push(p);
-                }
-            }
-            g
-        };
-        for group in groups {
-            let out: Vec<anyhow::Result<(Param, Tensor, f64)>> = group
-                .par_iter()
-                .map(|&p| {
-                    let (m, x, b) = (get(merged, p)?, get(model, p)?, get(base, p)?);
-                    let dims = b.dims().to_vec();
-                    let (mv, xv, bv) = (values(&m)?, values(&x)?, values(&b)?);
-                    let pv: Vec<f64> = mv.iter().zip(&bv).map(|(a, c)| f64::from(a - c)).collect();
-                    let tv: Vec<f64> = xv.iter().zip(&bv).map(|(a, c)| f64::from(a - c)).collect();
-                    let cleaned = match p {
-                        Param::Linear(_) => opcm_project(&pv, &tv, dims[0], dims[1], alpha)?,
-                        _ => tv,
-                    };
-                    let mut sq = 0.0;
-                    let new: Vec<f32> = bv
-                        .iter()
-                        .zip(pv.iter().zip(&cleaned))
-                        .map(|(b, (p, c))| {
-                            let d = lp * p + c;
-                            sq += d * d;
-                            b + d as f32
-                        })
-                        .collect();
-                    Ok((p, Tensor::from_vec(new, dims, &Device::Cpu)?, sq))
-                })
-                .collect();
-            for r in out {
-                let (p, t, sq) = r?;
-                set(merged, p, t);
-                sum_sq += sq;
-            }
+    /// `‖θ̄ − θ₀‖` of the merge so far.
+    fn merged_norm(&self, base: &Transformer) -> anyhow::Result<f64> {
+        let parts: Vec<anyhow::Result<f64>> = self
+            .acc
+            .par_iter()
+            .zip(&self.list)
+            .map(|(m, &p)| {
+                let b = values(&get(base, p)?)?;
+                Ok(m.iter()
+                    .zip(&b)
+                    .map(|(a, c)| f64::from(a - c).powi(2))
+                    .sum())
+            })
+            .collect();
+        let mut sq = 0.0;
+        for part in parts {
+            sq += part?;
         }
-        let n = sum_sq.sqrt();
-        if n == 0.0 || avg == 0.0 {
-            // Nothing to rescale: every task vector so far is zero.
-            self.lambda_prev = 1.0;
-            return Ok(1.0);
-        }
-        let scale = (avg / n) as f32;
-        for &p in list {
-            let (m, b) = (get(merged, p)?, get(base, p)?);
-            let new = combine(&[&m, &b], |v| v[1] + (v[0] - v[1]) * scale)?;
-            set(merged, p, new);
-        }
-        self.lambda_prev = n / avg;
-        Ok(self.lambda_prev)
+        Ok(sq.sqrt())
     }
 }
 
-/// Elementwise `f` over same-shaped tensors, in f32.
-fn combine(ts: &[&Tensor], f: impl Fn(&[f32]) -> f32) -> anyhow::Result<Tensor> {
-    let dims = ts[0].dims().to_vec();
-    let vs: Vec<Vec<f32>> = ts.iter().map(|t| values(t)).collect::<Result<_, _>>()?;
-    let mut buf = vec![0f32; vs.len()];
-    let out: Vec<f32> = (0..vs[0].len())
-        .map(|i| {
-            for (b, v) in buf.iter_mut().zip(&vs) {
-                *b = v[i];
-            }
-            f(&buf)
-        })
-        .collect();
-    Ok(Tensor::from_vec(out, dims, &Device::Cpu)?)
+/// One parameter of an OPCM step (t ≥ 2), in place on the merged values `m`: with
+/// `P = m − b` and `T = x − b`, `m ← b + λ_prev·P + T'` where `T'` is `T` projected away from
+/// `P`'s directions (linears only). Returns `‖λ_prev·P + T'‖²` for the rescaling.
+fn opcm_fold(
+    p: Param,
+    base: &Transformer,
+    m: &mut [f32],
+    x: &[f32],
+    b: &[f32],
+    alpha: f64,
+    lp: f64,
+) -> anyhow::Result<f64> {
+    let pv: Vec<f64> = m.iter().zip(b).map(|(a, c)| f64::from(a - c)).collect();
+    let tv: Vec<f64> = x.iter().zip(b).map(|(a, c)| f64::from(a - c)).collect();
+    let cleaned = match p {
+        Param::Linear(id) => {
+            let (rows, cols) = base
+                .linear(id)
+                .map(LinearWeight::shape)
+                .ok_or_else(|| anyhow::anyhow!("{id}: no such layer"))?;
+            opcm_project(&pv, &tv, rows, cols, alpha)?
+        }
+        _ => tv,
+    };
+    let mut sq = 0.0;
+    for ((m, b), (p, c)) in m.iter_mut().zip(b).zip(pv.iter().zip(&cleaned)) {
+        let d = lp * p + c;
+        sq += d * d;
+        *m = b + d as f32;
+    }
+    Ok(sq)
 }
 
 /// `‖θ − θ₀‖` over all parameters (tied embeddings counted once).
@@ -413,12 +465,38 @@ pub fn task_vector_norm(base: &Transformer, model: &Transformer) -> anyhow::Resu
     Ok(sq.sqrt())
 }
 
-/// Merges `step.models` into `base`, loading one model at a time and dropping it once folded
-/// in: at any moment the base, the merge and one incoming model are held. `on_step` sees the
-/// merge after every step.
+/// Loads one fine-tuned model by the name the recipe gives it.
+pub type LoadModel<'a> = dyn FnMut(&str) -> anyhow::Result<Transformer> + 'a;
+
+/// Merges `step.models` into `base`, loading each model from its file only when its turn comes
+/// (see [`apply_merge_with`]).
 pub fn apply_merge(
     base: &Model,
     step: &MergeStep,
+    progress: &mut Progress<'_>,
+    on_step: &mut OnStep<'_>,
+) -> anyhow::Result<Model> {
+    apply_merge_with(
+        base,
+        step,
+        &mut |spec| {
+            load_spec(spec)
+                .map(|m| m.transformer)
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+        },
+        progress,
+        on_step,
+    )
+}
+
+/// Merges `step.models` into `base` in order. Each model is loaded by `load` when its step
+/// starts and dropped once folded in, before the step's evaluation and before the next load:
+/// at any moment the base, the merge state and one incoming model are held (during `on_step`,
+/// the base, the merge state and its copy as a model), whatever the number of models.
+pub fn apply_merge_with(
+    base: &Model,
+    step: &MergeStep,
+    load: &mut LoadModel<'_>,
     progress: &mut Progress<'_>,
     on_step: &mut OnStep<'_>,
 ) -> anyhow::Result<Model> {
@@ -434,21 +512,24 @@ pub fn apply_merge(
         if !progress(&format!("merging {spec}"), i, total) {
             anyhow::bail!("cancelled");
         }
-        let model = load_spec(spec).map_err(|e| anyhow::anyhow!("merge: {e:#}"))?;
-        let mut info = merger
-            .add(&base.transformer, model.transformer)
-            .map_err(|e| anyhow::anyhow!("merge: {spec}: {e:#}"))?;
+        let mut info = {
+            let model = load(spec).map_err(|e| anyhow::anyhow!("merge: {e:#}"))?;
+            merger
+                .add(&base.transformer, &model)
+                .map_err(|e| anyhow::anyhow!("merge: {spec}: {e:#}"))?
+            // `model` is dropped here, before the evaluation and the next load.
+        };
         info.model.clone_from(spec);
-        let Some(merged) = merger.merged() else {
+        let Some(merged) = merger.merged(&base.transformer)? else {
             anyhow::bail!("merge: no merged model after step {}", i + 1);
         };
         let current = Model {
-            transformer: merged.clone(),
+            transformer: merged,
             ..base.clone()
         };
         on_step(&info, &current)?;
     }
-    let Some(merged) = merger.merged else {
+    let Some(merged) = merger.into_merged(&base.transformer)? else {
         anyhow::bail!("merge: nothing was merged");
     };
     Ok(Model {
@@ -554,12 +635,16 @@ mod tests {
         let ft = model(Some(&base), 1);
         for method in [MergeMethod::Opcm, MergeMethod::Average] {
             let mut m = Merger::new(method, 0.5);
-            m.add(&base, ft.clone()).unwrap();
-            assert_eq!(max_diff(m.merged().unwrap(), &ft), 0.0, "{method:?}");
+            m.add(&base, &ft).unwrap();
+            assert_eq!(
+                max_diff(&m.merged(&base).unwrap().unwrap(), &ft),
+                0.0,
+                "{method:?}"
+            );
         }
         let mut m = Merger::new(MergeMethod::TaskArithmetic, 1.0);
-        m.add(&base, ft.clone()).unwrap();
-        assert!(max_diff(m.merged().unwrap(), &ft) < 1e-6);
+        m.add(&base, &ft).unwrap();
+        assert!(max_diff(&m.merged(&base).unwrap().unwrap(), &ft) < 1e-6);
     }
 
     #[test]
@@ -607,7 +692,7 @@ mod tests {
         for seed in 1..=4 {
             let ft = model(Some(&base), seed);
             norms.push(task_vector_norm(&base, &ft).unwrap());
-            let info = m.add(&base, ft).unwrap();
+            let info = m.add(&base, &ft).unwrap();
             let mean = norms.iter().sum::<f64>() / norms.len() as f64;
             assert!((info.merged_norm - mean).abs() < 1e-4 * mean, "step {seed}");
             // Nearly orthogonal task vectors: λ_t grows like √t.
@@ -624,8 +709,8 @@ mod tests {
         let mut avg = Merger::new(MergeMethod::Average, 0.5);
         let mut ta = Merger::new(MergeMethod::TaskArithmetic, 0.3);
         for ft in &fts {
-            avg.add(&base, ft.clone()).unwrap();
-            ta.add(&base, ft.clone()).unwrap();
+            avg.add(&base, ft).unwrap();
+            ta.add(&base, ft).unwrap();
         }
         let p = Param::Linear(LinearId::new(1, LinearKind::FfnDown));
         let b = values(&get(&base, p).unwrap()).unwrap();
@@ -633,8 +718,8 @@ mod tests {
             .iter()
             .map(|f| values(&get(f, p).unwrap()).unwrap())
             .collect();
-        let a = values(&get(avg.merged().unwrap(), p).unwrap()).unwrap();
-        let t = values(&get(ta.merged().unwrap(), p).unwrap()).unwrap();
+        let a = values(&get(&avg.merged(&base).unwrap().unwrap(), p).unwrap()).unwrap();
+        let t = values(&get(&ta.merged(&base).unwrap().unwrap(), p).unwrap()).unwrap();
         for (i, bi) in b.iter().enumerate() {
             let mean = xs.iter().map(|x| x[i]).sum::<f32>() / 3.0;
             let sum_tv: f32 = xs.iter().map(|x| x[i] - bi).sum();
@@ -650,9 +735,139 @@ mod tests {
         other.blocks.pop();
         other.config.num_layers = 1;
         let err = Merger::new(MergeMethod::Opcm, 0.5)
-            .add(&base, other)
+            .add(&base, &other)
             .unwrap_err()
             .to_string();
         assert!(err.contains("num_layers is 1, the base has 2"), "{err}");
+    }
+
+    #[test]
+    fn models_are_loaded_when_their_step_starts_and_dropped_before_the_next() {
+        use crate::model::hashed::{HashMapping, HashedWeight, Hasher};
+        use std::cell::RefCell;
+        use std::sync::{Arc, Weak};
+
+        let base = load_spec("zoo:base").unwrap();
+        let events = RefCell::new(Vec::<String>::new());
+        // Weak handles on a layer of every model handed out: a dead handle is a dropped model.
+        let handed_out = RefCell::new(Vec::<Weak<HashedWeight>>::new());
+        let alive = |h: &RefCell<Vec<Weak<HashedWeight>>>| {
+            h.borrow().iter().filter(|w| w.strong_count() > 0).count()
+        };
+        let mut load = |spec: &str| -> anyhow::Result<Transformer> {
+            assert_eq!(
+                alive(&handed_out),
+                0,
+                "a previous model is still held at {spec}"
+            );
+            events.borrow_mut().push(format!("load {spec}"));
+            let seed: u64 = spec.trim_start_matches("ft").parse()?;
+            let mut t = base.transformer.clone();
+            let mut rng = Rng::new(seed);
+            for p in params(&base.transformer) {
+                let b = get(&base.transformer, p)?;
+                set(&mut t, p, (&b + rand(&mut rng, b.dims(), 0.01))?);
+            }
+            // One layer as an exact (c = 1, fold) hashed weight, to observe its lifetime.
+            let id = LinearId::new(0, LinearKind::FfnDown);
+            let w = values(&get(&t, Param::Linear(id))?)?;
+            let hasher = Hasher::new(HashMapping::Fold, seed, w.len(), w.len());
+            let z = crate::technique::rps::project(&w, &hasher);
+            let (rows, cols) = t.blocks[0].ffn_down.shape();
+            let hashed = Arc::new(HashedWeight {
+                rows,
+                cols,
+                hasher,
+                z,
+            });
+            handed_out.borrow_mut().push(Arc::downgrade(&hashed));
+            t.blocks[0].ffn_down = LinearWeight::Hashed { hashed, bias: None };
+            Ok(t)
+        };
+        let step = MergeStep {
+            models: vec!["ft1".into(), "ft2".into(), "ft3".into()],
+            method: MergeMethod::Average,
+            alpha: 0.5,
+        };
+        let merged = apply_merge_with(
+            &base,
+            &step,
+            &mut load,
+            &mut |_, _, _| true,
+            &mut |info, _| {
+                assert_eq!(
+                    alive(&handed_out),
+                    0,
+                    "step {} evaluates beside its model",
+                    info.step
+                );
+                events
+                    .borrow_mut()
+                    .push(format!("step {} {}", info.step, info.model));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            events.into_inner(),
+            [
+                "load ft1",
+                "step 1 ft1",
+                "load ft2",
+                "step 2 ft2",
+                "load ft3",
+                "step 3 ft3"
+            ]
+        );
+        // The merge is a real average of three perturbed copies: close to the base, not equal.
+        let d = max_diff(&merged.transformer, &base.transformer);
+        assert!(d > 0.0 && d < 0.01, "{d}");
+
+        // Cancelling after the first step never loads the second model; a failing load names it.
+        let mut loads = 0;
+        let err = apply_merge_with(
+            &base,
+            &step,
+            &mut |_| {
+                loads += 1;
+                Ok(base.transformer.clone())
+            },
+            &mut |_, done, _| done < 1,
+            &mut |_, _| Ok(()),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("cancelled") && loads == 1,
+            "{err} {loads}"
+        );
+        let err = apply_merge_with(
+            &base,
+            &step,
+            &mut |spec| anyhow::bail!("no such model: {spec}"),
+            &mut |_, _, _| true,
+            &mut |_, _| Ok(()),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("no such model: ft1"), "{err:#}");
+    }
+
+    #[test]
+    fn the_merge_state_stays_one_model_whatever_the_number_of_models() {
+        let base = model(None, 0);
+        let one_model: usize = params(&base)
+            .into_iter()
+            .map(|p| get(&base, p).unwrap().elem_count() * 4)
+            .sum();
+        for method in [
+            MergeMethod::Opcm,
+            MergeMethod::TaskArithmetic,
+            MergeMethod::Average,
+        ] {
+            let mut m = Merger::new(method, 0.5);
+            for seed in 1..=4 {
+                m.add(&base, &model(Some(&base), seed)).unwrap();
+                assert_eq!(m.state_bytes(), one_model, "{method:?} step {seed}");
+            }
+        }
     }
 }
