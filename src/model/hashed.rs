@@ -19,7 +19,7 @@ pub enum HashMapping {
     Uniform,
 }
 
-/// Rows reconstructed at a time by the kernel; 16 rows of 1536 f32 inputs stay in L2.
+/// Weight rows per parallel task of the kernel (each rebuilt one at a time into an L1 buffer).
 const TILE_ROWS: usize = 16;
 /// Activation rows at or above which the forward rebuilds the dense matrix once for this call
 /// and runs a GEMM (prefill); below, the tile kernel runs (decode). As for binary-coded layers.
@@ -117,6 +117,71 @@ impl Hasher {
     }
 }
 
+impl Hasher {
+    /// Fold only: calls `f(i, first_slot, len)` for each run of `start..start + len`, a run
+    /// being consecutive weights that read consecutive slots (cut at fold chunks and at the
+    /// array's end).
+    pub fn for_each_run(&self, start: usize, len: usize, mut f: impl FnMut(usize, usize, usize)) {
+        debug_assert_eq!(self.mapping, HashMapping::Fold);
+        let end = start + len;
+        let mut i = start;
+        while i < end {
+            let chunk_end = (i / self.m + 1) * self.m;
+            let slot = (self.shift(i / self.m) + i % self.m) % self.m;
+            let run_end = end.min(chunk_end).min(i + (self.m - slot));
+            f(i, slot, run_end - i);
+            i = run_end;
+        }
+    }
+
+    /// Negates `out[k]` where weight `start + k` is stored negated: one sign word per 64
+    /// weights, applied eight at a time as an XOR of the float sign bits (vectorises).
+    pub fn apply_signs(&self, start: usize, out: &mut [f32]) {
+        let end = start + out.len();
+        let mut i = start;
+        while i < end {
+            let word = self.sign_word((i >> 6) as u64);
+            let word_end = end.min((i | 63) + 1);
+            // Unaligned head and tail one by one; whole bytes of the word through the table.
+            while i < word_end && (i & 7 != 0 || word_end - i < 8) {
+                let o = &mut out[i - start];
+                *o = f32::from_bits(o.to_bits() ^ ((((word >> (i & 63)) & 1) as u32) << 31));
+                i += 1;
+            }
+            while word_end - i >= 8 {
+                let masks = &SIGN_MASKS[((word >> (i & 63)) & 0xff) as usize];
+                let o = &mut out[i - start..i - start + 8];
+                for (v, m) in o.iter_mut().zip(masks) {
+                    *v = f32::from_bits(v.to_bits() ^ m);
+                }
+                i += 8;
+            }
+            while i < word_end {
+                let o = &mut out[i - start];
+                *o = f32::from_bits(o.to_bits() ^ ((((word >> (i & 63)) & 1) as u32) << 31));
+                i += 1;
+            }
+        }
+    }
+}
+
+/// For each byte of sign bits, the eight f32 sign-bit masks it stands for (bit `l` → lane `l`).
+static SIGN_MASKS: [[u32; 8]; 256] = {
+    let mut t = [[0u32; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut l = 0;
+        while l < 8 {
+            if (b >> l) & 1 == 1 {
+                t[b][l] = 1 << 31;
+            }
+            l += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
 /// A linear weight stored as a shared array: `W[r, c] = ±z[h(r·cols + c)]`.
 #[derive(Debug, Clone)]
 pub struct HashedWeight {
@@ -138,12 +203,25 @@ impl HashedWeight {
 
     /// Writes rows `r0..r0 + out.len() / cols` of the virtual matrix into `out`.
     pub fn reconstruct_rows(&self, r0: usize, out: &mut [f32]) {
-        let z = &self.z;
-        self.hasher
-            .for_each(r0 * self.cols, out.len(), |i, slot, neg| {
-                let v = z[slot];
-                out[i - r0 * self.cols] = if neg { -v } else { v };
-            });
+        let start = r0 * self.cols;
+        match self.hasher.mapping {
+            // A fold run is a contiguous slice of the array: copy it, then flip the signs a
+            // byte of sign bits at a time.
+            HashMapping::Fold => {
+                let z = &self.z;
+                self.hasher.for_each_run(start, out.len(), |i, slot, len| {
+                    out[i - start..i - start + len].copy_from_slice(&z[slot..slot + len]);
+                });
+                self.hasher.apply_signs(start, out);
+            }
+            HashMapping::Uniform => {
+                let z = &self.z;
+                self.hasher.for_each(start, out.len(), |i, slot, neg| {
+                    let v = z[slot];
+                    out[i - start] = if neg { -v } else { v };
+                });
+            }
+        }
     }
 
     /// The whole virtual matrix, row-major, rebuilt in parallel tiles.
@@ -158,31 +236,39 @@ impl HashedWeight {
         w
     }
 
-    /// `y [n, rows] = x [n, cols] · Wᵀ`, rebuilding `TILE_ROWS` rows of `W` at a time into a
-    /// thread-local buffer (never the whole matrix). Tiles run on rayon's pool.
+    /// `y [n, rows] = x [n, cols] · Wᵀ`. Each row of `W` is rebuilt once into a per-task
+    /// buffer that stays in L1 (never the whole matrix) and reused for all `n` activation
+    /// rows; tiles of rows run on rayon's pool.
     pub fn gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let (rows, cols) = (self.rows, self.cols);
-        let tiles: Vec<Vec<f32>> = (0..rows.div_ceil(TILE_ROWS))
-            .into_par_iter()
-            .map(|t| {
-                let r0 = t * TILE_ROWS;
-                let tr = TILE_ROWS.min(rows - r0);
-                let mut w = vec![0f32; tr * cols];
-                self.reconstruct_rows(r0, &mut w);
-                let mut out = vec![0f32; n * tr];
-                for (b, xb) in x.chunks_exact(cols).enumerate().take(n) {
-                    for (r, wr) in w.chunks_exact(cols).enumerate() {
-                        out[b * tr + r] = dot(wr, xb);
-                    }
+        if rows == 0 || n == 0 {
+            return;
+        }
+        let tile = |t: usize, out: &mut [f32], stride: usize| {
+            let mut w = vec![0f32; cols];
+            for (k, o) in out.chunks_mut(stride).enumerate() {
+                self.reconstruct_rows(t * TILE_ROWS + k, &mut w);
+                for (b, xb) in x.chunks_exact(cols.max(1)).take(n).enumerate() {
+                    o[b] = dot(&w, xb);
                 }
-                out
-            })
-            .collect();
-        for (t, out) in tiles.iter().enumerate() {
-            let r0 = t * TILE_ROWS;
-            let tr = out.len() / n.max(1);
-            for b in 0..n {
-                y[b * rows + r0..b * rows + r0 + tr].copy_from_slice(&out[b * tr..(b + 1) * tr]);
+            }
+        };
+        if n == 1 {
+            // y is one row: tiles write their outputs in place.
+            y[..rows]
+                .par_chunks_mut(TILE_ROWS)
+                .enumerate()
+                .for_each(|(t, out)| tile(t, out, 1));
+            return;
+        }
+        // Outputs row-major per weight row (`[rows, n]`), transposed into `y` at the end.
+        let mut yt = vec![0f32; rows * n];
+        yt.par_chunks_mut(TILE_ROWS * n)
+            .enumerate()
+            .for_each(|(t, out)| tile(t, out, n));
+        for (r, yr) in yt.chunks_exact(n).enumerate() {
+            for (b, v) in yr.iter().enumerate() {
+                y[b * rows + r] = *v;
             }
         }
     }
@@ -256,30 +342,74 @@ mod tests {
     const GOLDEN_UNIFORM: [usize; 6] = [39, 2, 26, 38, 28, 37];
 
     #[test]
-    fn tile_kernel_matches_the_rebuilt_matrix() {
-        let (rows, cols, n) = (37, 53, 3);
-        let h = Hasher::new(HashMapping::Fold, 3, rows * cols, 900);
-        let z: Vec<f32> = (0..900)
-            .map(|j| ((j * 37) % 101) as f32 / 50.0 - 1.0)
-            .collect();
-        let hw = HashedWeight {
-            rows,
-            cols,
-            hasher: h,
-            z,
-        };
-        let w = hw.reconstruct();
-        let x: Vec<f32> = (0..n * cols)
-            .map(|i| ((i * 13) % 17) as f32 / 8.0 - 1.0)
-            .collect();
-        let mut y = vec![0f32; n * rows];
-        hw.gemm(&x, n, &mut y);
-        for b in 0..n {
-            for r in 0..rows {
-                let want: f32 = (0..cols).map(|c| w[r * cols + c] * x[b * cols + c]).sum();
-                assert!((y[b * rows + r] - want).abs() < 1e-4, "{b} {r}");
+    fn fast_rebuild_matches_pointwise_slots_and_signs() {
+        // Unaligned row starts, chunk and wrap boundaries, tiny and non-multiple-of-8 widths.
+        for (rows, cols, m) in [
+            (7, 13, 40),
+            (5, 130, 333),
+            (3, 64, 192),
+            (9, 9, 81),
+            (4, 1, 3),
+        ] {
+            let n = rows * cols;
+            let h = Hasher::new(HashMapping::Fold, 11, n, m);
+            let z: Vec<f32> = (0..h.m).map(|j| j as f32 + 1.0).collect();
+            let hw = HashedWeight {
+                rows,
+                cols,
+                hasher: h,
+                z: z.clone(),
+            };
+            let w = hw.reconstruct();
+            for (i, v) in w.iter().enumerate() {
+                let want = if h.negative(i) {
+                    -z[h.slot(i)]
+                } else {
+                    z[h.slot(i)]
+                };
+                assert_eq!(*v, want, "{rows}×{cols} m {m} weight {i}");
             }
+            // A partial range starting mid-row agrees too.
+            let mut part = vec![0f32; n - 3];
+            h.for_each_run(3, n - 3, |i, s, len| {
+                part[i - 3..i - 3 + len].copy_from_slice(&z[s..s + len]);
+            });
+            h.apply_signs(3, &mut part);
+            assert_eq!(part, w[3..]);
         }
-        assert_eq!(hw.size_bytes(), 900 * 4 + 8);
+    }
+
+    #[test]
+    fn tile_kernel_matches_the_rebuilt_matrix() {
+        for (rows, cols, m) in [(37, 53, 900), (40, 70, 2800), (3, 5, 7)] {
+            let h = Hasher::new(HashMapping::Fold, 3, rows * cols, m);
+            let z: Vec<f32> = (0..h.m)
+                .map(|j| ((j * 37) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            let hw = HashedWeight {
+                rows,
+                cols,
+                hasher: h,
+                z,
+            };
+            let w = hw.reconstruct();
+            for n in [1, 3, 7] {
+                let x: Vec<f32> = (0..n * cols)
+                    .map(|i| ((i * 13) % 17) as f32 / 8.0 - 1.0)
+                    .collect();
+                let mut y = vec![0f32; n * rows];
+                hw.gemm(&x, n, &mut y);
+                for b in 0..n {
+                    for r in 0..rows {
+                        let want: f32 = (0..cols).map(|c| w[r * cols + c] * x[b * cols + c]).sum();
+                        assert!(
+                            (y[b * rows + r] - want).abs() < 1e-4,
+                            "{rows}×{cols} n {n}: {b} {r}"
+                        );
+                    }
+                }
+            }
+            assert_eq!(hw.size_bytes(), h.m * 4 + 8);
+        }
     }
 }
