@@ -4,6 +4,10 @@ small noise) large enough to dominate the process's memory (about 75 MB of f32 w
 the zoo's tokenizer and vocabulary), then runs `reparam run BASE --recipe merge.toml` under
 `/usr/bin/time -v` for 1, 2 and 4 merged models and prints the peak resident set sizes.
 
+The target is base + merge state + one incoming model, i.e. about 3 models' worth plus the
+runtime and transient workspace, whatever the number of models. Runs are not stored
+(`--no-store`), so a stored result is never returned in place of a measurement.
+
 Usage: scripts/merge-memory.py [path/to/reparam] [method]   (default target/release/reparam, opcm)
 """
 import json
@@ -73,7 +77,7 @@ def main():
         models = ", ".join(f'"{tmp}/ft{k}"' for k in range(n))
         open(recipe, "w").write(f'[merge]\nmodels = [{models}]\nmethod = "{method}"\n')
         out = subprocess.run(["/usr/bin/time", "-v", exe, "run", f"{tmp}/base", "--recipe", recipe,
-                              "--text", text, "--ctx", "64", "--chunks", "1", "--json"],
+                              "--text", text, "--ctx", "64", "--chunks", "1", "--no-store", "--json"],
                              capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(out.stderr)

@@ -23,7 +23,7 @@ rps() {
   for c in 1 1.5 2 4; do
     for refit in false true; do
       printf 'seed = 0\n[[layers]]\nmatch = "blk.*.*"\n[layers.rps]\nratio = %s\nrefit = %s\n' "$c" "$refit" >"$tmp/r.toml"
-      "$BIN" run "$model" --recipe "$tmp/r.toml" "${evalargs[@]}" --json 2>/dev/null |
+      "$BIN" run "$model" --recipe "$tmp/r.toml" "${evalargs[@]}" --force --json 2>/dev/null |
         python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"| $c | $refit | {d['ppl']:.3f} | {d['kld_mean']:.4f} | {d['top1_agree']:.3f} | {d['rps_ratio']:.3f} | {d['compress_seconds']:.1f} |\")"
     done
   done
@@ -45,7 +45,7 @@ merge() {
       models=$(printf '"zoo:%s", ' $order)
       printf '[merge]\nmodels = [%s]\nmethod = "%s"\nalpha = 0.5\n' "${models%, }" "$method" >"$tmp/m.toml"
       echo "### $method, order: $order"
-      "$BIN" run zoo:base --recipe "$tmp/m.toml" --prompts "$prompts" --chunks 4 --json 2>/dev/null |
+      "$BIN" run zoo:base --recipe "$tmp/m.toml" --prompts "$prompts" --chunks 4 --force --json 2>/dev/null |
         python3 -c "
 import json,sys
 d=json.load(sys.stdin)

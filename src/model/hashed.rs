@@ -253,12 +253,18 @@ impl HashedWeight {
                 }
             }
         };
-        if n == 1 {
-            // y is one row: tiles write their outputs in place.
+        if n == 1 && self.hasher.mapping == HashMapping::Fold {
+            // Decode: y is one row, written in place; each output reads its row's array runs
+            // straight into the dot product (no rebuilt row at all).
+            let x = &x[..cols];
             y[..rows]
                 .par_chunks_mut(TILE_ROWS)
                 .enumerate()
-                .for_each(|(t, out)| tile(t, out, 1));
+                .for_each(|(t, out)| {
+                    for (k, o) in out.iter_mut().enumerate() {
+                        *o = self.fold_row_dot(t * TILE_ROWS + k, x);
+                    }
+                });
             return;
         }
         // Outputs row-major per weight row (`[rows, n]`), transposed into `y` at the end.
@@ -271,6 +277,49 @@ impl HashedWeight {
                 y[b * rows + r] = *v;
             }
         }
+    }
+
+    /// Fold only: `W[r, :] · x` without materialising the row. Each run of the row is a
+    /// contiguous slice of the array; its signs come a byte at a time from the sign word, as
+    /// XOR masks on the float sign bit, so the body is eight-lane load–xor–multiply–add.
+    fn fold_row_dot(&self, r: usize, x: &[f32]) -> f32 {
+        let start = r * self.cols;
+        let z = &self.z;
+        let h = &self.hasher;
+        let mut acc = [0f32; 8];
+        let mut rest = 0f32;
+        h.for_each_run(start, self.cols, |i, slot, len| {
+            let mut k = 0;
+            while k < len {
+                let g = i + k;
+                let word = h.sign_word((g >> 6) as u64);
+                let word_end = len.min(k + 64 - (g & 63));
+                // Up to the next multiple of 8 of the weight index, one at a time.
+                let head = ((8 - (g & 7)) & 7).min(word_end - k);
+                let body = (word_end - k - head) / 8 * 8;
+                let one = |k: usize| {
+                    let bit = (((word >> ((i + k) & 63)) & 1) as u32) << 31;
+                    f32::from_bits(z[slot + k].to_bits() ^ bit) * x[i + k - start]
+                };
+                for kk in k..k + head {
+                    rest += one(kk);
+                }
+                let b0 = k + head;
+                let zs = &z[slot + b0..slot + b0 + body];
+                let xs = &x[i + b0 - start..i + b0 - start + body];
+                for (q, (zc, xc)) in zs.chunks_exact(8).zip(xs.chunks_exact(8)).enumerate() {
+                    let masks = &SIGN_MASKS[((word >> ((i + b0 + 8 * q) & 63)) & 0xff) as usize];
+                    for l in 0..8 {
+                        acc[l] += f32::from_bits(zc[l].to_bits() ^ masks[l]) * xc[l];
+                    }
+                }
+                for kk in b0 + body..word_end {
+                    rest += one(kk);
+                }
+                k = word_end;
+            }
+        });
+        acc.iter().sum::<f32>() + rest
     }
 
     /// Whether a batch of `n` activation rows goes through a GEMM on the rebuilt matrix.

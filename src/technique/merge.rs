@@ -114,6 +114,23 @@ fn values(t: &Tensor) -> anyhow::Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// Runs `f` on `t`'s values, borrowed in place when `t` is a contiguous f32 CPU tensor (every
+/// dense weight is) and copied otherwise, so the merge does not copy the base and incoming
+/// models parameter by parameter.
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> anyhow::Result<R> {
+    if t.dtype() == DType::F32 && t.is_contiguous() {
+        let (storage, layout) = t.storage_and_layout();
+        if let candle_core::Storage::Cpu(cpu) = &*storage {
+            let all = cpu.as_slice::<f32>()?;
+            let start = layout.start_offset();
+            if let Some(v) = all.get(start..start + t.elem_count()) {
+                return Ok(f(v));
+            }
+        }
+    }
+    Ok(f(&values(t)?))
+}
+
 /// Checks that `model` can be merged with `base`: same configuration and parameter shapes.
 pub fn check_same_architecture(base: &Transformer, model: &Transformer) -> anyhow::Result<()> {
     let (a, b) = (&base.config, &model.config);
@@ -301,7 +318,14 @@ impl Merger {
         }
         let t = self.steps + 1;
         let first = self.steps == 0;
-        let (method, alpha, lp) = (self.method, self.alpha, self.lambda_prev);
+        let (method, alpha) = (self.method, self.alpha);
+        let ctx = StepCtx {
+            method,
+            first,
+            t,
+            alpha,
+            lp: self.lambda_prev,
+        };
         let mut acc = std::mem::take(&mut self.acc);
         if first {
             acc = vec![Vec::new(); self.list.len()];
@@ -314,38 +338,8 @@ impl Merger {
                 .par_iter_mut()
                 .zip(&self.list[group])
                 .map(|(m, &p)| {
-                    let x = values(&get(model, p)?)?;
-                    let b = values(&get(base, p)?)?;
-                    let tv: f64 = x
-                        .iter()
-                        .zip(&b)
-                        .map(|(a, c)| f64::from(a - c).powi(2))
-                        .sum();
-                    let mut sq = 0.0;
-                    match (method, first) {
-                        // The first model is the merge (OPCM, averaging).
-                        (MergeMethod::Opcm | MergeMethod::Average, true) => *m = x,
-                        (MergeMethod::TaskArithmetic, true) => {
-                            let l = alpha as f32;
-                            *m = b.iter().zip(&x).map(|(b, x)| b + l * (x - b)).collect();
-                        }
-                        (MergeMethod::TaskArithmetic, false) => {
-                            let l = alpha as f32;
-                            for ((m, x), b) in m.iter_mut().zip(&x).zip(&b) {
-                                *m += l * (x - b);
-                            }
-                        }
-                        (MergeMethod::Average, false) => {
-                            let w = 1.0 / t as f32;
-                            for (m, x) in m.iter_mut().zip(&x) {
-                                *m += w * (x - *m);
-                            }
-                        }
-                        (MergeMethod::Opcm, false) => {
-                            sq = opcm_fold(p, base, m, &x, &b, alpha, lp)?;
-                        }
-                    }
-                    Ok((tv, sq))
+                    let (xt, bt) = (get(model, p)?, get(base, p)?);
+                    with_values(&xt, |x| with_values(&bt, |b| ctx.fold(p, base, m, x, b)))??
                 })
                 .collect();
             for r in out {
@@ -372,11 +366,11 @@ impl Merger {
                     acc.par_iter_mut()
                         .zip(list)
                         .try_for_each(|(m, &p)| -> anyhow::Result<()> {
-                            let b = values(&get(base, p)?)?;
-                            for (m, b) in m.iter_mut().zip(&b) {
-                                *m = b + (*m - b) * scale;
-                            }
-                            Ok(())
+                            with_values(&get(base, p)?, |b| {
+                                for (m, b) in m.iter_mut().zip(b) {
+                                    *m = b + (*m - b) * scale;
+                                }
+                            })
                         })?;
                     self.lambda_prev = n / avg;
                 }
@@ -403,11 +397,9 @@ impl Merger {
             .par_iter()
             .zip(&self.list)
             .map(|(m, &p)| {
-                let b = values(&get(base, p)?)?;
-                Ok(m.iter()
-                    .zip(&b)
-                    .map(|(a, c)| f64::from(a - c).powi(2))
-                    .sum())
+                with_values(&get(base, p)?, |b| {
+                    m.iter().zip(b).map(|(a, c)| f64::from(a - c).powi(2)).sum()
+                })
             })
             .collect();
         let mut sq = 0.0;
@@ -415,6 +407,58 @@ impl Merger {
             sq += part?;
         }
         Ok(sq.sqrt())
+    }
+}
+
+/// What one step applies to every parameter.
+struct StepCtx {
+    method: MergeMethod,
+    /// The first model of the merge.
+    first: bool,
+    /// 1-based step.
+    t: usize,
+    alpha: f64,
+    /// OPCM's λ of the previous step.
+    lp: f64,
+}
+
+impl StepCtx {
+    /// Folds one parameter (`x` incoming, `b` base) into its merged values `m`; returns the
+    /// task vector's squared norm and, for OPCM, `‖λ_prev·P + T'‖²`.
+    fn fold(
+        &self,
+        p: Param,
+        base: &Transformer,
+        m: &mut Vec<f32>,
+        x: &[f32],
+        b: &[f32],
+    ) -> anyhow::Result<(f64, f64)> {
+        let tv: f64 = x.iter().zip(b).map(|(a, c)| f64::from(a - c).powi(2)).sum();
+        let mut sq = 0.0;
+        match (self.method, self.first) {
+            // The first model is the merge (OPCM, averaging).
+            (MergeMethod::Opcm | MergeMethod::Average, true) => *m = x.to_vec(),
+            (MergeMethod::TaskArithmetic, true) => {
+                let l = self.alpha as f32;
+                *m = b.iter().zip(x).map(|(b, x)| b + l * (x - b)).collect();
+            }
+            (MergeMethod::TaskArithmetic, false) => {
+                let l = self.alpha as f32;
+                for ((m, x), b) in m.iter_mut().zip(x).zip(b) {
+                    *m += l * (x - b);
+                }
+            }
+            (MergeMethod::Average, false) => {
+                let w = 1.0 / self.t as f32;
+                for (m, x) in m.iter_mut().zip(x) {
+                    *m += w * (x - *m);
+                }
+            }
+            (MergeMethod::Opcm, false) => {
+                sq = opcm_fold(p, base, m, x, b, self.alpha, self.lp)?;
+            }
+        }
+        Ok((tv, sq))
     }
 }
 
