@@ -2,9 +2,11 @@
 //! model (the recipe re-applied to the base, deterministically, then written as an HF
 //! directory or a GGUF file), and llama.cpp's per-tensor quantization types.
 //!
-//! Every compressed form is written dense (f32 or f16): shift-add, RPS and pruned layers are
-//! dequantized, which the file's metadata says. The recipe hash, run id and model id go into
-//! the metadata of every file written.
+//! Every compressed form is written dense (f32 or f16) for other tools: shift-add, RPS and
+//! pruned layers are dequantized, which the file's metadata says. An HF directory also gets our
+//! own packed file (see [`super::packed`]) holding those layers in their inference forms, which
+//! our loader reads back bit-exactly. The recipe hash, run id and model id go into the metadata
+//! of every file written.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -161,8 +163,10 @@ pub fn reapply(
     Ok((compressed.model.transformer, compressed.plan))
 }
 
-/// Writes `t` (from `base`'s tokenizer) as an HF directory in `dtype`. Zoo models keep their
-/// zoo marker so the export evaluates on the same built-in text and tasks.
+/// Writes `t` (from `base`'s tokenizer) as an HF directory in `dtype`, plus
+/// [`super::packed::PACKED_FILE`] with every compressed linear in its inference form (which our
+/// loader prefers over the dense copy). Zoo models keep their zoo marker so the export evaluates
+/// on the same built-in text and tasks.
 pub fn write_hf(
     base: &Model,
     t: &Transformer,
@@ -181,6 +185,17 @@ pub fn write_hf(
         eos: tok.eos_id.zip(eos_text.as_deref()),
     };
     save_hf_dir(t, &files, out, dtype, metadata)?;
+    // The compressed linears once more, in their own inference forms (none: no file).
+    let packed = out.join(super::packed::PACKED_FILE);
+    if t.linear_ids()
+        .any(|id| t.linear(id).is_some_and(|l| l.form() != "dense"))
+    {
+        super::packed::write_packed(t, &packed, metadata)?;
+    } else if packed.is_file() {
+        // A stale packed file from an earlier export into this directory would override the
+        // dense weights just written.
+        std::fs::remove_file(&packed).with_context(|| format!("removing {}", packed.display()))?;
+    }
     let zoo_meta = base.path.join(crate::zoo::ZOO_META_FILE);
     if zoo_meta.is_file() {
         std::fs::copy(&zoo_meta, out.join(crate::zoo::ZOO_META_FILE))

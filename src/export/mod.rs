@@ -4,3 +4,4 @@ pub mod hf;
 
 pub use hf::{TokenizerFiles, save_hf_dir};
 pub mod experiment;
+pub mod packed;
