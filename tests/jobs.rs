@@ -578,7 +578,15 @@ fn eval_dir(model_dir: &Path) -> std::process::Output {
     reparam()
         .arg("eval")
         .arg(model_dir)
-        .args(["--base", "zoo:multi", "--ctx", "64", "--chunks", "2", "--json"])
+        .args([
+            "--base",
+            "zoo:multi",
+            "--ctx",
+            "64",
+            "--chunks",
+            "2",
+            "--json",
+        ])
         .output()
         .unwrap()
 }
@@ -647,6 +655,45 @@ fn packed_export_reloads_the_inference_forms_exactly() {
         if let (Some(b0), Some(b1)) = (run["bytes"].as_u64(), ev["bytes"].as_u64()) {
             assert_eq!(b0, b1, "{name}: the reloaded forms hold the same bytes");
         }
+        // The same run as GGUF from this non-GGUF base: llama architecture and tokenizer keys
+        // written from the config and tokenizer.json, and our loader reads it back.
+        let gguf = dir.path().join(format!("{name}.gguf"));
+        let out = reparam()
+            .args(["export", id, "--format", "gguf", "--store"])
+            .arg(&store)
+            .arg("--model")
+            .arg(&gguf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = reparam::model::gguf::GgufFile::open(&gguf).unwrap();
+        assert_eq!(file.get_str("tokenizer.ggml.model").unwrap(), "gpt2");
+        assert_eq!(file.get_str("tokenizer.ggml.pre").unwrap(), "smollm");
+        assert_eq!(file.get_str("reparam.recipe_hash").unwrap(), hash);
+        // A GGUF has no zoo marker: both files score one text file.
+        let text_ppl = |m: &Path| -> f64 {
+            let out = reparam()
+                .arg("eval")
+                .arg(m)
+                .arg("--text")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/text/licenses.txt"))
+                .args(["--ctx", "64", "--chunks", "2", "--json"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["ppl"].as_f64().unwrap()
+        };
+        let (ph, pg) = (text_ppl(&model_dir), text_ppl(&gguf));
+        assert!(close(ph, pg, 1e-3), "{name}: ppl {ph} (HF) vs {pg} (GGUF)");
         // A truncated packed file is a clear error, not a silent dense fallback.
         std::fs::write(&packed, &head[..head.len() / 2]).unwrap();
         let bad = eval_dir(&model_dir);
@@ -658,6 +705,9 @@ fn packed_export_reloads_the_inference_forms_exactly() {
         );
     }
     for form in ["shiftadd", "rtn", "nm", "rps", "csr"] {
-        assert!(forms_seen.contains(form), "{form} not exported: {forms_seen:?}");
+        assert!(
+            forms_seen.contains(form),
+            "{form} not exported: {forms_seen:?}"
+        );
     }
 }

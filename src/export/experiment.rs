@@ -213,8 +213,10 @@ fn permute_qk(w: &candle_core::Tensor, heads: usize) -> anyhow::Result<candle_co
         .reshape((rows, cols))?)
 }
 
-/// Writes `t` as a GGUF file. The tokenizer and architecture metadata are copied from the
-/// base's GGUF file (a base from an HF directory has no GGUF tokenizer to copy: an error).
+/// Writes `t` as a GGUF file. From a GGUF base, the tokenizer and architecture metadata are
+/// copied (block count rewritten); from an HF or zoo base they are built from the config and
+/// `tokenizer.json` (see [`super::gguf_meta`], which refuses tokenizers llama.cpp cannot run
+/// the same way).
 pub fn write_gguf(
     base: &Model,
     t: &Transformer,
@@ -222,26 +224,30 @@ pub fn write_gguf(
     dtype: DType,
     metadata: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        base.format == ModelFormat::Gguf,
-        "GGUF export needs a GGUF base model (its tokenizer metadata is copied); {} is an HF \
-         directory: use --format safetensors",
-        base.name
-    );
-    let src = GgufFile::open(&base.path)?;
-    let arch = src.get_str("general.architecture")?.to_string();
     let mut w = GgufWriter::default();
-    for (key, value) in &src.metadata {
-        // Depth may have changed; block_count is rewritten below. File type no longer applies.
-        if key == &format!("{arch}.block_count") || key == "general.file_type" {
-            continue;
+    if base.format == ModelFormat::Gguf {
+        let src = GgufFile::open(&base.path)?;
+        let arch = src.get_str("general.architecture")?.to_string();
+        for (key, value) in &src.metadata {
+            // Depth may have changed; block_count is rewritten below. File type no longer applies.
+            if key == &format!("{arch}.block_count") || key == "general.file_type" {
+                continue;
+            }
+            w.meta(key, value.clone());
         }
-        w.meta(key, value.clone());
+        w.meta(
+            &format!("{arch}.block_count"),
+            MetaValue::U32(t.blocks.len() as u32),
+        );
+    } else {
+        let tokenizer = super::gguf_meta::tokenizer_meta(base)?;
+        for (k, v) in super::gguf_meta::architecture_meta(base, t)?
+            .into_iter()
+            .chain(tokenizer)
+        {
+            w.meta(&k, v);
+        }
     }
-    w.meta(
-        &format!("{arch}.block_count"),
-        MetaValue::U32(t.blocks.len() as u32),
-    );
     for (k, v) in metadata {
         w.meta(k, MetaValue::String(v.clone()));
     }
@@ -272,7 +278,7 @@ pub fn write_gguf(
             w.tensor(name, tensor.dims(), g, bytes);
             Ok(())
         };
-    let permuted = t.config.architecture == crate::model::Architecture::Llama;
+    let (_, permuted) = super::gguf_meta::gguf_arch(t);
     put("token_embd.weight", &t.token_embd, false)?;
     for (i, b) in t.blocks.iter().enumerate() {
         put(&format!("blk.{i}.attn_norm.weight"), &b.attn_norm, true)?;
