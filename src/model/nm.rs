@@ -126,7 +126,7 @@ impl NmPacked {
         if n == 0 || n >= m || m > 16 {
             return Err(NmError::Pattern { n, m });
         }
-        if cols % m != 0 {
+        if !cols.is_multiple_of(m) {
             return Err(NmError::Width { cols, m });
         }
         let out = Self {

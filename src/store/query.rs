@@ -211,10 +211,10 @@ fn collect_selection(
     }
     let mut wanted: Option<Vec<Expr>> =
         columns.map(|c| c.iter().map(|n| col(n.as_str())).collect());
-    if let (Some(w), Some(_)) = (&mut wanted, &selection.tag) {
-        if !columns.is_some_and(|c| c.iter().any(|n| n == "tags")) {
-            w.push(col("tags"));
-        }
+    if let (Some(w), Some(_)) = (&mut wanted, &selection.tag)
+        && !columns.is_some_and(|c| c.iter().any(|n| n == "tags"))
+    {
+        w.push(col("tags"));
     }
     let (df, skipped) = store.collect(pre, |lf| {
         let lf = match &post {
@@ -364,7 +364,7 @@ pub fn front_from_store(
             check_columns(f, &names)?;
         }
         let skipped = store.scan()?.skipped;
-        return Ok((front_of(Vec::new(), Vec::new(), objectives, None), skipped));
+        return Ok((front_of(&[], &[], objectives, None), skipped));
     }
     let mut pre = col("status").eq(lit(Status::Ok.as_str()));
     for o in objectives {
@@ -419,7 +419,7 @@ pub fn front_from_store(
             pts.push(v);
         }
     }
-    Ok((front_of(recs, pts, objectives, None), skipped))
+    Ok((front_of(&recs, &pts, objectives, None), skipped))
 }
 
 fn check_objective_count(objectives: &[Objective]) -> Result<(), StoreError> {
@@ -466,22 +466,22 @@ pub fn front_report(
 ) -> Result<FrontReport, StoreError> {
     check_objective_count(objectives)?;
     let (recs, pts) = points(records, objectives);
-    Ok(front_of(recs, pts, objectives, reference))
+    Ok(front_of(&recs, &pts, objectives, reference))
 }
 
 /// The front of labelled points.
 fn front_of(
-    recs: Vec<RunRef>,
-    pts: Vec<Vec<f64>>,
+    recs: &[RunRef],
+    pts: &[Vec<f64>],
     objectives: &[Objective],
     reference: Option<&[f64]>,
 ) -> FrontReport {
     let senses: Vec<Sense> = objectives.iter().map(|o| o.sense).collect();
-    let reference = reference.map_or_else(|| reference_point(&pts, objectives), <[f64]>::to_vec);
-    let f = front(&pts, &senses);
-    let knee = knee_point(&pts, &senses).map(|i| recs[i].id.clone());
+    let reference = reference.map_or_else(|| reference_point(pts, objectives), <[f64]>::to_vec);
+    let f = front(pts, &senses);
+    let knee = knee_point(pts, &senses).map(|i| recs[i].id.clone());
     let hv =
-        (objectives.len() <= 3 && !pts.is_empty()).then(|| hypervolume(&pts, &senses, &reference));
+        (objectives.len() <= 3 && !pts.is_empty()).then(|| hypervolume(pts, &senses, &reference));
     FrontReport {
         objectives: objectives.to_vec(),
         considered: recs.len(),

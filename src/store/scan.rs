@@ -25,6 +25,10 @@ use super::{Store, StoreError, frame_from_records, read_run_file};
 /// Columns a run file must have to be read at all (as in [`super::records_from_frame`]).
 const REQUIRED: [&str; 4] = ["id", "run_key", "status", "recipe_json"];
 
+/// The union of the readable files (none when there are none), how many files it scans, and
+/// the files skipped.
+type Union = (Option<LazyFrame>, usize, Vec<(PathBuf, String)>);
+
 /// A lazy view of every readable run in the store.
 #[derive(Clone)]
 pub struct Scan {
@@ -89,10 +93,7 @@ fn qerr(dir: &Path) -> impl Fn(PolarsError) -> StoreError + '_ {
 impl Store {
     /// The union of every run file whose footer checks out, not yet deduplicated nor tagged.
     /// Files in `exclude` are reported as skipped with the given reason.
-    fn union(
-        &self,
-        exclude: &[(PathBuf, String)],
-    ) -> Result<(Option<LazyFrame>, usize, Vec<(PathBuf, String)>), StoreError> {
+    fn union(&self, exclude: &[(PathBuf, String)]) -> Result<Union, StoreError> {
         let mut frames = Vec::new();
         let mut skipped: Vec<(PathBuf, String)> = exclude.to_vec();
         for path in self.run_files()? {
