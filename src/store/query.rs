@@ -364,7 +364,10 @@ pub fn front_from_store(
             check_columns(f, &names)?;
         }
         let skipped = store.scan()?.skipped;
-        return Ok((front_of(&[], &[], objectives, None), skipped));
+        return Ok((
+            front_of(&|_| unreachable_label(), &[], objectives, None),
+            skipped,
+        ));
     }
     let mut pre = col("status").eq(lit(Status::Ok.as_str()));
     for o in objectives {
@@ -375,17 +378,13 @@ pub fn front_from_store(
         .to_vec();
     columns.extend(objectives.iter().map(|o| o.metric.clone()));
     let (df, skipped) = collect_selection(store, selection, Some(pre), Some(&columns))?;
-    let text = |name: &str| -> Result<Vec<String>, StoreError> {
+    let text = |name: &str| -> Result<StringChunked, StoreError> {
         let c = df
             .column(name)
             .map_err(qerr)?
             .cast(&DataType::String)
             .map_err(qerr)?;
-        Ok(c.str()
-            .map_err(qerr)?
-            .iter()
-            .map(|v| v.unwrap_or_default().to_string())
-            .collect())
+        Ok(c.str().map_err(qerr)?.clone())
     };
     let (ids, techniques, tags, hashes) = (
         text("id")?,
@@ -402,24 +401,37 @@ pub fn front_from_store(
             .map_err(qerr)?;
         values.push(c.f64().map_err(qerr)?.iter().collect::<Vec<Option<f64>>>());
     }
-    let mut recs = Vec::new();
+    // Row of each usable point; labels are built only for the runs the report names.
+    let mut rows = Vec::new();
     let mut pts = Vec::new();
-    for (i, id) in ids.into_iter().enumerate() {
+    for i in 0..df.height() {
         let v: Option<Vec<f64>> = values
             .iter()
             .map(|col| col[i].filter(|x| x.is_finite()))
             .collect();
         if let Some(v) = v {
-            recs.push(RunRef {
-                id,
-                techniques: techniques[i].clone(),
-                tags: serde_json::from_str(&tags[i]).unwrap_or_default(),
-                recipe_hash: hashes[i].clone(),
-            });
+            rows.push(i);
             pts.push(v);
         }
     }
-    Ok((front_of(&recs, &pts, objectives, None), skipped))
+    let get = |c: &StringChunked, i: usize| c.get(rows[i]).unwrap_or_default().to_string();
+    let label = |i: usize| RunRef {
+        id: get(&ids, i),
+        techniques: get(&techniques, i),
+        tags: serde_json::from_str(&get(&tags, i)).unwrap_or_default(),
+        recipe_hash: get(&hashes, i),
+    };
+    Ok((front_of(&label, &pts, objectives, None), skipped))
+}
+
+/// The label of a point that does not exist (an empty front names no run).
+fn unreachable_label() -> RunRef {
+    RunRef {
+        id: String::new(),
+        techniques: String::new(),
+        tags: Vec::new(),
+        recipe_hash: String::new(),
+    }
 }
 
 fn check_objective_count(objectives: &[Objective]) -> Result<(), StoreError> {
@@ -466,12 +478,12 @@ pub fn front_report(
 ) -> Result<FrontReport, StoreError> {
     check_objective_count(objectives)?;
     let (recs, pts) = points(records, objectives);
-    Ok(front_of(&recs, &pts, objectives, reference))
+    Ok(front_of(&|i| recs[i].clone(), &pts, objectives, reference))
 }
 
 /// The front of labelled points.
 fn front_of(
-    recs: &[RunRef],
+    label: &dyn Fn(usize) -> RunRef,
     pts: &[Vec<f64>],
     objectives: &[Objective],
     reference: Option<&[f64]>,
@@ -479,20 +491,23 @@ fn front_of(
     let senses: Vec<Sense> = objectives.iter().map(|o| o.sense).collect();
     let reference = reference.map_or_else(|| reference_point(pts, objectives), <[f64]>::to_vec);
     let f = front(pts, &senses);
-    let knee = knee_point(pts, &senses).map(|i| recs[i].id.clone());
+    let knee = knee_point(pts, &senses).map(|i| label(i).id);
     let hv =
         (objectives.len() <= 3 && !pts.is_empty()).then(|| hypervolume(pts, &senses, &reference));
     FrontReport {
         objectives: objectives.to_vec(),
-        considered: recs.len(),
+        considered: pts.len(),
         front: f
             .iter()
-            .map(|&i| FrontRun {
-                id: recs[i].id.clone(),
-                values: pts[i].clone(),
-                techniques: recs[i].techniques.clone(),
-                tags: recs[i].tags.clone(),
-                recipe_hash: recs[i].recipe_hash.clone(),
+            .map(|&i| {
+                let r = label(i);
+                FrontRun {
+                    id: r.id,
+                    values: pts[i].clone(),
+                    techniques: r.techniques,
+                    tags: r.tags,
+                    recipe_hash: r.recipe_hash,
+                }
             })
             .collect(),
         knee,
