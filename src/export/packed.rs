@@ -583,3 +583,58 @@ pub fn apply_packed(t: &mut Transformer, path: &Path) -> Result<BTreeMap<String,
     }
     Ok(file.meta)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn rtn_codes_round_trip_bit_exactly() {
+        let (rows, cols) = (5, 70);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.3)
+            .collect();
+        for bits in [2, 3, 4, 8] {
+            let q = crate::quant::gptq::rtn_quantize(&w, rows, cols, bits, 32);
+            let (codes, table) = rtn_codes(&q, rows, cols, bits, 32).unwrap();
+            let levels = 1 << bits;
+            let groups = cols.div_ceil(32);
+            for (i, want) in q.iter().enumerate() {
+                let (r, c) = (i / cols, i % cols);
+                let code = unpack_code(&codes, i, bits) as usize;
+                let got = table[(r * groups + c / 32) * levels + code];
+                assert_eq!(got.to_bits(), want.to_bits(), "{bits} bits, weight {i}");
+            }
+        }
+        // Unquantized values do not fit a 2-bit table: refused, not approximated.
+        assert!(rtn_codes(&w, rows, cols, 2, 32).is_none());
+    }
+
+    #[test]
+    fn files_that_are_not_packed_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(PACKED_FILE);
+        std::fs::write(&p, b"abc").unwrap();
+        assert!(read_packed(&p).err().unwrap().contains("truncated"));
+        let mut huge = 1u64 << 40;
+        std::fs::write(&p, huge.to_le_bytes()).unwrap();
+        assert!(read_packed(&p).err().unwrap().contains("header claims"));
+        let head = br#"{"__metadata__":{"reparam.packed.format":"reparam-packed","reparam.packed.version":"99"}}"#;
+        huge = head.len() as u64;
+        let mut bytes = huge.to_le_bytes().to_vec();
+        bytes.extend_from_slice(head);
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(read_packed(&p).err().unwrap().contains("version `99`"));
+        let head = br#"{"__metadata__":{}}"#;
+        let mut bytes = (head.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(head);
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(
+            read_packed(&p)
+                .err()
+                .unwrap()
+                .contains("not a reparam packed file")
+        );
+    }
+}
