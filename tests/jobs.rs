@@ -552,3 +552,164 @@ fn memory_check_refuses_with_numbers() {
     );
     assert!(reparam::jobs::available_memory_bytes().is_some_and(|m| m > 0));
 }
+
+/// Runs `recipe` on zoo:multi through the CLI into `store`; returns `run --json`.
+fn run_recipe(dir: &Path, store: &Path, name: &str, recipe: &str) -> serde_json::Value {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, recipe).unwrap();
+    let out = reparam()
+        .args(["run", "zoo:multi", "--recipe"])
+        .arg(&path)
+        .args(["--ctx", "64", "--chunks", "2", "--prompts", "2"])
+        .args(["--calib-samples", "2", "--calib-len", "64", "--json"])
+        .arg("--store")
+        .arg(store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn eval_dir(model_dir: &Path) -> std::process::Output {
+    reparam()
+        .arg("eval")
+        .arg(model_dir)
+        .args([
+            "--base",
+            "zoo:multi",
+            "--ctx",
+            "64",
+            "--chunks",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn packed_export_reloads_the_inference_forms_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    // A shift-add run (with RTN and n:m layers beside it) and an RPS run (with a CSR layer).
+    let shiftadd = run_recipe(
+        dir.path(),
+        &store,
+        "shiftadd",
+        "[[layers]]\nmatch = \"blk.*.attn_*\"\n[layers.shiftadd]\nbits = 3\ngroup = 32\n\
+         [[layers]]\nmatch = \"blk.*.ffn_down\"\n[layers.rtn]\nbits = 3\ngroup = 32\n\
+         [[layers]]\nmatch = \"blk.*.ffn_up\"\n[layers.prune]\nmethod = \"nm\"\nn = 2\nm = 4\n",
+    );
+    let rps = run_recipe(
+        dir.path(),
+        &store,
+        "rps",
+        "[[layers]]\nmatch = \"blk.*.ffn_*\"\n[layers.rps]\nratio = 2.0\n\
+         [[layers]]\nmatch = \"blk.*.attn_v\"\n[layers.prune]\nmethod = \"magnitude\"\nratio = 0.5\nform = \"csr\"\n",
+    );
+    let mut forms_seen = BTreeSet::new();
+    for (run, name) in [(&shiftadd, "shiftadd"), (&rps, "rps")] {
+        let id = run["run_id"].as_str().unwrap();
+        let model_dir = dir.path().join(format!("export-{name}"));
+        let out = reparam()
+            .args(["export", id, "--store"])
+            .arg(&store)
+            .arg("--model")
+            .arg(&model_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let packed = model_dir.join(reparam::export::packed::PACKED_FILE);
+        let head = std::fs::read(&packed).unwrap();
+        let hash = run["recipe_hash"].as_str().unwrap();
+        assert!(String::from_utf8_lossy(&head[..head.len().min(1 << 16)]).contains(hash));
+        // Our loader puts the packed forms back in place of the dense copies.
+        let model = reparam::model::load_spec(model_dir.to_str().unwrap()).unwrap();
+        let t = &model.transformer;
+        for id in t.linear_ids() {
+            forms_seen.insert(t.linear(id).unwrap().form());
+        }
+        assert_eq!(
+            t.size_bytes() as u64,
+            run["bytes"].as_u64().unwrap(),
+            "{name}: the reloaded forms hold the run's bytes"
+        );
+        let ev = eval_dir(&model_dir);
+        assert!(
+            ev.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ev.stderr)
+        );
+        let ev: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+        let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * b.abs().max(1e-3);
+        let (p0, p1) = (run["ppl"].as_f64().unwrap(), ev["ppl"].as_f64().unwrap());
+        assert!(close(p0, p1, 1e-4), "{name}: ppl {p0} vs reloaded {p1}");
+        let (k0, k1) = (
+            run["kld_mean"].as_f64().unwrap(),
+            ev["kld_mean"].as_f64().unwrap(),
+        );
+        assert!(close(k0, k1, 1e-3), "{name}: kld {k0} vs reloaded {k1}");
+        // The same run as GGUF from this non-GGUF base: llama architecture and tokenizer keys
+        // written from the config and tokenizer.json, and our loader reads it back.
+        let gguf = dir.path().join(format!("{name}.gguf"));
+        let out = reparam()
+            .args(["export", id, "--format", "gguf", "--store"])
+            .arg(&store)
+            .arg("--model")
+            .arg(&gguf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = reparam::model::gguf::GgufFile::open(&gguf).unwrap();
+        assert_eq!(file.get_str("tokenizer.ggml.model").unwrap(), "gpt2");
+        assert_eq!(file.get_str("tokenizer.ggml.pre").unwrap(), "smollm");
+        assert_eq!(file.get_str("reparam.recipe_hash").unwrap(), hash);
+        // A GGUF has no zoo marker: both files score one text file.
+        let text_ppl = |m: &Path| -> f64 {
+            let out = reparam()
+                .arg("eval")
+                .arg(m)
+                .arg("--text")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/text/licenses.txt"))
+                .args(["--ctx", "64", "--chunks", "2", "--json"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["ppl"].as_f64().unwrap()
+        };
+        let (ph, pg) = (text_ppl(&model_dir), text_ppl(&gguf));
+        assert!(close(ph, pg, 1e-3), "{name}: ppl {ph} (HF) vs {pg} (GGUF)");
+        // A truncated packed file is a clear error, not a silent dense fallback.
+        std::fs::write(&packed, &head[..head.len() / 2]).unwrap();
+        let bad = eval_dir(&model_dir);
+        assert!(!bad.status.success());
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(
+            err.contains("reparam-packed.safetensors") && err.contains("truncated"),
+            "{err}"
+        );
+    }
+    for form in ["shiftadd", "rtn", "nm", "rps", "csr"] {
+        assert!(
+            forms_seen.contains(form),
+            "{form} not exported: {forms_seen:?}"
+        );
+    }
+}

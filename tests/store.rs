@@ -9,7 +9,9 @@ use std::time::SystemTime;
 
 use polars::prelude::*;
 use reparam::store::pareto::{Sense, dominates_min, front, hypervolume, knee_point, pareto_ranks};
-use reparam::store::query::{Filter, Objective, compare, filter_records, front_report};
+use reparam::store::query::{
+    Filter, Objective, Selection, compare, filter_records, front_from_store, front_report,
+};
 use reparam::store::{ExperimentRecord, Status, Store};
 use reparam::technique::recipe::Recipe;
 
@@ -177,6 +179,124 @@ fn older_schema_versions_still_read() {
     store.compact().unwrap();
     assert_eq!(store.run_files().unwrap().len(), 1);
     assert_eq!(store.load().unwrap().records.len(), 2);
+}
+
+#[test]
+fn the_lazy_scan_reads_every_version_applies_tags_and_skips_damaged_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // A version-1 file (integer metric, no steps_json, an unknown text column).
+    let mut old = df!(
+        "schema_version" => [1u32],
+        "id" => ["old000000001"],
+        "run_key" => ["k-old"],
+        "created_at" => ["2026-01-01T00:00:00.000Z"],
+        "recipe_json" => [recipe(3).to_json()],
+        "status" => ["ok"],
+        "tags" => ["[\"legacy\"]"],
+        "future_text_column" => ["ignored"],
+        "bytes" => [123i64],
+        "kld_mean" => [0.25],
+    )
+    .unwrap();
+    let mut f = File::create(dir.path().join("run-old000000001.parquet")).unwrap();
+    ParquetWriter::new(&mut f).finish(&mut old).unwrap();
+    let mut a = record(2, 100.0, 0.5);
+    a.metrics.insert("ppl".into(), 9.0);
+    a.steps_json = Some("[]".into());
+    let b = record(4, 200.0, 0.1);
+    let mut failed = record(8, 50.0, 0.0);
+    failed.status = Status::Failed;
+    for r in [&a, &b, &failed] {
+        store.append(r).unwrap();
+    }
+    // A copy of a run file, as an interrupted compaction leaves it.
+    let a_file = dir.path().join(format!("run-{}.parquet", a.id));
+    std::fs::copy(&a_file, dir.path().join("compact-0-copy.parquet")).unwrap();
+    // A file whose footer is not Parquet, and one whose footer is sound but data is not.
+    std::fs::write(dir.path().join("run-garbage.parquet"), b"PAR1 nope PAR1").unwrap();
+    let mut bytes = std::fs::read(dir.path().join(format!("run-{}.parquet", b.id))).unwrap();
+    let damaged = dir.path().join("run-damaged.parquet");
+    let end = bytes.len() / 3;
+    bytes[4..end].fill(0xff);
+    std::fs::write(&damaged, &bytes).unwrap();
+    assert!(reparam::store::read_run_file(&damaged).is_err());
+    let damaged_before = std::fs::read(&damaged).unwrap();
+
+    let scan = store.scan().unwrap();
+    assert_eq!(scan.skipped.len(), 1, "only the footer check runs here");
+    assert!(scan.skipped[0].0.ends_with("run-garbage.parquet"));
+    store.add_tag(&a.id, "best").unwrap();
+    store.remove_tag(&b.id, "t0").unwrap();
+    assert_eq!(
+        store.scan().unwrap().skipped.len(),
+        2,
+        "applying tags decodes"
+    );
+    // A full read finds the damaged file, reports it and answers without it.
+    let (df, skipped) = store.collect(None, |lf| lf).unwrap();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert_eq!(df.height(), 4, "old, a (once), b, failed");
+    assert_eq!(
+        std::fs::read(&damaged).unwrap(),
+        damaged_before,
+        "left alone"
+    );
+    let recs = reparam::store::records_from_frame(&df).unwrap();
+    let by_id = |id: &str| recs.iter().find(|r| r.id == id).unwrap().clone();
+    assert_eq!(by_id("old000000001").metrics["bytes"], 123.0);
+    assert_eq!(by_id("old000000001").tags, vec!["legacy"]);
+    assert_eq!(by_id(&a.id).tags, vec!["t0", "best"]);
+    assert_eq!(by_id(&a.id).metrics["ppl"], 9.0);
+    assert!(by_id(&b.id).tags.is_empty());
+    assert!(!by_id(&b.id).metrics.contains_key("ppl"));
+    // The same records as the eager reader, in the same order.
+    let eager = store.load().unwrap();
+    assert_eq!(eager.skipped.len(), 2);
+    assert_eq!(recs, eager.records);
+
+    // Lookups push their filters down.
+    assert_eq!(store.find_key(&a.run_key).unwrap().unwrap().id, a.id);
+    assert!(store.find_key(&failed.run_key).unwrap().is_none());
+    assert_eq!(store.get(&a.id[..7]).unwrap().tags, vec!["t0", "best"]);
+
+    // Fronts from the store equal fronts over decoded records, with tag and filter.
+    let objs: Vec<Objective> = vec!["bytes".parse().unwrap(), "kld_mean".parse().unwrap()];
+    for sel in [
+        Selection::default(),
+        Selection::tag_or_filter("bytes >= 150").unwrap(),
+        Selection::tag_or_filter("legacy").unwrap(),
+    ] {
+        let (got, _) = front_from_store(&store, &sel, &objs).unwrap();
+        let (sel_recs, _) = reparam::store::query::select_records(&store, &sel).unwrap();
+        let want = front_report(&sel_recs, &objs, None).unwrap();
+        let ids = |f: &reparam::store::query::FrontReport| {
+            f.front.iter().map(|r| r.id.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&got), ids(&want), "{sel:?}");
+        assert_eq!(got.considered, want.considered);
+        assert_eq!(got.hypervolume, want.hypervolume);
+    }
+    let tagged = Selection::tag_or_filter("best").unwrap();
+    assert_eq!(
+        reparam::store::query::select_records(&store, &tagged)
+            .unwrap()
+            .0
+            .len(),
+        1
+    );
+    // A metric nobody stored gives an empty front, a bad column a clear error.
+    let none: Vec<Objective> = vec!["bytes".parse().unwrap(), "nosuch".parse().unwrap()];
+    assert_eq!(
+        front_from_store(&store, &Selection::default(), &none)
+            .unwrap()
+            .0
+            .considered,
+        0
+    );
+    let bad = Selection::tag_or_filter("nosuch < 3").unwrap();
+    let err = front_from_store(&store, &bad, &objs).unwrap_err();
+    assert!(err.to_string().contains("no column `nosuch`"), "{err}");
 }
 
 #[test]

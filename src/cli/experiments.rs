@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use polars::prelude::{col, lit};
 
 use crate::export::experiment::{
     ExportFormat, export_metadata, llama_quantize_types, reapply, recipe_toml, write_gguf, write_hf,
@@ -16,7 +17,8 @@ use crate::export::experiment::{
 use crate::jobs::{EvalSettings, JobEventKind, JobRunner, JobSpec, ModelCache, execute};
 use crate::progress::TermProgress;
 use crate::store::query::{
-    CompareReport, FrontReport, Objective, compare, filter_records, front_report, plan_diff, select,
+    CompareReport, FrontReport, Objective, Selection, compare, front_from_store, plan_diff, select,
+    select_records,
 };
 use crate::store::record::code_version;
 use crate::store::{DEFAULT_DIR, ExperimentRecord, Status, Store, run_key};
@@ -37,15 +39,27 @@ impl StoreArg {
 }
 
 /// Prints a warning per unreadable store file (they are skipped, never touched).
-fn warn_skipped(store: &Store) -> anyhow::Result<Vec<ExperimentRecord>> {
-    let snap = store.load()?;
-    for (path, why) in &snap.skipped {
+fn warn(skipped: &[(PathBuf, String)]) {
+    for (path, why) in skipped {
         eprintln!(
             "warning: skipping unreadable store file {}: {why}",
             path.display()
         );
     }
-    Ok(snap.records)
+}
+
+/// Warns about unreadable store files (only footers are read to find them).
+fn warn_skipped(store: &Store) -> anyhow::Result<()> {
+    warn(&store.scan()?.skipped);
+    Ok(())
+}
+
+/// `--tag` and `--where` as a store selection.
+fn selection(tag: Option<&String>, filter: Option<&String>) -> anyhow::Result<Selection> {
+    Ok(Selection {
+        tag: tag.cloned(),
+        filter: filter.map(|w| w.parse()).transpose()?,
+    })
 }
 
 #[derive(Debug, Args)]
@@ -111,10 +125,17 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
     // Resume: skip points already stored (the runner would return them too; this says so).
     let base = runner.models().get(&args.model)?;
     let eval_json = eval.key_json()?;
-    let stored: std::collections::HashSet<String> = warn_skipped(&store)?
-        .into_iter()
-        .filter(|r| r.status == Status::Ok)
-        .map(|r| r.run_key)
+    let (keys, skipped) = store
+        .collect(Some(col("status").eq(lit(Status::Ok.as_str()))), |lf| {
+            lf.select([col("run_key")])
+        })?;
+    warn(&skipped);
+    let stored: std::collections::HashSet<String> = keys
+        .column("run_key")
+        .and_then(|c| c.str().cloned())?
+        .iter()
+        .flatten()
+        .map(str::to_string)
         .collect();
     let mut todo = Vec::new();
     for (i, recipe) in points {
@@ -265,15 +286,10 @@ fn print_front(label: &str, f: &FrontReport) -> anyhow::Result<()> {
 
 pub fn pareto(args: &ParetoArgs) -> anyhow::Result<()> {
     let store = args.store.open()?;
-    let mut recs = warn_skipped(&store)?;
-    if let Some(tag) = &args.tag {
-        recs.retain(|r| r.tags.contains(tag));
-    }
-    if let Some(w) = &args.filter {
-        recs = filter_records(&recs, &w.parse()?)?;
-    }
     let objs = objectives(&args.x, &args.y, args.z.as_deref())?;
-    let report = front_report(&recs, &objs, None)?;
+    let sel = selection(args.tag.as_ref(), args.filter.as_ref())?;
+    let (report, skipped) = front_from_store(&store, &sel, &objs)?;
+    warn(&skipped);
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -298,13 +314,9 @@ pub struct HistoryArgs {
 
 pub fn history(args: &HistoryArgs) -> anyhow::Result<()> {
     let store = args.store.open()?;
-    let mut recs = warn_skipped(&store)?;
-    if let Some(tag) = &args.tag {
-        recs.retain(|r| r.tags.contains(tag));
-    }
-    if let Some(w) = &args.filter {
-        recs = filter_records(&recs, &w.parse()?)?;
-    }
+    let sel = selection(args.tag.as_ref(), args.filter.as_ref())?;
+    let (recs, skipped) = select_records(&store, &sel)?;
+    warn(&skipped);
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&recs)?);
         return Ok(());
@@ -365,8 +377,8 @@ pub struct CompareArgs {
 
 pub fn compare_cmd(args: &CompareArgs) -> anyhow::Result<()> {
     let store = args.store.open()?;
-    warn_skipped(&store)?;
-    let a = select(&store, &args.a)?;
+    let (a, skipped) = select_records(&store, &Selection::tag_or_filter(&args.a)?)?;
+    warn(&skipped);
     let b = select(&store, &args.b)?;
     anyhow::ensure!(!a.is_empty(), "--a `{}` selects no run", args.a);
     anyhow::ensure!(!b.is_empty(), "--b `{}` selects no run", args.b);

@@ -2,9 +2,11 @@
 //! model (the recipe re-applied to the base, deterministically, then written as an HF
 //! directory or a GGUF file), and llama.cpp's per-tensor quantization types.
 //!
-//! Every compressed form is written dense (f32 or f16): shift-add, RPS and pruned layers are
-//! dequantized, which the file's metadata says. The recipe hash, run id and model id go into
-//! the metadata of every file written.
+//! Every compressed form is written dense (f32 or f16) for other tools: shift-add, RPS and
+//! pruned layers are dequantized, which the file's metadata says. An HF directory also gets our
+//! own packed file (see [`super::packed`]) holding those layers in their inference forms, which
+//! our loader reads back bit-exactly. The recipe hash, run id and model id go into the metadata
+//! of every file written.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -161,8 +163,10 @@ pub fn reapply(
     Ok((compressed.model.transformer, compressed.plan))
 }
 
-/// Writes `t` (from `base`'s tokenizer) as an HF directory in `dtype`. Zoo models keep their
-/// zoo marker so the export evaluates on the same built-in text and tasks.
+/// Writes `t` (from `base`'s tokenizer) as an HF directory in `dtype`, plus
+/// [`super::packed::PACKED_FILE`] with every compressed linear in its inference form (which our
+/// loader prefers over the dense copy). Zoo models keep their zoo marker so the export evaluates
+/// on the same built-in text and tasks.
 pub fn write_hf(
     base: &Model,
     t: &Transformer,
@@ -181,6 +185,17 @@ pub fn write_hf(
         eos: tok.eos_id.zip(eos_text.as_deref()),
     };
     save_hf_dir(t, &files, out, dtype, metadata)?;
+    // The compressed linears once more, in their own inference forms (none: no file).
+    let packed = out.join(super::packed::PACKED_FILE);
+    if t.linear_ids()
+        .any(|id| t.linear(id).is_some_and(|l| l.form() != "dense"))
+    {
+        super::packed::write_packed(t, &packed, metadata)?;
+    } else if packed.is_file() {
+        // A stale packed file from an earlier export into this directory would override the
+        // dense weights just written.
+        std::fs::remove_file(&packed).with_context(|| format!("removing {}", packed.display()))?;
+    }
     let zoo_meta = base.path.join(crate::zoo::ZOO_META_FILE);
     if zoo_meta.is_file() {
         std::fs::copy(&zoo_meta, out.join(crate::zoo::ZOO_META_FILE))
@@ -198,8 +213,10 @@ fn permute_qk(w: &candle_core::Tensor, heads: usize) -> anyhow::Result<candle_co
         .reshape((rows, cols))?)
 }
 
-/// Writes `t` as a GGUF file. The tokenizer and architecture metadata are copied from the
-/// base's GGUF file (a base from an HF directory has no GGUF tokenizer to copy: an error).
+/// Writes `t` as a GGUF file. From a GGUF base, the tokenizer and architecture metadata are
+/// copied (block count rewritten); from an HF or zoo base they are built from the config and
+/// `tokenizer.json` (see [`super::gguf_meta`], which refuses tokenizers llama.cpp cannot run
+/// the same way).
 pub fn write_gguf(
     base: &Model,
     t: &Transformer,
@@ -207,26 +224,30 @@ pub fn write_gguf(
     dtype: DType,
     metadata: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        base.format == ModelFormat::Gguf,
-        "GGUF export needs a GGUF base model (its tokenizer metadata is copied); {} is an HF \
-         directory: use --format safetensors",
-        base.name
-    );
-    let src = GgufFile::open(&base.path)?;
-    let arch = src.get_str("general.architecture")?.to_string();
     let mut w = GgufWriter::default();
-    for (key, value) in &src.metadata {
-        // Depth may have changed; block_count is rewritten below. File type no longer applies.
-        if key == &format!("{arch}.block_count") || key == "general.file_type" {
-            continue;
+    if base.format == ModelFormat::Gguf {
+        let src = GgufFile::open(&base.path)?;
+        let arch = src.get_str("general.architecture")?.to_string();
+        for (key, value) in &src.metadata {
+            // Depth may have changed; block_count is rewritten below. File type no longer applies.
+            if key == &format!("{arch}.block_count") || key == "general.file_type" {
+                continue;
+            }
+            w.meta(key, value.clone());
         }
-        w.meta(key, value.clone());
+        w.meta(
+            &format!("{arch}.block_count"),
+            MetaValue::U32(t.blocks.len() as u32),
+        );
+    } else {
+        let tokenizer = super::gguf_meta::tokenizer_meta(base)?;
+        for (k, v) in super::gguf_meta::architecture_meta(base, t)?
+            .into_iter()
+            .chain(tokenizer)
+        {
+            w.meta(&k, v);
+        }
     }
-    w.meta(
-        &format!("{arch}.block_count"),
-        MetaValue::U32(t.blocks.len() as u32),
-    );
     for (k, v) in metadata {
         w.meta(k, MetaValue::String(v.clone()));
     }
@@ -257,7 +278,7 @@ pub fn write_gguf(
             w.tensor(name, tensor.dims(), g, bytes);
             Ok(())
         };
-    let permuted = t.config.architecture == crate::model::Architecture::Llama;
+    let (_, permuted) = super::gguf_meta::gguf_arch(t);
     put("token_embd.weight", &t.token_embd, false)?;
     for (i, b) in t.blocks.iter().enumerate() {
         put(&format!("blk.{i}.attn_norm.weight"), &b.attn_norm, true)?;

@@ -4,3 +4,5 @@ pub mod hf;
 
 pub use hf::{TokenizerFiles, save_hf_dir};
 pub mod experiment;
+pub mod gguf_meta;
+pub mod packed;

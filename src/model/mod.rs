@@ -228,7 +228,21 @@ fn load_hf_dir(dir: &Path) -> Result<Model, LoadError> {
             tensors.insert(name, t);
         }
     }
-    let transformer = assemble(dir, config, tensors, false)?;
+    let mut transformer = assemble(dir, config, tensors, false)?;
+    // An export of a compressed run: its linears in their own inference forms replace the
+    // dense copies (and count towards the model id, as the weights the model runs with).
+    let packed = dir.join(crate::export::packed::PACKED_FILE);
+    if packed.is_file() {
+        crate::export::packed::apply_packed(&mut transformer, &packed)
+            .map_err(|e| LoadError::malformed(&packed, e))?;
+        let bytes = std::fs::read(&packed).map_err(|e| LoadError::io(&packed, e))?;
+        hasher.add(
+            crate::export::packed::PACKED_FILE,
+            "packed",
+            &[bytes.len()],
+            &bytes,
+        );
+    }
     Ok(Model {
         name: file_stem(dir),
         path: dir.to_path_buf(),

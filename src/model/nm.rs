@@ -12,6 +12,8 @@ use rayon::prelude::*;
 /// Why a matrix cannot be packed as n:m.
 #[derive(Debug, thiserror::Error)]
 pub enum NmError {
+    #[error("packed parts do not fit the shape: {0}")]
+    Parts(String),
     #[error("n:m = {n}:{m} must keep 0 < n < m <= 16 (4-bit positions)")]
     Pattern { n: usize, m: usize },
     #[error("{cols} input columns are not a multiple of m = {m}")]
@@ -105,6 +107,53 @@ impl NmPacked {
             values,
             index,
         })
+    }
+
+    /// The stored arrays: kept values and their packed 4-bit positions (for serialising).
+    pub fn parts(&self) -> (&[f32], &[u8]) {
+        (&self.values, &self.index)
+    }
+
+    /// Rebuilds a packed matrix from [`Self::parts`], checking every length and position.
+    pub fn from_parts(
+        rows: usize,
+        cols: usize,
+        n: usize,
+        m: usize,
+        values: Vec<f32>,
+        index: Vec<u8>,
+    ) -> Result<Self, NmError> {
+        if n == 0 || n >= m || m > 16 {
+            return Err(NmError::Pattern { n, m });
+        }
+        if !cols.is_multiple_of(m) {
+            return Err(NmError::Width { cols, m });
+        }
+        let out = Self {
+            rows,
+            cols,
+            n,
+            m,
+            values,
+            index,
+        };
+        let per_row = cols / m * n;
+        if out.values.len() != rows * per_row || out.index.len() != rows * out.row_bytes() {
+            return Err(NmError::Parts(format!(
+                "{} values and {} index bytes for {rows}×{cols} at {n}:{m}",
+                out.values.len(),
+                out.index.len()
+            )));
+        }
+        // Padding nibbles (odd counts per row) are zero, so every nibble is a position < m.
+        let bad_position = out
+            .index
+            .iter()
+            .any(|b| usize::from(b & 0xf) >= m || usize::from(b >> 4) >= m);
+        if bad_position {
+            return Err(NmError::Parts(format!("a position is not below m = {m}")));
+        }
+        Ok(out)
     }
 
     fn row_bytes(&self) -> usize {

@@ -20,6 +20,8 @@ const MATMUL_MIN_ROWS: usize = 4;
 /// Why a matrix cannot be held in CSR.
 #[derive(Debug, thiserror::Error)]
 pub enum SparseError {
+    #[error("CSR parts are inconsistent: {0}")]
+    Parts(String),
     #[error("{cols} input columns do not fit 16-bit column indices")]
     TooWide { cols: usize },
     #[error("matrix has {got} values, expected {rows}×{cols}")]
@@ -72,6 +74,46 @@ impl CsrMatrix {
                 }
             }
             row_start.push(values.len() as u32);
+        }
+        Ok(Self {
+            rows,
+            cols,
+            row_start,
+            col,
+            values,
+        })
+    }
+
+    /// The stored arrays: row starts, column indices, values (for serialising).
+    pub fn parts(&self) -> (&[u32], &[u16], &[f32]) {
+        (&self.row_start, &self.col, &self.values)
+    }
+
+    /// Rebuilds a matrix from [`Self::parts`], checking that row starts ascend to the number of
+    /// values and every column index is inside the matrix.
+    pub fn from_parts(
+        rows: usize,
+        cols: usize,
+        row_start: Vec<u32>,
+        col: Vec<u16>,
+        values: Vec<f32>,
+    ) -> Result<Self, SparseError> {
+        let bad = |why: String| Err(SparseError::Parts(why));
+        if row_start.len() != rows + 1 || row_start.first() != Some(&0) {
+            return bad(format!("{} row starts for {rows} rows", row_start.len()));
+        }
+        if row_start.windows(2).any(|w| w[0] > w[1])
+            || row_start.last().map(|&l| l as usize) != Some(values.len())
+            || col.len() != values.len()
+        {
+            return bad(format!(
+                "row starts do not ascend to the {} values ({} column indices)",
+                values.len(),
+                col.len()
+            ));
+        }
+        if col.iter().any(|&c| usize::from(c) >= cols) {
+            return bad(format!("a column index is not below {cols}"));
         }
         Ok(Self {
             rows,

@@ -14,7 +14,7 @@ use super::record::{ExperimentRecord, Status};
 pub const SCHEMA_VERSION: u32 = 2;
 
 /// String columns, in write order (`error` and `steps_json` may be null).
-const STRING_COLUMNS: [&str; 16] = [
+pub(crate) const STRING_COLUMNS: [&str; 16] = [
     "id",
     "run_key",
     "created_at",

@@ -16,6 +16,7 @@ pub mod frame;
 pub mod pareto;
 pub mod query;
 pub mod record;
+pub mod scan;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -27,6 +28,7 @@ use polars::prelude::*;
 
 pub use frame::{SCHEMA_VERSION, frame_from_records, records_from_frame};
 pub use record::{ExperimentRecord, Status, code_version, run_key};
+pub use scan::Scan;
 
 /// Where runs go unless `--store DIR` says otherwise.
 pub const DEFAULT_DIR: &str = "experiments/store";
@@ -232,36 +234,42 @@ impl Store {
         Ok(Snapshot { records, skipped })
     }
 
-    /// All runs as a lazy frame (the Parquet columns; `tags` reflects tag files, as JSON).
-    pub fn frame(&self) -> Result<LazyFrame, StoreError> {
-        let snap = self.load()?;
-        let df = frame_from_records(&snap.records).map_err(|e| StoreError::Parquet {
+    /// Runs matching `pre` (pushed into the scans; see [`Store::scan_where`]), decoded into
+    /// records, oldest first, tags applied.
+    pub fn records_where(&self, pre: Expr) -> Result<Vec<ExperimentRecord>, StoreError> {
+        let (df, _) = self.collect(Some(pre), |lf| lf)?;
+        records_from_frame(&df).map_err(|e| StoreError::Parquet {
+            path: self.dir.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The newest successful run with this key, if any. Only the matching rows are decoded.
+    pub fn find_key(&self, run_key: &str) -> Result<Option<ExperimentRecord>, StoreError> {
+        let pre = col("run_key")
+            .eq(lit(run_key))
+            .and(col("status").eq(lit(Status::Ok.as_str())));
+        Ok(self.records_where(pre)?.pop())
+    }
+
+    /// The run whose id is `id` or starts with it (unique prefix). An exact id is looked up
+    /// with a filter pushed into the scans; a prefix reads the id column only.
+    pub fn get(&self, id: &str) -> Result<ExperimentRecord, StoreError> {
+        if let Some(r) = self.records_where(col("id").eq(lit(id)))?.pop() {
+            return Ok(r);
+        }
+        let (df, _) = self.collect(None, |lf| lf.select([col("id")]))?;
+        let ids = df.column("id").and_then(|c| c.str().cloned());
+        let ids = ids.map_err(|e| StoreError::Parquet {
             path: self.dir.clone(),
             message: e.to_string(),
         })?;
-        Ok(df.lazy())
-    }
-
-    /// The newest successful run with this key, if any.
-    pub fn find_key(&self, run_key: &str) -> Result<Option<ExperimentRecord>, StoreError> {
-        Ok(self
-            .load()?
-            .records
-            .into_iter()
-            .rev()
-            .find(|r| r.run_key == run_key && r.status == Status::Ok))
-    }
-
-    /// The run whose id is `id` or starts with it (unique prefix).
-    pub fn get(&self, id: &str) -> Result<ExperimentRecord, StoreError> {
-        let recs = self.load()?.records;
-        if let Some(r) = recs.iter().find(|r| r.id == id) {
-            return Ok(r.clone());
-        }
-        let matches: Vec<&ExperimentRecord> =
-            recs.iter().filter(|r| r.id.starts_with(id)).collect();
+        let matches: Vec<&str> = ids.iter().flatten().filter(|r| r.starts_with(id)).collect();
         match matches.as_slice() {
-            [one] => Ok((*one).clone()),
+            [one] => self
+                .records_where(col("id").eq(lit(*one)))?
+                .pop()
+                .ok_or_else(|| StoreError::NoSuchRun(id.to_string())),
             [] => Err(StoreError::NoSuchRun(id.to_string())),
             many => Err(StoreError::AmbiguousId {
                 id: id.to_string(),
@@ -395,13 +403,9 @@ impl Store {
         }
     }
 
-    /// Writes every run as CSV (the same columns as the Parquet files).
+    /// Writes every run as CSV (the Parquet columns, tags applied); returns the number of runs.
     pub fn export_csv(&self, out: &Path) -> Result<usize, StoreError> {
-        let snap = self.load()?;
-        let mut df = frame_from_records(&snap.records).map_err(|e| StoreError::Parquet {
-            path: out.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let (mut df, _) = self.collect(None, |lf| lf)?;
         let mut file = File::create(out).map_err(io_err(out))?;
         CsvWriter::new(&mut file)
             .finish(&mut df)
@@ -409,6 +413,6 @@ impl Store {
                 path: out.to_path_buf(),
                 message: e.to_string(),
             })?;
-        Ok(snap.records.len())
+        Ok(df.height())
     }
 }

@@ -81,6 +81,11 @@ impl std::str::FromStr for Filter {
 }
 
 impl Filter {
+    /// The columns the filter reads.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.clauses.iter().map(|c| c.column.as_str())
+    }
+
     /// The filter as one polars expression.
     pub fn expr(&self) -> Expr {
         let mut out: Option<Expr> = None;
@@ -107,7 +112,18 @@ impl Filter {
     }
 }
 
-/// The runs matching `filter`, evaluated by polars over the store's lazy frame.
+/// The error for a filter naming a column the runs do not have.
+fn check_columns(filter: &Filter, columns: &[String]) -> Result<(), StoreError> {
+    match filter.columns().find(|c| !columns.iter().any(|x| x == c)) {
+        Some(c) => Err(StoreError::Query(format!(
+            "--where: no column `{c}` (columns: {})",
+            columns.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The runs of `records` matching `filter`, evaluated by polars over a frame built from them.
 pub fn filter_records(
     records: &[ExperimentRecord],
     filter: &Filter,
@@ -119,13 +135,7 @@ pub fn filter_records(
         .iter()
         .map(|c| c.to_string())
         .collect();
-    if let Some(c) = filter.clauses.iter().find(|c| !columns.contains(&c.column)) {
-        return Err(StoreError::Query(format!(
-            "--where: no column `{}` (columns: {})",
-            c.column,
-            columns.join(", ")
-        )));
-    }
+    check_columns(filter, &columns)?;
     let ids = df
         .lazy()
         .filter(filter.expr())
@@ -146,17 +156,108 @@ pub fn filter_records(
         .collect())
 }
 
+/// Which runs a query reads: all, those with a tag, those matching a filter, or both.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selection {
+    pub tag: Option<String>,
+    pub filter: Option<Filter>,
+}
+
+impl Selection {
+    /// A tag, or a filter if the text contains a comparison (as `compare --a/--b` take them).
+    pub fn tag_or_filter(text: &str) -> Result<Self, StoreError> {
+        Ok(if is_filter(text) {
+            Selection {
+                tag: None,
+                filter: Some(text.parse()?),
+            }
+        } else {
+            Selection {
+                tag: Some(text.to_string()),
+                filter: None,
+            }
+        })
+    }
+}
+
+/// Files the store could not read, as every query reports them.
+pub type Skipped = Vec<(std::path::PathBuf, String)>;
+
+/// Runs `selection` over the store's lazy frame and collects `columns` (all when `None`).
+/// The filter (and `pre`, a row-wise predicate) is pushed into the Parquet scans; a filter on
+/// `tags` runs after tag files are applied. The tag test runs on the collected `tags` column
+/// (a JSON list per run).
+fn collect_selection(
+    store: &Store,
+    selection: &Selection,
+    pre: Option<Expr>,
+    columns: Option<&[String]>,
+) -> Result<(DataFrame, Skipped), StoreError> {
+    let schema_err = |e: PolarsError| StoreError::Query(e.to_string());
+    let schema = store.frame()?.collect_schema().map_err(schema_err)?;
+    let names: Vec<String> = schema.iter_names().map(|c| c.to_string()).collect();
+    let mut pre = pre;
+    let mut post = None;
+    if let Some(f) = &selection.filter {
+        check_columns(f, &names)?;
+        if f.columns().any(|c| c == "tags") {
+            post = Some(f.expr());
+        } else {
+            pre = Some(match pre {
+                Some(p) => p.and(f.expr()),
+                None => f.expr(),
+            });
+        }
+    }
+    let mut wanted: Option<Vec<Expr>> =
+        columns.map(|c| c.iter().map(|n| col(n.as_str())).collect());
+    if let (Some(w), Some(_)) = (&mut wanted, &selection.tag)
+        && !columns.is_some_and(|c| c.iter().any(|n| n == "tags"))
+    {
+        w.push(col("tags"));
+    }
+    let (df, skipped) = store.collect(pre, |lf| {
+        let lf = match &post {
+            Some(p) => lf.filter(p.clone()),
+            None => lf,
+        };
+        match &wanted {
+            Some(w) => lf.select(w.clone()),
+            None => lf,
+        }
+    })?;
+    let Some(tag) = &selection.tag else {
+        return Ok((df, skipped));
+    };
+    let tags = df
+        .column("tags")
+        .and_then(|c| c.str().cloned())
+        .map_err(schema_err)?;
+    let mask: BooleanChunked = tags
+        .iter()
+        .map(|t| {
+            t.and_then(|t| serde_json::from_str::<Vec<String>>(t).ok())
+                .is_some_and(|list| list.iter().any(|x| x == tag))
+        })
+        .collect();
+    let df = df.filter(&mask).map_err(schema_err)?;
+    Ok((df, skipped))
+}
+
+/// The runs `selection` picks from the store, decoded into records (oldest first, tags
+/// applied), with the files that could not be read.
+pub fn select_records(
+    store: &Store,
+    selection: &Selection,
+) -> Result<(Vec<ExperimentRecord>, Skipped), StoreError> {
+    let (df, skipped) = collect_selection(store, selection, None, None)?;
+    let records = super::records_from_frame(&df).map_err(|e| StoreError::Query(e.to_string()))?;
+    Ok((records, skipped))
+}
+
 /// Runs selected by a tag, or by a filter expression if the text contains a comparison.
 pub fn select(store: &Store, tag_or_filter: &str) -> Result<Vec<ExperimentRecord>, StoreError> {
-    let all = store.load()?.records;
-    if is_filter(tag_or_filter) {
-        filter_records(&all, &tag_or_filter.parse()?)
-    } else {
-        Ok(all
-            .into_iter()
-            .filter(|r| r.tags.iter().any(|t| t == tag_or_filter))
-            .collect())
-    }
+    Ok(select_records(store, &Selection::tag_or_filter(tag_or_filter)?)?.0)
 }
 
 /// One objective: a metric and its sense. `max:NAME` / `min:NAME` override the default sense.
@@ -211,11 +312,17 @@ pub struct FrontReport {
     pub reference: Vec<f64>,
 }
 
+/// What a front reports of each run.
+#[derive(Debug, Clone)]
+struct RunRef {
+    id: String,
+    techniques: String,
+    tags: Vec<String>,
+    recipe_hash: String,
+}
+
 /// The usable runs and their objective values.
-fn points(
-    records: &[ExperimentRecord],
-    objectives: &[Objective],
-) -> (Vec<ExperimentRecord>, Vec<Vec<f64>>) {
+fn points(records: &[ExperimentRecord], objectives: &[Objective]) -> (Vec<RunRef>, Vec<Vec<f64>>) {
     let mut recs = Vec::new();
     let mut pts = Vec::new();
     for r in records.iter().filter(|r| r.status == Status::Ok) {
@@ -224,11 +331,118 @@ fn points(
             .map(|o| r.metric(&o.metric).filter(|x| x.is_finite()))
             .collect();
         if let Some(v) = v {
-            recs.push(r.clone());
+            recs.push(RunRef {
+                id: r.id.clone(),
+                techniques: r.techniques.clone(),
+                tags: r.tags.clone(),
+                recipe_hash: r.recipe_hash.clone(),
+            });
             pts.push(v);
         }
     }
     (recs, pts)
+}
+
+/// The front of the successful runs `selection` picks from the store over `objectives`, read
+/// lazily: only the objective and label columns of matching rows are decoded. A metric no
+/// stored run has gives an empty front, as in [`front_report`].
+pub fn front_from_store(
+    store: &Store,
+    selection: &Selection,
+    objectives: &[Objective],
+) -> Result<(FrontReport, Skipped), StoreError> {
+    check_objective_count(objectives)?;
+    let qerr = |e: PolarsError| StoreError::Query(e.to_string());
+    let schema = store.frame()?.collect_schema().map_err(qerr)?;
+    if objectives.iter().any(|o| {
+        schema
+            .get(o.metric.as_str())
+            .is_none_or(|d| !d.is_primitive_numeric())
+    }) {
+        if let Some(f) = &selection.filter {
+            let names: Vec<String> = schema.iter_names().map(|c| c.to_string()).collect();
+            check_columns(f, &names)?;
+        }
+        let skipped = store.scan()?.skipped;
+        return Ok((
+            front_of(&|_| unreachable_label(), &[], objectives, None),
+            skipped,
+        ));
+    }
+    let mut pre = col("status").eq(lit(Status::Ok.as_str()));
+    for o in objectives {
+        pre = pre.and(col(o.metric.as_str()).is_not_null());
+    }
+    let mut columns: Vec<String> = ["id", "techniques", "tags", "recipe_hash"]
+        .map(String::from)
+        .to_vec();
+    columns.extend(objectives.iter().map(|o| o.metric.clone()));
+    let (df, skipped) = collect_selection(store, selection, Some(pre), Some(&columns))?;
+    let text = |name: &str| -> Result<StringChunked, StoreError> {
+        let c = df
+            .column(name)
+            .map_err(qerr)?
+            .cast(&DataType::String)
+            .map_err(qerr)?;
+        Ok(c.str().map_err(qerr)?.clone())
+    };
+    let (ids, techniques, tags, hashes) = (
+        text("id")?,
+        text("techniques")?,
+        text("tags")?,
+        text("recipe_hash")?,
+    );
+    let mut values = Vec::with_capacity(objectives.len());
+    for o in objectives {
+        let c = df
+            .column(o.metric.as_str())
+            .map_err(qerr)?
+            .cast(&DataType::Float64)
+            .map_err(qerr)?;
+        values.push(c.f64().map_err(qerr)?.iter().collect::<Vec<Option<f64>>>());
+    }
+    // Row of each usable point; labels are built only for the runs the report names.
+    let mut rows = Vec::new();
+    let mut pts = Vec::new();
+    for i in 0..df.height() {
+        let v: Option<Vec<f64>> = values
+            .iter()
+            .map(|col| col[i].filter(|x| x.is_finite()))
+            .collect();
+        if let Some(v) = v {
+            rows.push(i);
+            pts.push(v);
+        }
+    }
+    let get = |c: &StringChunked, i: usize| c.get(rows[i]).unwrap_or_default().to_string();
+    let label = |i: usize| RunRef {
+        id: get(&ids, i),
+        techniques: get(&techniques, i),
+        tags: serde_json::from_str(&get(&tags, i)).unwrap_or_default(),
+        recipe_hash: get(&hashes, i),
+    };
+    Ok((front_of(&label, &pts, objectives, None), skipped))
+}
+
+/// The label of a point that does not exist (an empty front names no run).
+fn unreachable_label() -> RunRef {
+    RunRef {
+        id: String::new(),
+        techniques: String::new(),
+        tags: Vec::new(),
+        recipe_hash: String::new(),
+    }
+}
+
+fn check_objective_count(objectives: &[Objective]) -> Result<(), StoreError> {
+    if (2..=5).contains(&objectives.len()) {
+        Ok(())
+    } else {
+        Err(StoreError::Query(format!(
+            "a front needs 2 to 5 objectives, got {}",
+            objectives.len()
+        )))
+    }
 }
 
 /// A reference point just worse than every given point: the worst value plus 10% of the range
@@ -262,36 +476,44 @@ pub fn front_report(
     objectives: &[Objective],
     reference: Option<&[f64]>,
 ) -> Result<FrontReport, StoreError> {
-    if !(2..=5).contains(&objectives.len()) {
-        return Err(StoreError::Query(format!(
-            "a front needs 2 to 5 objectives, got {}",
-            objectives.len()
-        )));
-    }
-    let senses: Vec<Sense> = objectives.iter().map(|o| o.sense).collect();
+    check_objective_count(objectives)?;
     let (recs, pts) = points(records, objectives);
-    let reference = reference.map_or_else(|| reference_point(&pts, objectives), <[f64]>::to_vec);
-    let f = front(&pts, &senses);
-    let knee = knee_point(&pts, &senses).map(|i| recs[i].id.clone());
+    Ok(front_of(&|i| recs[i].clone(), &pts, objectives, reference))
+}
+
+/// The front of labelled points.
+fn front_of(
+    label: &dyn Fn(usize) -> RunRef,
+    pts: &[Vec<f64>],
+    objectives: &[Objective],
+    reference: Option<&[f64]>,
+) -> FrontReport {
+    let senses: Vec<Sense> = objectives.iter().map(|o| o.sense).collect();
+    let reference = reference.map_or_else(|| reference_point(pts, objectives), <[f64]>::to_vec);
+    let f = front(pts, &senses);
+    let knee = knee_point(pts, &senses).map(|i| label(i).id);
     let hv =
-        (objectives.len() <= 3 && !pts.is_empty()).then(|| hypervolume(&pts, &senses, &reference));
-    Ok(FrontReport {
+        (objectives.len() <= 3 && !pts.is_empty()).then(|| hypervolume(pts, &senses, &reference));
+    FrontReport {
         objectives: objectives.to_vec(),
-        considered: recs.len(),
+        considered: pts.len(),
         front: f
             .iter()
-            .map(|&i| FrontRun {
-                id: recs[i].id.clone(),
-                values: pts[i].clone(),
-                techniques: recs[i].techniques.clone(),
-                tags: recs[i].tags.clone(),
-                recipe_hash: recs[i].recipe_hash.clone(),
+            .map(|&i| {
+                let r = label(i);
+                FrontRun {
+                    id: r.id,
+                    values: pts[i].clone(),
+                    techniques: r.techniques,
+                    tags: r.tags,
+                    recipe_hash: r.recipe_hash,
+                }
             })
             .collect(),
         knee,
         hypervolume: hv,
         reference,
-    })
+    }
 }
 
 /// One layer whose plan differs between two runs.
