@@ -8,8 +8,10 @@
 //!
 //! Every file is written to a temporary name, fsynced, renamed into place and the directory
 //! fsynced, so a reader sees either the whole file or nothing, and several processes (a sharded
-//! sweep on a cluster) can write into one directory without locks. A file that cannot be read
-//! is reported in [`Snapshot::skipped`] and left alone. This module never deletes a run file
+//! sweep on a cluster) can write into one directory without locks. Reading is a lazy polars
+//! scan of the files ([`Store::scan`], [`Store::frame`], [`Store::collect`]; see [`scan`]);
+//! [`Store::load`] decodes every record for callers that want them. A file that cannot be read
+//! is reported ([`Snapshot::skipped`], [`Scan::skipped`]) and left alone. This module never deletes a run file
 //! except the inputs of a finished compaction, whose rows are then in the compacted file.
 
 pub mod frame;
