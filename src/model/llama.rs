@@ -18,6 +18,14 @@ pub trait ForwardHook {
     fn linear_input(&mut self, _id: LinearId, _x: &Tensor) -> Result<()> {
         Ok(())
     }
+
+    /// Whether the caller uses the block's output. A hook that only gathers linear inputs
+    /// returns `false`, and the block then skips its last product (the MLP down projection,
+    /// whose input the hook has already seen) and returns a tensor that is *not* the block
+    /// output.
+    fn wants_output(&self) -> bool {
+        true
+    }
 }
 
 /// The hook that observes nothing.
@@ -264,6 +272,7 @@ impl Transformer {
         let cfg = &self.config;
         let Shape { batch: b, seq: n } = ctx.shape;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let wants_output = hook.wants_output();
         let mut linear = |kind: LinearKind, x: &Tensor| -> Result<Tensor> {
             hook.linear_input(LinearId::new(ctx.index, kind), x)?;
             block.linear(kind).forward(x)
@@ -322,6 +331,11 @@ impl Transformer {
         } else {
             (candle_nn::ops::silu(&gate)? * up)?
         };
+        if !wants_output {
+            // Statistics only: the down projection's input is all the hook needs.
+            hook.linear_input(LinearId::new(ctx.index, LinearKind::FfnDown), &act)?;
+            return Ok(h);
+        }
         h + linear(LinearKind::FfnDown, &act)?
     }
 
