@@ -358,7 +358,9 @@ impl Transformer {
         ))
     }
 
-    /// Bytes of every weight: embeddings, norms, linears, and the head when untied.
+    /// Bytes of every weight: embeddings, norms, linears, and the head when untied. A tied head
+    /// that was quantized (the recipe's `[embedding]` step) counts in its stored form instead of
+    /// the f32 embedding: the embedding's rows are the head's rows, dequantized.
     pub fn size_bytes(&self) -> usize {
         let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         let blocks: usize = self
@@ -373,12 +375,17 @@ impl Transformer {
                         .sum::<usize>()
             })
             .sum();
-        let head = if self.config.tie_word_embeddings {
-            0
+        // A tied head is the embedding matrix itself: counted once, in the head's stored form
+        // when the head was quantized (the embedding then looks rows up in the same matrix).
+        let (embd, head) = if self.config.tie_word_embeddings {
+            match self.output {
+                LinearWeight::Dense { .. } => (t(&self.token_embd), 0),
+                _ => (self.output.size_bytes(), 0),
+            }
         } else {
-            self.output.size_bytes()
+            (t(&self.token_embd), self.output.size_bytes())
         };
-        t(&self.token_embd) + blocks + t(&self.output_norm) + head
+        embd + blocks + t(&self.output_norm) + head
     }
 
     /// Every linear of every block, in forward order.

@@ -127,6 +127,9 @@ pub fn apply_with_merge_hook(
             flatten::apply_flatten(&mut model, step, calib_tokens, calib, recipe.seed, progress)?;
         summary.flattened_blocks = removed;
     }
+    if let Some(step) = &recipe.embedding {
+        quantize_embedding(&mut model, step)?;
+    }
     let plan = recipe.resolve(&model.transformer)?;
     let needs_stats = plan.layers.values().any(|(_, t)| t.needs_stats());
     let total = plan.layers.len();
@@ -166,10 +169,8 @@ pub fn apply_with_merge_hook(
         }
         timings.statistics += t.elapsed();
         let t = Instant::now();
-        for (id, _) in &layers {
-            if !progress(&format!("compressing {id}"), done, total) {
-                return Err(cancelled());
-            }
+        if !layers.is_empty() && !progress(&format!("compressing block {block}"), done, total) {
+            return Err(cancelled());
         }
         // Every layer of the block reads the same pre-compression statistics and none reads
         // another's result, so they are compressed concurrently (each is deterministic, so the
@@ -190,6 +191,9 @@ pub fn apply_with_merge_hook(
         for ((id, _), new) in layers.iter().zip(compressed) {
             *model.transformer.blocks[block].linear_mut(id.kind) = new?;
             done += 1;
+            if !progress(&format!("compressed {id}"), done, total) {
+                return Err(cancelled());
+            }
         }
         timings.quantize += t.elapsed();
         // Inputs of the next block come from this (now compressed) block.
@@ -225,6 +229,32 @@ pub fn apply_with_merge_hook(
         summary,
         compress_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The `[embedding]` step: per-row RTN of the token embedding, which the tied LM head shares.
+/// Both keep the dequantized matrix for their products (one tensor); the byte count is that of
+/// the packed codes and per-row scale/zero pairs, counted once (see
+/// [`crate::model::Transformer::size_bytes`]).
+fn quantize_embedding(model: &mut Model, step: &recipe::EmbeddingStep) -> anyhow::Result<()> {
+    let t = &mut model.transformer;
+    step.validate(t)
+        .map_err(|e| anyhow::anyhow!("[embedding]: {e}"))?;
+    let (rows, cols) = t.token_embd.dims2()?;
+    let w = t
+        .token_embd
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let q = crate::quant::gptq::rtn_quantize(&w, rows, cols, step.bits, cols);
+    let dq = candle_core::Tensor::from_vec(q, (rows, cols), t.token_embd.device())?;
+    t.token_embd = dq.clone();
+    t.output = LinearWeight::Rtn {
+        dequantized: dq,
+        bits: step.bits,
+        group: cols,
+        bias: None,
+    };
+    Ok(())
 }
 
 /// Where the per-block compression loop spends its time (logged at `REPARAM_LOG=info`).

@@ -143,6 +143,7 @@ pub fn empty_recipe() -> Recipe {
         seed: 0,
         merge: None,
         flatten: None,
+        embedding: None,
         layers: Vec::new(),
     }
 }
@@ -361,6 +362,7 @@ fn rule_matches(rule: &LayerRule, t: &Transformer) -> Result<Vec<LinearId>, Stri
         seed: 0,
         merge: None,
         flatten: None,
+        embedding: None,
         layers: vec![LayerRule {
             shiftadd: Some(default_shiftadd(4)),
             rtn: None,
