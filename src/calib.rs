@@ -45,6 +45,9 @@ impl InputStats {
 pub struct StatsCollector {
     selected: Option<Vec<LinearId>>,
     with_xtx: bool,
+    /// Whether the forward pass must still produce the block output (see
+    /// [`ForwardHook::wants_output`]).
+    output_needed: bool,
     pub stats: BTreeMap<LinearId, InputStats>,
 }
 
@@ -54,12 +57,24 @@ impl StatsCollector {
         Self {
             selected: layers,
             with_xtx,
+            output_needed: true,
             stats: BTreeMap::new(),
         }
+    }
+
+    /// Declares that the forward pass this collector observes is run for its statistics only,
+    /// so the block may skip work whose result nobody reads.
+    pub fn statistics_only(mut self) -> Self {
+        self.output_needed = false;
+        self
     }
 }
 
 impl ForwardHook for StatsCollector {
+    fn wants_output(&self) -> bool {
+        self.output_needed
+    }
+
     fn linear_input(&mut self, id: LinearId, x: &Tensor) -> Result<()> {
         if self.selected.as_ref().is_some_and(|s| !s.contains(&id)) {
             return Ok(());
@@ -76,20 +91,58 @@ impl ForwardHook for StatsCollector {
             );
         }
         let x = x.to_dtype(DType::F32)?;
-        // Per-batch Gram in f32 through GEMM (fast), accumulated across batches in f64.
         if self.with_xtx {
-            let gram = x.t()?.matmul(&x)?.flatten_all()?.to_vec1::<f32>()?;
-            for (acc, g) in entry.xtx.iter_mut().zip(gram) {
-                *acc += f64::from(g);
+            // Per-batch Gram in f32 through GEMM (fast), accumulated across batches in f64. Its
+            // diagonal is the per-column sum of squares, so that needs no separate pass.
+            let gram = gram_f32(&x)?;
+            for (acc, g) in entry.xtx.iter_mut().zip(&gram) {
+                *acc += f64::from(*g);
             }
-        }
-        let sq = x.sqr()?.sum(0)?.to_vec1::<f32>()?;
-        for (acc, s) in entry.col_sq_norms.iter_mut().zip(sq) {
-            *acc += f64::from(s);
+            for (c, acc) in entry.col_sq_norms.iter_mut().enumerate() {
+                *acc += f64::from(gram[c * cols + c]);
+            }
+        } else {
+            let sq = x.sqr()?.sum(0)?.to_vec1::<f32>()?;
+            for (acc, s) in entry.col_sq_norms.iter_mut().zip(sq) {
+                *acc += f64::from(s);
+            }
         }
         entry.tokens += n;
         Ok(())
     }
+}
+
+/// Column strip width of [`gram_f32`]: narrow enough that the skipped lower triangle is most of
+/// the saving, wide enough that each GEMM still runs at full speed.
+const GRAM_STRIP: usize = 96;
+
+/// `XᵀX` (row-major `cols × cols`, f32) of a `[tokens, cols]` matrix, computing only the upper
+/// triangle: one GEMM per strip of [`GRAM_STRIP`] columns against the columns from the strip's
+/// start on, then mirrored. About half the flops of the full product (0.58× at 576 columns,
+/// 0.53× at 1536) for the same dot products.
+pub fn gram_f32(x: &Tensor) -> Result<Vec<f32>> {
+    let (_, cols) = x.dims2()?;
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let mut g = vec![0.0f32; cols * cols];
+    let mut i0 = 0;
+    while i0 < cols {
+        let w = GRAM_STRIP.min(cols - i0);
+        let lhs = x.narrow(1, i0, w)?.t()?;
+        let rhs = x.narrow(1, i0, cols - i0)?;
+        let strip = lhs.matmul(&rhs)?.to_vec2::<f32>()?;
+        for (r, row) in strip.iter().enumerate() {
+            let i = i0 + r;
+            // Row i from column i on; the part left of the diagonal inside the strip is the
+            // same product computed twice, so only the upper triangle is taken.
+            for (j, &v) in row.iter().enumerate().skip(r) {
+                let c = i0 + j;
+                g[i * cols + c] = v;
+                g[c * cols + i] = v;
+            }
+        }
+        i0 += w;
+    }
+    Ok(g)
 }
 
 /// Linears that read the same input share one set of statistics: q/k/v read the attention
@@ -128,4 +181,33 @@ pub fn calibration_ids(
         (samples, seq_len),
         &candle_core::Device::Cpu,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The strip-wise upper-triangle Gram equals the plain product, is exactly symmetric, and
+    /// covers widths that are not multiples of the strip.
+    #[test]
+    fn gram_matches_plain_product() {
+        for (n, cols) in [(1, 1), (37, 5), (50, 96), (33, 97), (70, 203)] {
+            let data: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * (1.0 + (i % 3) as f32))
+                .collect();
+            let x = Tensor::from_vec(data.clone(), (n, cols), &candle_core::Device::Cpu).unwrap();
+            let g = gram_f32(&x).unwrap();
+            for i in 0..cols {
+                for j in 0..cols {
+                    let want: f64 = (0..n)
+                        .map(|t| f64::from(data[t * cols + i]) * f64::from(data[t * cols + j]))
+                        .sum();
+                    let got = f64::from(g[i * cols + j]);
+                    assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{i},{j}");
+                    assert_eq!(g[i * cols + j].to_bits(), g[j * cols + i].to_bits());
+                }
+            }
+        }
+    }
 }

@@ -217,6 +217,7 @@ impl SearchSpace {
             seed: self.seed,
             merge: self.merge.clone(),
             flatten: self.flatten.clone(),
+            embedding: None,
             layers: pick
                 .iter()
                 .zip(&choices)

@@ -168,7 +168,9 @@ fn run_applies_a_recipe_to_a_zoo_model() {
     assert!(f("kld_mean") < 0.05, "{r}");
     assert!(f("top1_agree") > 0.9, "{r}");
     assert!(f("bytes") < f("base_bytes") / 3.0, "{r}");
-    assert!((f("avg_bits") - 5.0).abs() < 1e-9, "{r}");
+    // 4 planes + 4 scales of 16 bits (APoT codes) per 128 weights = 4.5, plus one base-exponent
+    // byte per matrix.
+    assert!(f("avg_bits") > 4.5 && f("avg_bits") < 4.51, "{r}");
     for k in [
         "ppl",
         "decode_tok_s",

@@ -54,10 +54,11 @@ fn shiftadd_recipe_compresses_every_selected_layer() {
         );
     }
     assert!(c.model.transformer.size_bytes() < base.transformer.size_bytes());
-    // 3 planes plus one f32 scale per (plane, 16 weights): 3 + 3·32/16 = 9 bits, plus the
-    // padding of rows to 16-row key blocks (widths 40 and 72 pad to 48 and 80), as stored.
+    // 3 planes plus one 16-bit APoT-coded scale per (plane, 16 weights): 3 + 3·16/16 = 6 bits,
+    // plus the padding of rows to 16-row key blocks (widths 40 and 72 pad to 48 and 80), as
+    // stored.
     let bits = c.avg_bits();
-    assert!(bits > 9.0 && bits < 10.0, "avg bits {bits}");
+    assert!(bits > 6.0 && bits < 7.0, "avg bits {bits}");
     // Untouched tensors are shared with the base, not copied.
     assert_eq!(
         c.model.transformer.token_embd.id(),
@@ -148,6 +149,69 @@ fn rtn_and_partial_recipes() {
     assert_eq!(weight.id(), w0.id());
     // 4 bits + (f16 scale + f16 zero) per 8 inputs = 8 bits per weight.
     assert!((c.avg_bits() - 8.0).abs() < 1e-9, "{}", c.avg_bits());
+}
+
+/// The `[embedding]` step: the tied embedding/head becomes per-row RTN, counted once at its
+/// packed size; an untied model or a bad bit-width is refused before any work.
+#[test]
+fn embedding_step_quantizes_the_tied_head_once() {
+    let dir = tempfile::tempdir().unwrap();
+    TinySpec {
+        hidden: 40,
+        ffn: 72,
+        heads: 4,
+        kv_heads: 2,
+        tied: true,
+        ..TinySpec::default()
+    }
+    .write_hf(dir.path(), 1);
+    let base = Model::load(dir.path()).unwrap();
+    let r = recipe(
+        "[embedding]\nbits = 8\n[[layers]]\nmatch = \"blk.*.*\"\n[layers.rtn]\nbits = 4\ngroup = 8\n",
+    );
+    let c = apply(&base, &r, &calib_tokens(), CALIB, &mut |_, _, _| true).unwrap();
+    let t = &c.model.transformer;
+    let (vocab, d) = t.token_embd.dims2().unwrap();
+    assert_eq!(t.output.form(), "rtn");
+    // One tensor for both uses, and the bytes count it once: 8-bit codes + an f16 scale and zero
+    // per row, instead of the f32 matrix.
+    assert_eq!(t.token_embd.id(), {
+        let LinearWeight::Rtn { dequantized, .. } = &t.output else {
+            unreachable!()
+        };
+        dequantized.id()
+    });
+    let embd_f32 = vocab * d * 4;
+    let embd_q8 = vocab * d + vocab * 4;
+    let linears = |m: &reparam::model::Transformer| -> usize {
+        m.linear_ids()
+            .map(|id| m.linear(id).unwrap().size_bytes())
+            .sum()
+    };
+    assert_eq!(
+        base.transformer.size_bytes() - linears(&base.transformer) - embd_f32,
+        t.size_bytes() - linears(t) - embd_q8
+    );
+    // Rows are within half a step of the original.
+    let a = base.transformer.token_embd.to_vec2::<f32>().unwrap();
+    let b = t.token_embd.to_vec2::<f32>().unwrap();
+    for (ra, rb) in a.iter().zip(&b) {
+        let (lo, hi) = ra
+            .iter()
+            .fold((0f32, 0f32), |(l, h), &x| (l.min(x), h.max(x)));
+        let step = (hi - lo) / 255.0;
+        for (x, y) in ra.iter().zip(rb) {
+            assert!((x - y).abs() <= 0.5 * step * 1.0001 + 1e-7);
+        }
+    }
+    // Refusals.
+    let (_d, untied) = tiny();
+    let e = apply(&untied, &r, &calib_tokens(), CALIB, &mut |_, _, _| true).unwrap_err();
+    assert!(format!("{e:#}").contains("tied"), "{e:#}");
+    let bad =
+        recipe("[embedding]\nbits = 12\n[[layers]]\nmatch = \"blk.*.*\"\n[layers.rtn]\nbits = 4\n");
+    let e = apply(&base, &bad, &calib_tokens(), CALIB, &mut |_, _, _| true).unwrap_err();
+    assert!(format!("{e:#}").contains("2..=8"), "{e:#}");
 }
 
 #[test]

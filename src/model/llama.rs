@@ -18,6 +18,14 @@ pub trait ForwardHook {
     fn linear_input(&mut self, _id: LinearId, _x: &Tensor) -> Result<()> {
         Ok(())
     }
+
+    /// Whether the caller uses the block's output. A hook that only gathers linear inputs
+    /// returns `false`, and the block then skips its last product (the MLP down projection,
+    /// whose input the hook has already seen) and returns a tensor that is *not* the block
+    /// output.
+    fn wants_output(&self) -> bool {
+        true
+    }
 }
 
 /// The hook that observes nothing.
@@ -264,6 +272,7 @@ impl Transformer {
         let cfg = &self.config;
         let Shape { batch: b, seq: n } = ctx.shape;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let wants_output = hook.wants_output();
         let mut linear = |kind: LinearKind, x: &Tensor| -> Result<Tensor> {
             hook.linear_input(LinearId::new(ctx.index, kind), x)?;
             block.linear(kind).forward(x)
@@ -322,6 +331,11 @@ impl Transformer {
         } else {
             (candle_nn::ops::silu(&gate)? * up)?
         };
+        if !wants_output {
+            // Statistics only: the down projection's input is all the hook needs.
+            hook.linear_input(LinearId::new(ctx.index, LinearKind::FfnDown), &act)?;
+            return Ok(h);
+        }
         h + linear(LinearKind::FfnDown, &act)?
     }
 
@@ -344,7 +358,9 @@ impl Transformer {
         ))
     }
 
-    /// Bytes of every weight: embeddings, norms, linears, and the head when untied.
+    /// Bytes of every weight: embeddings, norms, linears, and the head when untied. A tied head
+    /// that was quantized (the recipe's `[embedding]` step) counts in its stored form instead of
+    /// the f32 embedding: the embedding's rows are the head's rows, dequantized.
     pub fn size_bytes(&self) -> usize {
         let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         let blocks: usize = self
@@ -359,12 +375,17 @@ impl Transformer {
                         .sum::<usize>()
             })
             .sum();
-        let head = if self.config.tie_word_embeddings {
-            0
+        // A tied head is the embedding matrix itself: counted once, in the head's stored form
+        // when the head was quantized (the embedding then looks rows up in the same matrix).
+        let (embd, head) = if self.config.tie_word_embeddings {
+            match self.output {
+                LinearWeight::Dense { .. } => (t(&self.token_embd), 0),
+                _ => (self.output.size_bytes(), 0),
+            }
         } else {
-            self.output.size_bytes()
+            (t(&self.token_embd), self.output.size_bytes())
         };
-        t(&self.token_embd) + blocks + t(&self.output_norm) + head
+        embd + blocks + t(&self.output_norm) + head
     }
 
     /// Every linear of every block, in forward order.

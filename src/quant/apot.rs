@@ -7,8 +7,13 @@
 //! residual of at most √2−1, hence `|x − APoT_k(x)| ≤ (√2−1)^k·|x|`.
 //!
 //! Every value produced here is *exactly* `Σ s_j·2^(e_j)` in `f32`: terms are only added while
-//! their exponent lies within 23 binades of the leading term, which keeps every partial sum an
-//! integer multiple of the smallest term below 2^24 of it, i.e. representable without rounding.
+//! their exponent lies within 15 binades of the leading term, which keeps every partial sum an
+//! integer multiple of the smallest term below 2^24 of it, i.e. representable without rounding
+//! (and lets [`ScaleCodes`] store each gap between terms in 4 bits).
+//!
+//! [`ScaleCodes`] is the stored form of a matrix's scales: 16 bits per scale of up to three
+//! terms (exponent offset from a per-matrix base, two gaps, two signs) plus one base byte,
+//! decoded bit-exactly back to `f32`.
 
 /// Most terms a code may hold; larger requests are clamped. Eight terms already give a relative
 /// error below 1e-3, far beyond anything a shift-and-add kernel would spend.
@@ -19,8 +24,10 @@ pub const MAX_TERMS: usize = 8;
 const MIN_EXP: i32 = -126;
 /// Largest exponent allowed: 2^127 is the biggest power of two an `f32` can hold.
 const MAX_EXP: i32 = 127;
-/// Terms further than this many binades below the leading one could make the `f32` sum inexact.
-const EXP_WINDOW: i32 = 23;
+/// Terms more than this many binades below the leading one are dropped (they would change the
+/// scale by less than 2^-15 relative). 23 would still keep the `f32` sum exact; 15 also makes
+/// every gap between terms fit the 4-bit fields of [`ScaleCodes`].
+const EXP_WINDOW: i32 = 15;
 
 /// One signed power of two `sign·2^exp` as an exact `f64`.
 fn pow2(sign: i8, exp: i8) -> f64 {
@@ -148,6 +155,148 @@ impl ApotCode {
     }
 }
 
+/// Terms a [`ScaleCodes`] entry holds.
+pub const CODE_TERMS: usize = 3;
+/// Exponent-offset value that marks a zero scale.
+const ZERO_OFFSET: u16 = 63;
+
+/// A matrix's non-negative APoT scales (at most [`CODE_TERMS`] terms each) in 16 bits apiece:
+/// bits 0–5 the leading exponent minus `base` (63 = the scale is 0), bits 6–9 the gap `d1` to the
+/// second term's exponent (0 = no second term), bit 10 its sign (set = minus), bits 11–14 the gap
+/// `d2` from the second to the third term (0 = none), bit 15 its sign. The value is
+/// `2^e0 ± 2^(e0−d1) ± 2^(e0−d1−d2)`, exactly the `f32` the quantizer produced.
+///
+/// Stored bytes: `2·len + 1` (the codes and the base exponent as one `i8`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScaleCodes {
+    /// Smallest leading exponent of the matrix.
+    pub base: i8,
+    /// One code per scale, in the caller's order.
+    pub codes: Vec<u16>,
+}
+
+/// `2^e` as an `f32`, for `e` in the normal range `-126..=127`.
+#[inline]
+fn pow2f(e: i32) -> f32 {
+    f32::from_bits(((e + 127) as u32) << 23)
+}
+
+impl ScaleCodes {
+    /// Encodes `values`, or returns `None` when some value is not a non-negative sum of at most
+    /// three powers of two that the fields can hold (float scales, more APoT terms, a gap over
+    /// 15 binades, or leading exponents spread over more than 62 binades). Every encoded value
+    /// decodes to the same `f32` bits.
+    pub fn encode(values: &[f32]) -> Option<Self> {
+        // (leading exponent, rest of the code) per value; None for zero.
+        let mut parts: Vec<Option<(i32, u16)>> = Vec::with_capacity(values.len());
+        for &v in values {
+            if v == 0.0 {
+                parts.push(None);
+                continue;
+            }
+            if v.is_nan() || v < 0.0 {
+                return None;
+            }
+            let code = ApotCode::encode(v, CODE_TERMS)?;
+            if code.decode().to_bits() != v.to_bits() {
+                return None;
+            }
+            let t = &code.terms;
+            let (s0, e0) = (t[0].0, i32::from(t[0].1));
+            if s0 != 1 {
+                return None;
+            }
+            let mut rest = 0u16;
+            let mut prev = e0;
+            for (j, &(s, e)) in t.iter().enumerate().skip(1) {
+                let gap = prev - i32::from(e);
+                if !(1..=15).contains(&gap) {
+                    return None;
+                }
+                let shift = if j == 1 { 6 } else { 11 };
+                rest |= (gap as u16) << shift;
+                if s < 0 {
+                    rest |= 1 << (shift + 4);
+                }
+                prev = i32::from(e);
+            }
+            parts.push(Some((e0, rest)));
+        }
+        let base = parts.iter().flatten().map(|p| p.0).min().unwrap_or(0);
+        let top = parts.iter().flatten().map(|p| p.0).max().unwrap_or(0);
+        if top - base >= i32::from(ZERO_OFFSET) {
+            return None;
+        }
+        let codes = parts
+            .iter()
+            .map(|p| match p {
+                None => ZERO_OFFSET,
+                Some((e0, rest)) => (e0 - base) as u16 | rest,
+            })
+            .collect();
+        Some(Self {
+            base: i8::try_from(base).ok()?,
+            codes,
+        })
+    }
+
+    /// Number of scales.
+    pub fn len(&self) -> usize {
+        self.codes.len()
+    }
+
+    /// Whether there are no scales.
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty()
+    }
+
+    /// Stored bytes: two per code plus the base exponent.
+    pub fn size_bytes(&self) -> usize {
+        2 * self.codes.len() + 1
+    }
+
+    /// The scale at `i`, bit-exactly the encoded `f32` (three exact powers of two summed in an
+    /// order whose partial sums are all representable).
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        decode_code(self.codes[i], i32::from(self.base))
+    }
+
+    /// Decodes `out.len()` scales starting at `start`.
+    #[inline]
+    pub fn decode_into(&self, start: usize, out: &mut [f32]) {
+        let base = i32::from(self.base);
+        for (o, &c) in out.iter_mut().zip(&self.codes[start..]) {
+            *o = decode_code(c, base);
+        }
+    }
+}
+
+/// One code of [`ScaleCodes`] back to `f32` (branch-light: absent terms add a signed zero, so
+/// the sum is unchanged).
+#[inline]
+fn decode_code(c: u16, base: i32) -> f32 {
+    let off = i32::from(c & 63);
+    if off == i32::from(ZERO_OFFSET) {
+        return 0.0;
+    }
+    let e0 = base + off;
+    let d1 = i32::from((c >> 6) & 15);
+    let d2 = i32::from((c >> 11) & 15);
+    let sign = |bit: u16| if c & (1 << bit) != 0 { -1.0f32 } else { 1.0 };
+    let t1 = if d1 == 0 {
+        0.0
+    } else {
+        sign(10) * pow2f(e0 - d1)
+    };
+    let t2 = if d1 == 0 || d2 == 0 {
+        0.0
+    } else {
+        sign(15) * pow2f(e0 - d1 - d2)
+    };
+    pow2f(e0) + t1 + t2
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -266,5 +415,65 @@ mod tests {
         assert_eq!(apot_round(1e-44, 3), 0.0);
         assert_eq!(ApotCode::encode(0.0, 3).unwrap().decode(), 0.0);
         assert_eq!(ApotCode::encode(0.3, 0).unwrap().terms, vec![]);
+    }
+
+    /// Compact codes: every APoT-3 value (the quantizer's scales) round-trips bit-exactly,
+    /// zeros included, and the byte count is two per scale plus the base.
+    #[test]
+    fn scale_codes_round_trip() {
+        let mut rng = Rng(0x5eed_cafe_f00d_0001);
+        for k in 0..=CODE_TERMS {
+            let values: Vec<f32> = (0..5000)
+                .map(|i| {
+                    if i % 97 == 0 {
+                        0.0
+                    } else {
+                        // Magnitudes over 30 binades, as weight scales of one matrix span.
+                        let m = 2f32.powf(rng.next_f32() * 30.0 - 25.0);
+                        apot_round(m, k.max(1))
+                    }
+                })
+                .collect();
+            let codes = ScaleCodes::encode(&values).unwrap();
+            assert_eq!(codes.len(), values.len());
+            assert_eq!(codes.size_bytes(), 2 * values.len() + 1);
+            let mut out = vec![f32::NAN; values.len()];
+            codes.decode_into(0, &mut out);
+            for (i, (&v, &o)) in values.iter().zip(&out).enumerate() {
+                assert_eq!(v.to_bits(), o.to_bits(), "k={k} i={i}: {v} vs {o}");
+                assert_eq!(codes.get(i).to_bits(), v.to_bits());
+            }
+        }
+        // Extremes of the fields: a 15-binade gap, negative later terms, the exponent spread.
+        let v = [
+            1.0 - 2f32.powi(-15),
+            0.75,
+            1.25,
+            2f32.powi(-60),
+            2f32.powi(-39),
+        ];
+        let c = ScaleCodes::encode(&v).unwrap();
+        for (i, &x) in v.iter().enumerate() {
+            assert_eq!(c.get(i), x);
+        }
+    }
+
+    /// Values the 16-bit form cannot hold are refused (the caller then stores f32).
+    #[test]
+    fn scale_codes_refuse_what_they_cannot_hold() {
+        // Float scale needing more than three terms.
+        assert!(ScaleCodes::encode(&[0.7312]).is_none());
+        // Four terms.
+        assert!(ScaleCodes::encode(&[1.0 + 0.25 + 1.0 / 16.0 + 1.0 / 256.0]).is_none());
+        // A gap of 16 binades.
+        assert!(ScaleCodes::encode(&[1.0 + 2f32.powi(-16)]).is_none());
+        // Negative and non-finite scales.
+        assert!(ScaleCodes::encode(&[-0.5]).is_none());
+        assert!(ScaleCodes::encode(&[f32::NAN]).is_none());
+        // Leading exponents 63 binades apart.
+        assert!(ScaleCodes::encode(&[1.0, 2f32.powi(-63)]).is_none());
+        assert!(ScaleCodes::encode(&[1.0, 2f32.powi(-62)]).is_some());
+        // APoT rounding itself never produces a gap over 15 binades.
+        assert_eq!(apot_round(1.0 + 2f32.powi(-16), 3), 1.0);
     }
 }

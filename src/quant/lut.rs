@@ -20,6 +20,7 @@
 
 use rayon::prelude::*;
 
+use super::apot::ScaleCodes;
 use super::gptq::{QuantizedMatrix, ScaleLayout};
 
 /// Inputs per LUT key.
@@ -35,8 +36,9 @@ pub const ROW_BLOCK: usize = 16;
 ///   `((rb·n_chunks + c)·bits + b)·16 + r % 16` with `rb = r / 16` (see [`Self::key_index`]);
 ///   each byte is the LUT key of plane `b`, row `r`, inputs `8c..8c+8`. Rows past `rows` (the
 ///   padding of the last block) hold zero keys that no output reads.
-/// * `scales`: `f32`, exactly the quantizer's values (APoT sums of powers of two when it used
-///   `apot_terms > 0`), re-ordered for the kernel:
+/// * `scales`: exactly the quantizer's values, as 16-bit APoT codes ([`ScaleCodes`]) when every
+///   scale is a sum of at most three powers of two (the default `apot_terms = 3` or fewer), else
+///   as `f32` (float scales); re-ordered for the kernel:
 ///   - Block layout: index `(g·bits + b)·n_chunks + c` (row group `g`, plane `b`, 8-column
 ///     chunk `c`), applied once per lookup;
 ///   - Column layout: index `(g·bits + b)·cols + k` (input column `k`), used to pre-scale the
@@ -55,8 +57,77 @@ pub struct BcqPacked {
     pub rows_per_group: usize,
     /// Packed keys; see the type docs.
     pub planes: Vec<u8>,
-    /// Scales in kernel order; see the type docs.
-    pub scales: Vec<f32>,
+    /// Scales in kernel order, as stored; see the type docs.
+    pub scales: Scales,
+    /// Block layout only: the scales expanded once to `f32` for the AVX-512 kernel, which applies
+    /// one per 16-row lookup and cannot afford a decode there. A working copy, not part of the
+    /// stored form, so [`Self::size_bytes`] does not count it.
+    block_f32: Vec<f32>,
+}
+
+/// How a packed matrix stores its scales.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scales {
+    /// 16-bit APoT codes (2 bytes per scale + 1).
+    Apot(ScaleCodes),
+    /// Plain `f32` (4 bytes per scale), for scales that are not short APoT sums.
+    F32(Vec<f32>),
+}
+
+impl Scales {
+    /// The compact form when every value fits it, else `f32`.
+    pub fn new(values: Vec<f32>) -> Self {
+        match ScaleCodes::encode(&values) {
+            Some(codes) => Self::Apot(codes),
+            None => Self::F32(values),
+        }
+    }
+
+    /// Number of scales.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Apot(c) => c.len(),
+            Self::F32(v) => v.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stored bytes.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Self::Apot(c) => c.size_bytes(),
+            Self::F32(v) => v.len() * size_of::<f32>(),
+        }
+    }
+
+    /// The scale at `i`.
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            Self::Apot(c) => c.get(i),
+            Self::F32(v) => v[i],
+        }
+    }
+
+    /// Decodes `out.len()` scales from `start`.
+    #[inline]
+    pub fn decode_into(&self, start: usize, out: &mut [f32]) {
+        match self {
+            Self::Apot(c) => c.decode_into(start, out),
+            Self::F32(v) => out.copy_from_slice(&v[start..start + out.len()]),
+        }
+    }
+
+    /// All scales as `f32`.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.len()];
+        self.decode_into(0, &mut out);
+        out
+    }
 }
 
 /// Fills `t` (256 entries) with the ± partial sums of `x` (up to 8 values, missing ones = 0).
@@ -139,6 +210,10 @@ impl BcqPacked {
                 s
             }
         };
+        let block_f32 = match qm.layout {
+            ScaleLayout::Block { .. } => scales.clone(),
+            ScaleLayout::Column { .. } => Vec::new(),
+        };
         Self {
             rows,
             cols,
@@ -146,7 +221,8 @@ impl BcqPacked {
             layout: qm.layout,
             rows_per_group: qm.rows_per_group(),
             planes,
-            scales,
+            scales: Scales::new(scales),
+            block_f32,
         }
     }
 
@@ -170,12 +246,13 @@ impl BcqPacked {
         self.scales.len() / self.bits.max(1)
     }
 
-    /// Bytes as stored: `bits·⌈rows/16⌉·16·⌈cols/8⌉` plane bytes plus 4 bytes per `f32` scale,
-    /// i.e. the spec's `⌈q·N·K/8⌉ + (#scale sets)·q·s/8` with `s = 32` (equal when
+    /// Bytes as stored: `bits·⌈rows/16⌉·16·⌈cols/8⌉` plane bytes plus the scales (2 bytes per
+    /// APoT-coded scale and one base byte, or 4 per `f32` scale), i.e. the spec's
+    /// `⌈q·N·K/8⌉ + (#scale sets)·q·s/8` with `s = 16` (+1 byte) or `s = 32` (equal when
     /// `cols % 8 == 0` and `rows % 16 == 0`; padding to whole chunks and row blocks adds the
     /// rest).
     pub fn size_bytes(&self) -> usize {
-        self.planes.len() + self.scales.len() * size_of::<f32>()
+        self.planes.len() + self.scales.size_bytes()
     }
 
     /// Dense `rows × cols` reconstruction from the packed form, bit-identical to
@@ -183,6 +260,7 @@ impl BcqPacked {
     pub fn dequantize(&self) -> Vec<f32> {
         let (q, n_chunks, cols) = (self.bits, self.n_chunks(), self.cols);
         let rpg = self.rows_per_group.max(1);
+        let scales = self.scales.to_f32();
         let mut out = vec![0.0f32; self.rows * cols];
         // Plane by plane in ascending order from 0.0, exactly as `bcq::codeword` sums, one key
         // byte (8 weights) at a time; the prefill path calls this for every batch.
@@ -195,14 +273,14 @@ impl BcqPacked {
                         let key = self.planes[self.key_index(r, b, c)];
                         match self.layout {
                             ScaleLayout::Block { .. } => {
-                                let a = self.scales[(g * q + b) * n_chunks + c];
+                                let a = scales[(g * q + b) * n_chunks + c];
                                 for (t, w) in ws.iter_mut().enumerate() {
                                     *w += if (key >> t) & 1 == 1 { a } else { -a };
                                 }
                             }
                             ScaleLayout::Column { .. } => {
                                 let at = (g * q + b) * cols + c * CHUNK;
-                                let alphas = &self.scales[at..at + ws.len()];
+                                let alphas = &scales[at..at + ws.len()];
                                 for (t, (w, &a)) in ws.iter_mut().zip(alphas).enumerate() {
                                     *w += if (key >> t) & 1 == 1 { a } else { -a };
                                 }
@@ -246,7 +324,7 @@ impl BcqPacked {
                         .enumerate()
                         .for_each(|(rb, (ys, keys))| {
                             let g = rb * ROW_BLOCK / rpg;
-                            let alpha = &self.scales[g * q * n_chunks..(g + 1) * q * n_chunks];
+                            let alpha = &self.block_f32[g * q * n_chunks..(g + 1) * q * n_chunks];
                             simd::block_rows(&halves, keys, alpha, q, ys);
                         });
                     return;
@@ -272,7 +350,7 @@ impl BcqPacked {
                                 for (lane, (a, &k)) in acc.iter_mut().zip(lane_keys).enumerate() {
                                     let g = (rb * ROW_BLOCK + lane) / rpg;
                                     let alpha = self
-                                        .scales
+                                        .block_f32
                                         .get((g * q + b) * n_chunks + c)
                                         .copied()
                                         .unwrap_or(0.0);
@@ -288,11 +366,13 @@ impl BcqPacked {
                 let set_len = n_chunks * TABLE;
                 // One table set per (row group, plane), from pre-scaled activations.
                 let mut tables = vec![0.0f32; n_rg * q * set_len];
-                tables
-                    .par_chunks_mut(set_len)
-                    .enumerate()
-                    .for_each(|(gb, set)| {
-                        let alpha = &self.scales[gb * self.cols..(gb + 1) * self.cols];
+                tables.par_chunks_mut(set_len).enumerate().for_each_init(
+                    Vec::new,
+                    |alpha, (gb, set)| {
+                        // The stored codes are decoded here, once per call and scale, next to
+                        // the ~32 adds per input that building the tables costs.
+                        alpha.resize(self.cols, 0.0);
+                        self.scales.decode_into(gb * self.cols, alpha);
                         let mut xs = [0.0f32; CHUNK];
                         for ((t, xc), ac) in set
                             .chunks_mut(TABLE)
@@ -304,7 +384,8 @@ impl BcqPacked {
                             }
                             build_table(&xs[..xc.len()], t);
                         }
-                    });
+                    },
+                );
                 let tables: &[f32] = &tables;
                 y.par_chunks_mut(ROW_BLOCK)
                     .zip(self.planes.par_chunks(block_len))
@@ -627,8 +708,9 @@ mod tests {
         }
     }
 
-    /// §5.1.16: packed bytes = ⌈q·N·K/8⌉ + (#scale sets)·q·32/8, with the padding of rows to
-    /// whole 16-row blocks and of K to whole 8-input chunks.
+    /// §5.1.16: packed bytes = ⌈q·N·K/8⌉ + (#scale sets)·q·16/8 + 1 for APoT-coded scales,
+    /// with the padding of rows to whole 16-row blocks and of K to whole 8-input chunks; float
+    /// scales (no APoT) are stored as f32.
     #[test]
     fn footprint_accounting() {
         let mut rng = Rng::new(24);
@@ -639,7 +721,8 @@ mod tests {
                     let p = BcqPacked::from_quantized(&qm);
                     let sets = qm.n_scale_sets();
                     assert_eq!(p.n_scale_sets(), sets);
-                    let scale_bytes = sets * bits * 32 / 8;
+                    assert!(matches!(p.scales, Scales::Apot(_)));
+                    let scale_bytes = sets * bits * 16 / 8 + 1;
                     let padded_rows = rows.div_ceil(ROW_BLOCK) * ROW_BLOCK;
                     assert_eq!(
                         p.size_bytes(),
@@ -654,11 +737,28 @@ mod tests {
                 }
             }
         }
-        // The spec's example: q = 3, G = 128 weights per set, 16-bit scales → 3.375 bits/weight;
-        // stored as f32 here, 3 + 3·32/128 = 3.75.
+        // The spec's example: q = 3, G = 128 weights per set, 16-bit scales → 3.375 bits/weight
+        // (plus the one base byte).
         let qm = quantized(&mut rng, 256, 128, 3, ScaleLayout::Block { group: 128 });
         let p = BcqPacked::from_quantized(&qm);
-        let bpw = p.size_bytes() as f64 * 8.0 / (256.0 * 128.0);
-        assert!((bpw - 3.75).abs() < 1e-12, "{bpw}");
+        let bpw = (p.size_bytes() - 1) as f64 * 8.0 / (256.0 * 128.0);
+        assert!((bpw - 3.375).abs() < 1e-12, "{bpw}");
+        // Float scales cannot be coded: 4 bytes each, and the kernel still equals dense.
+        let w = rng.normals(40 * 24);
+        let o = SweepOptions {
+            bcq: BcqOptions {
+                bits: 3,
+                rounds: 3,
+                apot_terms: 0,
+            },
+            layout: ScaleLayout::Column { group_rows: 16 },
+            error_feedback: false,
+            ..SweepOptions::default()
+        };
+        let qm = quantize_matrix(&w, 40, 24, None, &o).unwrap();
+        let p = BcqPacked::from_quantized(&qm);
+        assert!(matches!(p.scales, Scales::F32(_)));
+        assert_eq!(p.size_bytes(), 3 * 48 * 3 + qm.n_scale_sets() * 3 * 4);
+        assert_eq!(p.dequantize(), qm.dequantize());
     }
 }

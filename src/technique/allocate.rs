@@ -286,6 +286,7 @@ pub fn allocate_recipe(
         seed: 0,
         merge: None,
         flatten: None,
+        embedding: None,
         layers,
     };
     Ok((recipe, table))

@@ -15,6 +15,8 @@ pub mod svd;
 
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use crate::calib::{InputStats, StatsCollector, calibration_ids, stats_source};
 use crate::model::{LinearId, LinearWeight, Model, NoHook};
 use recipe::{LayerPlan, Plan, Recipe};
@@ -125,6 +127,9 @@ pub fn apply_with_merge_hook(
             flatten::apply_flatten(&mut model, step, calib_tokens, calib, recipe.seed, progress)?;
         summary.flattened_blocks = removed;
     }
+    if let Some(step) = &recipe.embedding {
+        quantize_embedding(&mut model, step)?;
+    }
     let plan = recipe.resolve(&model.transformer)?;
     let needs_stats = plan.layers.values().any(|(_, t)| t.needs_stats());
     let total = plan.layers.len();
@@ -136,6 +141,7 @@ pub fn apply_with_merge_hook(
         None
     };
     let n_blocks = model.transformer.blocks.len();
+    let mut timings = PhaseTimes::default();
     for block in 0..n_blocks {
         let layers: Vec<(LinearId, LayerPlan)> = plan
             .layers
@@ -151,7 +157,9 @@ pub fn apply_with_merge_hook(
                     .collect(),
             ),
             true,
-        );
+        )
+        .statistics_only();
+        let t = Instant::now();
         if let Some(h) = &hidden
             && !layers.is_empty()
         {
@@ -159,20 +167,35 @@ pub fn apply_with_merge_hook(
                 .transformer
                 .run_block(block, h, calib.samples, calib.seq_len, &mut stats)?;
         }
-        for (id, layer) in &layers {
-            if !progress(&format!("compressing {id}"), done, total) {
+        timings.statistics += t.elapsed();
+        let t = Instant::now();
+        if !layers.is_empty() && !progress(&format!("compressing block {block}"), done, total) {
+            return Err(cancelled());
+        }
+        // Every layer of the block reads the same pre-compression statistics and none reads
+        // another's result, so they are compressed concurrently (each is deterministic, so the
+        // result does not depend on the schedule); nested rayon work inside each layer keeps
+        // both cores busy where one layer alone would leave them waiting on small steps.
+        let compressed: Vec<anyhow::Result<LinearWeight>> = layers
+            .par_iter()
+            .map(|(id, layer)| {
+                let source = LinearId::new(block, stats_source(id.kind));
+                let Some(weight) = model.transformer.linear(*id) else {
+                    anyhow::bail!("{id}: no such layer");
+                };
+                let seed = recipe.seed ^ layer_seed(*id);
+                compress_layer(weight, layer, stats.stats.get(&source), seed)
+                    .map_err(|e| anyhow::anyhow!("{id}: {e:#}"))
+            })
+            .collect();
+        for ((id, _), new) in layers.iter().zip(compressed) {
+            *model.transformer.blocks[block].linear_mut(id.kind) = new?;
+            done += 1;
+            if !progress(&format!("compressed {id}"), done, total) {
                 return Err(cancelled());
             }
-            let source = LinearId::new(block, stats_source(id.kind));
-            let Some(weight) = model.transformer.linear(*id) else {
-                anyhow::bail!("{id}: no such layer");
-            };
-            let seed = recipe.seed ^ layer_seed(*id);
-            let new = compress_layer(weight, layer, stats.stats.get(&source), seed)
-                .map_err(|e| anyhow::anyhow!("{id}: {e:#}"))?;
-            *model.transformer.blocks[block].linear_mut(id.kind) = new;
-            done += 1;
         }
+        timings.quantize += t.elapsed();
         // Inputs of the next block come from this (now compressed) block.
         if let Some(h) = hidden.take()
             && plan.layers.keys().any(|id| id.block > block)
@@ -180,6 +203,7 @@ pub fn apply_with_merge_hook(
             if !progress(&format!("calibrating block {block}"), done, total) {
                 return Err(cancelled());
             }
+            let t = Instant::now();
             hidden = Some(model.transformer.run_block(
                 block,
                 &h,
@@ -187,8 +211,15 @@ pub fn apply_with_merge_hook(
                 calib.seq_len,
                 &mut NoHook,
             )?);
+            timings.propagate += t.elapsed();
         }
     }
+    tracing::info!(
+        "compress: statistics pass {:.1} s, layer compression {:.1} s, compressed-block pass {:.1} s",
+        timings.statistics.as_secs_f64(),
+        timings.quantize.as_secs_f64(),
+        timings.propagate.as_secs_f64()
+    );
     summary.sparsity = prune::model_sparsity(&model);
     summary.rps_ratio = rps::model_rps_ratio(&model);
     progress("done", total, total);
@@ -198,6 +229,43 @@ pub fn apply_with_merge_hook(
         summary,
         compress_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The `[embedding]` step: per-row RTN of the token embedding, which the tied LM head shares.
+/// Both keep the dequantized matrix for their products (one tensor); the byte count is that of
+/// the packed codes and per-row scale/zero pairs, counted once (see
+/// [`crate::model::Transformer::size_bytes`]).
+fn quantize_embedding(model: &mut Model, step: &recipe::EmbeddingStep) -> anyhow::Result<()> {
+    let t = &mut model.transformer;
+    step.validate(t)
+        .map_err(|e| anyhow::anyhow!("[embedding]: {e}"))?;
+    let (rows, cols) = t.token_embd.dims2()?;
+    let w = t
+        .token_embd
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let q = crate::quant::gptq::rtn_quantize(&w, rows, cols, step.bits, cols);
+    let dq = candle_core::Tensor::from_vec(q, (rows, cols), t.token_embd.device())?;
+    t.token_embd = dq.clone();
+    t.output = LinearWeight::Rtn {
+        dequantized: dq,
+        bits: step.bits,
+        group: cols,
+        bias: None,
+    };
+    Ok(())
+}
+
+/// Where the per-block compression loop spends its time (logged at `REPARAM_LOG=info`).
+#[derive(Default)]
+struct PhaseTimes {
+    /// Forward passes that gather input statistics (Gram matrices included).
+    statistics: std::time::Duration,
+    /// Compressing the linears.
+    quantize: std::time::Duration,
+    /// Forward passes through the compressed blocks that produce the next block's inputs.
+    propagate: std::time::Duration,
 }
 
 /// A per-layer seed, so each layer's randomised choices differ but are reproducible.

@@ -349,6 +349,7 @@ pub fn allocate_prune_recipe(
             seed: 0,
             merge: None,
             flatten: None,
+            embedding: None,
             layers,
         },
         table,

@@ -199,6 +199,7 @@ impl DemoScript {
                 seed: 0,
                 merge: None,
                 flatten: None,
+                embedding: None,
                 layers: Vec::new(),
             })),
             "eval" => {

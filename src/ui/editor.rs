@@ -111,7 +111,14 @@ pub fn estimated_bytes(l: &LinearInfo, plan: &LayerPlan) -> usize {
                 ScaleLayoutKnob::Column if k.group == 0 => cols,
                 ScaleLayoutKnob::Column => cols * rows.div_ceil(k.group),
             };
-            (n * k.bits).div_ceil(8) + sets * k.bits * 4
+            // 16-bit APoT codes plus a base byte when every scale is a short APoT sum (the
+            // packed form's `Scales::Apot`), f32 for float scales.
+            let scale_bytes = if (1..=crate::quant::apot::CODE_TERMS).contains(&k.apot_terms) {
+                sets * k.bits * 2 + 1
+            } else {
+                sets * k.bits * 4
+            };
+            (n * k.bits).div_ceil(8) + scale_bytes
         }
         Some(Quant::Rtn(k)) => (n * k.bits).div_ceil(8) + rows * cols.div_ceil(k.group.max(1)) * 4,
         None => l.size_bytes,
@@ -143,6 +150,7 @@ pub fn empty_recipe() -> Recipe {
         seed: 0,
         merge: None,
         flatten: None,
+        embedding: None,
         layers: Vec::new(),
     }
 }
@@ -361,6 +369,7 @@ fn rule_matches(rule: &LayerRule, t: &Transformer) -> Result<Vec<LinearId>, Stri
         seed: 0,
         merge: None,
         flatten: None,
+        embedding: None,
         layers: vec![LayerRule {
             shiftadd: Some(default_shiftadd(4)),
             rtn: None,

@@ -122,6 +122,7 @@ fn toolbar_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                 seed: s.editor.recipe.seed,
                 merge: None,
                 flatten: None,
+                embedding: None,
                 layers: Vec::new(),
             }));
         }
@@ -603,6 +604,7 @@ fn rules_list_ui(ui: &mut egui::Ui, s: &Studio, a: &Analysis, out: &mut Vec<Comm
                         seed: 0,
                         merge: None,
                         flatten: None,
+                        embedding: None,
                         layers: vec![r.clone()],
                     };
                     ui.label(super::editor::recipe_summary(&one));

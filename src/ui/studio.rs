@@ -811,6 +811,7 @@ fn empty_recipe() -> Recipe {
         seed: 0,
         merge: None,
         flatten: None,
+        embedding: None,
         layers: Vec::new(),
     }
 }
