@@ -38,7 +38,8 @@ use crate::model::nm::NmPacked;
 use crate::model::sparse::CsrMatrix;
 use crate::model::{LinearId, LinearWeight, Transformer};
 use crate::quant::gptq::ScaleLayout;
-use crate::quant::lut::BcqPacked;
+use crate::quant::apot::ScaleCodes;
+use crate::quant::lut::{BcqPacked, Scales};
 
 /// The packed file's name inside an exported directory.
 pub const PACKED_FILE: &str = "reparam-packed.safetensors";
@@ -61,6 +62,15 @@ fn f32_part(name: String, v: &[f32]) -> Part {
     Part {
         name,
         dtype: "F32",
+        shape: vec![v.len()],
+        bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+fn u16_part(name: String, v: &[u16]) -> Part {
+    Part {
+        name,
+        dtype: "U16",
         shape: vec![v.len()],
         bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
     }
@@ -144,13 +154,16 @@ fn layer_parts(id: &str, lw: &LinearWeight) -> anyhow::Result<Option<(Value, Vec
                 ScaleLayout::Block { group } => ("block", group),
                 ScaleLayout::Column { group_rows } => ("column", group_rows),
             };
+            // Scales as stored: 16-bit APoT codes with their base exponent, or plain f32.
+            let (scale_base, scale_part) = match &packed.scales {
+                Scales::Apot(c) => (Some(c.base), u16_part(p("scale_codes"), &c.codes)),
+                Scales::F32(v) => (None, f32_part(p("scales"), v)),
+            };
             (
                 json!({"form": "shiftadd", "bits": packed.bits, "layout": layout,
-                       "group": group, "rows_per_group": packed.rows_per_group}),
-                vec![
-                    u8_part(p("planes"), &packed.planes),
-                    f32_part(p("scales"), &packed.scales),
-                ],
+                       "group": group, "rows_per_group": packed.rows_per_group,
+                       "scale_base": scale_base}),
+                vec![u8_part(p("planes"), &packed.planes), scale_part],
             )
         }
         LinearWeight::Rtn {
@@ -374,6 +387,13 @@ impl PackedFile {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect())
     }
+    fn u16s(&self, name: &str) -> Result<Vec<u16>, String> {
+        Ok(self
+            .raw(name, "U16", 2)?
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect())
+    }
     fn u8s(&self, name: &str) -> Result<Vec<u8>, String> {
         Ok(self.raw(name, "U8", 1)?.to_vec())
     }
@@ -410,15 +430,23 @@ fn layer_from(file: &PackedFile, id: &str, info: &Value) -> Result<LinearWeight,
                 Some("column") => ScaleLayout::Column { group_rows: group },
                 other => return Err(format!("layer {id}: unknown scale layout {other:?}")),
             };
-            let packed = BcqPacked {
+            let scales = match info["scale_base"].as_i64() {
+                Some(base) => Scales::Apot(ScaleCodes {
+                    base: i8::try_from(base)
+                        .map_err(|_| format!("layer {id}: scale base {base} is out of range"))?,
+                    codes: file.u16s(&p("scale_codes"))?,
+                }),
+                None => Scales::F32(file.f32s(&p("scales"))?),
+            };
+            let packed = BcqPacked::from_parts(
                 rows,
                 cols,
                 bits,
                 layout,
-                rows_per_group: usize_of(info, "rows_per_group", id)?,
-                planes: file.u8s(&p("planes"))?,
-                scales: file.f32s(&p("scales"))?,
-            };
+                usize_of(info, "rows_per_group", id)?,
+                file.u8s(&p("planes"))?,
+                scales,
+            );
             let planes = rows.div_ceil(16) * 16 * bits * cols.div_ceil(8);
             let per_set = match layout {
                 ScaleLayout::Block { .. } => cols.div_ceil(8),

@@ -226,6 +226,33 @@ impl BcqPacked {
         }
     }
 
+    /// Rebuilds a packed matrix from its stored parts (as a packed file holds them); the caller
+    /// checks that the lengths fit the shape.
+    pub fn from_parts(
+        rows: usize,
+        cols: usize,
+        bits: usize,
+        layout: ScaleLayout,
+        rows_per_group: usize,
+        planes: Vec<u8>,
+        scales: Scales,
+    ) -> Self {
+        let block_f32 = match layout {
+            ScaleLayout::Block { .. } => scales.to_f32(),
+            ScaleLayout::Column { .. } => Vec::new(),
+        };
+        Self {
+            rows,
+            cols,
+            bits,
+            layout,
+            rows_per_group,
+            planes,
+            scales,
+            block_f32,
+        }
+    }
+
     /// Position in `planes` of the key of row `r`, plane `b`, chunk `c`.
     pub fn key_index(&self, r: usize, b: usize, c: usize) -> usize {
         ((r / ROW_BLOCK * self.n_chunks() + c) * self.bits + b) * ROW_BLOCK + r % ROW_BLOCK
