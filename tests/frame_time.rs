@@ -111,8 +111,11 @@ fn frame_time_with_100k_runs() {
     let dir = tempfile::tempdir().unwrap();
     let records = records();
     let t = Instant::now();
-    let table = RunTable::from_records(records);
+    let mut table = RunTable::from_records(records);
     let build_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    table.history_frame().unwrap();
+    let frame_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut studio = Studio::new(StudioOptions {
         store_dir: dir.path().to_path_buf(),
         dialogs: Arc::new(ScriptedDialogs::default()),
@@ -131,6 +134,7 @@ fn frame_time_with_100k_runs() {
     }
     studio.runs = table;
     println!("run table of {RUNS} runs built in {build_ms:.0} ms (off the UI thread in the app)");
+    println!("history polars frame built in {frame_ms:.0} ms (off the UI thread in the app)");
     for panel in [Panel::Pareto, Panel::History] {
         let (first, median, p95) = time_panel(&mut studio, &ctx, panel);
         println!(
@@ -138,4 +142,45 @@ fn frame_time_with_100k_runs() {
             panel
         );
     }
+    // Frames in which the history filter or sort changed: the polars query runs in them.
+    studio.state.panel = Panel::History;
+    let input = || egui::RawInput {
+        screen_rect: Some(egui::Rect::from_min_size(
+            egui::Pos2::ZERO,
+            egui::vec2(1280.0, 800.0),
+        )),
+        ..Default::default()
+    };
+    let changes: [(&str, &str, &str); 6] = [
+        ("a", "", "kld_mean"),
+        ("", "", "bytes"),
+        ("b", "", "created_at"),
+        ("", "ab", "created_at"),
+        ("a", "3", "ppl"),
+        ("", "", "created_at"),
+    ];
+    let mut times = Vec::new();
+    for (tag, text, sort) in changes {
+        let h = &mut studio.state.history;
+        h.filter.tag = tag.into();
+        h.filter.text = text.into();
+        h.sort = sort.into();
+        let t = Instant::now();
+        let mut out = ctx.run_ui(input(), |ui| studio.frame(ui));
+        out.textures_delta.clear();
+        let _ = ctx.tessellate(out.shapes, out.pixels_per_point);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(
+            studio.history_cache.error.is_none(),
+            "{:?}",
+            studio.history_cache.error
+        );
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "History with a new filter/sort (polars query in the frame): median {:.1} ms, max {:.1} ms over {} changes",
+        times[times.len() / 2],
+        times[times.len() - 1],
+        times.len()
+    );
 }

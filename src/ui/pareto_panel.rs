@@ -422,7 +422,7 @@ fn selection_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             ui.strong(format!("Selected {id}"));
             ui.label(&row.summary);
         });
-        run_actions_ui(ui, &id, out);
+        run_actions_ui(ui, &id, row.gguf_base(), out);
     }
     if !s.box_selection.is_empty() {
         ui.horizontal(|ui| {
@@ -445,8 +445,8 @@ fn selection_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     }
 }
 
-/// Load / export buttons for one run.
-pub fn run_actions_ui(ui: &mut egui::Ui, id: &str, out: &mut Vec<Command>) {
+/// Load / export buttons for one run (GGUF export only for runs on a GGUF base model).
+pub fn run_actions_ui(ui: &mut egui::Ui, id: &str, gguf_base: bool, out: &mut Vec<Command>) {
     ui.horizontal(|ui| {
         if ui.button("Load recipe into editor").clicked() {
             out.push(Command::LoadRunRecipe(id.to_string()));
@@ -454,8 +454,23 @@ pub fn run_actions_ui(ui: &mut egui::Ui, id: &str, out: &mut Vec<Command>) {
         if ui.button("Export recipe…").clicked() {
             out.push(Command::ExportRecipe(id.to_string()));
         }
-        if ui.button("Export model…").clicked() {
+        if ui
+            .button("Export model…")
+            .on_hover_text("The compressed model as a Hugging Face directory (safetensors)")
+            .clicked()
+        {
             out.push(Command::ExportModel(id.to_string()));
+        }
+        if ui
+            .add_enabled(gguf_base, egui::Button::new("Export GGUF…"))
+            .on_hover_text("The compressed model as one GGUF file")
+            .on_disabled_hover_text(
+                "GGUF export copies the base model's GGUF tokenizer: this run's base is not \
+                 a GGUF file (export the model as a Hugging Face directory instead)",
+            )
+            .clicked()
+        {
+            out.push(Command::ExportGguf(id.to_string()));
         }
         if ui.button("Export llama.cpp types…").clicked() {
             out.push(Command::ExportTypes(id.to_string()));

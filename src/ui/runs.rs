@@ -40,6 +40,12 @@ impl RunRow {
         Recipe::from_json(&self.record.recipe_json).map_err(|e| e.to_string())
     }
 
+    /// Whether the run's base model is a GGUF file: GGUF export copies its tokenizer metadata,
+    /// so only such runs can be exported as GGUF.
+    pub fn gguf_base(&self) -> bool {
+        self.record.model_spec.to_lowercase().ends_with(".gguf")
+    }
+
     pub fn status_label(&self) -> &'static str {
         match self.record.status {
             Status::Ok => "ok",
@@ -97,6 +103,9 @@ pub struct RunTable {
     facets: Facets,
     /// Bumped on every change so views can cache.
     pub generation: u64,
+    /// The history panel's polars frame of these runs; dropped on every change, rebuilt on
+    /// demand (and built ahead, off the UI thread, when the store is read).
+    frame: Option<std::sync::Arc<polars::prelude::DataFrame>>,
 }
 
 impl RunTable {
@@ -112,6 +121,7 @@ impl RunTable {
     /// Adds a run, or replaces the row with the same id.
     pub fn push(&mut self, record: ExperimentRecord) {
         self.generation += 1;
+        self.frame = None;
         if let Some(&i) = self.index.get(&record.id) {
             for (k, col) in self.columns.iter_mut() {
                 col[i] = value_of(&record, k);
@@ -152,7 +162,21 @@ impl RunTable {
             self.facets.tags.extend(tags.iter().cloned());
             self.rows[i].record.tags = tags;
             self.generation += 1;
+            self.frame = None;
         }
+    }
+
+    /// The runs as a polars frame for the history query (see [`super::history_query`]),
+    /// built now if the runs changed since the last call.
+    pub fn history_frame(
+        &mut self,
+    ) -> polars::prelude::PolarsResult<std::sync::Arc<polars::prelude::DataFrame>> {
+        if let Some(f) = &self.frame {
+            return Ok(f.clone());
+        }
+        let f = std::sync::Arc::new(super::history_query::history_frame(self)?);
+        self.frame = Some(f.clone());
+        Ok(f)
     }
 
     pub fn column(&self, metric: &str) -> Option<&[f64]> {
