@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 use egui_kittest::Harness;
-use egui_kittest::kittest::Queryable as _;
+use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use reparam::store::{ExperimentRecord, Status, Store};
 use reparam::technique::recipe::{Quant, Recipe};
 use reparam::ui::dialogs::ScriptedDialogs;
@@ -178,6 +178,13 @@ fn edit_run_and_see_the_point_on_the_pareto_plot() {
         std::fs::read_to_string(&types)
             .unwrap()
             .contains("blk.0.attn_q")
+    );
+    // A zoo model is an HF directory: GGUF export (which copies a GGUF tokenizer) is off.
+    assert!(
+        h.get_by_label("Export GGUF…")
+            .accesskit_node()
+            .is_disabled(),
+        "GGUF export is offered only for runs on a GGUF base"
     );
     let model_dir = dir.path().join("exported-model");
     dialogs.push(&model_dir);
@@ -409,4 +416,27 @@ fn sensitivity_pass_draws_bars() {
     assert!(h.query_by_label("sensitivity bar blk.1.ffn_down").is_some());
     assert!(h.query_by_label("sensitivity bar blk.0.ffn_down").is_some());
     assert!(h.query_by_label("sensitivity bar blk.0.attn_q").is_none());
+}
+
+/// The sensitivity pass stops at its Cancel button; a user's cancel is a notice, not an error.
+#[test]
+fn sensitivity_pass_can_be_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let dialogs = ScriptedDialogs::default();
+    let mut s = studio(dir.path(), &dialogs);
+    s.state.sensitivity_bits = 3; // every linear: many layers, so the cancel lands mid-pass
+    let mut h = harness(s);
+    wait_model(&mut h);
+    h.get_by_label("Run sensitivity pass").click();
+    h.step();
+    h.get_by_label("Cancel sensitivity pass").click();
+    run_until(&mut h, "the pass to stop", |s| s.sensitivity_run.is_none());
+    let s = h.state();
+    assert!(s.sensitivity.is_none(), "a cancelled pass leaves no result");
+    let last = s.notices.last().unwrap();
+    assert!(
+        !last.is_error && last.text.contains("cancelled"),
+        "{}",
+        last.text
+    );
 }

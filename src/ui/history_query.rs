@@ -1,7 +1,8 @@
 //! The history table's filter and sort as a polars query. The frame has the store's column
 //! layout (`crate::store::frame::frame_from_records`: `id`, `created_at`, `model_name`,
 //! `status`, `tags`, `error`, one `Float64` column per metric) minus the recipe and eval JSON,
-//! plus the app's derived columns (`row`: index into the run table, `family`, `summary`), so
+//! plus the app's derived columns (`row`: index into the run table, `family`, `summary`, and
+//! `search`: the lower-cased text the text filter searches), so
 //! one lazy query filters by model, tag, technique family, status and text and sorts by any
 //! column. It is built once per change of the runs (off the UI thread when the store is read)
 //! and queried only when the filter or sort changes. No egui here.
@@ -62,6 +63,20 @@ pub fn history_frame(t: &RunTable) -> PolarsResult<DataFrame> {
         })
         .collect();
     cols.push(Column::new("tags".into(), tags));
+    // What the text filter searches, lower-cased once here rather than in every query.
+    let haystack: Vec<String> = t
+        .rows
+        .iter()
+        .map(|r| {
+            let mut h = format!("{}\n{}", r.record.id, r.summary);
+            if let Some(e) = &r.record.error {
+                h.push('\n');
+                h.push_str(e);
+            }
+            h.to_lowercase()
+        })
+        .collect();
+    cols.push(Column::new("search".into(), haystack));
     for name in t.metric_names() {
         if let Some(values) = t.column(&name) {
             // NaN marks a missing metric in the table; null in the frame (sorts last).
@@ -83,11 +98,6 @@ fn str_test(column: &str, test: impl Fn(&str) -> bool + Send + Sync + 'static) -
         },
         |_, f| Ok(Field::new(f.name().clone(), DataType::Boolean)),
     )
-}
-
-/// Lower-cased substring test (`needle` is lower case already).
-fn contains_text(column: &str, needle: String) -> Expr {
-    str_test(column, move |s| s.to_lowercase().contains(&needle))
 }
 
 /// The frame's table columns users sort by, mapped from the history panel's names.
@@ -124,11 +134,7 @@ pub fn query_rows(
     }
     let text = filter.text.trim().to_lowercase();
     if !text.is_empty() {
-        lf = lf.filter(
-            contains_text("id", text.clone())
-                .or(contains_text("summary", text.clone()))
-                .or(contains_text("error", text)),
-        );
+        lf = lf.filter(str_test("search", move |s| s.contains(&text)));
     }
     let by = sort_column(sort);
     if frame.column(by).is_ok() {

@@ -688,6 +688,10 @@ impl Studio {
                         }
                         self.sensitivity = Some(s);
                     }
+                    // A cancel the user asked for is not an error.
+                    Err(e) if self.sensitivity_cancel.load(Ordering::Relaxed) => {
+                        self.notice(format!("sensitivity pass stopped: {e}"));
+                    }
                     Err(e) => self.notice_error(format!("sensitivity pass failed: {e}")),
                 }
             }
