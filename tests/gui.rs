@@ -428,7 +428,7 @@ fn sensitivity_pass_can_be_cancelled() {
     let mut h = harness(s);
     wait_model(&mut h);
     h.get_by_label("Run sensitivity pass").click();
-    h.step();
+    h.run_steps(2);
     h.get_by_label("Cancel sensitivity pass").click();
     run_until(&mut h, "the pass to stop", |s| s.sensitivity_run.is_none());
     let s = h.state();
