@@ -19,6 +19,7 @@ use crate::zoo::tasks::Task;
 use crate::zoo::{LANG_EVAL_SENTENCES, ZooOptions, build_zoo, is_zoo_model};
 
 mod experiments;
+mod sensitivity;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -82,6 +83,9 @@ enum Command {
     Tag(experiments::TagArgs),
     /// Export a stored run: its recipe, the compressed model, llama.cpp tensor types.
     Export(experiments::ExportArgs),
+    /// Per-layer sensitivity: KL divergence from the base when only that layer is compressed
+    /// at the recipe's setting (or `--default-bits`).
+    Sensitivity(sensitivity::SensitivityArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,6 +275,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Store(cmd) => experiments::store_cmd(&cmd),
         Command::Tag(args) => experiments::tag(&args),
         Command::Export(args) => experiments::export(&args),
+        Command::Sensitivity(args) => sensitivity::sensitivity(&args),
         Command::Zoo(ZooCommand::Train {
             out,
             seed,

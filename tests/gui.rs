@@ -179,6 +179,20 @@ fn edit_run_and_see_the_point_on_the_pareto_plot() {
             .unwrap()
             .contains("blk.0.attn_q")
     );
+    // A zoo model is an HF directory; its GGUF export writes the tokenizer keys from
+    // tokenizer.json.
+    let gguf = dir.path().join("exported.gguf");
+    dialogs.push(&gguf);
+    h.get_by_label("Export GGUF…").click();
+    run_until(&mut h, "the exported GGUF", |s| {
+        s.export.is_none()
+            && s.notices
+                .iter()
+                .any(|n| n.text.contains("exported.gguf") || n.is_error)
+    });
+    let last = h.state().notices.last().unwrap().clone();
+    assert!(!last.is_error, "{}", last.text);
+    assert_eq!(&std::fs::read(&gguf).unwrap()[..4], b"GGUF");
     let model_dir = dir.path().join("exported-model");
     dialogs.push(&model_dir);
     h.get_by_label("Export model…").click();
@@ -363,5 +377,73 @@ fn bad_model_file_and_invalid_cells() {
     assert!(
         h.state().jobs.entries.is_empty(),
         "an invalid recipe is not submitted"
+    );
+}
+
+/// The sensitivity pass runs in the background from the model panel, shows progress, and
+/// draws one bar per measured layer: a 2-bit layer stands out against a mild 8-bit one.
+#[test]
+fn sensitivity_pass_draws_bars() {
+    let dir = tempfile::tempdir().unwrap();
+    let dialogs = ScriptedDialogs::default();
+    let mut s = studio(dir.path(), &dialogs);
+    s.state.sensitivity_bits = 0; // only the recipe's layers: a quick pass
+    let recipe = Recipe::from_toml(
+        "[[layers]]\nmatch = \"blk.*.ffn_down\"\nrtn = { bits = 8, group = 32 }\n\
+         [[layers]]\nmatch = \"blk.1.ffn_down\"\nrtn = { bits = 2, group = 32 }\n",
+    )
+    .unwrap();
+    s.editor.set(recipe);
+    let mut h = harness(s);
+    wait_model(&mut h);
+    assert!(h.query_by_label("sensitivity bar blk.1.ffn_down").is_none());
+    h.get_by_label("Run sensitivity pass").click();
+    settle(&mut h);
+    assert!(h.state().sensitivity_run.is_some(), "the pass started");
+    run_until(&mut h, "the sensitivity pass", |s| {
+        s.sensitivity_run.is_none()
+    });
+    let last = h.state().notices.last().unwrap().clone();
+    assert!(!last.is_error, "{}", last.text);
+    let sens = h.state().sensitivity.clone().expect("a result");
+    assert_eq!(sens.layers.len(), 6, "one per ffn_down");
+    let kld = |b: usize| {
+        sens.layers
+            .get(&reparam::model::LinearId::new(
+                b,
+                reparam::model::LinearKind::FfnDown,
+            ))
+            .unwrap()
+            .kld
+    };
+    assert!(kld(1) > 10.0 * kld(0), "{} vs {}", kld(1), kld(0));
+    // Bars are drawn for the measured layers (block 1 expanded), none for the others.
+    h.get_by_label_contains("Block 1 ·").click();
+    settle(&mut h);
+    assert!(h.query_by_label("sensitivity bar blk.1.ffn_down").is_some());
+    assert!(h.query_by_label("sensitivity bar blk.0.ffn_down").is_some());
+    assert!(h.query_by_label("sensitivity bar blk.0.attn_q").is_none());
+}
+
+/// The sensitivity pass stops at its Cancel button; a user's cancel is a notice, not an error.
+#[test]
+fn sensitivity_pass_can_be_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let dialogs = ScriptedDialogs::default();
+    let mut s = studio(dir.path(), &dialogs);
+    s.state.sensitivity_bits = 3; // every linear: many layers, so the cancel lands mid-pass
+    let mut h = harness(s);
+    wait_model(&mut h);
+    h.get_by_label("Run sensitivity pass").click();
+    h.run_steps(2);
+    h.get_by_label("Cancel sensitivity pass").click();
+    run_until(&mut h, "the pass to stop", |s| s.sensitivity_run.is_none());
+    let s = h.state();
+    assert!(s.sensitivity.is_none(), "a cancelled pass leaves no result");
+    let last = s.notices.last().unwrap();
+    assert!(
+        !last.is_error && last.text.contains("cancelled"),
+        "{}",
+        last.text
     );
 }

@@ -313,3 +313,28 @@ fn missing_tensor_and_missing_weights_file() {
     let msg = error_text(Model::load(dir.path()));
     assert!(msg.contains("no model.safetensors"), "{msg}");
 }
+
+/// Loading reports bytes and tensors read, monotonically, ending at the totals, for both
+/// formats (what the app's progress bar shows).
+#[test]
+fn load_reports_progress_to_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    // Row lengths a multiple of the 32-weight quantization block.
+    let spec = TinySpec {
+        ffn: 64,
+        ..TinySpec::default()
+    };
+    spec.write_hf(&dir.path().join("hf"), 3);
+    spec.write_gguf(&dir.path().join("m.gguf"), GgmlDType::Q8_0);
+    for path in [dir.path().join("hf"), dir.path().join("m.gguf")] {
+        let mut seen: Vec<reparam::model::LoadProgress> = Vec::new();
+        Model::load_with_progress(&path, &mut |p| seen.push(p)).unwrap();
+        let last = *seen.last().unwrap();
+        assert!(seen.len() > 5, "{} updates", seen.len());
+        assert_eq!(seen[0].bytes_read, 0);
+        assert!(seen.windows(2).all(|w| w[1].bytes_read >= w[0].bytes_read));
+        assert_eq!(last.bytes_read, last.bytes_total);
+        assert_eq!(last.tensors_read, last.tensors_total);
+        assert!(last.bytes_total > 0 && (last.fraction() - 1.0).abs() < 1e-12);
+    }
+}

@@ -499,7 +499,7 @@ pub struct ExportArgs {
     /// Write the compressed model (the recipe re-applied to the base).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// `safetensors` (an HF directory) or `gguf` (a file; needs a GGUF base).
+    /// `safetensors` (an HF directory) or `gguf` (a file, from any base).
     #[arg(long, default_value = "safetensors")]
     pub format: String,
     /// Weights dtype of the exported model: `f32` (exact) or `f16`.

@@ -37,8 +37,8 @@ use crate::model::hashed::{HashMapping, HashedWeight, Hasher};
 use crate::model::nm::NmPacked;
 use crate::model::sparse::CsrMatrix;
 use crate::model::{LinearId, LinearWeight, Transformer};
-use crate::quant::gptq::ScaleLayout;
 use crate::quant::apot::ScaleCodes;
+use crate::quant::gptq::ScaleLayout;
 use crate::quant::lut::{BcqPacked, Scales};
 
 /// The packed file's name inside an exported directory.

@@ -53,15 +53,44 @@ pub struct Model {
 impl Model {
     /// Opens a GGUF file or an HF directory (`config.json` + safetensors + `tokenizer.json`).
     pub fn load(path: &Path) -> Result<Self, LoadError> {
+        Self::load_with_progress(path, &mut |_| {})
+    }
+
+    /// [`Self::load`], calling `progress` after each tensor is read and converted (the GUI's
+    /// progress bar).
+    pub fn load_with_progress(
+        path: &Path,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self, LoadError> {
         if path.is_dir() {
-            load_hf_dir(path)
+            load_hf_dir(path, progress)
         } else {
-            load_gguf(path)
+            load_gguf(path, progress)
         }
     }
 
     pub fn config(&self) -> &LlamaConfig {
         &self.transformer.config
+    }
+}
+
+/// How far a load is: tensor payload bytes and tensors read so far, of the totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadProgress {
+    pub bytes_read: u64,
+    pub bytes_total: u64,
+    pub tensors_read: usize,
+    pub tensors_total: usize,
+}
+
+impl LoadProgress {
+    /// Fraction (0–1) of the payload bytes read.
+    pub fn fraction(&self) -> f64 {
+        if self.bytes_total == 0 {
+            0.0
+        } else {
+            self.bytes_read as f64 / self.bytes_total as f64
+        }
     }
 }
 
@@ -108,7 +137,7 @@ fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn load_gguf(path: &Path) -> Result<Model, LoadError> {
+fn load_gguf(path: &Path, progress: &mut dyn FnMut(LoadProgress)) -> Result<Model, LoadError> {
     let file = GgufFile::open(path)?;
     let tied = file.tensor_info("output.weight").is_none();
     let Some(embd) = file.tensor_info("token_embd.weight") else {
@@ -122,6 +151,12 @@ fn load_gguf(path: &Path) -> Result<Model, LoadError> {
     let mut reader = File::open(path).map_err(|e| LoadError::io(path, e))?;
     let mut hasher = WeightHasher::default();
     let mut tensors = HashMap::new();
+    let mut done = LoadProgress {
+        bytes_total: file.tensors.iter().map(|t| t.size_bytes).sum(),
+        tensors_total: file.tensors.len(),
+        ..LoadProgress::default()
+    };
+    progress(done);
     for info in &file.tensors {
         let raw = file.read_raw(&mut reader, info)?;
         hasher.add(&info.name, &format!("{:?}", info.dtype), &info.shape, &raw);
@@ -136,6 +171,9 @@ fn load_gguf(path: &Path) -> Result<Model, LoadError> {
         drop(raw);
         check_finite(path, &info.name, &t)?;
         tensors.insert(info.name.clone(), t);
+        done.bytes_read += info.size_bytes;
+        done.tensors_read += 1;
+        progress(done);
     }
     // GGUF llama files store Q/K rows permuted for interleaved RoPE; we run rotate-half.
     let permuted = config.architecture == Architecture::Llama;
@@ -208,16 +246,29 @@ fn hf_weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     Ok(files)
 }
 
-fn load_hf_dir(dir: &Path) -> Result<Model, LoadError> {
+fn load_hf_dir(dir: &Path, progress: &mut dyn FnMut(LoadProgress)) -> Result<Model, LoadError> {
     let config = LlamaConfig::from_hf_json(&dir.join("config.json"))?;
     let tokenizer = TextTokenizer::from_hf_dir(dir)?;
     let mut hasher = WeightHasher::default();
     let mut tensors = HashMap::new();
-    for path in hf_weight_files(dir)? {
-        let st = SafeTensorsFile::open(&path)?;
+    // Headers first, so the totals are known before the first payload is read.
+    let files = hf_weight_files(dir)?
+        .into_iter()
+        .map(|p| SafeTensorsFile::open(&p).map(|st| (p, st)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut done = LoadProgress::default();
+    for (_, st) in &files {
+        done.bytes_total += st.tensors.values().map(|t| t.size_bytes).sum::<u64>();
+        done.tensors_total += st.tensors.len();
+    }
+    progress(done);
+    for (path, st) in files {
         let mut reader = File::open(&path).map_err(|e| LoadError::io(&path, e))?;
         for (hf_name, info) in &st.tensors {
+            done.bytes_read += info.size_bytes;
+            done.tensors_read += 1;
             let Some(name) = names::gguf_from_hf(hf_name) else {
+                progress(done);
                 continue;
             };
             let raw = st.read_raw(&mut reader, info)?;
@@ -226,6 +277,7 @@ fn load_hf_dir(dir: &Path) -> Result<Model, LoadError> {
             drop(raw);
             check_finite(&path, hf_name, &t)?;
             tensors.insert(name, t);
+            progress(done);
         }
     }
     let mut transformer = assemble(dir, config, tensors, false)?;
@@ -396,4 +448,12 @@ pub fn resolve_model_spec(spec: &str) -> Result<PathBuf, LoadError> {
 /// Loads a model from what a user typed (see [`resolve_model_spec`]).
 pub fn load_spec(spec: &str) -> Result<Model, LoadError> {
     Model::load(&resolve_model_spec(spec)?)
+}
+
+/// [`load_spec`] with progress (see [`Model::load_with_progress`]).
+pub fn load_spec_with_progress(
+    spec: &str,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<Model, LoadError> {
+    Model::load_with_progress(&resolve_model_spec(spec)?, progress)
 }

@@ -10,6 +10,7 @@ pub mod merge;
 pub mod prune;
 pub mod recipe;
 pub mod rps;
+pub mod sensitivity;
 pub mod shiftadd;
 pub mod svd;
 
@@ -78,7 +79,7 @@ impl CompressedModel {
 /// Progress callback: `(stage, done, total)`; returning `false` cancels the job.
 pub type Progress<'a> = dyn FnMut(&str, usize, usize) -> bool + 'a;
 
-fn cancelled() -> anyhow::Error {
+pub(crate) fn cancelled() -> anyhow::Error {
     anyhow::anyhow!("cancelled")
 }
 
@@ -269,7 +270,7 @@ struct PhaseTimes {
 }
 
 /// A per-layer seed, so each layer's randomised choices differ but are reproducible.
-fn layer_seed(id: LinearId) -> u64 {
+pub(crate) fn layer_seed(id: LinearId) -> u64 {
     let h = blake3::hash(id.to_string().as_bytes());
     let mut b = [0u8; 8];
     b.copy_from_slice(&h.as_bytes()[..8]);
@@ -277,7 +278,7 @@ fn layer_seed(id: LinearId) -> u64 {
 }
 
 /// One linear through its plan: RPS alone, or prune then quantize.
-fn compress_layer(
+pub(crate) fn compress_layer(
     weight: &LinearWeight,
     layer: &LayerPlan,
     stats: Option<&InputStats>,

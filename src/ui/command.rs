@@ -18,8 +18,14 @@ pub enum Command {
     OpenModel(String),
     /// Ask for a GGUF file or an HF directory, then open it.
     OpenModelDialog(DialogKind),
-    /// Score every linear's sensitivity on calibration data (a background job).
+    /// Measure every linear's sensitivity (KL divergence when only that layer is compressed at
+    /// the edited recipe's setting) in the background.
     RunSensitivity,
+    /// Stop the running sensitivity pass.
+    CancelSensitivity,
+    /// Shift-add bits for the layers the recipe leaves alone in a sensitivity pass (0 = skip
+    /// them).
+    SetSensitivityBits(usize),
     /// Set one family of the given linears.
     EditCells {
         targets: Vec<LinearId>,
@@ -73,6 +79,8 @@ pub enum Command {
     /// Export a run's recipe, compressed model, or llama.cpp tensor-type file.
     ExportRecipe(String),
     ExportModel(String),
+    /// Export a run's compressed model as one GGUF file.
+    ExportGguf(String),
     ExportTypes(String),
     /// Pick a run as side A or B of the per-layer diff.
     SetCompareRun {

@@ -18,6 +18,8 @@ pub enum DialogKind {
     SaveRecipe,
     /// A directory to write a compressed model into.
     SaveModelDir,
+    /// Where to save a compressed model as one GGUF file.
+    SaveGguf,
     /// Where to save a llama.cpp tensor-type file.
     SaveTypes,
     /// Where to save the plot as PNG.
@@ -49,6 +51,10 @@ impl FileDialogs for NativeDialogs {
                 .set_file_name(suggested_name)
                 .save_file(),
             DialogKind::SaveModelDir => d.pick_folder(),
+            DialogKind::SaveGguf => d
+                .add_filter("GGUF", &["gguf"])
+                .set_file_name(suggested_name)
+                .save_file(),
             DialogKind::SaveTypes => d.set_file_name(suggested_name).save_file(),
             DialogKind::SavePng => d
                 .add_filter("PNG", &["png"])

@@ -1,22 +1,46 @@
 //! Exports of a finished run, run on a background thread: its compressed model (re-applied
-//! from the stored recipe, then written as an HF directory) or its llama.cpp tensor-type file.
-//! The heavy lifting is the library's (`crate::export::experiment`); this reports progress.
+//! from the stored recipe, then written as an HF directory or one GGUF file) or its llama.cpp
+//! tensor-type file. The heavy lifting is the library's (`crate::export::experiment`, the same
+//! calls `reparam export` makes); this only reports progress.
 
 use std::path::Path;
 
-use crate::export::experiment::{export_metadata, llama_quantize_types, reapply, write_hf};
-use crate::model::load_spec;
+use crate::export::experiment::{
+    export_metadata, llama_quantize_types, reapply, write_gguf, write_hf,
+};
+use crate::model::load_spec_with_progress;
 use crate::store::ExperimentRecord;
 
 use super::tasks::{TaskEvent, TaskSender};
 
-/// Writes `rec`'s compressed model into the directory `out` (or only its tensor-type file to
-/// the file `out`); returns a message for the status bar.
+/// What to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportKind {
+    /// A Hugging Face directory (config, tokenizer, safetensors).
+    HfDir,
+    /// One GGUF file (the base model must be a GGUF file).
+    Gguf,
+    /// llama.cpp's `--tensor-type` file (what `reparam export --llama-quantize-types` writes).
+    Types,
+}
+
+impl ExportKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::HfDir => "model",
+            Self::Gguf => "GGUF",
+            Self::Types => "tensor types",
+        }
+    }
+}
+
+/// Writes `rec`'s compressed model (or its tensor-type file) to `out`; returns a message for
+/// the status bar. Progress goes to `tx` as it loads, re-applies and writes.
 pub fn export_run(
     rec: &ExperimentRecord,
     model_spec: &str,
     out: &Path,
-    types_only: bool,
+    kind: ExportKind,
     tx: &TaskSender,
 ) -> anyhow::Result<String> {
     let progress = |stage: &str, done: usize, total: usize| {
@@ -26,9 +50,10 @@ pub fn export_run(
             total,
         });
     };
-    progress("loading the base model", 0, 0);
-    let base = load_spec(model_spec)?;
-    if types_only {
+    let base = load_spec_with_progress(model_spec, &mut |p| {
+        progress("loading the base model", p.tensors_read, p.tensors_total);
+    })?;
+    if kind == ExportKind::Types {
         let recipe = crate::technique::recipe::Recipe::from_json(&rec.recipe_json)?;
         let plan = recipe.resolve(&base.transformer)?;
         std::fs::write(out, llama_quantize_types(&plan))
@@ -40,12 +65,18 @@ pub fn export_run(
         true
     })?;
     progress("writing", 0, 0);
-    write_hf(
-        &base,
-        &t,
-        out,
-        candle_core::DType::F32,
-        &export_metadata(rec, &plan),
-    )?;
-    Ok(format!("saved the compressed model to {}", out.display()))
+    let meta = export_metadata(rec, &plan);
+    match kind {
+        ExportKind::Gguf => {
+            write_gguf(&base, &t, out, candle_core::DType::F32, &meta)?;
+            Ok(format!(
+                "saved the compressed model as GGUF {}",
+                out.display()
+            ))
+        }
+        _ => {
+            write_hf(&base, &t, out, candle_core::DType::F32, &meta)?;
+            Ok(format!("saved the compressed model to {}", out.display()))
+        }
+    }
 }

@@ -12,6 +12,7 @@ use crate::store::pareto::{Sense, hypervolume};
 
 use super::command::Command;
 use super::editor::quant_label;
+use super::history_query::query_rows;
 use super::pareto_panel::{filters_ui, run_actions_ui};
 use super::runs::{
     RunFilter, RunTable, format_value, front_2d, maximize, metric_deltas, recipe_layer_diff,
@@ -30,10 +31,20 @@ const FIXED: [&str; 5] = ["id", "created_at", "model", "status", "recipe"];
 pub struct HistoryCache {
     key: Option<(u64, RunFilter, String, bool)>,
     pub order: Vec<usize>,
+    /// Why the last query failed, shown above the table.
+    pub error: Option<String>,
 }
 
 impl HistoryCache {
-    pub fn update(&mut self, runs: &RunTable, filter: &RunFilter, sort: &str, descending: bool) {
+    /// Recomputes the order through the polars query when the runs, filter or sort changed.
+    /// Should the query fail (it should not), the table falls back to the unsorted filter.
+    pub fn update(
+        &mut self,
+        runs: &mut RunTable,
+        filter: &RunFilter,
+        sort: &str,
+        descending: bool,
+    ) {
         let key = (
             runs.generation,
             filter.clone(),
@@ -44,38 +55,19 @@ impl HistoryCache {
             return;
         }
         self.key = Some(key);
-        let mut order = runs.filtered(filter);
-        let text = |i: usize| -> &str {
-            let r = &runs.rows[i].record;
-            match sort {
-                "id" => &r.id,
-                "model" => &r.model_name,
-                "status" => runs.rows[i].status_label(),
-                "recipe" => &runs.rows[i].summary,
-                _ => &r.created_at,
+        let result = runs
+            .history_frame()
+            .and_then(|f| query_rows(&f, filter, sort, descending));
+        match result {
+            Ok(order) => {
+                self.order = order;
+                self.error = None;
             }
-        };
-        if FIXED.contains(&sort) {
-            order.sort_by(|&a, &b| text(a).cmp(text(b)));
-        } else {
-            // NaN (metric missing) sorts last either way.
-            order.sort_by(|&a, &b| {
-                let (va, vb) = (runs.value(sort, a), runs.value(sort, b));
-                match (va.is_nan(), vb.is_nan()) {
-                    (true, true) => std::cmp::Ordering::Equal,
-                    (true, false) => std::cmp::Ordering::Greater,
-                    (false, true) => std::cmp::Ordering::Less,
-                    _ if descending => vb.total_cmp(&va),
-                    _ => va.total_cmp(&vb),
-                }
-            });
-            self.order = order;
-            return;
+            Err(e) => {
+                self.order = runs.filtered(filter);
+                self.error = Some(format!("the history query failed ({e}); showing unsorted"));
+            }
         }
-        if descending {
-            order.reverse();
-        }
-        self.order = order;
     }
 }
 
@@ -89,7 +81,10 @@ pub fn history_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     filters_ui(ui, &s.runs, &mut s.state.history.filter, "history");
     let h = s.state.history.clone();
     s.history_cache
-        .update(&s.runs, &h.filter, &h.sort, h.descending);
+        .update(&mut s.runs, &h.filter, &h.sort, h.descending);
+    if let Some(e) = &s.history_cache.error {
+        ui.colored_label(theme::ERROR, e);
+    }
     egui::Panel::bottom("history-details")
         .resizable(true)
         .default_size(320.0)

@@ -16,6 +16,7 @@ pub mod dialogs;
 pub mod editor;
 pub mod export;
 pub mod history_panel;
+pub mod history_query;
 pub mod jobs;
 pub mod jobs_panel;
 pub mod model_info;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::model::{LinearId, LinearWeight, Model};
+use crate::technique::sensitivity::{LayerSensitivity, SensitivityReport};
 
 /// One linear layer as the panels show it.
 #[derive(Debug, Clone)]
@@ -108,25 +109,35 @@ pub struct LoadedModel {
     pub summary: Arc<ModelSummary>,
 }
 
-/// Per-layer sensitivity scores (ShiftAddLLM's ‖IS‖_F·std(IS)²) from a sensitivity pass.
-#[derive(Debug, Clone, Default)]
+/// The result of a sensitivity pass: per linear, the KL divergence from the base model (and
+/// the loss increase) when only that layer is compressed at the setting the editor gave it.
+#[derive(Debug, Clone)]
 pub struct Sensitivity {
-    /// Which model (id) the scores are for.
+    /// Which model (id) the pass measured.
     pub model_id: String,
-    pub scores: BTreeMap<LinearId, f64>,
+    /// The hash of the edited recipe it measured (the bars go stale when the recipe changes).
+    pub recipe_hash: String,
+    pub layers: BTreeMap<LinearId, LayerSensitivity>,
+    /// Evaluation tokens per layer.
+    pub tokens: usize,
+    pub seconds: f64,
+    pub notes: Vec<String>,
 }
 
 impl Sensitivity {
-    pub fn max(&self) -> f64 {
-        self.scores.values().copied().fold(0.0, f64::max)
+    pub fn from_report(recipe_hash: String, r: SensitivityReport) -> Self {
+        Self {
+            model_id: r.model_id,
+            recipe_hash,
+            tokens: r.tokens,
+            seconds: r.seconds,
+            notes: r.notes,
+            layers: r.layers.into_iter().map(|l| (l.id, l)).collect(),
+        }
     }
 
-    /// The smallest positive score.
-    pub fn min(&self) -> f64 {
-        self.scores
-            .values()
-            .copied()
-            .filter(|v| *v > 0.0)
-            .fold(f64::INFINITY, f64::min)
+    /// The largest KL divergence (the full-width bar).
+    pub fn max_kld(&self) -> f64 {
+        self.layers.values().map(|l| l.kld).fold(0.0, f64::max)
     }
 }

@@ -72,18 +72,87 @@ pub fn model_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             row("Model id", sum.id.chars().take(16).collect());
         });
     ui.separator();
+    sensitivity_controls_ui(ui, s, out);
+    let sens = s
+        .sensitivity
+        .as_ref()
+        .filter(|x| x.model_id == sum.id)
+        .cloned();
+    let max_kld = sens.as_ref().map_or(0.0, |x| x.max_kld());
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        for block in 0..sum.n_blocks {
+            let bytes: usize = sum.block_linears(block).map(|l| l.size_bytes).sum();
+            egui::CollapsingHeader::new(format!("Block {block} · {}", human_bytes(bytes)))
+                .id_salt(("model-block", block))
+                .default_open(block == 0)
+                .show(ui, |ui| {
+                    egui::Grid::new(("model-linears", block))
+                        .striped(true)
+                        .num_columns(6)
+                        .show(ui, |ui| {
+                            ui.strong("Layer");
+                            ui.strong("Shape");
+                            ui.strong("Bytes");
+                            ui.strong("Form");
+                            ui.strong("Measured at");
+                            ui.strong("Sensitivity (KLD, this layer alone)");
+                            ui.end_row();
+                            for l in sum.block_linears(block) {
+                                ui.monospace(l.id.to_string());
+                                ui.monospace(format!("{}×{}", l.rows, l.cols));
+                                ui.monospace(human_bytes(l.size_bytes));
+                                ui.label(&l.form);
+                                match sens.as_ref().and_then(|x| x.layers.get(&l.id)) {
+                                    Some(m) => {
+                                        ui.label(&m.setting);
+                                        sensitivity_bar_ui(ui, m, max_kld);
+                                    }
+                                    None => {
+                                        ui.weak("—");
+                                        ui.weak("—");
+                                    }
+                                }
+                                ui.end_row();
+                            }
+                        });
+                });
+        }
+    });
+}
+
+/// The sensitivity pass: start, default setting, progress and cancel, and what was measured.
+fn sensitivity_controls_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     ui.horizontal(|ui| {
         let running = s.sensitivity_run.is_some();
         if ui
             .add_enabled(!running, egui::Button::new("Run sensitivity pass"))
             .on_hover_text(
-                "Score every linear on calibration windows (ShiftAddLLM's |IS|·std(IS)^2): \
-                 large scores mark layers that lose most when quantized",
+                "For every linear, compress only that layer at its setting in the edited recipe \
+                 and measure the KL divergence of the next-token distribution from the \
+                 uncompressed model on a short held-out text",
             )
             .clicked()
         {
             out.push(Command::RunSensitivity);
         }
+        let bits = s.state.sensitivity_bits;
+        let label = |b: usize| {
+            if b == 0 {
+                "skip them".to_string()
+            } else {
+                format!("shift-add {b}-bit")
+            }
+        };
+        ui.label("Layers the recipe leaves alone");
+        egui::ComboBox::from_id_salt("sensitivity-bits")
+            .selected_text(label(bits))
+            .show_ui(ui, |ui| {
+                for b in [0, 2, 3, 4, 6, 8] {
+                    if ui.selectable_label(bits == b, label(b)).clicked() {
+                        out.push(Command::SetSensitivityBits(b));
+                    }
+                }
+            });
         if let Some(a) = &s.sensitivity_run {
             let f = if a.total > 0 {
                 a.done as f32 / a.total as f32
@@ -96,54 +165,37 @@ pub fn model_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                     .show_percentage(),
             );
             ui.label(format!(
-                "{} ({:.0} s)",
+                "{} ({}/{}, {:.0} s)",
                 a.stage,
+                a.done,
+                a.total,
                 a.since.elapsed().as_secs_f32()
             ));
-        } else if s.sensitivity.is_none() {
-            ui.weak("no sensitivity scores yet");
+            if ui.button("Cancel sensitivity pass").clicked() {
+                out.push(Command::CancelSensitivity);
+            }
         }
     });
-    let sens = s
-        .sensitivity
-        .as_ref()
-        .filter(|x| x.model_id == sum.id)
-        .cloned();
-    let range = sens.as_ref().map_or((0.0, 0.0), |x| (x.min(), x.max()));
-    egui::ScrollArea::vertical().show(ui, |ui| {
-        for block in 0..sum.n_blocks {
-            let bytes: usize = sum.block_linears(block).map(|l| l.size_bytes).sum();
-            egui::CollapsingHeader::new(format!("Block {block} · {}", human_bytes(bytes)))
-                .id_salt(("model-block", block))
-                .default_open(block == 0)
-                .show(ui, |ui| {
-                    egui::Grid::new(("model-linears", block))
-                        .striped(true)
-                        .num_columns(5)
-                        .show(ui, |ui| {
-                            ui.strong("Layer");
-                            ui.strong("Shape");
-                            ui.strong("Bytes");
-                            ui.strong("Form");
-                            ui.strong("Sensitivity (log)");
-                            ui.end_row();
-                            for l in sum.block_linears(block) {
-                                ui.monospace(l.id.to_string());
-                                ui.monospace(format!("{}×{}", l.rows, l.cols));
-                                ui.monospace(human_bytes(l.size_bytes));
-                                ui.label(&l.form);
-                                match sens.as_ref().and_then(|x| x.scores.get(&l.id)) {
-                                    Some(&v) => sensitivity_bar_ui(ui, v, range),
-                                    None => {
-                                        ui.weak("—");
-                                    }
-                                }
-                                ui.end_row();
-                            }
-                        });
-                });
+    match &s.sensitivity {
+        None if s.sensitivity_run.is_none() => {
+            ui.weak("no sensitivity pass yet");
         }
-    });
+        None => {}
+        Some(x) => {
+            let current = s.editor.recipe.hash() == x.recipe_hash;
+            ui.weak(format!(
+                "{} layers measured on {} tokens in {:.1} s{}",
+                x.layers.len(),
+                x.tokens,
+                x.seconds,
+                if current {
+                    ""
+                } else {
+                    " — for an earlier version of the recipe; run again to update"
+                }
+            ));
+        }
+    }
 }
 
 fn open_row_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
@@ -166,33 +218,62 @@ fn open_row_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     });
     if let Some((spec, since)) = &s.loading {
         ui.horizontal(|ui| {
-            ui.spinner();
-            ui.label(format!(
-                "Loading {spec}: reading and dequantizing tensors ({:.1} s)",
-                since.elapsed().as_secs_f32()
-            ));
+            ui.label(format!("Loading {spec}"));
+            match s.load_progress {
+                Some(p) if p.bytes_total > 0 => {
+                    ui.add(
+                        egui::ProgressBar::new(p.fraction() as f32)
+                            .desired_width(200.0)
+                            .show_percentage(),
+                    );
+                    ui.label(format!(
+                        "{} of {} · {}/{} tensors ({:.1} s)",
+                        human_bytes(p.bytes_read as usize),
+                        human_bytes(p.bytes_total as usize),
+                        p.tensors_read,
+                        p.tensors_total,
+                        since.elapsed().as_secs_f32()
+                    ));
+                }
+                // Before the first tensor: reading the header and tokenizer.
+                _ => {
+                    ui.spinner();
+                    ui.label(format!(
+                        "reading the header ({:.1} s)",
+                        since.elapsed().as_secs_f32()
+                    ));
+                }
+            }
         });
     }
 }
 
-/// A horizontal bar on a log scale over `min..=max` (scores span orders of magnitude: on a
-/// linear scale one layer would dwarf the rest), with the value on hover.
-fn sensitivity_bar_ui(ui: &mut egui::Ui, value: f64, (min, max): (f64, f64)) {
-    let width = 160.0;
-    let (rect, resp) = ui.allocate_exact_size(egui::vec2(width, 12.0), egui::Sense::hover());
-    let frac = if max > min && min > 0.0 && value > 0.0 {
-        // A sliver for the smallest score so every layer shows a bar.
-        (0.03 + 0.97 * (value / min).ln() / (max / min).ln()) as f32
-    } else {
-        1.0
-    };
-    let painter = ui.painter();
-    painter.rect_filled(rect, 2.0, ui.visuals().extreme_bg_color);
-    let mut bar = rect;
-    bar.set_width(width * frac.clamp(0.0, 1.0));
-    painter.rect_filled(bar, 2.0, theme::BAR);
-    resp.on_hover_text(format!(
-        "{value:.4e} ({:.1}% of the largest; bars are on a log scale)",
-        100.0 * value / max
-    ));
+/// A horizontal bar, linear in KL divergence over `0..=max` (the layers that stand out are
+/// the ones that matter), with the value beside it and details on hover.
+fn sensitivity_bar_ui(
+    ui: &mut egui::Ui,
+    m: &crate::technique::sensitivity::LayerSensitivity,
+    max: f64,
+) {
+    ui.horizontal(|ui| {
+        let width = 160.0;
+        let (rect, resp) = ui.allocate_exact_size(egui::vec2(width, 12.0), egui::Sense::hover());
+        let frac = if max > 0.0 { (m.kld / max) as f32 } else { 0.0 };
+        let painter = ui.painter();
+        painter.rect_filled(rect, 2.0, ui.visuals().extreme_bg_color);
+        let mut bar = rect;
+        bar.set_width(width * frac.clamp(0.0, 1.0));
+        painter.rect_filled(bar, 2.0, theme::BAR);
+        super::shell::a11y_label(ui, &resp, &format!("sensitivity bar {}", m.layer));
+        resp.on_hover_text(format!(
+            "{}: KLD {:.3e} nats, loss {:+.3e} nats/token, {} → {} ({:.0}% of the largest KLD)",
+            m.setting,
+            m.kld,
+            m.nll_delta,
+            human_bytes(m.base_bytes),
+            human_bytes(m.bytes),
+            if max > 0.0 { 100.0 * m.kld / max } else { 0.0 }
+        ));
+        ui.monospace(format!("{:.2e}", m.kld));
+    });
 }

@@ -454,8 +454,19 @@ pub fn run_actions_ui(ui: &mut egui::Ui, id: &str, out: &mut Vec<Command>) {
         if ui.button("Export recipe…").clicked() {
             out.push(Command::ExportRecipe(id.to_string()));
         }
-        if ui.button("Export model…").clicked() {
+        if ui
+            .button("Export model…")
+            .on_hover_text("The compressed model as a Hugging Face directory (safetensors)")
+            .clicked()
+        {
             out.push(Command::ExportModel(id.to_string()));
+        }
+        if ui
+            .button("Export GGUF…")
+            .on_hover_text("The compressed model as one GGUF file for llama.cpp")
+            .clicked()
+        {
+            out.push(Command::ExportGguf(id.to_string()));
         }
         if ui.button("Export llama.cpp types…").clicked() {
             out.push(Command::ExportTypes(id.to_string()));

@@ -97,6 +97,9 @@ pub struct RunTable {
     facets: Facets,
     /// Bumped on every change so views can cache.
     pub generation: u64,
+    /// The history panel's polars frame of these runs; dropped on every change, rebuilt on
+    /// demand (and built ahead, off the UI thread, when the store is read).
+    frame: Option<std::sync::Arc<polars::prelude::DataFrame>>,
 }
 
 impl RunTable {
@@ -112,6 +115,7 @@ impl RunTable {
     /// Adds a run, or replaces the row with the same id.
     pub fn push(&mut self, record: ExperimentRecord) {
         self.generation += 1;
+        self.frame = None;
         if let Some(&i) = self.index.get(&record.id) {
             for (k, col) in self.columns.iter_mut() {
                 col[i] = value_of(&record, k);
@@ -152,7 +156,21 @@ impl RunTable {
             self.facets.tags.extend(tags.iter().cloned());
             self.rows[i].record.tags = tags;
             self.generation += 1;
+            self.frame = None;
         }
+    }
+
+    /// The runs as a polars frame for the history query (see [`super::history_query`]),
+    /// built now if the runs changed since the last call.
+    pub fn history_frame(
+        &mut self,
+    ) -> polars::prelude::PolarsResult<std::sync::Arc<polars::prelude::DataFrame>> {
+        if let Some(f) = &self.frame {
+            return Ok(f.clone());
+        }
+        let f = std::sync::Arc::new(super::history_query::history_frame(self)?);
+        self.frame = Some(f.clone());
+        Ok(f)
     }
 
     pub fn column(&self, metric: &str) -> Option<&[f64]> {

@@ -165,6 +165,8 @@ pub struct AppState {
     pub pareto: ParetoPrefs,
     pub history: HistoryPrefs,
     pub eval: EvalPrefs,
+    /// Sensitivity pass: shift-add bits for layers the recipe leaves alone (0 = skip them).
+    pub sensitivity_bits: usize,
 }
 
 impl Default for AppState {
@@ -179,6 +181,7 @@ impl Default for AppState {
             pareto: ParetoPrefs::default(),
             history: HistoryPrefs::default(),
             eval: EvalPrefs::default(),
+            sensitivity_bits: 3,
         }
     }
 }

@@ -5,24 +5,26 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use eframe::egui;
 
 use crate::jobs::{JobRunner, JobSpec};
-use crate::model::{LinearId, load_spec};
+use crate::model::{LinearId, load_spec_with_progress};
 use crate::store::Store;
 use crate::technique::recipe::Recipe;
 
 use super::command::Command;
 use super::dialogs::{DialogKind, FileDialogs};
 use super::editor::{Analysis, RecipeEditor, recipe_summary, shift_bits};
+use super::export::ExportKind;
 use super::jobs::JobsView;
 use super::model_info::{LoadedModel, ModelSummary, Sensitivity};
 use super::pareto_panel::ParetoCache;
 use super::runs::RunTable;
 use super::state::{AppState, EvalPrefs, Panel};
-use super::tasks::{DialogPurpose, TaskEvent, TaskSender, Tasks, Waker};
+use super::tasks::{DialogPurpose, TaskEvent, Tasks, Waker};
 
 /// How the studio is started.
 pub struct StudioOptions {
@@ -62,9 +64,13 @@ pub struct Studio {
     pub model: Option<LoadedModel>,
     /// A model being loaded: its spec and since when.
     pub loading: Option<(String, Instant)>,
+    /// How far the model being loaded is.
+    pub load_progress: Option<crate::model::LoadProgress>,
     pub load_error: Option<String>,
     pub sensitivity: Option<Sensitivity>,
     pub sensitivity_run: Option<Activity>,
+    /// Set to stop the running sensitivity pass (checked between layers).
+    sensitivity_cancel: Arc<AtomicBool>,
     pub runs: RunTable,
     pub store_loading: bool,
     /// Store files that could not be read (reported, never deleted).
@@ -116,9 +122,11 @@ impl Studio {
             analysis_key: None,
             model: None,
             loading: None,
+            load_progress: None,
             load_error: None,
             sensitivity: None,
             sensitivity_run: None,
+            sensitivity_cancel: Arc::new(AtomicBool::new(false)),
             runs: RunTable::default(),
             store_loading: false,
             store_skipped: Vec::new(),
@@ -255,6 +263,12 @@ impl Studio {
             Command::OpenModel(spec) => self.open_model(spec),
             Command::OpenModelDialog(kind) => self.dialog(kind, "", DialogPurpose::OpenModel),
             Command::RunSensitivity => self.run_sensitivity(),
+            Command::CancelSensitivity => {
+                if self.sensitivity_run.is_some() {
+                    self.sensitivity_cancel.store(true, Ordering::Relaxed);
+                }
+            }
+            Command::SetSensitivityBits(b) => self.state.sensitivity_bits = b,
             Command::EditCells { targets, edit } => {
                 let analysis = self.analysis().clone();
                 self.editor.edit_cells(&targets, &edit, &analysis);
@@ -316,6 +330,11 @@ impl Studio {
             Command::ExportModel(id) => {
                 self.dialog(DialogKind::SaveModelDir, "", DialogPurpose::ExportModel(id));
             }
+            Command::ExportGguf(id) => self.dialog(
+                DialogKind::SaveGguf,
+                &format!("{id}.gguf"),
+                DialogPurpose::ExportGguf(id),
+            ),
             Command::ExportTypes(id) => self.dialog(
                 DialogKind::SaveTypes,
                 "tensor-types.txt",
@@ -334,20 +353,26 @@ impl Studio {
 
     fn open_model(&mut self, spec: String) {
         self.loading = Some((spec.clone(), Instant::now()));
+        self.load_progress = None;
         self.load_error = None;
         let spec2 = spec.clone();
         self.tasks.spawn(
             "load-model",
             move |tx| {
-                let result = load_spec(&spec)
-                    .map(|m| {
-                        let summary = Arc::new(ModelSummary::from_model(&spec, &m));
-                        LoadedModel {
-                            model: Arc::new(m),
-                            summary,
-                        }
-                    })
-                    .map_err(|e| format!("{e}"));
+                let result = load_spec_with_progress(&spec, &mut |progress| {
+                    tx.send(TaskEvent::LoadProgress {
+                        spec: spec.clone(),
+                        progress,
+                    });
+                })
+                .map(|m| {
+                    let summary = Arc::new(ModelSummary::from_model(&spec, &m));
+                    LoadedModel {
+                        model: Arc::new(m),
+                        summary,
+                    }
+                })
+                .map_err(|e| format!("{e}"));
                 tx.send(TaskEvent::ModelLoaded { spec, result });
             },
             move |error| TaskEvent::ModelLoaded {
@@ -371,7 +396,11 @@ impl Studio {
                             .iter()
                             .map(|(p, e)| format!("{e} ({})", p.display()))
                             .collect();
-                        (RunTable::from_records(snap.records), skipped)
+                        let mut table = RunTable::from_records(snap.records);
+                        // The history panel's polars frame, built here rather than on the
+                        // UI thread (an error is reported when the panel queries it).
+                        let _ = table.history_frame();
+                        (table, skipped)
                     })
                     .map_err(|e| format!("reading the store: {e}"));
                 tx.send(TaskEvent::StoreLoaded(result));
@@ -532,21 +561,58 @@ impl Studio {
             self.notice("a sensitivity pass is already running");
             return;
         }
+        // Each layer at its setting in the edited recipe; the others at the chosen default.
+        let recipe = self.editor.recipe.clone();
+        if let Some(err) = self.analysis().first_error() {
+            self.notice_error(format!("the recipe is invalid: {err}"));
+            return;
+        }
+        let bits = self.state.sensitivity_bits;
+        let fallback = (bits > 0).then(|| crate::technique::recipe::LayerPlan {
+            quant: Some(crate::technique::recipe::Quant::ShiftAdd(
+                super::editor::default_shiftadd(bits),
+            )),
+            ..Default::default()
+        });
         self.sensitivity_run = Some(Activity {
             what: "sensitivity".into(),
-            stage: "scoring layers".into(),
+            stage: "starting".into(),
             done: 0,
-            total: loaded.summary.n_blocks,
+            total: loaded.summary.linears.len(),
             since: Instant::now(),
         });
-        let calib = crate::technique::CalibOptions {
-            samples: self.state.eval.calib_samples.max(1),
-            seq_len: self.state.eval.calib_len.max(8),
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.sensitivity_cancel = cancel.clone();
+        let opts = crate::technique::sensitivity::SensitivityOptions {
+            calib: crate::technique::CalibOptions {
+                samples: self.state.eval.calib_samples.max(1),
+                seq_len: self.state.eval.calib_len.max(8),
+            },
+            ctx: self.state.eval.ctx.max(8),
+            ..Default::default()
         };
         self.tasks.spawn(
             "sensitivity",
             move |tx| {
-                let result = sensitivity_pass(&loaded, calib, tx);
+                let hash = recipe.hash();
+                let result = crate::technique::sensitivity::recipe_sensitivity(
+                    &loaded.model,
+                    &recipe,
+                    fallback.as_ref(),
+                    None,
+                    None,
+                    opts,
+                    &mut |stage, done, total| {
+                        tx.send(TaskEvent::SensitivityProgress {
+                            stage: stage.to_string(),
+                            done,
+                            total,
+                        });
+                        !cancel.load(Ordering::Relaxed)
+                    },
+                )
+                .map(|r| Sensitivity::from_report(hash, r))
+                .map_err(|e| format!("{e:#}"));
                 tx.send(TaskEvent::Sensitivity(result));
             },
             |e| TaskEvent::Sensitivity(Err(e)),
@@ -558,27 +624,14 @@ impl Studio {
             self.notice_error(format!("no run {id}"));
             return;
         };
-        let row = &self.runs.rows[i];
-        let text = row.recipe().and_then(|r| {
-            r.to_toml()
-                .map(|t| {
-                    format!(
-                        "# Run {} on model {} ({}), recipe hash {}\n{t}",
-                        row.record.id,
-                        row.record.model_name,
-                        row.record.model_id,
-                        row.record.recipe_hash
-                    )
-                })
-                .map_err(|e| e.to_string())
-        });
-        match text {
+        // The same file `reparam export --recipe` writes (a header naming run, model, hash).
+        match crate::export::experiment::recipe_toml(&self.runs.rows[i].record) {
             Ok(text) => self.dialog(
                 DialogKind::SaveRecipe,
                 &format!("{id}.toml"),
                 DialogPurpose::SaveRecipe(text),
             ),
-            Err(e) => self.notice_error(format!("run {id}: {e}")),
+            Err(e) => self.notice_error(format!("run {id}: {e:#}")),
         }
     }
 
@@ -589,6 +642,7 @@ impl Studio {
                     return; // a newer load superseded this one
                 }
                 self.loading = None;
+                self.load_progress = None;
                 match result {
                     Ok(m) => {
                         self.state.model_spec = spec;
@@ -608,8 +662,14 @@ impl Studio {
                     }
                 }
             }
-            TaskEvent::SensitivityProgress { done, total } => {
+            TaskEvent::LoadProgress { spec, progress } => {
+                if self.loading.as_ref().is_some_and(|(s, _)| *s == spec) {
+                    self.load_progress = Some(progress);
+                }
+            }
+            TaskEvent::SensitivityProgress { stage, done, total } => {
                 if let Some(a) = &mut self.sensitivity_run {
+                    a.stage = stage;
                     a.done = done;
                     a.total = total;
                 }
@@ -618,8 +678,19 @@ impl Studio {
                 self.sensitivity_run = None;
                 match result {
                     Ok(s) => {
+                        self.notice(format!(
+                            "sensitivity pass finished: {} layers in {:.1} s",
+                            s.layers.len(),
+                            s.seconds
+                        ));
+                        for n in &s.notes {
+                            self.notice(n.clone());
+                        }
                         self.sensitivity = Some(s);
-                        self.notice("sensitivity pass finished");
+                    }
+                    // A cancel the user asked for is not an error.
+                    Err(e) if self.sensitivity_cancel.load(Ordering::Relaxed) => {
+                        self.notice(format!("sensitivity pass stopped: {e}"));
                     }
                     Err(e) => self.notice_error(format!("sensitivity pass failed: {e}")),
                 }
@@ -735,8 +806,9 @@ impl Studio {
                     tx.send(TaskEvent::Screenshot { image, path });
                 });
             }
-            DialogPurpose::ExportModel(id) => self.export_model(&id, path, false),
-            DialogPurpose::ExportTypes(id) => self.export_model(&id, path, true),
+            DialogPurpose::ExportModel(id) => self.export_model(&id, path, ExportKind::HfDir),
+            DialogPurpose::ExportGguf(id) => self.export_model(&id, path, ExportKind::Gguf),
+            DialogPurpose::ExportTypes(id) => self.export_model(&id, path, ExportKind::Types),
         }
     }
 
@@ -754,7 +826,7 @@ impl Studio {
     }
 
     /// Exports a run's compressed model (or only its llama.cpp tensor-type file).
-    fn export_model(&mut self, id: &str, path: PathBuf, types_only: bool) {
+    fn export_model(&mut self, id: &str, path: PathBuf, kind: ExportKind) {
         let Some(i) = self.runs.index_of(id) else {
             self.notice_error(format!("no run {id}"));
             return;
@@ -774,11 +846,7 @@ impl Studio {
             return;
         }
         self.export = Some(Activity {
-            what: if types_only {
-                "tensor types".into()
-            } else {
-                "model".into()
-            },
+            what: kind.label().into(),
             stage: "starting".into(),
             done: 0,
             total: 0,
@@ -787,7 +855,7 @@ impl Studio {
         self.tasks.spawn(
             "export",
             move |tx| {
-                let r = super::export::export_run(&record, &spec, &path, types_only, tx)
+                let r = super::export::export_run(&record, &spec, &path, kind, tx)
                     .map_err(|e| format!("{e:#}"));
                 tx.send(TaskEvent::ExportDone(r));
             },
@@ -814,40 +882,4 @@ fn empty_recipe() -> Recipe {
         embedding: None,
         layers: Vec::new(),
     }
-}
-
-/// Scores every linear (ShiftAddLLM's sensitivity) on calibration windows of the model.
-fn sensitivity_pass(
-    loaded: &LoadedModel,
-    calib: crate::technique::CalibOptions,
-    tx: &TaskSender,
-) -> Result<Sensitivity, String> {
-    let m = loaded.model.as_ref();
-    let tokens = crate::run::calibration_tokens(m, None).map_err(|e| format!("{e:#}"))?;
-    let calib = crate::technique::CalibOptions {
-        seq_len: calib.seq_len.min(m.config().max_position_embeddings),
-        ..calib
-    };
-    let template = super::editor::default_shiftadd(3);
-    let (_, table) = crate::technique::allocate::allocate_recipe(
-        m,
-        &tokens,
-        calib,
-        &[2, 3, 4],
-        3.0,
-        &template,
-        &mut |_, done, total| {
-            tx.send(TaskEvent::SensitivityProgress { done, total });
-            true
-        },
-    )
-    .map_err(|e| format!("{e:#}"))?;
-    let scores = table
-        .iter()
-        .filter_map(|l| Some((l.layer.parse::<LinearId>().ok()?, l.score)))
-        .collect();
-    Ok(Sensitivity {
-        model_id: m.id.clone(),
-        scores,
-    })
 }

@@ -48,6 +48,7 @@ pub enum DialogPurpose {
     /// Save this TOML text.
     SaveRecipe(String),
     ExportModel(String),
+    ExportGguf(String),
     ExportTypes(String),
     PlotPng,
     PlotSvg,
@@ -60,7 +61,13 @@ pub enum TaskEvent {
         spec: String,
         result: Result<LoadedModel, String>,
     },
+    /// How far a model load is (bytes and tensors read).
+    LoadProgress {
+        spec: String,
+        progress: crate::model::LoadProgress,
+    },
     SensitivityProgress {
+        stage: String,
         done: usize,
         total: usize,
     },
