@@ -428,14 +428,24 @@ fn export_reloads_with_the_same_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
     let ev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * b.abs().max(1e-3);
-    let (p0, p1) = (run["ppl"].as_f64().unwrap(), ev["ppl"].as_f64().unwrap());
-    assert!(close(p0, p1, 1e-3), "ppl {p0} vs reloaded {p1}");
-    let (k0, k1) = (
-        run["kld_mean"].as_f64().unwrap(),
-        ev["kld_mean"].as_f64().unwrap(),
-    );
-    assert!(close(k0, k1, 1e-2), "kld {k0} vs reloaded {k1}");
+    assert_same_metrics("export", &run, &ev, 1e-3, 1e-2);
+}
+
+/// The run's ppl and KLD equal the reloaded model's, each within a relative tolerance.
+fn assert_same_metrics(
+    what: &str,
+    run: &serde_json::Value,
+    ev: &serde_json::Value,
+    ppl_tol: f64,
+    kld_tol: f64,
+) {
+    for (key, tol) in [("ppl", ppl_tol), ("kld_mean", kld_tol)] {
+        let (a, b) = (run[key].as_f64().unwrap(), ev[key].as_f64().unwrap());
+        assert!(
+            (a - b).abs() <= tol * b.abs().max(1e-3),
+            "{what}: {key} {a} vs reloaded {b}"
+        );
+    }
 }
 
 mod common;
@@ -649,14 +659,7 @@ fn packed_export_reloads_the_inference_forms_exactly() {
             String::from_utf8_lossy(&ev.stderr)
         );
         let ev: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
-        let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * b.abs().max(1e-3);
-        let (p0, p1) = (run["ppl"].as_f64().unwrap(), ev["ppl"].as_f64().unwrap());
-        assert!(close(p0, p1, 1e-4), "{name}: ppl {p0} vs reloaded {p1}");
-        let (k0, k1) = (
-            run["kld_mean"].as_f64().unwrap(),
-            ev["kld_mean"].as_f64().unwrap(),
-        );
-        assert!(close(k0, k1, 1e-3), "{name}: kld {k0} vs reloaded {k1}");
+        assert_same_metrics(name, run, &ev, 1e-4, 1e-3);
         // The same run as GGUF from this non-GGUF base: llama architecture and tokenizer keys
         // written from the config and tokenizer.json, and our loader reads it back.
         let gguf = dir.path().join(format!("{name}.gguf"));
@@ -695,7 +698,8 @@ fn packed_export_reloads_the_inference_forms_exactly() {
             v["ppl"].as_f64().unwrap()
         };
         let (ph, pg) = (text_ppl(&model_dir), text_ppl(&gguf));
-        assert!(close(ph, pg, 1e-3), "{name}: ppl {ph} (HF) vs {pg} (GGUF)");
+        let close = (ph - pg).abs() <= 1e-3 * pg.abs().max(1e-3);
+        assert!(close, "{name}: ppl {ph} (HF) vs {pg} (GGUF)");
         // A truncated packed file is a clear error, not a silent dense fallback.
         std::fs::write(&packed, &head[..head.len() / 2]).unwrap();
         let bad = eval_dir(&model_dir);

@@ -7,8 +7,8 @@ mod common;
 
 use common::TinySpec;
 use reparam::model::{LinearId, LinearKind, Model};
-use reparam::technique::recipe::{PruneKnobs, PruneMethod, Quant, Recipe, RpsKnobs};
-use reparam::ui::editor::{CellEdit, RecipeEditor, default_shiftadd, estimated_bytes, shift_bits};
+use reparam::technique::recipe::{PruneKnobs, PruneMethod, Quant, Recipe, RpsKnobs, ShiftAddKnobs};
+use reparam::ui::editor::{CellEdit, RecipeEditor, estimated_bytes, shift_bits};
 use reparam::ui::model_info::ModelSummary;
 
 fn tiny() -> (tempfile::TempDir, Model, ModelSummary) {
@@ -58,7 +58,7 @@ fn cell_edits_override_patterns_and_undo() {
     let a = ed.analyse(Some((&m.transformer, &s)));
     ed.edit_cells(
         &[q],
-        &CellEdit::Quant(Some(Quant::ShiftAdd(default_shiftadd(3)))),
+        &CellEdit::Quant(Some(Quant::ShiftAdd(ShiftAddKnobs::with_bits(3)))),
         &a,
     );
     let a = ed.analyse(Some((&m.transformer, &s)));
@@ -80,14 +80,14 @@ fn invalid_combinations_are_flagged_per_cell_and_the_estimate_tracks_bits() {
     let all: Vec<LinearId> = s.linears.iter().map(|l| l.id).collect();
     ed.edit_cells(
         &all,
-        &CellEdit::Quant(Some(Quant::ShiftAdd(default_shiftadd(4)))),
+        &CellEdit::Quant(Some(Quant::ShiftAdd(ShiftAddKnobs::with_bits(4)))),
         &a,
     );
     let a4 = ed.analyse(Some((&m.transformer, &s)));
     let a = a4.clone();
     ed.edit_cells(
         &all,
-        &CellEdit::Quant(Some(Quant::ShiftAdd(default_shiftadd(2)))),
+        &CellEdit::Quant(Some(Quant::ShiftAdd(ShiftAddKnobs::with_bits(2)))),
         &a,
     );
     let a2 = ed.analyse(Some((&m.transformer, &s)));

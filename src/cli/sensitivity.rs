@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::progress::TermProgress;
-use crate::technique::recipe::{LayerPlan, Quant, Recipe, ScaleLayoutKnob, ShiftAddKnobs};
+use crate::technique::recipe::{LayerPlan, Quant, Recipe, ShiftAddKnobs};
 use crate::technique::sensitivity::{SensitivityOptions, recipe_sensitivity};
 
 #[derive(Debug, Args)]
@@ -46,15 +46,7 @@ pub struct SensitivityArgs {
 /// The fallback setting of `--default-bits`: the editor's shift-add defaults.
 pub fn shiftadd_plan(bits: usize) -> LayerPlan {
     LayerPlan {
-        quant: Some(Quant::ShiftAdd(ShiftAddKnobs {
-            bits,
-            layout: ScaleLayoutKnob::Block,
-            group: 128,
-            apot_terms: 3,
-            rounds: 20,
-            error_feedback: true,
-            act_order: true,
-        })),
+        quant: Some(Quant::ShiftAdd(ShiftAddKnobs::with_bits(bits))),
         ..LayerPlan::default()
     }
 }
@@ -66,14 +58,7 @@ pub fn sensitivity(args: &SensitivityArgs) -> anyhow::Result<()> {
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             Recipe::from_toml(&text).with_context(|| p.display().to_string())?
         }
-        None => Recipe {
-            model: None,
-            seed: 0,
-            merge: None,
-            flatten: None,
-            embedding: None,
-            layers: Vec::new(),
-        },
+        None => Recipe::default(),
     };
     if let Some(b) = args.default_bits {
         anyhow::ensure!((2..=8).contains(&b), "--default-bits {b}: must be 2..=8");

@@ -254,8 +254,8 @@ pub struct LayerRule {
     pub rps: Option<RpsKnobs>,
 }
 
-/// A whole compression plan.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A whole compression plan; the default changes nothing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
     /// The model it was made for (a path, `zoo:NAME`, or a model id); informational.
@@ -423,6 +423,21 @@ fn parse_blocks(spec: &str) -> Result<Vec<usize>, String> {
 }
 
 impl ShiftAddKnobs {
+    /// The knobs a layer gets when only its bits are chosen (the editor's new cells, the
+    /// sensitivity pass's `--default-bits`): block layout, group 128, three APoT terms, 20
+    /// rounds, error feedback with act-order.
+    pub fn with_bits(bits: usize) -> Self {
+        Self {
+            bits,
+            layout: ScaleLayoutKnob::Block,
+            group: 128,
+            apot_terms: 3,
+            rounds: 20,
+            error_feedback: true,
+            act_order: true,
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         if !(2..=8).contains(&self.bits) {
             return Err(format!("shiftadd.bits = {} is outside 2..=8", self.bits));

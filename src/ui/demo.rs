@@ -29,10 +29,12 @@ use anyhow::Context as _;
 use eframe::egui;
 
 use crate::model::LinearId;
-use crate::technique::recipe::{LayerRule, PruneKnobs, PruneMethod, Quant, RtnKnobs};
+use crate::technique::recipe::{
+    LayerRule, PruneKnobs, PruneMethod, Quant, RtnKnobs, ShiftAddKnobs,
+};
 
 use super::command::Command;
-use super::editor::{CellEdit, default_shiftadd};
+use super::editor::CellEdit;
 use super::state::Panel;
 use super::studio::Studio;
 
@@ -150,7 +152,7 @@ impl DemoScript {
                         bits: arg(0)?.parse()?,
                         group: 128,
                     })),
-                    _ => Some(Quant::ShiftAdd(default_shiftadd(arg(0)?.parse()?))),
+                    _ => Some(Quant::ShiftAdd(ShiftAddKnobs::with_bits(arg(0)?.parse()?))),
                 };
                 let pattern = if cmd == "none" {
                     args.first()
@@ -194,14 +196,9 @@ impl DemoScript {
                     })),
                 });
             }
-            "clear" => s.apply(Command::SetRecipe(crate::technique::recipe::Recipe {
-                model: None,
-                seed: 0,
-                merge: None,
-                flatten: None,
-                embedding: None,
-                layers: Vec::new(),
-            })),
+            "clear" => s.apply(Command::SetRecipe(
+                crate::technique::recipe::Recipe::default(),
+            )),
             "eval" => {
                 s.state.eval.chunks = arg(0)?.parse()?;
                 s.state.eval.ctx = arg(1)?.parse()?;

@@ -27,19 +27,6 @@ pub enum CellEdit {
     Rps(Option<RpsKnobs>),
 }
 
-/// Default shift-add knobs for a cell that had none.
-pub fn default_shiftadd(bits: usize) -> ShiftAddKnobs {
-    ShiftAddKnobs {
-        bits,
-        layout: ScaleLayoutKnob::Block,
-        group: 128,
-        apot_terms: 3,
-        rounds: 20,
-        error_feedback: true,
-        act_order: true,
-    }
-}
-
 /// What the editor knows about the recipe against the current model.
 #[derive(Debug, Clone, Default)]
 pub struct Analysis {
@@ -139,19 +126,7 @@ pub struct RecipeEditor {
 
 impl Default for RecipeEditor {
     fn default() -> Self {
-        Self::new(empty_recipe())
-    }
-}
-
-/// A recipe that changes nothing.
-pub fn empty_recipe() -> Recipe {
-    Recipe {
-        model: None,
-        seed: 0,
-        merge: None,
-        flatten: None,
-        embedding: None,
-        layers: Vec::new(),
+        Self::new(Recipe::default())
     }
 }
 
@@ -371,7 +346,7 @@ fn rule_matches(rule: &LayerRule, t: &Transformer) -> Result<Vec<LinearId>, Stri
         flatten: None,
         embedding: None,
         layers: vec![LayerRule {
-            shiftadd: Some(default_shiftadd(4)),
+            shiftadd: Some(ShiftAddKnobs::with_bits(4)),
             rtn: None,
             prune: None,
             rps: None,

@@ -7,11 +7,11 @@ use eframe::egui;
 use crate::model::LinearId;
 use crate::technique::recipe::{
     LayerPlan, LayerRule, MergeMethod, MergeStep, PruneKnobs, PruneMethod, Quant, RpsKnobs,
-    RtnKnobs,
+    RtnKnobs, ShiftAddKnobs,
 };
 
 use super::command::Command;
-use super::editor::{Analysis, CellEdit, default_shiftadd, quant_label};
+use super::editor::{Analysis, CellEdit, quant_label};
 use super::model_info::ModelSummary;
 use super::model_panel::{ZOO, human_bytes};
 use super::shell::a11y_label;
@@ -35,7 +35,7 @@ impl Default for RuleForm {
         Self {
             pattern: "blk.*.ffn_*".into(),
             blocks: String::new(),
-            quant: Some(Quant::ShiftAdd(default_shiftadd(3))),
+            quant: Some(Quant::ShiftAdd(ShiftAddKnobs::with_bits(3))),
             prune_ratio: 0.0,
             prune_method: PruneMethod::Magnitude,
             rps_ratio: 0.0,
@@ -72,10 +72,8 @@ fn quant_choices(current: &Option<Quant>) -> Vec<Option<Quant>> {
     let mut v = vec![None];
     for bits in 2..=8 {
         v.push(Some(Quant::ShiftAdd(match current {
-            Some(Quant::ShiftAdd(k)) => {
-                crate::technique::recipe::ShiftAddKnobs { bits, ..k.clone() }
-            }
-            _ => default_shiftadd(bits),
+            Some(Quant::ShiftAdd(k)) => ShiftAddKnobs { bits, ..k.clone() },
+            _ => ShiftAddKnobs::with_bits(bits),
         })));
     }
     for bits in 2..=8 {
@@ -118,12 +116,8 @@ fn toolbar_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         }
         if ui.button("Clear recipe").clicked() {
             out.push(Command::SetRecipe(crate::technique::recipe::Recipe {
-                model: None,
                 seed: s.editor.recipe.seed,
-                merge: None,
-                flatten: None,
-                embedding: None,
-                layers: Vec::new(),
+                ..Default::default()
             }));
         }
         ui.separator();

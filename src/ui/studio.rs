@@ -13,7 +13,7 @@ use eframe::egui;
 use crate::jobs::{JobRunner, JobSpec};
 use crate::model::{LinearId, load_spec_with_progress};
 use crate::store::Store;
-use crate::technique::recipe::Recipe;
+use crate::technique::recipe::{Recipe, ShiftAddKnobs};
 
 use super::command::Command;
 use super::dialogs::{DialogKind, FileDialogs};
@@ -114,7 +114,7 @@ impl Studio {
         let store =
             Store::open(&opts.store_dir).map_err(|e| anyhow::anyhow!("opening the store: {e}"))?;
         let runner = JobRunner::new(store, opts.workers.max(1), waker.as_fn());
-        let editor = RecipeEditor::new(opts.state.recipe.clone().unwrap_or_else(empty_recipe));
+        let editor = RecipeEditor::new(opts.state.recipe.clone().unwrap_or_default());
         let mut s = Self {
             state: opts.state,
             editor,
@@ -570,7 +570,7 @@ impl Studio {
         let bits = self.state.sensitivity_bits;
         let fallback = (bits > 0).then(|| crate::technique::recipe::LayerPlan {
             quant: Some(crate::technique::recipe::Quant::ShiftAdd(
-                super::editor::default_shiftadd(bits),
+                ShiftAddKnobs::with_bits(bits),
             )),
             ..Default::default()
         });
@@ -870,16 +870,5 @@ impl Studio {
             .iter()
             .filter_map(|s| s.parse().ok())
             .collect()
-    }
-}
-
-fn empty_recipe() -> Recipe {
-    Recipe {
-        model: None,
-        seed: 0,
-        merge: None,
-        flatten: None,
-        embedding: None,
-        layers: Vec::new(),
     }
 }
