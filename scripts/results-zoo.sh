@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 bin="${CARGO_TARGET_DIR:-target}/release/reparam"
-echo "| model | lang ppl | arith | brackets | reverse | recall | trained steps | train time (2 cores) |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| model | lang ppl | arith | brackets | reverse | recall | steps × batch | loss on | train time (2 cores) |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for m in base arith brackets reverse recall multi; do
   "$bin" eval "zoo:$m" --tasks --json | python3 -c "
 import json, sys
@@ -14,7 +14,9 @@ r = json.load(sys.stdin)
 meta = json.load(open('assets/zoo/$m/zoo.json'))
 t = r['tasks']
 pct = lambda k: f\"{100 * t[k]:.1f} %\"
+tr = meta['train']
+# Models trained before the loss mask existed have no loss_on; they were trained on all tokens.
 print(f\"| $m | {r['ppl']:.3f} | {pct('arith')} | {pct('brackets')} | {pct('reverse')} | {pct('recall')} | \"
-      f\"{meta['train']['steps']} | {meta['train_seconds'] / 60:.0f} min |\")
+      f\"{tr['steps']} × {tr['batch']} | {meta.get('loss_on', 'all_tokens')} | {meta['train_seconds'] / 60:.0f} min |\")
 "
 done

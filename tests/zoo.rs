@@ -8,9 +8,11 @@ use reparam::eval::tasks::{EVAL_PROMPTS_PER_TASK, task_accuracy};
 use reparam::eval::{PerplexityOptions, perplexity};
 use reparam::model::{Model, load_spec};
 use reparam::zoo::corpus::{lang_eval_text, training_text};
-use reparam::zoo::tasks::Task;
+use reparam::zoo::tasks::{Sample, Task};
 use reparam::zoo::train::{TokenStream, TrainOptions, init_transformer, train};
-use reparam::zoo::{LANG_EVAL_SENTENCES, MEMBERS, tokenizer::train_tokenizer, zoo_config};
+use reparam::zoo::{
+    LANG_EVAL_SENTENCES, LossOn, MEMBERS, token_stream, tokenizer::train_tokenizer, zoo_config,
+};
 
 #[test]
 fn a_short_training_run_lowers_the_loss() {
@@ -42,6 +44,7 @@ fn a_short_training_run_lowers_the_loss() {
     };
     let bos = tok.token_to_id("<s>").unwrap();
     let data = TokenStream {
+        in_loss: vec![true; tokens.len()],
         tokens,
         line_starts,
     };
@@ -52,6 +55,41 @@ fn a_short_training_run_lowers_the_loss() {
     assert!(
         tail < head - 1.0,
         "loss went from {head} to {tail}: {losses:?}"
+    );
+}
+
+#[test]
+fn only_answers_and_language_count_in_the_loss() {
+    let text = training_text(&[(Task::Lang, 0.5), (Task::Arith, 0.5)], 1, 2000);
+    let lines: Vec<&str> = text.lines().collect();
+    let tok: tokenizers::Tokenizer = train_tokenizer(&lines, 300).unwrap().parse().unwrap();
+    let newline = tok.token_to_id("Ċ").unwrap();
+    let samples = [
+        Sample {
+            task: Task::Arith,
+            prompt: "407 + 1385 = ".into(),
+            completion: "1792".into(),
+        },
+        Sample {
+            task: Task::Lang,
+            prompt: String::new(),
+            completion: "the old dogs sleep.".into(),
+        },
+    ];
+    let stream = token_stream(&tok, &samples, newline, LossOn::Completions).unwrap();
+    assert_eq!(stream.in_loss.len(), stream.tokens.len());
+    let counted = |range: std::ops::Range<usize>| -> String {
+        let ids: Vec<u32> = range
+            .filter(|&i| stream.in_loss[i])
+            .map(|i| stream.tokens[i])
+            .collect();
+        tok.decode(&ids, false).unwrap()
+    };
+    let second = stream.line_starts[1];
+    assert_eq!(counted(0..second), " 1792\n");
+    assert_eq!(
+        counted(second..stream.tokens.len()),
+        "the old dogs sleep.\n"
     );
 }
 

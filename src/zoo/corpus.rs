@@ -216,14 +216,14 @@ pub fn sample_in(task: Task, split: Split, rng: &mut Rng) -> Sample {
     }
 }
 
-/// Training text mixing tasks in the given proportions: exactly `n_lines`
-/// lines, each ended by `'\n'`, in a seeded random order.
+/// Training samples mixing tasks in the given proportions: exactly `n_lines`
+/// samples in a seeded random order.
 ///
 /// Weights are relative; non-positive or non-finite ones are ignored and
-/// repeated tasks are summed. Line counts per task are the largest-remainder
+/// repeated tasks are summed. Sample counts per task are the largest-remainder
 /// rounding of `n_lines * weight / total`, so proportions are exact up to one
-/// line. Returns an empty string when no weight is usable.
-pub fn training_text(mix: &[(Task, f32)], seed: u64, n_lines: usize) -> String {
+/// sample. Returns no samples when no weight is usable.
+pub fn training_samples(mix: &[(Task, f32)], seed: u64, n_lines: usize) -> Vec<Sample> {
     let mut weights = [0f64; Task::ALL.len()];
     for &(task, w) in mix {
         if w.is_finite() && w > 0.0 {
@@ -232,7 +232,7 @@ pub fn training_text(mix: &[(Task, f32)], seed: u64, n_lines: usize) -> String {
     }
     let total: f64 = weights.iter().sum();
     if total <= 0.0 {
-        return String::new();
+        return Vec::new();
     }
 
     // Largest-remainder allocation: floor everything, then hand the leftover
@@ -257,15 +257,20 @@ pub fn training_text(mix: &[(Task, f32)], seed: u64, n_lines: usize) -> String {
         streams.push(generate(Task::ALL[i], seed, c).into_iter());
     }
     Rng::new(mix64(seed ^ 0x5c4e_d01e_5000_0001)).shuffle(&mut schedule);
+    // Each stream holds exactly as many samples as its task is scheduled.
+    schedule
+        .into_iter()
+        .filter_map(|i| streams[i].next())
+        .collect()
+}
 
+/// [`training_samples`] as text: one line per sample, each ended by `'\n'`.
+pub fn training_text(mix: &[(Task, f32)], seed: u64, n_lines: usize) -> String {
     let mut out = String::new();
-    for i in schedule {
-        // Each stream holds exactly as many samples as its task is scheduled.
-        if let Some(s) = streams[i].next() {
-            out.push_str(&s.prompt);
-            out.push_str(&s.completion);
-            out.push('\n');
-        }
+    for s in training_samples(mix, seed, n_lines) {
+        out.push_str(&s.prompt);
+        out.push_str(&s.completion);
+        out.push('\n');
     }
     out
 }

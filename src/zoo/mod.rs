@@ -19,7 +19,7 @@ use candle_core::DType;
 
 use crate::export::{TokenizerFiles, save_hf_dir};
 use crate::model::{Architecture, LlamaConfig, Transformer};
-use tasks::Task;
+use tasks::{Sample, Task};
 use train::{TokenStream, TrainOptions};
 
 /// The file in each zoo model directory that records how it was made.
@@ -34,7 +34,23 @@ pub struct ZooMember {
     /// Task proportions of its training text.
     pub mix: &'static [(Task, f32)],
     pub steps: usize,
+    /// Training windows per step. For the same compute, more steps of a small batch learn a
+    /// task far sooner (`experiments/RESULTS.md`, the zoo's training experiments).
+    pub batch: usize,
     pub lr: f64,
+    pub loss: LossOn,
+}
+
+/// Which tokens a member's training loss covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossOn {
+    /// Every token, task prompts included. `arith`, `recall` and `multi` were trained this way
+    /// and keep it so that `zoo train` reproduces the shipped files until they are retrained.
+    AllTokens,
+    /// Task completions and `lang` text only: operands, items and keys are random, so
+    /// predicting them teaches nothing.
+    Completions,
 }
 
 const TASK_SHARE: f32 = 0.75;
@@ -47,35 +63,46 @@ pub const MEMBERS: [ZooMember; 6] = [
         parent: None,
         mix: &[(Task::Lang, 1.0)],
         steps: 1200,
+        batch: 32,
         lr: 3e-3,
+        loss: LossOn::AllTokens,
     },
     ZooMember {
         name: "arith",
         parent: Some("base"),
         mix: &[(Task::Arith, TASK_SHARE), (Task::Lang, LANG_SHARE)],
         steps: 1500,
+        batch: 32,
         lr: 2e-3,
+        loss: LossOn::AllTokens,
     },
     ZooMember {
         name: "brackets",
         parent: Some("base"),
         mix: &[(Task::Brackets, TASK_SHARE), (Task::Lang, LANG_SHARE)],
-        steps: 400,
+        steps: 2400,
+        batch: 8,
         lr: 2e-3,
+        loss: LossOn::Completions,
     },
     ZooMember {
         name: "reverse",
         parent: Some("base"),
         mix: &[(Task::Reverse, TASK_SHARE), (Task::Lang, LANG_SHARE)],
-        steps: 400,
+        steps: 1200,
+        batch: 8,
         lr: 2e-3,
+        loss: LossOn::Completions,
     },
     ZooMember {
         name: "recall",
         parent: Some("base"),
         mix: &[(Task::Recall, TASK_SHARE), (Task::Lang, LANG_SHARE)],
+        // The small-batch, completion-only plan did not help here (9 % after 2400 steps of 8).
         steps: 400,
+        batch: 32,
         lr: 2e-3,
+        loss: LossOn::AllTokens,
     },
     ZooMember {
         name: "multi",
@@ -89,7 +116,9 @@ pub const MEMBERS: [ZooMember; 6] = [
             (Task::Lang, 0.14),
         ],
         steps: 1500,
+        batch: 32,
         lr: 2e-3,
+        loss: LossOn::AllTokens,
     },
 ];
 
@@ -116,7 +145,6 @@ pub fn zoo_config(vocab_size: usize) -> LlamaConfig {
 
 /// Tokens in each training window.
 pub const SEQ_LEN: usize = 128;
-const BATCH: usize = 32;
 const VOCAB_SIZE: usize = 384;
 /// Lines of generated text per model: enough that no window repeats often.
 const LINES_PER_MODEL: usize = 60_000;
@@ -135,27 +163,45 @@ pub struct ZooOptions {
 /// Progress of a zoo build: `(member, step, steps, loss)`.
 pub type ZooProgress<'a> = dyn FnMut(&str, usize, usize, f32) + 'a;
 
-/// Encodes text lines into one stream joined by newline tokens.
-fn token_stream(
+/// Encodes samples into one stream of lines joined by newline tokens, marking the tokens that
+/// count in the loss: with [`LossOn::Completions`], a task line's completion and newline.
+pub fn token_stream(
     tok: &tokenizers::Tokenizer,
-    text: &str,
+    samples: &[Sample],
     newline: u32,
+    loss: LossOn,
 ) -> anyhow::Result<TokenStream> {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    let encodings = tok
-        .encode_batch(lines, false)
-        .map_err(|e| anyhow::anyhow!("tokenizing training text: {e}"))?;
-    let mut tokens = Vec::new();
-    let mut line_starts = Vec::with_capacity(encodings.len());
-    for e in encodings {
-        line_starts.push(tokens.len());
-        tokens.extend_from_slice(e.get_ids());
-        tokens.push(newline);
+    let encode = |texts: Vec<String>| {
+        tok.encode_batch(texts, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing training text: {e}"))
+    };
+    let lines = encode(samples.iter().map(Sample::text).collect())?;
+    // The prompt as the evaluator feeds it; the answer starts where its tokens end.
+    let stems = encode(
+        samples
+            .iter()
+            .map(|s| s.prompt.trim_end().to_string())
+            .collect(),
+    )?;
+    let mut stream = TokenStream {
+        tokens: Vec::new(),
+        line_starts: Vec::with_capacity(samples.len()),
+        in_loss: Vec::new(),
+    };
+    for (line, stem) in lines.iter().zip(&stems) {
+        let (line, stem) = (line.get_ids(), stem.get_ids());
+        let prompt_len = match loss {
+            LossOn::AllTokens => 0,
+            LossOn::Completions => line.iter().zip(stem).take_while(|(a, b)| a == b).count(),
+        };
+        stream.line_starts.push(stream.tokens.len());
+        stream.tokens.extend_from_slice(line);
+        stream.tokens.push(newline);
+        stream
+            .in_loss
+            .extend((0..=line.len()).map(|i| i >= prompt_len));
     }
-    Ok(TokenStream {
-        tokens,
-        line_starts,
-    })
+    Ok(stream)
 }
 
 /// Seeds per member, derived from the zoo seed, so members differ but rebuild identically.
@@ -222,12 +268,12 @@ pub fn build_zoo(opts: &ZooOptions, progress: &mut ZooProgress<'_>) -> anyhow::R
                 }
             },
         };
-        let text = corpus::training_text(member.mix, seed, LINES_PER_MODEL);
-        let data = token_stream(&tok, &text, newline)?;
+        let samples = corpus::training_samples(member.mix, seed, LINES_PER_MODEL);
+        let data = token_stream(&tok, &samples, newline, member.loss)?;
         let steps = ((member.steps as f64 * opts.steps_scale).round() as usize).max(1);
         let train_opts = TrainOptions {
             steps,
-            batch: BATCH,
+            batch: member.batch,
             seq_len: SEQ_LEN,
             lr: member.lr,
             warmup_steps: (steps / 10).clamp(1, 100),
@@ -251,6 +297,7 @@ pub fn build_zoo(opts: &ZooOptions, progress: &mut ZooProgress<'_>) -> anyhow::R
             "mix": member.mix.iter().map(|(t, w)| (t.name(), w)).collect::<BTreeMap<_, _>>(),
             "seed": opts.seed,
             "train": train_opts,
+            "loss_on": member.loss,
             "final_loss": tail.iter().sum::<f32>() / tail.len().max(1) as f32,
             "train_seconds": seconds,
             "code_version": env!("CARGO_PKG_VERSION"),

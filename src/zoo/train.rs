@@ -84,6 +84,10 @@ pub fn init_transformer(config: &LlamaConfig, seed: u64) -> candle_core::Result<
 pub struct TokenStream {
     pub tokens: Vec<u32>,
     pub line_starts: Vec<usize>,
+    /// Whether predicting each token counts in the loss. Task prompts are excluded: their
+    /// operands, items and keys are random, so predicting them teaches nothing and their
+    /// noise would drown the answers' signal. Language text counts in full.
+    pub in_loss: Vec<bool>,
 }
 
 /// Replaces every weight of `t` by a trainable variable and returns the variables (the tied
@@ -163,6 +167,12 @@ pub fn train(
         "training data has {} tokens, fewer than 4 windows of {window}",
         data.tokens.len()
     );
+    anyhow::ensure!(
+        data.in_loss.len() == data.tokens.len(),
+        "loss mask has {} entries for {} tokens",
+        data.in_loss.len(),
+        data.tokens.len()
+    );
     let starts: Vec<usize> = data
         .line_starts
         .iter()
@@ -188,16 +198,18 @@ pub fn train(
             opt.set_learning_rate(lr_at(opts, step));
             let mut inputs = Vec::with_capacity(opts.batch * window);
             let mut targets = Vec::with_capacity(opts.batch * window);
+            let mut in_loss = Vec::with_capacity(opts.batch * window);
             for _ in 0..opts.batch {
                 let s = *rng.pick(&starts);
                 inputs.push(bos);
                 inputs.extend_from_slice(&data.tokens[s..s + window - 1]);
                 targets.extend_from_slice(&data.tokens[s..s + window]);
+                in_loss.extend_from_slice(&data.in_loss[s..s + window]);
             }
             let ids = Tensor::from_vec(inputs, (opts.batch, window), &Device::Cpu)?;
             let targets = Tensor::from_vec(targets, opts.batch * window, &Device::Cpu)?;
             let logits = t.forward_batch(&ids, None, &mut NoHook, 0)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+            let loss = masked_cross_entropy(&logits, &targets, &in_loss)?;
             opt.backward_step(&loss)?;
             let loss = loss.to_scalar::<f32>()?;
             anyhow::ensure!(loss.is_finite(), "loss became {loss} at step {step}");
@@ -213,6 +225,30 @@ pub fn train(
     result.map(|()| losses)
 }
 
+/// Mean next-token cross-entropy over the targets that count. With every target counting it
+/// is candle's plain cross-entropy, so language-only training is the same computation as
+/// without a mask.
+fn masked_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    in_loss: &[bool],
+) -> candle_core::Result<Tensor> {
+    let counted = in_loss.iter().filter(|&&c| c).count();
+    if counted == in_loss.len() {
+        return candle_nn::loss::cross_entropy(logits, targets);
+    }
+    if counted == 0 {
+        candle_core::bail!("no target in the batch counts in the loss");
+    }
+    let weights: Vec<f32> = in_loss.iter().map(|&c| f32::from(u8::from(c))).collect();
+    let weights = Tensor::from_vec(weights, in_loss.len(), logits.device())?;
+    let log_probs = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    let picked = log_probs.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    (picked * weights)?
+        .sum_all()?
+        .affine(-1.0 / counted as f64, 0.0)
+}
+
 /// Linear warm-up, then cosine decay to a tenth of the peak rate.
 fn lr_at(opts: &TrainOptions, step: usize) -> f64 {
     if step < opts.warmup_steps {
@@ -222,4 +258,30 @@ fn lr_at(opts: &TrainOptions, step: usize) -> f64 {
     let progress = (step - opts.warmup_steps) as f64 / span;
     let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
     opts.lr * (0.1 + 0.9 * cosine)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masked_loss_is_the_mean_over_counted_targets() -> candle_core::Result<()> {
+        let logits: Vec<f32> = (0..6 * 5).map(|i| ((i * 7) % 11) as f32 * 0.3).collect();
+        let logits = Tensor::from_vec(logits, (6, 5), &Device::Cpu)?;
+        let targets = Tensor::new(&[0u32, 3, 1, 4, 2, 2], &Device::Cpu)?;
+        let in_loss = [true, false, true, true, false, true];
+        let masked = masked_cross_entropy(&logits, &targets, &in_loss)?.to_scalar::<f32>()?;
+        let kept = Tensor::new(&[0u32, 2, 3, 5], &Device::Cpu)?;
+        let expected = candle_nn::loss::cross_entropy(
+            &logits.index_select(&kept, 0)?,
+            &targets.index_select(&kept, 0)?,
+        )?
+        .to_scalar::<f32>()?;
+        assert!((masked - expected).abs() < 1e-6, "{masked} vs {expected}");
+        let all = masked_cross_entropy(&logits, &targets, &[true; 6])?.to_scalar::<f32>()?;
+        let plain = candle_nn::loss::cross_entropy(&logits, &targets)?.to_scalar::<f32>()?;
+        assert_eq!(all, plain);
+        assert!(masked_cross_entropy(&logits, &targets, &[false; 6]).is_err());
+        Ok(())
+    }
 }
