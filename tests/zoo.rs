@@ -153,6 +153,12 @@ fn shipped_zoo_learned_its_tasks() {
             "{task}: own-task accuracy {own} is not above base"
         );
     }
+    // The members trained on the small-batch, completion-loss plan already meet the task-model
+    // bar; keep them there.
+    for task in [Task::Brackets, Task::Reverse] {
+        let own = results[task.name()].0[task.name()];
+        assert!(own >= 0.9, "{task}: own-task accuracy {own} < 0.9");
+    }
 }
 
 /// The quality bars of the zoo issue. Not met by the shipped zoo yet (its training budget was

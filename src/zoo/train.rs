@@ -84,9 +84,8 @@ pub fn init_transformer(config: &LlamaConfig, seed: u64) -> candle_core::Result<
 pub struct TokenStream {
     pub tokens: Vec<u32>,
     pub line_starts: Vec<usize>,
-    /// Whether predicting each token counts in the loss. Task prompts are excluded: their
-    /// operands, items and keys are random, so predicting them teaches nothing and their
-    /// noise would drown the answers' signal. Language text counts in full.
+    /// Whether predicting each token counts in the loss (all of them, or only task completions
+    /// and language text: see `zoo::LossOn`).
     pub in_loss: Vec<bool>,
 }
 
