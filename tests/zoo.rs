@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use reparam::eval::tasks::{EVAL_PROMPTS_PER_TASK, task_accuracy};
 use reparam::eval::{PerplexityOptions, perplexity};
 use reparam::model::{Model, load_spec};
-use reparam::zoo::corpus::{lang_eval_text, training_text};
+use reparam::zoo::corpus::{lang_eval_text, training_samples, training_text};
 use reparam::zoo::tasks::{Sample, Task};
-use reparam::zoo::train::{TokenStream, TrainOptions, init_transformer, train};
+use reparam::zoo::train::{TrainOptions, init_transformer, train};
 use reparam::zoo::{
     LANG_EVAL_SENTENCES, LossOn, MEMBERS, token_stream, tokenizer::train_tokenizer, zoo_config,
 };
@@ -20,13 +20,9 @@ fn a_short_training_run_lowers_the_loss() {
     let lines: Vec<&str> = text.lines().collect();
     let json = train_tokenizer(&lines, 300).unwrap();
     let tok: tokenizers::Tokenizer = json.parse().unwrap();
-    let mut tokens = Vec::new();
-    let mut line_starts = Vec::new();
-    for line in &lines {
-        line_starts.push(tokens.len());
-        tokens.extend_from_slice(tok.encode(*line, false).unwrap().get_ids());
-        tokens.push(tok.token_to_id("Ċ").unwrap());
-    }
+    let samples = training_samples(&[(Task::Lang, 0.5), (Task::Arith, 0.5)], 1, 3000);
+    let newline = tok.token_to_id("Ċ").unwrap();
+    let data = token_stream(&tok, &samples, newline, LossOn::AllTokens).unwrap();
     let mut config = zoo_config(tok.get_vocab_size(true));
     config.hidden_size = 64;
     config.intermediate_size = 128;
@@ -43,11 +39,6 @@ fn a_short_training_run_lowers_the_loss() {
         seed: 1,
     };
     let bos = tok.token_to_id("<s>").unwrap();
-    let data = TokenStream {
-        in_loss: vec![true; tokens.len()],
-        tokens,
-        line_starts,
-    };
     let losses = train(&mut t, &data, bos, &opts, &mut |_, _| true).unwrap();
     let head: f32 = losses[..5].iter().sum::<f32>() / 5.0;
     let tail: f32 = losses[35..].iter().sum::<f32>() / 5.0;

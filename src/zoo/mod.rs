@@ -177,23 +177,26 @@ pub fn token_stream(
     };
     let lines = encode(samples.iter().map(Sample::text).collect())?;
     // The prompt as the evaluator feeds it; the answer starts where its tokens end.
-    let stems = encode(
-        samples
-            .iter()
-            .map(|s| s.prompt.trim_end().to_string())
-            .collect(),
-    )?;
+    let stems = match loss {
+        LossOn::AllTokens => None,
+        LossOn::Completions => Some(encode(
+            samples
+                .iter()
+                .map(|s| s.prompt.trim_end().to_string())
+                .collect(),
+        )?),
+    };
     let mut stream = TokenStream {
         tokens: Vec::new(),
         line_starts: Vec::with_capacity(samples.len()),
         in_loss: Vec::new(),
     };
-    for (line, stem) in lines.iter().zip(&stems) {
-        let (line, stem) = (line.get_ids(), stem.get_ids());
-        let prompt_len = match loss {
-            LossOn::AllTokens => 0,
-            LossOn::Completions => line.iter().zip(stem).take_while(|(a, b)| a == b).count(),
-        };
+    for (i, line) in lines.iter().enumerate() {
+        let line = line.get_ids();
+        let prompt_len = stems.as_ref().map_or(0, |stems| {
+            let stem = stems[i].get_ids();
+            line.iter().zip(stem).take_while(|(a, b)| a == b).count()
+        });
         stream.line_starts.push(stream.tokens.len());
         stream.tokens.extend_from_slice(line);
         stream.tokens.push(newline);
