@@ -1,6 +1,7 @@
 //! The headless command line: every subcommand parses raw arguments, builds a validated
 //! request, hands it to the library and prints the result. No model maths lives here.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -103,6 +104,9 @@ enum ZooCommand {
         /// Train only these members (comma separated); their parents are read from OUT.
         #[arg(long, value_delimiter = ',')]
         only: Option<Vec<String>>,
+        /// Members trained at once, sharing the cores (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
     },
 }
 
@@ -281,11 +285,14 @@ pub fn run() -> anyhow::Result<()> {
             seed,
             steps_scale,
             only,
+            jobs,
         }) => zoo_train(&ZooOptions {
             out,
             seed,
             steps_scale,
             only,
+            jobs: jobs
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         }),
     }
 }
@@ -682,10 +689,12 @@ fn allocate_prune(args: &AllocateArgs) -> anyhow::Result<()> {
 
 fn zoo_train(opts: &ZooOptions) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
-    let mut last_report = std::time::Instant::now();
+    // Members train side by side; each reports every 10 s and at its end.
+    let mut last_report: BTreeMap<String, std::time::Instant> = BTreeMap::new();
     build_zoo(opts, &mut |member, step, steps, loss| {
-        if step == steps || last_report.elapsed().as_secs() >= 10 {
-            last_report = std::time::Instant::now();
+        let last = last_report.entry(member.to_string()).or_insert(start);
+        if step == steps || last.elapsed().as_secs() >= 10 {
+            *last = std::time::Instant::now();
             eprintln!(
                 "[{:>6.0}s] {member:<9} step {step:>5}/{steps}  loss {loss:.4}",
                 start.elapsed().as_secs_f64()

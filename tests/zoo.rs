@@ -1,4 +1,4 @@
-//! The model zoo: training works (loss falls on a tiny run), `zoo:NAME` resolves, and the shipped models in `assets/zoo` meet the quality bars
+//! The model zoo: training works (loss falls on a tiny run; side-by-side members match one-at-a-time ones), `zoo:NAME` resolves, and the shipped models in `assets/zoo` meet the quality bars
 //! (measured here on held-out prompts; nothing is retrained).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,7 +11,8 @@ use reparam::zoo::corpus::{lang_eval_text, training_samples, training_text};
 use reparam::zoo::tasks::{Sample, Task};
 use reparam::zoo::train::{TrainOptions, init_transformer, train};
 use reparam::zoo::{
-    LANG_EVAL_SENTENCES, LossOn, MEMBERS, token_stream, tokenizer::train_tokenizer, zoo_config,
+    LANG_EVAL_SENTENCES, LossOn, MEMBERS, ZOO_META_FILE, ZooOptions, build_zoo, token_stream,
+    tokenizer::train_tokenizer, zoo_config,
 };
 
 #[test]
@@ -183,4 +184,58 @@ fn unknown_zoo_name_is_a_clear_error() {
     let err = load_spec("zoo:nonexistent").unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("no bundled zoo model `nonexistent`"), "{msg}");
+}
+
+/// Builds `only` with `jobs` members at once into a fresh directory, a few steps each.
+fn tiny_build(only: &[&str], jobs: usize) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let opts = ZooOptions {
+        out: dir.path().to_path_buf(),
+        seed: 3,
+        steps_scale: 0.002,
+        only: Some(only.iter().map(|s| s.to_string()).collect()),
+        jobs,
+    };
+    build_zoo(&opts, &mut |_, _, _, _| {})?;
+    Ok(dir)
+}
+
+#[test]
+fn members_trained_side_by_side_match_one_at_a_time() {
+    let members = ["base", "brackets", "reverse"];
+    let one = tiny_build(&members, 1).unwrap();
+    let two = tiny_build(&members, 2).unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for m in members {
+        let weights = |dir: &tempfile::TempDir| {
+            std::fs::read(dir.path().join(m).join("model.safetensors")).unwrap()
+        };
+        assert!(
+            weights(&one) == weights(&two),
+            "{m}: the weights depend on --jobs"
+        );
+        let threads = |dir: &tempfile::TempDir| -> u64 {
+            let meta = std::fs::read_to_string(dir.path().join(m).join(ZOO_META_FILE)).unwrap();
+            let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+            meta["train_threads"].as_u64().unwrap()
+        };
+        // `base` trains alone either way; the two fine-tunes split the cores when side by side.
+        let side_by_side = if m == "base" {
+            threads(&one)
+        } else {
+            (cores as u64 / 2).max(1)
+        };
+        assert_eq!(threads(&two), side_by_side, "{m}");
+    }
+}
+
+#[test]
+fn building_an_unknown_member_is_a_clear_error() {
+    let err = tiny_build(&["base", "recal"], 2).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("`recal` is not a zoo member"), "{msg}");
+    assert!(
+        msg.contains("recall"),
+        "the message lists the members: {msg}"
+    );
 }
