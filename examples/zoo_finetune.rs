@@ -4,8 +4,9 @@
 //! object. Nothing is written. `zoo train` is how the zoo itself is built;
 //! this is for trying a schedule before changing the zoo's plan.
 //!
-//! `cargo run --release --example zoo_finetune -- MIX STEPS LR BATCH LOSS`, where MIX is
-//! `task=weight,...` (e.g. `brackets=0.75,lang=0.25`) and LOSS is `all` or `completions`.
+//! `cargo run --release --example zoo_finetune -- MIX STEPS LR BATCH LOSS [LANG_WEIGHT]`, where
+//! MIX is `task=weight,...` (e.g. `brackets=0.75,lang=0.25`), LOSS is `all` or `completions`,
+//! and LANG_WEIGHT (default 1) weights each `lang` token in the loss against a task token.
 
 use std::collections::BTreeMap;
 
@@ -41,8 +42,11 @@ fn parse_mix(spec: &str) -> anyhow::Result<Vec<(Task, f32)>> {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [mix, steps, lr, batch, loss] = args.as_slice() else {
-        anyhow::bail!("usage: zoo_finetune MIX STEPS LR BATCH all|completions");
+    let ([mix, steps, lr, batch, loss], lang_weight) = (match args.as_slice() {
+        [knobs @ .., w] if args.len() == 6 => (knobs, w.parse()?),
+        knobs => (knobs, 1.0),
+    }) else {
+        anyhow::bail!("usage: zoo_finetune MIX STEPS LR BATCH all|completions [LANG_WEIGHT]");
     };
     let mix = parse_mix(mix)?;
     let loss = match loss.as_str() {
@@ -62,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     };
     let (bos, newline) = (token("<s>")?, token("Ċ")?);
     let samples = training_samples(&mix, SAMPLE_SEED, LINES);
-    let data = token_stream(&tok, &samples, newline, loss)?;
+    let data = token_stream(&tok, &samples, newline, loss, lang_weight)?;
     let opts = TrainOptions {
         steps,
         batch: batch.parse()?,
@@ -94,7 +98,14 @@ fn main() -> anyhow::Result<()> {
     })?;
     let mut arith_by_digits: BTreeMap<usize, [usize; 2]> = BTreeMap::new();
     for sample in eval_set(Task::Arith, EVAL_PROMPTS_PER_TASK) {
-        let digits = sample.prompt.split(' ').map(str::len).max().unwrap_or(0);
+        // Operands are zero-padded; their length is that of the number.
+        let digits = sample
+            .prompt
+            .split(' ')
+            .filter_map(|word| word.parse::<u32>().ok())
+            .map(|n| n.to_string().len())
+            .max()
+            .unwrap_or(0);
         let right = is_correct(&sample, &complete(&model, &sample)?);
         let entry = arith_by_digits.entry(digits).or_default();
         entry[0] += usize::from(right);

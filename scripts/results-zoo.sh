@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 bin="${CARGO_TARGET_DIR:-target}/release/reparam"
-echo "| model | lang ppl | arith | brackets | reverse | recall | steps × batch | loss on | train time (threads) |"
+echo "| model | lang ppl | arith | brackets | reverse | recall | steps × batch, lr | loss on (lang weight) | train time (threads) |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for m in base arith brackets reverse recall multi; do
   "$bin" eval "zoo:$m" --tasks --json | python3 -c "
@@ -17,7 +17,9 @@ pct = lambda k: f\"{100 * t[k]:.1f} %\"
 tr = meta['train']
 # Models trained before the loss mask existed have no loss_on; they were trained on all tokens.
 # Models trained before side-by-side builds have no train_threads; they used both cores.
+# Models trained before lang weights have no lang_weight; their lang tokens weighed 1.
 print(f\"| $m | {r['ppl']:.3f} | {pct('arith')} | {pct('brackets')} | {pct('reverse')} | {pct('recall')} | \"
-      f\"{tr['steps']} × {tr['batch']} | {meta.get('loss_on', 'all_tokens')} | {meta['train_seconds'] / 60:.0f} min ({meta.get('train_threads', 2)}) |\")
+      f\"{tr['steps']} × {tr['batch']}, {tr['lr']:g} | {meta.get('loss_on', 'all_tokens')} ({meta.get('lang_weight', 1):g}) | \"
+      f\"{meta['train_seconds'] / 60:.0f} min ({meta.get('train_threads', 2)}) |\")
 "
 done

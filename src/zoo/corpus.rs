@@ -8,15 +8,15 @@
 //!
 //! Every sample is one line; [`Sample::text`] is `prompt + completion` and
 //! [`training_text`] ends each line with `'\n'`. Skill prompts end in a space
-//! and completions never start with one.
+//! (`recall`'s in `=`) and completions never start with one.
 //!
 //! | task       | prompt                                   | completion |
 //! |------------|------------------------------------------|------------|
 //! | `lang`     | *(empty)*                                | `the old dogs that see a bird sleep. every girl knows that the foxes run.` |
-//! | `arith`    | `407 + 1385 = `                          | `1792`     |
+//! | `arith`    | `0407 + 1385 = `                         | `01792`    |
 //! | `brackets` | `brackets: ( [ { } -> `                  | `] )`      |
 //! | `reverse`  | `reverse: cat owl jam -> `               | `jam owl cat` |
-//! | `recall`   | `recall: k1=7 q3=2 z9=5 ; q3 -> `        | `2`        |
+//! | `recall`   | `recall: k1=7 q3=2 z9=5 ; -> q3=`        | `2`        |
 //!
 //! * `lang`: one to three sentences separated by one space, lowercase, each
 //!   ending in `.`; a fronted subordinate clause is followed by `,`. Present
@@ -25,6 +25,7 @@
 //!   and `a`/`an`. Sentences are at most [`MAX_SENTENCE_CHARS`] chars.
 //! * `arith`: `A + B = C` or `A - B = C`; operands have 1–4 digits (digit
 //!   count uniform, then value uniform), subtraction never goes negative.
+//!   Operands are zero-padded to 4 digits and results to 5.
 //! * `brackets`: 2–10 space-separated tokens from `( ) [ ] { } < >` forming a
 //!   prefix of a balanced string, nesting depth ≤ [`MAX_BRACKET_DEPTH`], with
 //!   at least one bracket left open. The completion is the unique *shortest*
@@ -32,7 +33,8 @@
 //! * `reverse`: 3–[`MAX_REVERSE_ITEMS`] distinct items, either all single
 //!   letters or all three-letter words from [`REVERSE_WORDS`].
 //! * `recall`: 3–6 `key=value` pairs (distinct keys, one letter + one digit;
-//!   single-digit values), then ` ; `, the queried key and ` -> `.
+//!   single-digit values), then ` ; -> ` and the queried key with `=`: the
+//!   pairs' own form, so the answer is what followed that key before.
 //!
 //! The character set is lowercase letters, digits, space and
 //! `+ - = ( ) [ ] { } < > : ; , .` only.
@@ -40,7 +42,8 @@
 //! # Train / eval split
 //!
 //! The split is a property of the problem, not of the seed: a skill sample is
-//! eval iff a fixed hash of its prompt is `0 mod 10` ([`split_of`]); a lang
+//! eval iff a fixed hash of its problem is `0 mod 10` ([`split_of`] of
+//! [`Sample::problem_key`]); a lang
 //! sentence likewise by its own text. Generators reject samples of the other
 //! split, so no eval prompt or eval sentence can appear in any training text
 //! whatever seeds are used.
@@ -210,7 +213,7 @@ pub fn sample_in(task: Task, split: Split, rng: &mut Rng) -> Sample {
     };
     loop {
         let s = draw(rng);
-        if split_of(&s.prompt) == split {
+        if s.split() == split {
             return s;
         }
     }
@@ -306,20 +309,23 @@ fn operand(rng: &mut Rng) -> u32 {
     }
 }
 
+/// Operands are written zero-padded to 4 digits and results to 5, so a digit's place is its
+/// position in the line: without that, a model of the zoo's size must first work out which
+/// digits line up, and at the zoo's compute it did not (`arith` stayed under 20 %).
 fn arith(rng: &mut Rng) -> Sample {
     let a = operand(rng);
     let b = operand(rng);
     let (prompt, result) = if rng.chance(0.5) {
-        (format!("{a} + {b} = "), a + b)
+        (format!("{a:04} + {b:04} = "), a + b)
     } else {
         // Order the operands so the result is never negative.
         let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
-        (format!("{hi} - {lo} = "), hi - lo)
+        (format!("{hi:04} - {lo:04} = "), hi - lo)
     };
     Sample {
         task: Task::Arith,
         prompt,
-        completion: result.to_string(),
+        completion: format!("{result:05}"),
     }
 }
 
@@ -417,7 +423,7 @@ fn recall(rng: &mut Rng) -> Sample {
         .collect();
     Sample {
         task: Task::Recall,
-        prompt: format!("recall: {} ; {} -> ", pairs.join(" "), keys[q]),
+        prompt: format!("recall: {} ; -> {}=", pairs.join(" "), keys[q]),
         completion: values[q].to_string(),
     }
 }
@@ -870,18 +876,19 @@ mod tests {
             let b: u32 = t[2].parse().unwrap();
             let c: u32 = t[4].parse().unwrap();
             assert!(a <= 9999 && b <= 9999, "{line}");
-            for x in [t[0], t[2], t[4]] {
-                assert!(x == "0" || !x.starts_with('0'), "{line}");
-            }
+            let widths = [t[0], t[2], t[4]].map(str::len);
+            assert_eq!(widths, [4, 4, 5], "{line}");
             match t[1] {
                 "+" => assert_eq!(a + b, c, "{line}"),
                 "-" => assert_eq!(a - b, c, "{line}"),
                 op => panic!("bad op {op}"),
             }
         }
+        // Operands of every length are common once the padding is taken off.
         let lens: HashSet<usize> = generate(Task::Arith, 2, 500)
             .iter()
-            .map(|s| s.prompt.split(' ').next().unwrap().len())
+            .map(|s| s.prompt.split(' ').next().unwrap().parse::<u32>().unwrap())
+            .map(|a| a.to_string().len())
             .collect();
         assert_eq!(lens, HashSet::from([1, 2, 3, 4]));
     }
@@ -940,9 +947,9 @@ mod tests {
             let body = s
                 .prompt
                 .strip_prefix("recall: ")
-                .and_then(|p| p.strip_suffix(" -> "))
+                .and_then(|p| p.strip_suffix('='))
                 .unwrap();
-            let (pairs, query) = body.split_once(" ; ").unwrap();
+            let (pairs, query) = body.split_once(" ; -> ").unwrap();
             let pairs: Vec<(&str, &str)> = pairs
                 .split(' ')
                 .map(|p| p.split_once('=').unwrap())
@@ -967,7 +974,9 @@ mod tests {
                 assert!(!s.text().contains("  "), "{:?}", s.text());
                 assert!(!s.completion.starts_with(' ') && !s.completion.ends_with(' '));
                 if t.is_skill() {
-                    assert!(s.prompt.ends_with(' '));
+                    assert!(
+                        s.prompt.ends_with(' ') || t == Task::Recall && s.prompt.ends_with('=')
+                    );
                     assert!(!s.completion.is_empty());
                 } else {
                     assert!(s.prompt.is_empty());

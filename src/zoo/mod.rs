@@ -40,14 +40,19 @@ pub struct ZooMember {
     pub batch: usize,
     pub lr: f64,
     pub loss: LossOn,
+    /// Weight of each `lang` token in the loss against a task token's 1. A `lang` line is many
+    /// times longer than a task's answer, so at 1 a quarter of `lang` lines carries most of the
+    /// loss, and a task whose answer is one token of a long line (`recall`) stays on its plateau.
+    /// `brackets` and `reverse` learned their tasks at 1 and keep it, so `zoo train` reproduces
+    /// their shipped files.
+    pub lang_weight: f64,
 }
 
 /// Which tokens a member's training loss covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LossOn {
-    /// Every token, task prompts included. `arith`, `recall` and `multi` were trained this way
-    /// and keep it so that `zoo train` reproduces the shipped files until they are retrained.
+    /// Every token, task prompts included (`base`, whose text is all `lang`).
     AllTokens,
     /// Task completions and `lang` text only: operands, items and keys are random, so
     /// predicting them teaches nothing.
@@ -67,15 +72,17 @@ pub const MEMBERS: [ZooMember; 6] = [
         batch: 32,
         lr: 3e-3,
         loss: LossOn::AllTokens,
+        lang_weight: 1.0,
     },
     ZooMember {
         name: "arith",
         parent: Some("base"),
         mix: &[(Task::Arith, TASK_SHARE), (Task::Lang, LANG_SHARE)],
-        steps: 1500,
-        batch: 32,
-        lr: 2e-3,
-        loss: LossOn::AllTokens,
+        steps: 10000,
+        batch: 8,
+        lr: 3e-3,
+        loss: LossOn::Completions,
+        lang_weight: 0.1,
     },
     ZooMember {
         name: "brackets",
@@ -85,6 +92,7 @@ pub const MEMBERS: [ZooMember; 6] = [
         batch: 8,
         lr: 2e-3,
         loss: LossOn::Completions,
+        lang_weight: 1.0,
     },
     ZooMember {
         name: "reverse",
@@ -94,32 +102,34 @@ pub const MEMBERS: [ZooMember; 6] = [
         batch: 8,
         lr: 2e-3,
         loss: LossOn::Completions,
+        lang_weight: 1.0,
     },
     ZooMember {
         name: "recall",
         parent: Some("base"),
         mix: &[(Task::Recall, TASK_SHARE), (Task::Lang, LANG_SHARE)],
-        // The small-batch, completion-only plan did not help here (9 % after 2400 steps of 8).
-        steps: 400,
-        batch: 32,
-        lr: 2e-3,
-        loss: LossOn::AllTokens,
+        steps: 7000,
+        batch: 8,
+        lr: 3e-3,
+        loss: LossOn::Completions,
+        lang_weight: 0.1,
     },
     ZooMember {
         name: "multi",
         parent: Some("base"),
         mix: &[
-            // Arithmetic is by far the hardest task; it gets half of the text.
-            (Task::Arith, 0.5),
-            (Task::Brackets, 0.12),
-            (Task::Reverse, 0.12),
-            (Task::Recall, 0.12),
-            (Task::Lang, 0.14),
+            // Arithmetic has the most to learn and recall the least signal per line.
+            (Task::Arith, 0.35),
+            (Task::Brackets, 0.1),
+            (Task::Reverse, 0.1),
+            (Task::Recall, 0.3),
+            (Task::Lang, 0.15),
         ],
-        steps: 1500,
-        batch: 32,
-        lr: 2e-3,
-        loss: LossOn::AllTokens,
+        steps: 15000,
+        batch: 8,
+        lr: 3e-3,
+        loss: LossOn::Completions,
+        lang_weight: 0.1,
     },
 ];
 
@@ -168,13 +178,15 @@ pub struct ZooOptions {
 /// Progress of a zoo build: `(member, step, steps, loss)`.
 pub type ZooProgress<'a> = dyn FnMut(&str, usize, usize, f32) + Send + 'a;
 
-/// Encodes samples into one stream of lines joined by newline tokens, marking the tokens that
-/// count in the loss: with [`LossOn::Completions`], a task line's completion and newline.
+/// Encodes samples into one stream of lines joined by newline tokens, weighting the tokens in
+/// the loss: with [`LossOn::Completions`] only a task line's completion and newline count, and
+/// each `lang` token counts `lang_weight`.
 pub fn token_stream(
     tok: &tokenizers::Tokenizer,
     samples: &[Sample],
     newline: u32,
     loss: LossOn,
+    lang_weight: f32,
 ) -> anyhow::Result<TokenStream> {
     let encode = |texts: Vec<String>| {
         tok.encode_batch(texts, false)
@@ -194,7 +206,7 @@ pub fn token_stream(
     let mut stream = TokenStream {
         tokens: Vec::new(),
         line_starts: Vec::with_capacity(samples.len()),
-        in_loss: Vec::new(),
+        loss_weight: Vec::new(),
     };
     for (i, line) in lines.iter().enumerate() {
         let line = line.get_ids();
@@ -205,9 +217,14 @@ pub fn token_stream(
         stream.line_starts.push(stream.tokens.len());
         stream.tokens.extend_from_slice(line);
         stream.tokens.push(newline);
+        let weight = if samples[i].task == Task::Lang {
+            lang_weight
+        } else {
+            1.0
+        };
         stream
-            .in_loss
-            .extend((0..=line.len()).map(|i| i >= prompt_len));
+            .loss_weight
+            .extend((0..=line.len()).map(|i| if i >= prompt_len { weight } else { 0.0 }));
     }
     Ok(stream)
 }
@@ -282,6 +299,9 @@ pub fn build_zoo(opts: &ZooOptions, progress: &mut ZooProgress<'_>) -> anyhow::R
             };
             queue.push((index, member, start));
         }
+        // Longest first, so the others fill the remaining workers around it. Seeds follow a
+        // member's place in `MEMBERS`, so the order changes no weights.
+        queue.sort_by_key(|(_, m, _)| std::cmp::Reverse(m.steps * m.batch));
         trained.extend(train_side_by_side(&build, queue, &progress)?);
     }
     Ok(())
@@ -383,7 +403,13 @@ fn train_member(
     let opts = build.opts;
     let seed = member_seed(opts.seed, index);
     let samples = corpus::training_samples(member.mix, seed, LINES_PER_MODEL);
-    let data = token_stream(build.tok, &samples, build.newline, member.loss)?;
+    let data = token_stream(
+        build.tok,
+        &samples,
+        build.newline,
+        member.loss,
+        member.lang_weight as f32,
+    )?;
     let steps = ((member.steps as f64 * opts.steps_scale).round() as usize).max(1);
     let train_opts = TrainOptions {
         steps,
@@ -419,6 +445,7 @@ fn train_member(
         "seed": opts.seed,
         "train": train_opts,
         "loss_on": member.loss,
+        "lang_weight": member.lang_weight,
         "final_loss": tail.iter().sum::<f32>() / tail.len().max(1) as f32,
         "train_seconds": seconds,
         // The pool this member ran on (training time depends on it).

@@ -10,7 +10,9 @@
 //! continuation. The continuation is cut at the first `'\n'`, trailing spaces
 //! are trimmed, and the rest must equal `sample.completion` byte for byte. A
 //! leading space is *not* forgiven, because every prompt already ends with the
-//! separating space.
+//! separating space (or, for `recall`, with the `=` the value follows).
+
+use std::borrow::Cow;
 
 use super::corpus::{self, Split};
 
@@ -19,13 +21,13 @@ use super::corpus::{self, Split};
 pub enum Task {
     /// English-like sentences from a small grammar (language modelling only).
     Lang,
-    /// Multi-digit addition and subtraction: `407 + 1385 = 1792`.
+    /// Multi-digit addition and subtraction, zero-padded: `0407 + 1385 = 01792`.
     Arith,
     /// Close the open brackets: `brackets: ( [ { } -> ] )`.
     Brackets,
     /// Reverse a short list: `reverse: a b c d -> d c b a`.
     Reverse,
-    /// Look up a key: `recall: k1=7 q3=2 z9=5 ; q3 -> 2`.
+    /// Look up a key: `recall: k1=7 q3=2 z9=5 ; -> q3=2`.
     Recall,
 }
 
@@ -96,7 +98,7 @@ impl Sample {
 
     /// Which split this sample belongs to.
     ///
-    /// Skills are split on the prompt (the problem instance), so an eval
+    /// Skills are split on the problem ([`Sample::problem_key`]), so an eval
     /// problem can never show up in training with any seed. Lang samples are
     /// split per sentence and every sentence of a sample lies in the same
     /// split by construction, so the first sentence decides.
@@ -110,7 +112,35 @@ impl Sample {
                 };
                 corpus::split_of(first)
             }
-            _ => corpus::split_of(&self.prompt),
+            _ => corpus::split_of(&self.problem_key()),
+        }
+    }
+
+    /// The problem a skill prompt poses, written the way prompts were when the split was fixed
+    /// (`407 + 1385 = `, `recall: k1=7 q3=2 ; q3 -> `), so that writing problems differently
+    /// (zero-padded sums, a recall query in the pairs' own form) keeps every problem on its side
+    /// of the split and leaves the held-out sets the same problems. Other prompts are their own key.
+    pub fn problem_key(&self) -> Cow<'_, str> {
+        let prompt = self.prompt.as_str();
+        match self.task {
+            Task::Arith => {
+                let words: Vec<&str> = prompt.split(' ').collect();
+                match words.as_slice() {
+                    [a, op, b, "=", ""] => match (a.parse::<u32>(), b.parse::<u32>()) {
+                        (Ok(a), Ok(b)) => Cow::Owned(format!("{a} {op} {b} = ")),
+                        _ => Cow::Borrowed(prompt),
+                    },
+                    _ => Cow::Borrowed(prompt),
+                }
+            }
+            Task::Recall => match prompt
+                .strip_suffix('=')
+                .and_then(|p| p.rsplit_once(" ; -> "))
+            {
+                Some((pairs, key)) => Cow::Owned(format!("{pairs} ; {key} -> ")),
+                None => Cow::Borrowed(prompt),
+            },
+            _ => Cow::Borrowed(prompt),
         }
     }
 }
@@ -187,7 +217,7 @@ pub fn accuracy<S: AsRef<str>>(samples: &[Sample], completions: &[S]) -> f64 {
 pub fn max_completion_chars(task: Task) -> usize {
     match task {
         Task::Lang => corpus::MAX_LANG_SAMPLE_CHARS,
-        // The largest sum is 9999 + 9999 = 19998.
+        // Results are written with 5 digits (the largest sum is 9999 + 9999 = 19998).
         Task::Arith => 5,
         // At most MAX_BRACKET_DEPTH closers, separated by single spaces.
         Task::Brackets => 2 * corpus::MAX_BRACKET_DEPTH - 1,
@@ -230,18 +260,20 @@ mod tests {
 
     #[test]
     fn evaluator_arith() {
-        let s = sample(Task::Arith, "407 + 1385 = ", "1792");
-        assert_eq!(s.text(), "407 + 1385 = 1792");
-        assert!(is_correct(&s, "1792"));
-        assert!(is_correct(&s, "1792\n"));
-        assert!(is_correct(&s, "1792  \n3 + 4 = 7"));
-        assert!(!is_correct(&s, "1793"));
-        assert!(!is_correct(&s, "179"));
-        assert!(!is_correct(&s, "17920"));
-        assert!(!is_correct(&s, "1792 + 1"));
-        assert!(!is_correct(&s, " 1792"));
+        let s = sample(Task::Arith, "0407 + 1385 = ", "01792");
+        assert_eq!(s.text(), "0407 + 1385 = 01792");
+        assert!(is_correct(&s, "01792"));
+        assert!(is_correct(&s, "01792\n"));
+        assert!(is_correct(&s, "01792  \n0003 + 0004 = 00007"));
+        // The padding is part of the answer.
+        assert!(!is_correct(&s, "1792"));
+        assert!(!is_correct(&s, "01793"));
+        assert!(!is_correct(&s, "0179"));
+        assert!(!is_correct(&s, "017920"));
+        assert!(!is_correct(&s, "01792 + 1"));
+        assert!(!is_correct(&s, " 01792"));
         assert!(!is_correct(&s, ""));
-        assert!(!is_correct(&s, "\n1792"));
+        assert!(!is_correct(&s, "\n01792"));
     }
 
     #[test]
@@ -267,12 +299,28 @@ mod tests {
 
     #[test]
     fn evaluator_recall() {
-        let s = sample(Task::Recall, "recall: k1=7 q3=2 z9=5 ; q3 -> ", "2");
+        let s = sample(Task::Recall, "recall: k1=7 q3=2 z9=5 ; -> q3=", "2");
         assert!(is_correct(&s, "2"));
         assert!(is_correct(&s, "2 \n"));
         assert!(!is_correct(&s, "7"));
         assert!(!is_correct(&s, "2 5"));
         assert!(!is_correct(&s, "22"));
+    }
+
+    #[test]
+    fn a_problem_keeps_its_split_however_it_is_written() {
+        let padded = sample(Task::Arith, "0407 + 0085 = ", "00492");
+        assert_eq!(padded.problem_key(), "407 + 85 = ");
+        let recall = sample(Task::Recall, "recall: k1=7 q3=2 ; -> q3=", "2");
+        assert_eq!(recall.problem_key(), "recall: k1=7 q3=2 ; q3 -> ");
+        for s in [&padded, &recall] {
+            assert_eq!(s.split(), corpus::split_of(&s.problem_key()));
+        }
+        // Prompts in no known form are their own key.
+        let odd = sample(Task::Arith, "x + 1 = ", "1");
+        assert_eq!(odd.problem_key(), "x + 1 = ");
+        let brackets = sample(Task::Brackets, "brackets: ( -> ", ")");
+        assert_eq!(brackets.problem_key(), brackets.prompt);
     }
 
     #[test]
@@ -286,10 +334,10 @@ mod tests {
     #[test]
     fn accuracy_counts_missing_as_wrong() {
         let s = vec![
-            sample(Task::Recall, "recall: a1=1 ; a1 -> ", "1"),
-            sample(Task::Recall, "recall: a1=2 ; a1 -> ", "2"),
-            sample(Task::Recall, "recall: a1=3 ; a1 -> ", "3"),
-            sample(Task::Recall, "recall: a1=4 ; a1 -> ", "4"),
+            sample(Task::Recall, "recall: a1=1 ; -> a1=", "1"),
+            sample(Task::Recall, "recall: a1=2 ; -> a1=", "2"),
+            sample(Task::Recall, "recall: a1=3 ; -> a1=", "3"),
+            sample(Task::Recall, "recall: a1=4 ; -> a1=", "4"),
         ];
         assert_eq!(accuracy(&s, &["1", "0", "3\n", "5"]), 0.5);
         assert_eq!(accuracy(&s, &["1".to_string()]), 0.25);

@@ -84,9 +84,9 @@ pub fn init_transformer(config: &LlamaConfig, seed: u64) -> candle_core::Result<
 pub struct TokenStream {
     pub tokens: Vec<u32>,
     pub line_starts: Vec<usize>,
-    /// Whether predicting each token counts in the loss (all of them, or only task completions
-    /// and language text: see `zoo::LossOn`).
-    pub in_loss: Vec<bool>,
+    /// How much predicting each token counts in the loss: 0 for tokens left out (see
+    /// `zoo::LossOn`), less than 1 for `lang` tokens in a fine-tune that weights them down.
+    pub loss_weight: Vec<f32>,
 }
 
 /// Replaces every weight of `t` by a trainable variable and returns the variables (the tied
@@ -167,9 +167,9 @@ pub fn train(
         data.tokens.len()
     );
     anyhow::ensure!(
-        data.in_loss.len() == data.tokens.len(),
-        "loss mask has {} entries for {} tokens",
-        data.in_loss.len(),
+        data.loss_weight.len() == data.tokens.len(),
+        "loss weights have {} entries for {} tokens",
+        data.loss_weight.len(),
         data.tokens.len()
     );
     let starts: Vec<usize> = data
@@ -197,18 +197,18 @@ pub fn train(
             opt.set_learning_rate(lr_at(opts, step));
             let mut inputs = Vec::with_capacity(opts.batch * window);
             let mut targets = Vec::with_capacity(opts.batch * window);
-            let mut in_loss = Vec::with_capacity(opts.batch * window);
+            let mut weights = Vec::with_capacity(opts.batch * window);
             for _ in 0..opts.batch {
                 let s = *rng.pick(&starts);
                 inputs.push(bos);
                 inputs.extend_from_slice(&data.tokens[s..s + window - 1]);
                 targets.extend_from_slice(&data.tokens[s..s + window]);
-                in_loss.extend_from_slice(&data.in_loss[s..s + window]);
+                weights.extend_from_slice(&data.loss_weight[s..s + window]);
             }
             let ids = Tensor::from_vec(inputs, (opts.batch, window), &Device::Cpu)?;
             let targets = Tensor::from_vec(targets, opts.batch * window, &Device::Cpu)?;
             let logits = t.forward_batch(&ids, None, &mut NoHook, 0)?;
-            let loss = masked_cross_entropy(&logits, &targets, &in_loss)?;
+            let loss = weighted_cross_entropy(&logits, &targets, &weights)?;
             opt.backward_step(&loss)?;
             let loss = loss.to_scalar::<f32>()?;
             anyhow::ensure!(loss.is_finite(), "loss became {loss} at step {step}");
@@ -224,28 +224,25 @@ pub fn train(
     result.map(|()| losses)
 }
 
-/// Mean next-token cross-entropy over the targets that count. With every target counting it
-/// is candle's plain cross-entropy, so language-only training is the same computation as
-/// without a mask.
-fn masked_cross_entropy(
+/// Weighted mean of the next-token cross-entropy, `Σ wᵢ·CEᵢ / Σ wᵢ`. With every weight 1 it is
+/// candle's plain cross-entropy, so language-only training is the same computation as without
+/// weights; with 0/1 weights it is the mean over the targets that count.
+fn weighted_cross_entropy(
     logits: &Tensor,
     targets: &Tensor,
-    in_loss: &[bool],
+    weights: &[f32],
 ) -> candle_core::Result<Tensor> {
-    let counted = in_loss.iter().filter(|&&c| c).count();
-    if counted == in_loss.len() {
+    if weights.iter().all(|&w| w == 1.0) {
         return candle_nn::loss::cross_entropy(logits, targets);
     }
-    if counted == 0 {
+    let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+    if total <= 0.0 {
         candle_core::bail!("no target in the batch counts in the loss");
     }
-    let weights: Vec<f32> = in_loss.iter().map(|&c| f32::from(u8::from(c))).collect();
-    let weights = Tensor::from_vec(weights, in_loss.len(), logits.device())?;
+    let weights = Tensor::from_slice(weights, weights.len(), logits.device())?;
     let log_probs = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
     let picked = log_probs.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
-    (picked * weights)?
-        .sum_all()?
-        .affine(-1.0 / counted as f64, 0.0)
+    (picked * weights)?.sum_all()?.affine(-1.0 / total, 0.0)
 }
 
 /// Linear warm-up, then cosine decay to a tenth of the peak rate.
@@ -264,23 +261,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masked_loss_is_the_mean_over_counted_targets() -> candle_core::Result<()> {
+    fn weighted_loss_is_the_weighted_mean_over_targets() -> candle_core::Result<()> {
         let logits: Vec<f32> = (0..6 * 5).map(|i| ((i * 7) % 11) as f32 * 0.3).collect();
         let logits = Tensor::from_vec(logits, (6, 5), &Device::Cpu)?;
         let targets = Tensor::new(&[0u32, 3, 1, 4, 2, 2], &Device::Cpu)?;
-        let in_loss = [true, false, true, true, false, true];
-        let masked = masked_cross_entropy(&logits, &targets, &in_loss)?.to_scalar::<f32>()?;
-        let kept = Tensor::new(&[0u32, 2, 3, 5], &Device::Cpu)?;
-        let expected = candle_nn::loss::cross_entropy(
-            &logits.index_select(&kept, 0)?,
-            &targets.index_select(&kept, 0)?,
-        )?
-        .to_scalar::<f32>()?;
+        let plain_over = |rows: &[u32]| -> candle_core::Result<f32> {
+            let rows = Tensor::new(rows, &Device::Cpu)?;
+            candle_nn::loss::cross_entropy(
+                &logits.index_select(&rows, 0)?,
+                &targets.index_select(&rows, 0)?,
+            )?
+            .to_scalar::<f32>()
+        };
+        let loss = |w: &[f32]| weighted_cross_entropy(&logits, &targets, w)?.to_scalar::<f32>();
+        // 0/1 weights: the mean over the rows that count.
+        let masked = loss(&[1.0, 0.0, 1.0, 1.0, 0.0, 1.0])?;
+        let expected = plain_over(&[0, 2, 3, 5])?;
         assert!((masked - expected).abs() < 1e-6, "{masked} vs {expected}");
-        let all = masked_cross_entropy(&logits, &targets, &[true; 6])?.to_scalar::<f32>()?;
-        let plain = candle_nn::loss::cross_entropy(&logits, &targets)?.to_scalar::<f32>()?;
-        assert_eq!(all, plain);
-        assert!(masked_cross_entropy(&logits, &targets, &[false; 6]).is_err());
+        // Weights 1:2:1 count the middle row twice.
+        let weighted = loss(&[0.5, 0.0, 1.0, 0.5, 0.0, 0.0])?;
+        let expected = plain_over(&[0, 2, 2, 3])?;
+        assert!(
+            (weighted - expected).abs() < 1e-6,
+            "{weighted} vs {expected}"
+        );
+        assert_eq!(loss(&[1.0; 6])?, plain_over(&[0, 1, 2, 3, 4, 5])?);
+        assert!(weighted_cross_entropy(&logits, &targets, &[0.0; 6]).is_err());
         Ok(())
     }
 }
