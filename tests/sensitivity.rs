@@ -68,8 +68,11 @@ fn harder_compression_is_more_sensitive_and_dense_is_zero() {
         m.kld
     );
     assert!(h.bytes < m.bytes && m.bytes < m.base_bytes);
+    // On 256 tokens a hard-compressed layer can move the NLL either way (2-bit RTN of this
+    // ffn_down lowers it by 0.004 on zoo:multi); KLD is the sensitivity measure. 8 bits barely
+    // moves it.
     assert!(
-        h.nll_delta > m.nll_delta,
+        h.nll_delta.is_finite() && m.nll_delta.abs() < 1e-3,
         "{} vs {}",
         h.nll_delta,
         m.nll_delta

@@ -23,7 +23,7 @@ fn a_short_training_run_lowers_the_loss() {
     let tok: tokenizers::Tokenizer = json.parse().unwrap();
     let samples = training_samples(&[(Task::Lang, 0.5), (Task::Arith, 0.5)], 1, 3000);
     let newline = tok.token_to_id("Ċ").unwrap();
-    let data = token_stream(&tok, &samples, newline, LossOn::AllTokens).unwrap();
+    let data = token_stream(&tok, &samples, newline, LossOn::AllTokens, 1.0).unwrap();
     let mut config = zoo_config(tok.get_vocab_size(true));
     config.hidden_size = 64;
     config.intermediate_size = 128;
@@ -51,7 +51,7 @@ fn a_short_training_run_lowers_the_loss() {
 }
 
 #[test]
-fn only_answers_and_language_count_in_the_loss() {
+fn only_answers_and_weighted_language_count_in_the_loss() {
     let text = training_text(&[(Task::Lang, 0.5), (Task::Arith, 0.5)], 1, 2000);
     let lines: Vec<&str> = text.lines().collect();
     let tok: tokenizers::Tokenizer = train_tokenizer(&lines, 300).unwrap().parse().unwrap();
@@ -59,8 +59,8 @@ fn only_answers_and_language_count_in_the_loss() {
     let samples = [
         Sample {
             task: Task::Arith,
-            prompt: "407 + 1385 = ".into(),
-            completion: "1792".into(),
+            prompt: "0407 + 1385 = ".into(),
+            completion: "01792".into(),
         },
         Sample {
             task: Task::Lang,
@@ -68,19 +68,27 @@ fn only_answers_and_language_count_in_the_loss() {
             completion: "the old dogs sleep.".into(),
         },
     ];
-    let stream = token_stream(&tok, &samples, newline, LossOn::Completions).unwrap();
-    assert_eq!(stream.in_loss.len(), stream.tokens.len());
-    let counted = |range: std::ops::Range<usize>| -> String {
+    let stream = token_stream(&tok, &samples, newline, LossOn::Completions, 0.25).unwrap();
+    assert_eq!(stream.loss_weight.len(), stream.tokens.len());
+    let weighted = |range: std::ops::Range<usize>, weight: f32| -> String {
+        assert!(
+            range
+                .clone()
+                .all(|i| [0.0, weight].contains(&stream.loss_weight[i])),
+            "{:?}",
+            &stream.loss_weight[range]
+        );
         let ids: Vec<u32> = range
-            .filter(|&i| stream.in_loss[i])
+            .filter(|&i| stream.loss_weight[i] > 0.0)
             .map(|i| stream.tokens[i])
             .collect();
         tok.decode(&ids, false).unwrap()
     };
     let second = stream.line_starts[1];
-    assert_eq!(counted(0..second), " 1792\n");
+    assert_eq!(weighted(0..second, 1.0), " 01792\n");
+    // The language line counts in full, at the `lang` weight.
     assert_eq!(
-        counted(second..stream.tokens.len()),
+        weighted(second..stream.tokens.len(), 0.25),
         "the old dogs sleep.\n"
     );
 }
@@ -145,19 +153,21 @@ fn shipped_zoo_learned_its_tasks() {
             "{task}: own-task accuracy {own} is not above base"
         );
     }
-    // The members trained on the small-batch, completion-loss plan already meet the task-model
-    // bar; keep them there.
-    for task in [Task::Brackets, Task::Reverse] {
+    // The bars the shipped zoo already meets (all but `recall`'s); keep them met.
+    let met = [Task::Arith, Task::Brackets, Task::Reverse];
+    for task in met {
         let own = results[task.name()].0[task.name()];
         assert!(own >= 0.9, "{task}: own-task accuracy {own} < 0.9");
+        let multi = results["multi"].0[task.name()];
+        assert!(multi >= 0.9, "multi: {task} accuracy {multi} < 0.9");
     }
 }
 
-/// The quality bars of the zoo issue. Not met by the shipped zoo yet (its training budget was
-/// ~1 CPU-hour on 2 cores); kept as the acceptance check for a retrained zoo:
+/// The quality bars of the zoo issue. The shipped zoo meets all but `recall`'s (the `recall`
+/// model, and `multi` on `recall`); kept as the acceptance check for a retrained zoo:
 /// `cargo test --release --test zoo -- --ignored`.
 #[test]
-#[ignore = "the shipped zoo does not meet these bars yet; see experiments/RESULTS.md"]
+#[ignore = "the shipped zoo does not meet the recall bars yet; see experiments/RESULTS.md"]
 fn shipped_zoo_meets_the_quality_bars() {
     let results = measure_zoo();
     let (multi, _) = &results["multi"];
