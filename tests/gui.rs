@@ -65,7 +65,10 @@ fn run_until(h: &mut Harness<'static, Studio>, what: &str, cond: impl Fn(&Studio
         if cond(h.state()) {
             return;
         }
-        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        if start.elapsed() >= TIMEOUT {
+            let notices: Vec<&str> = h.state().notices.iter().map(|n| n.text.as_str()).collect();
+            panic!("timed out waiting for {what}; notices: {notices:?}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -162,7 +165,11 @@ fn edit_run_and_see_the_point_on_the_pareto_plot() {
     dialogs.push(&out);
     settle(&mut h);
     h.get_by_label("Export recipe…").click();
-    run_until(&mut h, "the recipe file", |_| out.exists());
+    // Until the write is reported, so the next click meets the same screen however fast the
+    // writer thread was.
+    run_until(&mut h, "the recipe file", |s| {
+        out.exists() && s.notices.iter().any(|n| n.text.contains("exported.toml"))
+    });
     let text = std::fs::read_to_string(&out).unwrap();
     let back = Recipe::from_toml(&text).unwrap();
     assert_eq!(back.hash(), rec.recipe_hash);
@@ -170,6 +177,8 @@ fn edit_run_and_see_the_point_on_the_pareto_plot() {
     // The llama.cpp type file and the compressed model, through their dialogs, with progress.
     let types = dir.path().join("types.txt");
     dialogs.push(&types);
+    // A frame with the notice laid out, so the click lands where the button now is.
+    settle(&mut h);
     h.get_by_label("Export llama.cpp types…").click();
     run_until(&mut h, "the type file", |s| {
         s.export.is_none() && types.exists()
@@ -183,6 +192,7 @@ fn edit_run_and_see_the_point_on_the_pareto_plot() {
     // tokenizer.json.
     let gguf = dir.path().join("exported.gguf");
     dialogs.push(&gguf);
+    settle(&mut h);
     h.get_by_label("Export GGUF…").click();
     run_until(&mut h, "the exported GGUF", |s| {
         s.export.is_none()
@@ -195,6 +205,7 @@ fn edit_run_and_see_the_point_on_the_pareto_plot() {
     assert_eq!(&std::fs::read(&gguf).unwrap()[..4], b"GGUF");
     let model_dir = dir.path().join("exported-model");
     dialogs.push(&model_dir);
+    settle(&mut h);
     h.get_by_label("Export model…").click();
     run_until(&mut h, "the exported model", |s| {
         s.export.is_none()

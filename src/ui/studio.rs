@@ -524,9 +524,7 @@ impl Studio {
                 let store = match Store::open(&dir) {
                     Ok(s) => s,
                     Err(e) => {
-                        tx.send(TaskEvent::ExportDone(Err(format!(
-                            "opening the store: {e}"
-                        ))));
+                        tx.send(TaskEvent::Saved(Err(format!("opening the store: {e}"))));
                         return;
                     }
                 };
@@ -548,7 +546,7 @@ impl Studio {
                     tx.send(TaskEvent::Tags { id, result });
                 }
             },
-            |e| TaskEvent::ExportDone(Err(e)),
+            |e| TaskEvent::Saved(Err(e)),
         );
     }
 
@@ -739,9 +737,9 @@ impl Studio {
                         let r = super::plot_export::write_png_crop(&image, rect, ppp, &path)
                             .map(|()| format!("saved {}", path.display()))
                             .map_err(|e| format!("{e:#}"));
-                        tx.send(TaskEvent::ExportDone(r));
+                        tx.send(TaskEvent::Saved(r));
                     },
-                    |e| TaskEvent::ExportDone(Err(e)),
+                    |e| TaskEvent::Saved(Err(e)),
                 );
             }
             TaskEvent::ExportProgress { stage, done, total } => {
@@ -758,6 +756,10 @@ impl Studio {
                     Err(e) => self.notice_error(e),
                 }
             }
+            TaskEvent::Saved(result) => match result {
+                Ok(msg) => self.notice(msg),
+                Err(e) => self.notice_error(e),
+            },
         }
     }
 
@@ -819,9 +821,9 @@ impl Studio {
                 let r = std::fs::write(&path, bytes)
                     .map(|()| format!("saved {}", path.display()))
                     .map_err(|e| format!("writing {}: {e}", path.display()));
-                tx.send(TaskEvent::ExportDone(r));
+                tx.send(TaskEvent::Saved(r));
             },
-            |e| TaskEvent::ExportDone(Err(e)),
+            |e| TaskEvent::Saved(Err(e)),
         );
     }
 

@@ -94,8 +94,11 @@ pub enum TaskEvent {
         done: usize,
         total: usize,
     },
-    /// An export or a file write finished: a message for the status bar, or the error.
+    /// A model export finished: a message for the status bar, or the error.
     ExportDone(Result<String, String>),
+    /// A small background write (a recipe, a plot, tags) finished. Not an [`TaskEvent::ExportDone`]:
+    /// arriving after a model export started, that would mark the export finished.
+    Saved(Result<String, String>),
 }
 
 /// The sending half given to a task thread.

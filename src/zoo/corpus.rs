@@ -17,6 +17,7 @@
 //! | `brackets` | `brackets: ( [ { } -> `                  | `] )`      |
 //! | `reverse`  | `reverse: cat owl jam -> `               | `jam owl cat` |
 //! | `recall`   | `recall: k1=7 q3=2 z9=5 ; -> q3=`        | `2`        |
+//! | `copy_drill` | `copy: k1 q3 z9 -> `                     | `k1 q3 z9` |
 //!
 //! * `lang`: one to three sentences separated by one space, lowercase, each
 //!   ending in `.`; a fronted subordinate clause is followed by `,`. Present
@@ -35,6 +36,8 @@
 //! * `recall`: 3–6 `key=value` pairs (distinct keys, one letter + one digit;
 //!   single-digit values), then ` ; -> ` and the queried key with `=`: the
 //!   pairs' own form, so the answer is what followed that key before.
+//! * `copy_drill` (training only, never scored): 3–[`MAX_COPY_ITEMS`] distinct
+//!   keys of `recall`'s form (one letter + one digit), copied in order.
 //!
 //! The character set is lowercase letters, digits, space and
 //! `+ - = ( ) [ ] { } < > : ; , .` only.
@@ -71,6 +74,8 @@ pub const MAX_LANG_SAMPLE_CHARS: usize =
 pub const MAX_BRACKET_DEPTH: usize = 4;
 /// Most items in a reverse prompt.
 pub const MAX_REVERSE_ITEMS: usize = 6;
+/// Most keys in a copy drill line.
+pub const MAX_COPY_ITEMS: usize = 8;
 /// Word pool of the reverse task (three letters each, so lengths stay small).
 pub const REVERSE_WORDS: &[&str] = &[
     "cat", "sun", "red", "box", "hat", "map", "cup", "pen", "egg", "owl", "ant", "bee", "fig",
@@ -173,6 +178,7 @@ pub fn stream_seed(seed: u64, task: Task, split: Split) -> u64 {
         Task::Brackets => 3,
         Task::Reverse => 4,
         Task::Recall => 5,
+        Task::CopyDrill => 6,
     };
     let split_salt: u64 = match split {
         Split::Train => 0x7472_6169_6e00_0000,
@@ -210,6 +216,7 @@ pub fn sample_in(task: Task, split: Split, rng: &mut Rng) -> Sample {
         Task::Brackets => brackets,
         Task::Reverse => reverse,
         Task::Recall => recall,
+        Task::CopyDrill => copy_drill,
     };
     loop {
         let s = draw(rng);
@@ -404,9 +411,8 @@ fn reverse(rng: &mut Rng) -> Sample {
     }
 }
 
-fn recall(rng: &mut Rng) -> Sample {
-    let k = rng.range(3, 6);
-    // Distinct keys make the answer unique even when values repeat.
+/// `k` distinct keys of one letter and one digit.
+fn recall_keys(rng: &mut Rng, k: usize) -> Vec<String> {
     let mut keys: Vec<String> = Vec::with_capacity(k);
     while keys.len() < k {
         let key = format!("{}{}", rng.pick(&LETTERS), rng.below(10));
@@ -414,6 +420,13 @@ fn recall(rng: &mut Rng) -> Sample {
             keys.push(key);
         }
     }
+    keys
+}
+
+fn recall(rng: &mut Rng) -> Sample {
+    let k = rng.range(3, 6);
+    // Distinct keys make the answer unique even when values repeat.
+    let keys = recall_keys(rng, k);
     let values: Vec<usize> = (0..k).map(|_| rng.below(10)).collect();
     let q = rng.below(k);
     let pairs: Vec<String> = keys
@@ -425,6 +438,16 @@ fn recall(rng: &mut Rng) -> Sample {
         task: Task::Recall,
         prompt: format!("recall: {} ; -> {}=", pairs.join(" "), keys[q]),
         completion: values[q].to_string(),
+    }
+}
+
+fn copy_drill(rng: &mut Rng) -> Sample {
+    let k = rng.range(3, MAX_COPY_ITEMS);
+    let keys = recall_keys(rng, k).join(" ");
+    Sample {
+        task: Task::CopyDrill,
+        prompt: format!("copy: {keys} -> "),
+        completion: keys,
     }
 }
 
@@ -959,6 +982,20 @@ mod tests {
             assert_eq!(keys.len(), pairs.len(), "keys not distinct: {}", s.prompt);
             let hits: Vec<&str> = pairs.iter().filter(|p| p.0 == query).map(|p| p.1).collect();
             assert_eq!(hits, vec![s.completion.as_str()]);
+        }
+    }
+
+    #[test]
+    fn copy_drill_copies_distinct_keys() {
+        for s in generate(Task::CopyDrill, 4, 2000) {
+            let keys = s
+                .prompt
+                .strip_prefix("copy: ")
+                .and_then(|p| p.strip_suffix(" -> "));
+            let keys: Vec<&str> = keys.unwrap().split(' ').collect();
+            assert!((3..=MAX_COPY_ITEMS).contains(&keys.len()), "{}", s.text());
+            assert_eq!(keys.iter().collect::<HashSet<_>>().len(), keys.len());
+            assert_eq!(s.completion, keys.join(" "));
         }
     }
 

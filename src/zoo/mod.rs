@@ -12,6 +12,7 @@ pub mod train;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -107,8 +108,13 @@ pub const MEMBERS: [ZooMember; 6] = [
     ZooMember {
         name: "recall",
         parent: Some("base"),
-        mix: &[(Task::Recall, TASK_SHARE), (Task::Lang, LANG_SHARE)],
-        steps: 7000,
+        // Alone, `recall` lines (one answer token each) leave the model at chance for 7000 steps.
+        mix: &[
+            (Task::Recall, 0.55),
+            (Task::CopyDrill, 0.2),
+            (Task::Lang, LANG_SHARE),
+        ],
+        steps: 8000,
         batch: 8,
         lr: 3e-3,
         loss: LossOn::Completions,
@@ -119,13 +125,13 @@ pub const MEMBERS: [ZooMember; 6] = [
         parent: Some("base"),
         mix: &[
             // Arithmetic has the most to learn and recall the least signal per line.
-            (Task::Arith, 0.35),
+            (Task::Arith, 0.3),
             (Task::Brackets, 0.1),
             (Task::Reverse, 0.1),
-            (Task::Recall, 0.3),
+            (Task::Recall, 0.35),
             (Task::Lang, 0.15),
         ],
-        steps: 15000,
+        steps: 20000,
         batch: 8,
         lr: 3e-3,
         loss: LossOn::Completions,
@@ -247,6 +253,7 @@ pub fn build_zoo(opts: &ZooOptions, progress: &mut ZooProgress<'_>) -> anyhow::R
     } else {
         let mix: Vec<(Task, f32)> = Task::ALL
             .iter()
+            .filter(|t| !t.is_drill())
             .map(|&t| (t, if t == Task::Lang { 0.5 } else { 0.125 }))
             .collect();
         let text = corpus::training_text(&mix, opts.seed, 40_000);
@@ -274,6 +281,7 @@ pub fn build_zoo(opts: &ZooOptions, progress: &mut ZooProgress<'_>) -> anyhow::R
         config: zoo_config(tok.get_vocab_size(true)),
         tok: &tok,
         tokenizer_json: &tokenizer_json,
+        stop: AtomicBool::new(false),
     };
     let progress = Mutex::new(progress);
     let mut trained: BTreeMap<&str, Transformer> = BTreeMap::new();
@@ -334,6 +342,9 @@ struct MemberBuild<'a> {
     config: LlamaConfig,
     tok: &'a tokenizers::Tokenizer,
     tokenizer_json: &'a str,
+    /// Set when a member fails, so the members training beside it stop at their next step
+    /// instead of running to their end (an hour for `multi`) before the error is shown.
+    stop: AtomicBool,
 }
 
 /// Trains `queue` (member index, member, starting weights) on up to `jobs` threads at once,
@@ -358,6 +369,7 @@ fn train_side_by_side(
     let threads = (cores / workers).max(1);
     let queue = Mutex::new(VecDeque::from(queue));
     let done = Mutex::new(Vec::new());
+    let failure = Mutex::new(None);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -373,8 +385,19 @@ fn train_side_by_side(
                         let Some((index, member, t)) = next else {
                             return Ok(());
                         };
-                        let t = pool.install(|| train_member(build, index, member, t, progress))?;
-                        lock(&done).push((member.name, t));
+                        if build.stop.load(Ordering::SeqCst) {
+                            return Ok(());
+                        }
+                        match pool.install(|| train_member(build, index, member, t, progress)) {
+                            Ok(t) => lock(&done).push((member.name, t)),
+                            Err(e) => {
+                                // The first failure is the cause; the members it stops fail after.
+                                if !build.stop.swap(true, Ordering::SeqCst) {
+                                    *lock(&failure) = Some(e);
+                                }
+                                return Ok(());
+                            }
+                        }
                     }
                 })
             })
@@ -384,6 +407,9 @@ fn train_side_by_side(
                 .map_err(|_| anyhow::anyhow!("a zoo training thread panicked"))?
         })
     })?;
+    if let Some(e) = failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        return Err(e);
+    }
     Ok(done.into_inner().unwrap_or_else(PoisonError::into_inner))
 }
 
@@ -424,8 +450,14 @@ fn train_member(
     let losses = train::train(&mut t, &data, build.bos, &train_opts, &mut |step, loss| {
         let mut report = lock(progress);
         (**report)(member.name, step, steps, loss);
-        true
-    })?;
+        !build.stop.load(Ordering::SeqCst)
+    })
+    .with_context(|| format!("training zoo member `{}`", member.name))?;
+    anyhow::ensure!(
+        !build.stop.load(Ordering::SeqCst),
+        "`{}` stopped: a member training beside it failed",
+        member.name
+    );
     let seconds = start.elapsed().as_secs_f64();
     let dir = opts.out.join(member.name);
     let files = TokenizerFiles {
@@ -436,7 +468,8 @@ fn train_member(
     };
     let mut meta = BTreeMap::new();
     meta.insert("reparam.zoo.member".to_string(), member.name.to_string());
-    save_hf_dir(&t, &files, &dir, DType::F16, &meta)?;
+    save_hf_dir(&t, &files, &dir, DType::F16, &meta)
+        .with_context(|| format!("saving zoo member `{}`", member.name))?;
     let tail = &losses[losses.len().saturating_sub(50)..];
     let info = serde_json::json!({
         "name": member.name,

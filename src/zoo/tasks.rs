@@ -29,20 +29,25 @@ pub enum Task {
     Reverse,
     /// Look up a key: `recall: k1=7 q3=2 z9=5 ; -> q3=2`.
     Recall,
+    /// Training only, never scored: copy a list of keys (`copy: k1 q3 z9 -> k1 q3 z9`). Each
+    /// answer token is the one that followed the previous answer token in the prompt: the
+    /// match-then-copy step of a `recall` lookup, with an answer on every token.
+    CopyDrill,
 }
 
 impl Task {
     /// Every task, in a fixed order (used for stable seeding and reports).
-    pub const ALL: [Task; 5] = [
+    pub const ALL: [Task; 6] = [
         Task::Lang,
         Task::Arith,
         Task::Brackets,
         Task::Reverse,
         Task::Recall,
+        Task::CopyDrill,
     ];
 
-    /// The tasks that have a single correct completion and can be scored by
-    /// exact match; i.e. everything except [`Task::Lang`].
+    /// The tasks that have a single correct completion and are scored by
+    /// exact match: everything but [`Task::Lang`] and the drill.
     pub const SKILLS: [Task; 4] = [Task::Arith, Task::Brackets, Task::Reverse, Task::Recall];
 
     /// Stable lowercase name, also used on the command line and in reports.
@@ -53,6 +58,7 @@ impl Task {
             Task::Brackets => "brackets",
             Task::Reverse => "reverse",
             Task::Recall => "recall",
+            Task::CopyDrill => "copy_drill",
         }
     }
 
@@ -61,9 +67,15 @@ impl Task {
         Task::ALL.into_iter().find(|t| t.name() == name)
     }
 
-    /// Whether this task is scored by exact match (see [`Task::SKILLS`]).
+    /// Whether samples are a prompt and one correct completion (everything but [`Task::Lang`]).
     pub fn is_skill(self) -> bool {
         self != Task::Lang
+    }
+
+    /// Whether this task only exists to help training ([`Task::CopyDrill`]): not scored, and
+    /// not in the tokenizer's corpus, so adding it left the tokenizer as it was.
+    pub fn is_drill(self) -> bool {
+        self == Task::CopyDrill
     }
 }
 
@@ -232,6 +244,8 @@ pub fn max_completion_chars(task: Task) -> usize {
         }
         // Values are single digits.
         Task::Recall => 1,
+        // Up to MAX_COPY_ITEMS two-char keys, space separated.
+        Task::CopyDrill => corpus::MAX_COPY_ITEMS * 3 - 1,
     }
 }
 
@@ -254,8 +268,11 @@ mod tests {
             assert_eq!(t.to_string(), t.name());
         }
         assert_eq!(Task::from_name("nope"), None);
-        assert!(!Task::SKILLS.contains(&Task::Lang));
-        assert_eq!(Task::SKILLS.len() + 1, Task::ALL.len());
+        let scored: Vec<Task> = Task::ALL
+            .into_iter()
+            .filter(|t| t.is_skill() && !t.is_drill())
+            .collect();
+        assert_eq!(scored, Task::SKILLS);
     }
 
     #[test]
