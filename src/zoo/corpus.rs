@@ -10,13 +10,13 @@
 //! [`training_text`] ends each line with `'\n'`. Skill prompts end in a space
 //! (`recall`'s in `=`) and completions never start with one.
 //!
-//! | task       | prompt                                   | completion |
-//! |------------|------------------------------------------|------------|
-//! | `lang`     | *(empty)*                                | `the old dogs that see a bird sleep. every girl knows that the foxes run.` |
-//! | `arith`    | `0407 + 1385 = `                         | `01792`    |
-//! | `brackets` | `brackets: ( [ { } -> `                  | `] )`      |
-//! | `reverse`  | `reverse: cat owl jam -> `               | `jam owl cat` |
-//! | `recall`   | `recall: k1=7 q3=2 z9=5 ; -> q3=`        | `2`        |
+//! | task         | prompt                                   | completion |
+//! |--------------|------------------------------------------|------------|
+//! | `lang`       | *(empty)*                                | `the old dogs that see a bird sleep. every girl knows that the foxes run.` |
+//! | `arith`      | `0407 + 1385 = `                         | `01792`    |
+//! | `brackets`   | `brackets: ( [ { } -> `                  | `] )`      |
+//! | `reverse`    | `reverse: cat owl jam -> `               | `jam owl cat` |
+//! | `recall`     | `recall: k1=7 q3=2 z9=5 ; -> q3=`        | `2`        |
 //! | `copy_drill` | `copy: k1 q3 z9 -> `                     | `k1 q3 z9` |
 //!
 //! * `lang`: one to three sentences separated by one space, lowercase, each
