@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use crate::device::DeviceChoice;
 use crate::eval::tasks::task_accuracy;
 use crate::eval::{PerplexityOptions, generate_greedy, perplexity};
 use crate::model::{LinearKind, Model, load_spec};
@@ -152,6 +153,14 @@ struct TextArgs {
     chunks: Option<usize>,
 }
 
+/// Where a command computes (shared by every subcommand that does).
+#[derive(Debug, Args)]
+pub(crate) struct DeviceArgs {
+    /// `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu", env = "REPARAM_DEVICE")]
+    pub(crate) device: DeviceChoice,
+}
+
 /// Calibration data (shared by `run` and `allocate`).
 #[derive(Debug, Args)]
 struct CalibArgs {
@@ -190,6 +199,8 @@ struct EvalArgs {
     /// Held-out prompts per task for `--tasks`.
     #[arg(long, default_value_t = crate::eval::tasks::EVAL_PROMPTS_PER_TASK)]
     prompts: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -209,6 +220,8 @@ struct RunArgs {
     /// Held-out prompts per task on zoo models.
     #[arg(long, default_value_t = crate::eval::tasks::EVAL_PROMPTS_PER_TASK)]
     prompts: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -246,6 +259,8 @@ struct AllocateArgs {
     layout: String,
     #[command(flatten)]
     calib: CalibArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Write the recipe here (TOML) instead of to stdout.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -381,8 +396,13 @@ fn info(spec: &str, json: bool) -> anyhow::Result<()> {
 }
 
 fn eval(args: &EvalArgs) -> anyhow::Result<()> {
-    let model = load(&args.model)?;
-    let base = args.base.as_deref().map(load).transpose()?;
+    let device = args.device.device.open()?;
+    let model = load(&args.model)?.densified_on(&device)?;
+    let base = args
+        .base
+        .as_deref()
+        .map(|spec| anyhow::Ok(load(spec)?.densified_on(&device)?))
+        .transpose()?;
     let text = match &args.text.text {
         Some(path) => {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
@@ -470,6 +490,7 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
             calib_text: args.calib.calib_text.clone(),
             calib: args.calib.options(),
             task_prompts: args.prompts,
+            device: args.device.device,
         };
         let models = crate::jobs::ModelCache::default();
         models.insert(&args.model, std::sync::Arc::new(base));
@@ -497,6 +518,7 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
         calib_text: args.calib.calib_text.clone(),
         calib: args.calib.options(),
         task_prompts: args.prompts,
+        device: args.device.device,
     };
     let bar = TermProgress::new("run");
     let report = crate::run::run(&base, &req, &mut |stage, d, t| {
@@ -520,15 +542,19 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
         report.kld_p99,
         100.0 * report.top1_agree
     );
+    let tok_s = |v: Option<f64>| {
+        v.map_or_else(|| "not measured on GPU".into(), |v| format!("{v:.1} tok/s"))
+    };
     crate::outln!(
-        "bytes {} (base {}, {:.2}×)  avg bits {:.3}  decode {:.1} tok/s  prefill {:.1} tok/s  compress {:.1}s",
+        "bytes {} (base {}, {:.2}×)  avg bits {:.3}  decode {}  prefill {}  compress {:.1}s  on {}",
         report.bytes,
         report.base_bytes,
         report.base_bytes as f64 / report.bytes.max(1) as f64,
         report.avg_bits,
-        report.decode_tok_s,
-        report.prefill_tok_s,
-        report.compress_seconds
+        tok_s(report.decode_tok_s),
+        tok_s(report.prefill_tok_s),
+        report.compress_seconds,
+        report.device
     );
     if let Some(tasks) = &report.tasks {
         for (task, acc) in tasks {
@@ -542,7 +568,7 @@ fn allocate(args: &AllocateArgs) -> anyhow::Result<()> {
     let Some(avg_bits) = args.avg_bits else {
         return allocate_prune(args);
     };
-    let base = load(&args.model)?;
+    let base = load(&args.model)?.to_device(&args.device.device.open()?)?;
     let layout = match args.layout.as_str() {
         "block" => ScaleLayoutKnob::Block,
         "column" => ScaleLayoutKnob::Column,
@@ -631,7 +657,7 @@ fn allocate_prune(args: &AllocateArgs) -> anyhow::Result<()> {
         "magnitude" => PruneMethod::Magnitude,
         other => anyhow::bail!("--method `{other}`: expected `wanda` or `magnitude`"),
     };
-    let base = load(&args.model)?;
+    let base = load(&args.model)?.to_device(&args.device.device.open()?)?;
     let calib_tokens = crate::run::calibration_tokens(&base, args.calib.calib_text.as_ref())?;
     let calib = CalibOptions {
         seq_len: args

@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::device::DeviceChoice;
 use crate::model::{Model, load_spec};
 use crate::run::{RunReport, RunRequest};
 use crate::store::record::code_version;
@@ -27,7 +28,8 @@ use crate::store::{ExperimentRecord, Status, Store, StoreError, run_key};
 use crate::technique::CalibOptions;
 use crate::technique::recipe::Recipe;
 
-/// Calibration and evaluation settings of a job; everything here is part of the run key.
+/// Calibration and evaluation settings of a job; everything here is part of the run key (the
+/// device only as its kind, and only when it is a GPU: see [`DeviceChoice::key_kind`]).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EvalSettings {
     /// Evaluation text (zoo models default to their held-out text).
@@ -38,6 +40,8 @@ pub struct EvalSettings {
     pub calib: CalibOptions,
     /// Held-out prompts per zoo task.
     pub task_prompts: usize,
+    /// Where the job computes.
+    pub device: DeviceChoice,
 }
 
 impl Default for EvalSettings {
@@ -49,6 +53,7 @@ impl Default for EvalSettings {
             calib_text: None,
             calib: CalibOptions::default(),
             task_prompts: crate::eval::tasks::EVAL_PROMPTS_PER_TASK,
+            device: DeviceChoice::Cpu,
         }
     }
 }
@@ -65,7 +70,7 @@ impl EvalSettings {
     pub fn key_json(&self) -> anyhow::Result<String> {
         let text = self.text.as_deref().map(file_hash).transpose()?;
         let calib_text = self.calib_text.as_deref().map(file_hash).transpose()?;
-        Ok(serde_json::json!({
+        let mut key = serde_json::json!({
             "text": text,
             "ctx": self.ctx,
             "chunks": self.chunks,
@@ -73,8 +78,11 @@ impl EvalSettings {
             "calib_samples": self.calib.samples,
             "calib_len": self.calib.seq_len,
             "task_prompts": self.task_prompts,
-        })
-        .to_string())
+        });
+        if let Some(kind) = self.device.key_kind() {
+            key["device"] = kind.into();
+        }
+        Ok(key.to_string())
     }
 
     /// The run request these settings describe.
@@ -87,6 +95,7 @@ impl EvalSettings {
             calib_text: self.calib_text.clone(),
             calib: self.calib,
             task_prompts: self.task_prompts,
+            device: self.device,
         }
     }
 }
@@ -279,6 +288,7 @@ pub fn execute(
         rec.eval_json = eval_json
             .as_ref()
             .map_or_else(|_| String::new(), Clone::clone);
+        rec.device = spec.eval.device.to_string();
         rec
     };
     let store_outcome = |rec: ExperimentRecord, report: Option<RunReport>| {
@@ -658,5 +668,30 @@ impl Drop for JobRunner {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// CPU runs keep the keys they had before devices existed; a GPU is one key whatever its
+    /// index, and not the CPU's.
+    #[test]
+    fn only_a_gpu_changes_the_run_key() {
+        let cpu = EvalSettings::default();
+        let key = cpu.key_json().unwrap();
+        assert!(!key.contains("device"), "{key}");
+        let on = |device| {
+            EvalSettings {
+                device,
+                ..EvalSettings::default()
+            }
+            .key_json()
+            .unwrap()
+        };
+        assert_eq!(on(DeviceChoice::Cuda(0)), on(DeviceChoice::Cuda(3)));
+        assert_ne!(on(DeviceChoice::Cuda(0)), key);
     }
 }

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod calib;
 pub mod cli;
+pub mod device;
 pub mod eval;
 pub mod export;
 pub mod jobs;

@@ -1,11 +1,12 @@
 //! One experiment: apply a recipe to a base model and measure the result against the base
-//! (accuracy, latency, memory). The CLI's `reparam run` and, later, background jobs call this.
+//! (accuracy, latency, memory). `reparam run` and the job runner call this.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 
+use crate::device::DeviceChoice;
 use crate::eval::latency::measure_latency;
 use crate::eval::tasks::task_accuracy;
 use crate::eval::{PerplexityOptions, perplexity};
@@ -34,6 +35,8 @@ pub struct RunRequest {
     pub calib: CalibOptions,
     /// Held-out prompts per task on zoo models.
     pub task_prompts: usize,
+    /// Where calibration, compression products and evaluation run.
+    pub device: DeviceChoice,
 }
 
 /// Every metric of one run, flat, named as the store's columns will be.
@@ -54,8 +57,11 @@ pub struct RunReport {
     pub base_bytes: usize,
     /// Stored bits per weight of the compressed linears, scales included.
     pub avg_bits: f64,
-    pub decode_tok_s: f64,
-    pub prefill_tok_s: f64,
+    /// Decode and prefill throughput of the model in its stored form, measured on the CPU
+    /// kernels; `None` for GPU runs, where the packed forms have no kernel of their own yet
+    /// and a number would describe the dense stand-in, not the technique.
+    pub decode_tok_s: Option<f64>,
+    pub prefill_tok_s: Option<f64>,
     pub compress_seconds: f64,
     /// Fraction (0–1) of linear weights pruned away.
     pub sparsity: f64,
@@ -65,6 +71,8 @@ pub struct RunReport {
     pub rps_ratio: f64,
     /// Fine-tuned models merged into the base.
     pub merged_models: usize,
+    /// The device the run computed on.
+    pub device: DeviceChoice,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tasks: Option<BTreeMap<String, f64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,12 +120,22 @@ fn read(path: &PathBuf) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// Applies the recipe and measures the result against `base`.
+/// Applies the recipe and measures the result against `base` (loaded on the CPU; a GPU run
+/// works on a copy on the device).
 pub fn run(
     base: &Model,
     req: &RunRequest,
     progress: &mut Progress<'_>,
 ) -> anyhow::Result<RunReport> {
+    let device = req.device.open()?;
+    let on_device;
+    let base = if device.is_cpu() {
+        base
+    } else {
+        progress("moving the model to the device", 0, 1);
+        on_device = base.to_device(&device)?;
+        &on_device
+    };
     let zoo = is_zoo_model(&base.path);
     let text = match &req.text {
         Some(p) => read(p)?,
@@ -169,16 +187,26 @@ pub fn run(
     let base_report = perplexity(base, &tokens, opts, None, &mut |d, t| {
         progress("evaluating base", d, t)
     })?;
-    let report = perplexity(&compressed.model, &tokens, opts, Some(base), &mut |d, t| {
+    // Sizes and bits come from the stored form; the evaluation runs what the device can run.
+    let evaluated = compressed.model.densified_on(&device)?;
+    let report = perplexity(&evaluated, &tokens, opts, Some(base), &mut |d, t| {
         progress("evaluating", d, t)
     })?;
     let Some(kld) = report.kld.clone() else {
         anyhow::bail!("no KL divergence was computed");
     };
-    let latency = measure_latency(&compressed.model, &tokens, ctx.min(tokens.len() - 1))?;
+    let latency = if device.is_cpu() {
+        Some(measure_latency(
+            &compressed.model,
+            &tokens,
+            ctx.min(tokens.len() - 1),
+        )?)
+    } else {
+        None
+    };
     let tasks = if zoo {
         Some(task_accuracy(
-            &compressed.model,
+            &evaluated,
             &Task::SKILLS,
             req.task_prompts,
             &mut |d, t| progress("tasks", d, t),
@@ -200,13 +228,14 @@ pub fn run(
         bytes: compressed.model.transformer.size_bytes(),
         base_bytes: base.transformer.size_bytes(),
         avg_bits: compressed.avg_bits(),
-        decode_tok_s: latency.decode_tok_s,
-        prefill_tok_s: latency.prefill_tok_s,
+        decode_tok_s: latency.map(|l| l.decode_tok_s),
+        prefill_tok_s: latency.map(|l| l.prefill_tok_s),
         compress_seconds: compressed.compress_seconds,
         sparsity: compressed.summary.sparsity,
         flattened_blocks: compressed.summary.flattened_blocks,
         rps_ratio: compressed.summary.rps_ratio,
         merged_models: compressed.summary.merged_models,
+        device: req.device,
         task_acc_mean: tasks.as_ref().map(mean),
         tasks,
         steps: req.recipe.merge.as_ref().map(|_| steps),

@@ -184,6 +184,56 @@ fn run_applies_a_recipe_to_a_zoo_model() {
     }
     assert_eq!(r["tasks"].as_object().unwrap().len(), 4);
     assert_eq!(r["recipe_hash"].as_str().unwrap().len(), 64);
+    assert_eq!(r["device"], "cpu");
+}
+
+/// Every computing subcommand takes `--device`; a build without CUDA refuses a GPU with the way
+/// to get one, and a misspelled device names the accepted spellings. Nothing panics.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_gpu_is_refused_clearly_without_cuda() {
+    let recipe = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/experiments/recipes/rtn-4bit.toml"
+    );
+    for args in [
+        &["eval", "zoo:multi", "--device", "cuda"][..],
+        &[
+            "run",
+            "zoo:multi",
+            "--recipe",
+            recipe,
+            "--no-store",
+            "--device",
+            "cuda:1",
+        ],
+        &[
+            "sensitivity",
+            "zoo:multi",
+            "--default-bits",
+            "3",
+            "--device",
+            "cuda",
+        ],
+        &[
+            "allocate",
+            "zoo:multi",
+            "--avg-bits",
+            "3",
+            "--device",
+            "cuda",
+        ],
+    ] {
+        let out = reparam(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--features cuda"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    let out = reparam(&["eval", "zoo:multi", "--device", "tpu"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cuda:N"), "{err}");
 }
 
 fn run_zoo_recipe(recipe: &str) -> serde_json::Value {

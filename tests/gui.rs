@@ -28,6 +28,7 @@ fn small_eval() -> EvalPrefs {
         calib_samples: 4,
         calib_len: 64,
         tags: String::new(),
+        ..EvalPrefs::default()
     }
 }
 

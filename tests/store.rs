@@ -51,6 +51,7 @@ fn round_trip_and_key_lookup() {
     let store = Store::open(dir.path()).unwrap();
     let a = record(2, 100.0, 0.5);
     let mut b = record(4, 200.0, 0.1);
+    b.device = "cuda:0".into();
     b.status = Status::Failed;
     b.error = Some("boom".into());
     b.steps_json = Some("[1,2]".into());
@@ -170,6 +171,8 @@ fn older_schema_versions_still_read() {
         .unwrap();
     assert_eq!(old.model_spec, "");
     assert_eq!(old.eval_json, "");
+    // Every run before the device column computed on the CPU.
+    assert_eq!(old.device, "cpu");
     assert_eq!(old.error, None);
     assert_eq!(old.tags, vec!["legacy".to_string()]);
     assert_eq!(old.metrics.get("bytes"), Some(&123.0));

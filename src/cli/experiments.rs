@@ -89,6 +89,8 @@ pub struct SweepArgs {
     /// Held-out prompts per zoo task (overrides the space's `[eval]`).
     #[arg(long)]
     pub prompts: Option<usize>,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
     /// Print the points and exit.
     #[arg(long)]
     pub dry_run: bool,
@@ -114,6 +116,7 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
     if let Some(p) = args.prompts {
         eval.task_prompts = p;
     }
+    eval.device = args.device.device;
     if args.dry_run {
         for (i, r) in &points {
             crate::outln!("{i} {} {}", r.hash(), r.to_json());

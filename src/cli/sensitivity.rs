@@ -38,6 +38,8 @@ pub struct SensitivityArgs {
     pub calib_samples: usize,
     #[arg(long, default_value_t = 256)]
     pub calib_len: usize,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -69,7 +71,7 @@ pub fn sensitivity(args: &SensitivityArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
-    let base = crate::model::load_spec(&args.model)?;
+    let base = crate::model::load_spec(&args.model)?.to_device(&args.device.device.open()?)?;
     let opts = SensitivityOptions {
         calib: crate::technique::CalibOptions {
             samples: args.calib_samples.max(1),

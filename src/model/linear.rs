@@ -1,8 +1,12 @@
 //! `LinearWeight`: the one type every linear layer of the forward pass goes through.
 //!
 //! Each variant owns its representation, knows its exact byte size, and multiplies by its own
-//! kernel, so memory and latency are measured on what actually runs. Further compressed forms
-//! (sparse, hashed) slot in as further variants.
+//! kernel, so memory and latency are measured on what actually runs.
+//!
+//! Devices: dense and RTN weights live wherever the model was moved ([`LinearWeight::to_device`]).
+//! The packed forms (BCQ, CSR, n:m, hashed) are CPU data with CPU kernels; given activations on a
+//! GPU they copy them in and their result back, which is correct but slow, so an evaluation on a
+//! GPU first densifies them there ([`LinearWeight::densified_on`]).
 
 use std::sync::Arc;
 
@@ -143,6 +147,72 @@ impl LinearWeight {
             | Self::Csr { bias, .. }
             | Self::Nm { bias, .. }
             | Self::Hashed { bias, .. } => bias.as_ref(),
+        }
+    }
+
+    /// The device the layer's products run on: its weight's for dense and RTN layers, else
+    /// (packed CPU forms) its bias's, or the CPU.
+    pub fn device(&self) -> Device {
+        match self {
+            Self::Dense { weight, .. }
+            | Self::Rtn {
+                dequantized: weight,
+                ..
+            } => weight.device().clone(),
+            _ => self.bias().map_or(Device::Cpu, |b| b.device().clone()),
+        }
+    }
+
+    /// This layer with its tensors on `device`. Packed forms keep their CPU data (their
+    /// kernels are CPU code) and move only their bias, so their output lands on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let bias = self.bias().map(|b| b.to_device(device)).transpose()?;
+        Ok(match self {
+            Self::Dense { weight, .. } => Self::Dense {
+                weight: weight.to_device(device)?,
+                bias,
+            },
+            Self::Rtn {
+                dequantized,
+                bits,
+                group,
+                ..
+            } => Self::Rtn {
+                dequantized: dequantized.to_device(device)?,
+                bits: *bits,
+                group: *group,
+                bias,
+            },
+            Self::Bcq { packed, .. } => Self::Bcq {
+                packed: Arc::clone(packed),
+                bias,
+            },
+            Self::Csr { csr, .. } => Self::Csr {
+                csr: Arc::clone(csr),
+                bias,
+            },
+            Self::Nm { packed, .. } => Self::Nm {
+                packed: Arc::clone(packed),
+                bias,
+            },
+            Self::Hashed { hashed, .. } => Self::Hashed {
+                hashed: Arc::clone(hashed),
+                bias,
+            },
+        })
+    }
+
+    /// For evaluation on `device`: on the CPU the layer as it is; on a GPU, where the packed
+    /// forms have no kernel yet, the same weights as a dense matrix on the GPU. Only the
+    /// products change place: the numbers the layer computes are those of its stored form.
+    pub fn densified_on(&self, device: &Device) -> Result<Self> {
+        match self {
+            Self::Dense { .. } | Self::Rtn { .. } => self.to_device(device),
+            _ if device.is_cpu() => Ok(self.clone()),
+            _ => Ok(Self::Dense {
+                weight: self.to_dense()?.to_device(device)?,
+                bias: self.bias().map(|b| b.to_device(device)).transpose()?,
+            }),
         }
     }
 

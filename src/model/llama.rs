@@ -207,8 +207,61 @@ impl Transformer {
     }
 
     /// Token embeddings `[batch * seq, hidden]` of `ids` `[batch, seq]`: the input of block 0.
+    /// The ids may live on any device; they are looked up where the embedding lives.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        self.token_embd.index_select(&ids.flatten_all()?, 0)
+        let ids = ids.flatten_all()?.to_device(self.token_embd.device())?;
+        self.token_embd.index_select(&ids, 0)
+    }
+
+    /// The device the forward pass runs on (the embedding's).
+    pub fn device(&self) -> &Device {
+        self.token_embd.device()
+    }
+
+    /// This transformer with every tensor on `device` (packed layers: see
+    /// [`LinearWeight::to_device`]). Tensors already there are shared, not copied.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        self.map_weights(device, LinearWeight::to_device)
+    }
+
+    /// This transformer as an evaluation on `device` runs it: on a GPU every packed layer
+    /// densified there (see [`LinearWeight::densified_on`]). Its `size_bytes` is then that of
+    /// the dense copies; sizes are taken from the stored form before this.
+    pub fn densified_on(&self, device: &Device) -> Result<Self> {
+        self.map_weights(device, LinearWeight::densified_on)
+    }
+
+    fn map_weights(
+        &self,
+        device: &Device,
+        linear: fn(&LinearWeight, &Device) -> Result<LinearWeight>,
+    ) -> Result<Self> {
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(Block {
+                    attn_norm: b.attn_norm.to_device(device)?,
+                    attn_q: linear(&b.attn_q, device)?,
+                    attn_k: linear(&b.attn_k, device)?,
+                    attn_v: linear(&b.attn_v, device)?,
+                    attn_output: linear(&b.attn_output, device)?,
+                    ffn_norm: b.ffn_norm.to_device(device)?,
+                    ffn_gate: linear(&b.ffn_gate, device)?,
+                    ffn_up: linear(&b.ffn_up, device)?,
+                    ffn_down: linear(&b.ffn_down, device)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            config: self.config.clone(),
+            token_embd: self.token_embd.to_device(device)?,
+            blocks,
+            output_norm: self.output_norm.to_device(device)?,
+            output: linear(&self.output, device)?,
+            rope_inv_freq: self.rope_inv_freq.clone(),
+            kernels: self.kernels,
+        })
     }
 
     /// Runs block `index` alone on hidden states `[batch * seq, hidden]` of sequences that

@@ -72,6 +72,22 @@ impl Model {
     pub fn config(&self) -> &LlamaConfig {
         &self.transformer.config
     }
+
+    /// This model with its weights on `device` (see [`Transformer::to_device`]).
+    pub fn to_device(&self, device: &Device) -> Result<Self, candle_core::Error> {
+        Ok(Self {
+            transformer: self.transformer.to_device(device)?,
+            ..self.clone()
+        })
+    }
+
+    /// This model as an evaluation on `device` runs it (see [`Transformer::densified_on`]).
+    pub fn densified_on(&self, device: &Device) -> Result<Self, candle_core::Error> {
+        Ok(Self {
+            transformer: self.transformer.densified_on(device)?,
+            ..self.clone()
+        })
+    }
 }
 
 /// How far a load is: tensor payload bytes and tensors read so far, of the totals.

@@ -11,10 +11,10 @@ use super::record::{ExperimentRecord, Status};
 
 /// The schema written by this code. Bump when a column is added; readers fill columns a file
 /// lacks with their defaults.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// String columns, in write order (`error` and `steps_json` may be null).
-pub(crate) const STRING_COLUMNS: [&str; 16] = [
+pub(crate) const STRING_COLUMNS: [&str; 17] = [
     "id",
     "run_key",
     "created_at",
@@ -28,6 +28,7 @@ pub(crate) const STRING_COLUMNS: [&str; 16] = [
     "status",
     "error",
     "machine",
+    "device",
     "code_version",
     "tags",
     "notes",
@@ -68,6 +69,7 @@ pub fn frame_from_records(records: &[ExperimentRecord]) -> PolarsResult<DataFram
                 "status" => Some(r.status.as_str().to_string()),
                 "error" => r.error.clone(),
                 "machine" => Some(r.machine.clone()),
+                "device" => Some(r.device.clone()),
                 "code_version" => Some(r.code_version.clone()),
                 "tags" => Some(json(&r.tags)),
                 _ => Some(json(&r.notes)),
@@ -185,6 +187,9 @@ pub fn records_from_frame(df: &DataFrame) -> PolarsResult<Vec<ExperimentRecord>>
             error: get("error", i),
             duration_s: duration.as_ref().and_then(|d| d[i]).unwrap_or(0.0),
             machine: get("machine", i).unwrap_or_default(),
+            device: get("device", i)
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| crate::device::DeviceChoice::Cpu.to_string()),
             code_version: get("code_version", i).unwrap_or_default(),
             tags: list(get("tags", i)),
             metrics,

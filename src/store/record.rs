@@ -93,6 +93,10 @@ pub struct ExperimentRecord {
     pub error: Option<String>,
     pub duration_s: f64,
     pub machine: String,
+    /// The device the run computed on (`cpu`, `cuda:0`); records that predate the column
+    /// read as `cpu`, where every run then computed.
+    #[serde(default = "cpu_device")]
+    pub device: String,
     pub code_version: String,
     pub tags: Vec<String>,
     /// Every numeric field of the run report (`ppl`, `kld_mean`, `bytes`, …, `task_<name>`).
@@ -100,6 +104,10 @@ pub struct ExperimentRecord {
     /// A merge run's per-step timeline (JSON).
     pub steps_json: Option<String>,
     pub notes: Vec<String>,
+}
+
+fn cpu_device() -> String {
+    crate::device::DeviceChoice::Cpu.to_string()
 }
 
 /// The run key: blake3 over the model id, the recipe hash, the calibration/evaluation settings
@@ -155,8 +163,12 @@ pub fn report_metrics(report: &RunReport) -> BTreeMap<String, f64> {
     put("bytes", report.bytes as f64);
     put("base_bytes", report.base_bytes as f64);
     put("avg_bits", report.avg_bits);
-    put("decode_tok_s", report.decode_tok_s);
-    put("prefill_tok_s", report.prefill_tok_s);
+    if let Some(v) = report.decode_tok_s {
+        put("decode_tok_s", v);
+    }
+    if let Some(v) = report.prefill_tok_s {
+        put("prefill_tok_s", v);
+    }
     put("compress_seconds", report.compress_seconds);
     put("sparsity", report.sparsity);
     put("flattened_blocks", report.flattened_blocks as f64);
@@ -251,6 +263,7 @@ impl ExperimentRecord {
             error: None,
             duration_s,
             machine: machine_description(),
+            device: report.device.to_string(),
             code_version: code_version().to_string(),
             tags: tags.to_vec(),
             metrics: report_metrics(report),
@@ -291,6 +304,7 @@ impl ExperimentRecord {
             error: Some(error.to_string()),
             duration_s,
             machine: machine_description(),
+            device: cpu_device(),
             code_version: code_version().to_string(),
             tags: tags.to_vec(),
             metrics: BTreeMap::new(),

@@ -16,6 +16,7 @@ pub mod svd;
 
 use std::time::Instant;
 
+use candle_core::Device;
 use rayon::prelude::*;
 
 use crate::calib::{InputStats, StatsCollector, calibration_ids, stats_source};
@@ -114,7 +115,16 @@ pub fn apply_with_merge_hook(
     if recipe.flatten.is_none() {
         recipe.resolve(&base.transformer)?;
     }
-    let mut model = base.clone();
+    // The device the base lives on is where statistics and products run. Merging and
+    // flattening compute on the CPU (their fine-tuned models and solvers are CPU data); their
+    // result moves to the device before the per-layer steps.
+    let device = base.transformer.device().clone();
+    let model_steps = recipe.merge.is_some() || recipe.flatten.is_some();
+    let mut model = if model_steps && !device.is_cpu() {
+        base.to_device(&Device::Cpu)?
+    } else {
+        base.clone()
+    };
     let mut summary = TechniqueSummary {
         rps_ratio: 1.0,
         ..TechniqueSummary::default()
@@ -127,6 +137,9 @@ pub fn apply_with_merge_hook(
         let removed =
             flatten::apply_flatten(&mut model, step, calib_tokens, calib, recipe.seed, progress)?;
         summary.flattened_blocks = removed;
+    }
+    if model_steps && !device.is_cpu() {
+        model = model.to_device(&device)?;
     }
     if let Some(step) = &recipe.embedding {
         quantize_embedding(&mut model, step)?;
@@ -277,15 +290,17 @@ pub(crate) fn layer_seed(id: LinearId) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// One linear through its plan: RPS alone, or prune then quantize.
+/// One linear through its plan: RPS alone, or prune then quantize. The techniques build their
+/// results on the CPU; the result moves to the layer's device (see [`LinearWeight::to_device`]).
 pub(crate) fn compress_layer(
     weight: &LinearWeight,
     layer: &LayerPlan,
     stats: Option<&InputStats>,
     seed: u64,
 ) -> anyhow::Result<LinearWeight> {
+    let device = weight.device();
     if let Some(knobs) = &layer.rps {
-        return rps::share_linear(weight, knobs, stats, seed);
+        return Ok(rps::share_linear(weight, knobs, stats, seed)?.to_device(&device)?);
     }
     let mut w = weight.clone();
     if let Some(knobs) = &layer.prune {
@@ -294,5 +309,5 @@ pub(crate) fn compress_layer(
     if let Some(quant) = &layer.quant {
         w = shiftadd::compress_linear(&w, quant, stats)?;
     }
-    Ok(w)
+    Ok(w.to_device(&device)?)
 }

@@ -58,11 +58,7 @@ pub fn compress_linear(
         Quant::Rtn(k) => {
             let q = rtn_quantize(&w, rows, cols, k.bits, k.group);
             Ok(LinearWeight::Rtn {
-                dequantized: candle_core::Tensor::from_vec(
-                    q,
-                    (rows, cols),
-                    &candle_core::Device::Cpu,
-                )?,
+                dequantized: candle_core::Tensor::from_vec(q, (rows, cols), &weight.device())?,
                 bits: k.bits,
                 group: k.group,
                 bias,

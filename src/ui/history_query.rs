@@ -177,6 +177,7 @@ mod tests {
             error: (!ok).then(|| "Out of memory".to_string()),
             duration_s: 1.0,
             machine: String::new(),
+            device: "cpu".into(),
             code_version: String::new(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
             metrics: Default::default(),

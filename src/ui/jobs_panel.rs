@@ -10,6 +10,7 @@ use super::model_panel::human_bytes;
 use super::runs::format_value;
 use super::studio::Studio;
 use super::theme;
+use crate::device::DeviceChoice;
 
 /// Metrics shown for a finished job.
 const KEY_METRICS: [(&str, &str); 6] = [
@@ -73,11 +74,34 @@ fn settings_ui(ui: &mut egui::Ui, s: &mut Studio) {
                 ui.label("length");
                 ui.add(egui::DragValue::new(&mut e.calib_len).range(8..=8192));
             });
+            ui.horizontal(|ui| device_picker(ui, &mut e.device));
             ui.horizontal(|ui| {
                 ui.label("Tags for new runs");
                 ui.add(egui::TextEdit::singleline(&mut e.tags).hint_text("comma-separated"));
             });
         });
+}
+
+/// The device new jobs and the sensitivity pass compute on. A build without CUDA shows the
+/// GPU choice disabled, with the way to get it.
+fn device_picker(ui: &mut egui::Ui, device: &mut DeviceChoice) {
+    ui.label("Device");
+    egui::ComboBox::from_id_salt("device")
+        .selected_text(device.to_string())
+        .show_ui(ui, |ui| {
+            for choice in DeviceChoice::offered() {
+                ui.selectable_value(device, choice, choice.to_string());
+            }
+            if !DeviceChoice::CUDA_BUILT {
+                ui.add_enabled(false, egui::Button::new("cuda:0"))
+                    .on_disabled_hover_text(
+                        "this build has no CUDA support: build with `--features cuda`",
+                    );
+            }
+        });
+    if !device.is_cpu() {
+        ui.weak("latency is measured on CPU runs only");
+    }
 }
 
 fn job_ui(ui: &mut egui::Ui, e: &JobEntry, out: &mut Vec<Command>) {

@@ -44,6 +44,7 @@ pub fn eval_settings(p: &state::EvalPrefs) -> crate::jobs::EvalSettings {
             seq_len: p.calib_len.max(8),
         },
         task_prompts: p.task_prompts,
+        device: p.device,
         ..crate::jobs::EvalSettings::default()
     }
 }

@@ -132,6 +132,8 @@ pub struct EvalPrefs {
     pub calib_len: usize,
     /// Tags given to new runs.
     pub tags: String,
+    /// Where jobs and the sensitivity pass compute.
+    pub device: crate::device::DeviceChoice,
 }
 
 impl Default for EvalPrefs {
@@ -143,6 +145,7 @@ impl Default for EvalPrefs {
             calib_samples: 16,
             calib_len: 128,
             tags: String::new(),
+            device: crate::device::DeviceChoice::Cpu,
         }
     }
 }

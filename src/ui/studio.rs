@@ -589,28 +589,33 @@ impl Studio {
             ctx: self.state.eval.ctx.max(8),
             ..Default::default()
         };
+        let device = self.state.eval.device;
         self.tasks.spawn(
             "sensitivity",
             move |tx| {
                 let hash = recipe.hash();
-                let result = crate::technique::sensitivity::recipe_sensitivity(
-                    &loaded.model,
-                    &recipe,
-                    fallback.as_ref(),
-                    None,
-                    None,
-                    opts,
-                    &mut |stage, done, total| {
-                        tx.send(TaskEvent::SensitivityProgress {
-                            stage: stage.to_string(),
-                            done,
-                            total,
-                        });
-                        !cancel.load(Ordering::Relaxed)
-                    },
-                )
-                .map(|r| Sensitivity::from_report(hash, r))
-                .map_err(|e| format!("{e:#}"));
+                let model = device.open().and_then(|d| Ok(loaded.model.to_device(&d)?));
+                let result = model
+                    .and_then(|model| {
+                        crate::technique::sensitivity::recipe_sensitivity(
+                            &model,
+                            &recipe,
+                            fallback.as_ref(),
+                            None,
+                            None,
+                            opts,
+                            &mut |stage, done, total| {
+                                tx.send(TaskEvent::SensitivityProgress {
+                                    stage: stage.to_string(),
+                                    done,
+                                    total,
+                                });
+                                !cancel.load(Ordering::Relaxed)
+                            },
+                        )
+                    })
+                    .map(|r| Sensitivity::from_report(hash, r))
+                    .map_err(|e| format!("{e:#}"));
                 tx.send(TaskEvent::Sensitivity(result));
             },
             |e| TaskEvent::Sensitivity(Err(e)),
