@@ -6,9 +6,9 @@
 # usage: eval "$(scripts/cuda-toolchain.sh [DIR])"   (default DIR ~/.cache/reparam/cuda-13.0)
 # prints the environment to export (CUDA_PATH, PATH, CUDA_COMPUTE_CAP) on stdout.
 #
-# libcuda.so comes from the GPU driver, not a wheel: an empty stand-in with its soname lets the
-# link step find it. The binary opens the real CUDA libraries only when a GPU is first used
-# (cudarc's dynamic loading, see Cargo.toml), so the stand-in never runs.
+# libcuda.so comes from the GPU driver, not a wheel: a stand-in with its soname and one empty
+# function per driver entry point in cuda.h lets the link step resolve candle's calls. It is
+# only linked against, never shipped: at run time the driver's own libcuda.so.1 is loaded.
 set -euo pipefail
 dir="${1:-$HOME/.cache/reparam/cuda-13.0}"
 # The release the device machine's driver and nvcc have (13.0); kernels are built for
@@ -18,7 +18,7 @@ wheels=(
   nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88
   nvidia-curand==10.4.0.35 nvidia-cublas==13.0.2.14
 )
-if [ ! -x "$dir/bin/nvcc" ] || [ ! -f "$dir/lib/libcublasLt.so" ]; then
+if [ ! -x "$dir/bin/nvcc" ] || [ ! -f "$dir/lib/libcuda.so" ] || [ "$(nm -D "$dir/lib/libcuda.so" | grep -c ' T cu')" -lt 100 ]; then
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_27_x86_64 \
@@ -33,7 +33,8 @@ if [ ! -x "$dir/bin/nvcc" ] || [ ! -f "$dir/lib/libcublasLt.so" ]; then
     for l in cudart cublas cublasLt nvrtc; do ln -sf "lib$l.so.13" "lib$l.so"; done
     ln -sf libcurand.so.10 libcurand.so
     ln -sfn lib ../lib64
-    echo 'void reparam_libcuda_link_stand_in(void) {}' >"$tmp/stub.c"
+    grep -oE '\bcu[A-Z][A-Za-z0-9_]*\b' ../include/cuda.h | sort -u \
+      | sed 's/.*/void &(void) {}/' >"$tmp/stub.c"
     gcc -shared -fPIC -Wl,-soname,libcuda.so.1 "$tmp/stub.c" -o libcuda.so
   )
 fi

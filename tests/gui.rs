@@ -459,3 +459,38 @@ fn sensitivity_pass_can_be_cancelled() {
         last.text
     );
 }
+
+/// The device picker is in the job settings; a GPU job in a build without CUDA fails with the
+/// reason (no panic), and the app goes on running CPU jobs.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_gpu_job_without_cuda_fails_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let dialogs = ScriptedDialogs::default();
+    let mut s = studio(dir.path(), &dialogs);
+    s.state.eval.device = reparam::device::DeviceChoice::Cuda(0);
+    let mut h = harness(s);
+    wait_model(&mut h);
+    h.get_by_label("Jobs").click();
+    settle(&mut h);
+    assert!(h.query_by_label("Device").is_some());
+    h.get_by_label("Run recipe").click();
+    run_until(&mut h, "the GPU job to end", |s| {
+        s.jobs.entries.first().is_some_and(|e| !e.is_active())
+    });
+    let rec = h.state().jobs.entries[0].record().unwrap();
+    assert_eq!(rec.status, Status::Failed);
+    assert_eq!(rec.device, "cuda:0");
+    let error = rec.error.clone().unwrap_or_default();
+    assert!(error.contains("--features cuda"), "{error}");
+
+    h.state_mut().state.eval.device = reparam::device::DeviceChoice::Cpu;
+    settle(&mut h);
+    h.get_by_label("Run recipe").click();
+    run_until(&mut h, "the CPU job to end", |s| {
+        s.jobs.entries.get(1).is_some_and(|e| !e.is_active())
+    });
+    let rec = h.state().jobs.entries[1].record().unwrap();
+    assert_eq!(rec.status, Status::Ok, "{:?}", rec.error);
+    assert_eq!(rec.device, "cpu");
+}

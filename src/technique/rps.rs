@@ -80,7 +80,8 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 /// Output-aware refit: starting from `z0`, `iters` conjugate-gradient steps on
 /// `Aᵀ A z H = Aᵀ W H` with `H = XᵀX + damp`, i.e. least squares of the layer's outputs on
-/// the calibration inputs. Each step is one `[out, in] × [in, in]` product.
+/// the calibration inputs. Each step is one `[out, in] × [in, in]` product, on `device`.
+#[allow(clippy::too_many_arguments)]
 pub fn refit(
     w: &[f32],
     rows: usize,
@@ -89,6 +90,7 @@ pub fn refit(
     stats: &InputStats,
     z0: Vec<f32>,
     iters: usize,
+    device: &Device,
 ) -> anyhow::Result<Vec<f32>> {
     anyhow::ensure!(
         stats.in_features == cols && stats.xtx.len() == cols * cols,
@@ -105,10 +107,10 @@ pub fn refit(
     for i in 0..cols {
         h[i * cols + i] += REFIT_DAMP as f32;
     }
-    let h = Tensor::from_vec(h, (cols, cols), &Device::Cpu)?;
+    let h = Tensor::from_vec(h, (cols, cols), device)?;
     // H is symmetric, so `M H` is the product below whatever the layout.
     let times_h = |m: &[f32]| -> anyhow::Result<Vec<f32>> {
-        let t = Tensor::from_slice(m, (rows, cols), &Device::Cpu)?;
+        let t = Tensor::from_slice(m, (rows, cols), device)?;
         Ok(t.matmul(&h)?.flatten_all()?.to_vec1::<f32>()?)
     };
     let mut buf = vec![0f32; rows * cols];
@@ -166,7 +168,17 @@ pub fn share_linear(
         let Some(stats) = stats else {
             anyhow::bail!("rps.refit needs calibration statistics, and none were gathered");
         };
-        z = refit(&w, rows, cols, &hasher, stats, z, knobs.refit_iters)?;
+        let device = weight.device();
+        z = refit(
+            &w,
+            rows,
+            cols,
+            &hasher,
+            stats,
+            z,
+            knobs.refit_iters,
+            &device,
+        )?;
     }
     Ok(LinearWeight::Hashed {
         hashed: Arc::new(HashedWeight {
@@ -337,7 +349,7 @@ mod tests {
             slots_for(rows * cols, 2.0),
         );
         let z0 = project(&w, &h);
-        let z1 = refit(&w, rows, cols, &h, &stats, z0.clone(), 50).unwrap();
+        let z1 = refit(&w, rows, cols, &h, &stats, z0.clone(), 50, &Device::Cpu).unwrap();
         let (mut w0, mut w1) = (vec![0f32; w.len()], vec![0f32; w.len()]);
         gather(&z0, &h, &mut w0);
         gather(&z1, &h, &mut w1);
@@ -348,7 +360,17 @@ mod tests {
         assert!(e1 < 0.9 * e0, "refit {e1} vs projection {e0}");
         // At c = 1 with fold the projection is exact and the refit must keep it.
         let h1 = Hasher::new(HashMapping::Fold, 3, rows * cols, rows * cols);
-        let z = refit(&w, rows, cols, &h1, &stats, project(&w, &h1), 10).unwrap();
+        let z = refit(
+            &w,
+            rows,
+            cols,
+            &h1,
+            &stats,
+            project(&w, &h1),
+            10,
+            &Device::Cpu,
+        )
+        .unwrap();
         let mut back = vec![0f32; w.len()];
         gather(&z, &h1, &mut back);
         for (a, b) in w.iter().zip(&back) {
