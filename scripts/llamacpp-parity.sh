@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Parity and speed against llama.cpp on SmolLM2-135M-Instruct, side by side in one run:
-#  1. builds llama.cpp's tools from the llama-cpp-python sdist (shared/tools/llamacpp-peer.sh),
+#  1. builds llama.cpp's tools from the llama-cpp-python sdist (scripts/llamacpp-peer.sh),
 #  2. requantizes the Q4_1 GGUF to F32 with llama-quantize (same weights as our f32 dequant),
 #  3. regenerates tests/data/smollm2-llamacpp-logits.json through llama-cpp-python's bindings
 #     on that libllama (no second build),
@@ -8,7 +8,7 @@
 # Slow (a llama.cpp build, ~7 min on 2 cores, the first time); not part of the test command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-peer_script="${LLAMACPP_PEER_SCRIPT:-../shared/tools/llamacpp-peer.sh}"
+peer_script="${LLAMACPP_PEER_SCRIPT:-scripts/llamacpp-peer.sh}"
 bin=$(bash "$peer_script" | tail -n 1)
 gguf=$(scripts/fetch-models.sh | tail -n 1)
 f32="${gguf%.Q4_1.gguf}.F32.gguf"

@@ -3,7 +3,7 @@
 (`tests/smollm2.rs`) compares against.
 
 llama.cpp is driven through llama-cpp-python's ctypes bindings. To avoid a second llama.cpp
-build, point LLAMA_CPP_LIB_PATH at the libllama.so that shared/tools/llamacpp-peer.sh built and
+build, point LLAMA_CPP_LIB_PATH at the libllama.so that scripts/llamacpp-peer.sh built and
 put the sdist's `llama_cpp` package on PYTHONPATH (scripts/llamacpp-parity.sh does both).
 
 usage: llamacpp-reference-logits.py MODEL.gguf TEXT OUT.json [--tokens 64] [--top 32]

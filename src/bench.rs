@@ -26,7 +26,7 @@ pub struct EvalBenchArgs {
     #[arg(long)]
     pub peer_model: Option<PathBuf>,
     /// Directory holding `llama-perplexity`; default `~/.cache/reparam/llamacpp/build/bin`
-    /// (what `shared/tools/llamacpp-peer.sh` builds). Without it only our side is measured.
+    /// (what `scripts/llamacpp-peer.sh` builds). Without it only our side is measured.
     #[arg(long)]
     pub peer_bin: Option<PathBuf>,
     /// Print one JSON object.
@@ -115,7 +115,7 @@ pub fn eval_bench(args: &EvalBenchArgs) -> anyhow::Result<()> {
             crate::outln!("ratio (ours / llama.cpp) {r:.2}×");
         }
         _ => crate::outln!(
-            "llama-perplexity not found: build it with shared/tools/llamacpp-peer.sh or pass --peer-bin"
+            "llama-perplexity not found: build it with scripts/llamacpp-peer.sh or pass --peer-bin"
         ),
     }
     Ok(())

@@ -169,6 +169,13 @@ pub fn calibration_ids(
     seq_len: usize,
     seed: u64,
 ) -> anyhow::Result<Tensor> {
+    // Every calibrated step draws its windows here, so this is where empty settings are caught
+    // (zero windows would leave the statistics empty and the compressed model destroyed).
+    anyhow::ensure!(
+        samples >= 1 && seq_len >= 2,
+        "calibration needs at least 1 window of at least 2 tokens (got {samples} windows of \
+         {seq_len}): check --calib-samples and --calib-len"
+    );
     anyhow::ensure!(
         tokens.len() > seq_len,
         "calibration text has {} tokens, fewer than one window of {seq_len}",

@@ -415,10 +415,10 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     };
     let tokens = model.tokenizer.encode(&text, true)?;
     let opts = PerplexityOptions {
-        ctx: args
-            .text
-            .ctx
-            .unwrap_or_else(|| 512.min(model.config().max_position_embeddings)),
+        ctx: PerplexityOptions::ctx_or_default(
+            args.text.ctx,
+            model.config().max_position_embeddings,
+        ),
         chunks: args.text.chunks,
     };
     let bar = TermProgress::new("perplexity");

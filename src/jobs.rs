@@ -209,8 +209,10 @@ pub fn estimate_job_bytes(base: &Model, spec: &JobSpec) -> u64 {
         bytes += model_bytes;
     }
     let width = c.hidden_size.max(c.intermediate_size) as u64;
-    let ctx = spec.eval.ctx.unwrap_or(512).min(c.max_position_embeddings) as u64;
-    let calib_tokens = (spec.eval.calib.samples * spec.eval.calib.seq_len.min(ctx as usize)) as u64;
+    let ctx =
+        crate::eval::PerplexityOptions::ctx_or_default(spec.eval.ctx, c.max_position_embeddings);
+    let calib = spec.eval.calib.within_ctx(ctx);
+    let (ctx, calib_tokens) = (ctx as u64, (calib.samples * calib.seq_len) as u64);
     bytes += 4 * calib_tokens * width * f; // hidden states and block activations
     bytes += 8 * width * width * f; // XᵀX statistics of the block's linears
     bytes += 4 * ctx * c.vocab_size as u64 * f; // logits of base and compressed, softmax

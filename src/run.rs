@@ -147,13 +147,8 @@ pub fn run(
     };
     let tokens = base.tokenizer.encode(&text, true)?;
     let calib_tokens = calibration_tokens(base, req.calib_text.as_ref())?;
-    let ctx = req
-        .ctx
-        .unwrap_or_else(|| 512.min(base.config().max_position_embeddings));
-    let calib = CalibOptions {
-        seq_len: req.calib.seq_len.min(ctx),
-        ..req.calib
-    };
+    let ctx = PerplexityOptions::ctx_or_default(req.ctx, base.config().max_position_embeddings);
+    let calib = req.calib.within_ctx(ctx);
     let mut steps = Vec::new();
     let compressed = apply_with_merge_hook(
         base,

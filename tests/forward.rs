@@ -91,3 +91,31 @@ fn autograd_kernels_compute_the_same_function() {
     let diff = max_abs_diff(&fast, &slow);
     assert!(diff < REORDER_TOL, "autograd kernels differ by {diff}");
 }
+
+/// A model whose activations overflow fails the measurement with the reason; its NaN never
+/// becomes a perplexity or a KL divergence of 0 (which once made such a run the knee of a front).
+#[test]
+fn non_finite_logits_fail_the_evaluation() {
+    let (_dir, base) = tiny();
+    let mut broken = base.clone();
+    let w = &mut broken.transformer.blocks[1].ffn_down;
+    let dense = w.to_dense().unwrap();
+    *w = reparam::model::LinearWeight::dense((dense * f64::INFINITY).unwrap(), None);
+    let tokens: Vec<u32> = (0..64).map(|i| (i * 37 % 250) as u32).collect();
+    let opts = reparam::eval::PerplexityOptions {
+        ctx: 16,
+        chunks: Some(2),
+    };
+    assert!(reparam::eval::perplexity(&base, &tokens, opts, None, &mut |_, _| true).is_ok());
+    for reference in [None, Some(&base)] {
+        let err = reparam::eval::perplexity(&broken, &tokens, opts, reference, &mut |_, _| true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("non-finite logit"), "{err}");
+    }
+    // The base measured against the broken model as its reference fails too.
+    let err = reparam::eval::perplexity(&base, &tokens, opts, Some(&broken), &mut |_, _| true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("non-finite logit"), "{err}");
+}

@@ -297,6 +297,8 @@ fn synthetic(i: usize, tag: &str, bytes: f64, kld: f64) -> ExperimentRecord {
 
 /// Two tagged sets overlaid: the better set (lower KLD at every size) has the larger
 /// hypervolume; tags added in the app land in the store.
+/// The Compare view reports the hypervolumes `reparam compare` reports for the same store and
+/// tags (one reference point from every point of both sets, dominated ones included).
 #[test]
 fn compare_two_tags() {
     let dir = tempfile::tempdir().unwrap();
@@ -310,12 +312,15 @@ fn compare_two_tags() {
             .append(&synthetic(10 + i, "new", b, 0.5 / (i + 1) as f64))
             .unwrap();
     }
+    // Off the fronts: a dominated run that is the worst in both metrics, and a duplicate.
+    store.append(&synthetic(5, "old", 7e6, 2.0)).unwrap();
+    store.append(&synthetic(15, "new", 2e6, 0.25)).unwrap();
     let dialogs = ScriptedDialogs::default();
     let mut s = studio(dir.path(), &dialogs);
     s.state.model_spec = String::new();
     let mut h = harness(s);
     run_until(&mut h, "the store", |s| {
-        !s.store_loading && s.runs.rows.len() == 10
+        !s.store_loading && s.runs.rows.len() == 12
     });
     h.get_by_label("History").click();
     settle(&mut h);
@@ -329,6 +334,30 @@ fn compare_two_tags() {
     settle(&mut h);
     let (hva, hvb) = h.state().compare_hv.expect("hypervolumes shown");
     assert!(hva > 0.0 && hvb > hva, "A {hva}, B {hvb}");
+    let records = Store::open(dir.path()).unwrap().load().unwrap().records;
+    let tagged = |t: &str| -> Vec<ExperimentRecord> {
+        records
+            .iter()
+            .filter(|r| r.tags.iter().any(|x| x == t))
+            .cloned()
+            .collect()
+    };
+    let (x, y) = {
+        let p = &h.state().state.pareto;
+        (p.x.clone(), p.y.clone())
+    };
+    let objectives = [x.parse().unwrap(), y.parse().unwrap()];
+    let cli = reparam::store::query::compare(&tagged("old"), &tagged("new"), &objectives).unwrap();
+    assert_eq!(
+        Some(hva),
+        cli.a.hypervolume,
+        "set A: app vs `reparam compare`"
+    );
+    assert_eq!(
+        Some(hvb),
+        cli.b.hypervolume,
+        "set B: app vs `reparam compare`"
+    );
 
     // Tag a run from the history panel; the store keeps it.
     let id = h.state().runs.rows[0].record.id.clone();

@@ -72,7 +72,8 @@ fn config_and_size_match_the_published_model() {
     assert_eq!(m.transformer.size_bytes(), 4 * 134_515_008);
 }
 
-/// Reference ids from llama.cpp's `llama-tokenize` on this file (shared/research/feasibility.md).
+/// Reference ids from llama.cpp's `llama-tokenize` on this file (docs/techniques.md, "Tokenizer
+/// note").
 #[test]
 fn tokenizer_matches_llama_cpp() {
     let Some(m) = smollm2() else { return };

@@ -171,6 +171,11 @@ fn unknown_zoo_name_is_a_clear_error() {
     let err = load_spec("zoo:nonexistent").unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("no bundled zoo model `nonexistent`"), "{msg}");
+    // Paths are not zoo names, even when they lead to a real model directory.
+    for spec in ["zoo:../zoo/multi", "zoo:/tmp", "zoo:", "zoo:multi/"] {
+        let msg = format!("{:#}", load_spec(spec).unwrap_err());
+        assert!(msg.contains("is not a zoo model name"), "{spec}: {msg}");
+    }
 }
 
 /// Builds `only` with `jobs` members at once into a fresh directory, a few steps each.

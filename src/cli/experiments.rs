@@ -193,6 +193,14 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!("sweep done: {ok} ok, {failed} failed, {cancelled} cancelled, {skipped} skipped");
+    // A sweep with lost points is not a success, even though every point has its record.
+    anyhow::ensure!(
+        failed + cancelled == 0,
+        "{} of {n} points did not finish ({failed} failed, {cancelled} cancelled); their \
+         records, with the reasons, are in the store (`reparam history`), and a rerun retries \
+         them",
+        failed + cancelled
+    );
     Ok(())
 }
 

@@ -22,6 +22,17 @@ pub struct PerplexityOptions {
     pub chunks: Option<usize>,
 }
 
+/// Tokens per chunk when a run, an evaluation or an export names none.
+pub const DEFAULT_CTX: usize = 512;
+
+impl PerplexityOptions {
+    /// The context an evaluation uses: the one asked for, else [`DEFAULT_CTX`] or the model's
+    /// whole context if that is shorter. The one rule `eval`, `run`, jobs and exports share.
+    pub fn ctx_or_default(requested: Option<usize>, max_position_embeddings: usize) -> usize {
+        requested.unwrap_or_else(|| DEFAULT_CTX.min(max_position_embeddings))
+    }
+}
+
 /// KL divergence of the model's next-token distribution from the base model's.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct KldReport {
@@ -218,6 +229,17 @@ fn head_log_probs(
 ) -> anyhow::Result<Vec<f32>> {
     let logits = model.transformer.head(&hidden.narrow(0, row0, rows)?)?;
     let mut v = logits.flatten_all()?.to_vec1::<f32>()?;
+    // Finite logits always give finite log-probabilities; anything else is a broken model,
+    // and a NaN must fail the measurement, not turn into a perplexity or a KL divergence of 0.
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        anyhow::bail!(
+            "{}: non-finite logit ({}) at scored position {}: the model's weights or activations \
+             overflowed, so no metric of it is meaningful",
+            model.name,
+            v[i],
+            row0 + i / vocab
+        );
+    }
     log_softmax_rows(&mut v, vocab);
     Ok(v)
 }

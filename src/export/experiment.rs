@@ -12,9 +12,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context as _;
-use candle_core::DType;
 use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device};
 
+use crate::device::DeviceChoice;
+use crate::eval::PerplexityOptions;
 use crate::model::gguf::{GgufFile, GgufWriter, MetaValue};
 use crate::model::{LinearKind, Model, ModelFormat, Transformer};
 use crate::store::ExperimentRecord;
@@ -93,8 +95,16 @@ pub fn export_metadata(rec: &ExperimentRecord, plan: &Plan) -> BTreeMap<String, 
     m
 }
 
+/// What a run's `eval_json` says about its calibration: the windows, the evaluation context
+/// they were cut to, and the calibration text's hash when the run brought its own.
+struct StoredCalib {
+    calib: CalibOptions,
+    ctx: Option<usize>,
+    text_hash: Option<String>,
+}
+
 /// Calibration settings stored in the run's `eval_json`.
-fn calib_from_eval(eval_json: &str) -> anyhow::Result<(CalibOptions, Option<String>)> {
+fn calib_from_eval(eval_json: &str) -> anyhow::Result<StoredCalib> {
     let v: serde_json::Value = if eval_json.is_empty() {
         serde_json::Value::Null
     } else {
@@ -106,19 +116,25 @@ fn calib_from_eval(eval_json: &str) -> anyhow::Result<(CalibOptions, Option<Stri
             .and_then(serde_json::Value::as_u64)
             .map_or(def, |x| x as usize)
     };
-    Ok((
-        CalibOptions {
+    Ok(StoredCalib {
+        calib: CalibOptions {
             samples: get("calib_samples", d.samples),
             seq_len: get("calib_len", d.seq_len),
         },
-        v.get("calib_text")
+        ctx: v
+            .get("ctx")
+            .and_then(serde_json::Value::as_u64)
+            .map(|c| c as usize),
+        text_hash: v
+            .get("calib_text")
             .and_then(serde_json::Value::as_str)
             .map(str::to_string),
-    ))
+    })
 }
 
-/// Re-applies the run's recipe to `base` (the same calibration data and seed, so the same
-/// weights). `calib_text` must be given when the run used its own calibration text.
+/// Re-applies the run's recipe to `base` with exactly the run's calibration (the same text,
+/// windows, context cut and seed) on the run's device, so the weights are the measured ones.
+/// `calib_text` must be given when the run used its own calibration text.
 pub fn reapply(
     base: &Model,
     rec: &ExperimentRecord,
@@ -134,7 +150,11 @@ pub fn reapply(
         rec.model_id
     );
     let recipe: Recipe = rec.recipe()?;
-    let (calib, text_hash) = calib_from_eval(&rec.eval_json)?;
+    let StoredCalib {
+        calib,
+        ctx,
+        text_hash,
+    } = calib_from_eval(&rec.eval_json)?;
     match (&text_hash, calib_text) {
         (Some(_), None) => anyhow::bail!(
             "run {} used its own calibration text; pass it with --calib-text",
@@ -154,13 +174,23 @@ pub fn reapply(
     }
     let path = calib_text.map(Path::to_path_buf);
     let tokens = crate::run::calibration_tokens(base, path.as_ref())?;
-    let ctx = 512.min(base.config().max_position_embeddings);
-    let calib = CalibOptions {
-        seq_len: calib.seq_len.min(ctx),
-        ..calib
-    };
-    let compressed = apply(base, &recipe, &tokens, calib, progress)?;
-    Ok((compressed.model.transformer, compressed.plan))
+    let ctx = PerplexityOptions::ctx_or_default(ctx, base.config().max_position_embeddings);
+    let device: DeviceChoice = rec.device.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let on_device = base.to_device(&device.open().with_context(|| {
+        format!(
+            "run {} computed on {device}; its export re-applies it there",
+            rec.id
+        )
+    })?)?;
+    let compressed = apply(
+        &on_device,
+        &recipe,
+        &tokens,
+        calib.within_ctx(ctx),
+        progress,
+    )?;
+    let t = compressed.model.transformer.to_device(&Device::Cpu)?;
+    Ok((t, compressed.plan))
 }
 
 /// Writes `t` (from `base`'s tokenizer) as an HF directory in `dtype`, plus

@@ -1,5 +1,6 @@
 //! The hashed (RPS) inference form of a linear layer: a compact shared array plus a seed, from
-//! which every virtual weight is recomputed on the fly (spec A).
+//! which every virtual weight is recomputed on the fly (`docs/techniques.md`, "Randomized
+//! parameter sharing (RPS)").
 //!
 //! Weight `i` (flat, row-major over `[out, in]`) reads `g_i · z[h(i)]`. Both the slot `h` and
 //! the sign `g` are pure functions of `(seed, i)`, so no index is ever stored: the bytes are the
@@ -188,7 +189,8 @@ pub struct HashedWeight {
     pub rows: usize,
     pub cols: usize,
     pub hasher: Hasher,
-    /// The shared array (`hasher.m` values). The per-layer scale λ of the spec is folded in:
+    /// The shared array (`hasher.m` values). The per-layer scale λ (`docs/techniques.md`,
+    /// RPS §1) is folded in:
     /// with one array per layer it is a redundant degree of freedom, and keeping the raw values
     /// makes `c = 1` with fold bit-exact.
     pub z: Vec<f32>,

@@ -441,6 +441,18 @@ pub fn resolve_model_spec(spec: &str) -> Result<PathBuf, LoadError> {
     let Some(name) = spec.strip_prefix("zoo:") else {
         return Ok(PathBuf::from(spec));
     };
+    // A zoo name is a member's name, never a path: `zoo:../x` or `zoo:/any/dir` would otherwise
+    // load any directory as a bundled model (and evaluate it on the zoo's built-in text).
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(LoadError::config(
+            Path::new(spec),
+            format!("`{name}` is not a zoo model name (letters, digits, `-` and `_` only)"),
+        ));
+    }
     let roots = zoo_roots();
     roots
         .iter()

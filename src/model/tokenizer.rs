@@ -2,7 +2,7 @@
 //! and merges in their metadata, from which we build the same byte-level BPE llama.cpp runs.
 //!
 //! We do not use candle's `Tokenizer::from_gguf`: it ignores `tokenizer.ggml.pre` and adds a
-//! prefix space (see `shared/research/feasibility.md`), which changes every token id.
+//! prefix space (see `docs/techniques.md`, "Tokenizer note"), which changes every token id.
 
 use std::path::Path;
 

@@ -399,7 +399,7 @@ mod tests {
                 *w = w.max(err / f64::from(x).abs());
             }
         }
-        // Sampled worst cases sit close to the spec's 0.414 / 0.108 / 0.027.
+        // Sampled worst cases sit close to Shift-add §3's 0.414 / 0.108 / 0.027.
         assert!(worst[1] > 0.40 && worst[1] <= 0.4143);
         assert!(worst[3] <= 0.0711);
     }

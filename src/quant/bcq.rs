@@ -469,8 +469,8 @@ mod tests {
         best.unwrap().2
     }
 
-    /// §5.1.1: dequantising (B, α) reproduces the quantizer's reconstruction bit for bit, and
-    /// every code bit means ±1 (never 0).
+    /// Shift-add property 1: dequantising (B, α) reproduces the quantizer's reconstruction bit for
+    /// bit, and every code bit means ±1 (never 0).
     #[test]
     fn exact_reconstruction() {
         let mut rng = Rng::new(1);
@@ -504,8 +504,8 @@ mod tests {
         }
     }
 
-    /// §5.1.2: q = 1 has the closed form α = ‖w‖₁/n, b = sign(w), err = ‖w‖² − ‖w‖₁²/n, and no
-    /// other (α, b) does better.
+    /// Shift-add property 2: q = 1 has the closed form α = ‖w‖₁/n, b = sign(w),
+    /// err = ‖w‖² − ‖w‖₁²/n, and no other (α, b) does better.
     #[test]
     fn one_bit_closed_form() {
         let mut rng = Rng::new(2);
@@ -533,7 +533,7 @@ mod tests {
         }
     }
 
-    /// §5.1.3: greedy-only error is non-increasing in q.
+    /// Shift-add property 3: greedy-only error is non-increasing in q.
     #[test]
     fn greedy_monotone_in_bits() {
         let mut rng = Rng::new(3);
@@ -549,13 +549,14 @@ mod tests {
                 rel[bits - 1] += e / norm2(&w) / f64::from(trials);
             }
         }
-        // Same ballpark as the spec's 0.39, 0.13, 0.063 … (1 − 2/π ≈ 0.36 for q = 1).
+        // Same ballpark as Shift-add property 3's 0.39, 0.13, 0.063 … (1 − 2/π ≈ 0.36 for q = 1).
         assert!(rel[0] > 0.3 && rel[0] < 0.42, "{rel:?}");
         assert!(rel[1] > 0.07 && rel[1] < 0.16, "{rel:?}");
         assert!(rel[2] < 0.08, "{rel:?}");
     }
 
-    /// §5.1.4: after the LS step, Bᵀ(w − Bα) ≈ 0, also with duplicate (singular) planes.
+    /// Shift-add property 4: after the LS step, Bᵀ(w − Bα) ≈ 0, also with duplicate (singular)
+    /// planes.
     #[test]
     fn least_squares_optimality() {
         let mut rng = Rng::new(4);
@@ -592,7 +593,7 @@ mod tests {
         }
     }
 
-    /// §5.1.5: sorted-codebook search equals brute force, ties included.
+    /// Shift-add property 5: sorted-codebook search equals brute force, ties included.
     #[test]
     fn assignment_matches_brute_force() {
         let mut rng = Rng::new(5);
@@ -628,8 +629,8 @@ mod tests {
         }
     }
 
-    /// §5.1.6: without PoT the alternation never increases the error; with PoT the kept-best
-    /// error is still ≤ the (PoT-rounded) greedy error and ≤ every round's error.
+    /// Shift-add property 6: without PoT the alternation never increases the error; with PoT the
+    /// kept-best error is still ≤ the (PoT-rounded) greedy error and ≤ every round's error.
     #[test]
     fn alternation_monotone_and_keep_best() {
         let mut rng = Rng::new(6);
@@ -656,7 +657,7 @@ mod tests {
         }
     }
 
-    /// §5.1.7: final scales are exact APoT values that re-encode bit-exactly.
+    /// Shift-add property 7: final scales are exact APoT values that re-encode bit-exactly.
     #[test]
     fn pot_exactness() {
         let mut rng = Rng::new(7);
@@ -677,7 +678,7 @@ mod tests {
         }
     }
 
-    /// §5.1.9: error falls with bits; q = 8 stalls near 1e-3 relative, not 0.
+    /// Shift-add property 9: error falls with bits; q = 8 stalls near 1e-3 relative, not 0.
     #[test]
     fn error_falls_with_bits() {
         let mut rng = Rng::new(9);

@@ -1008,8 +1008,8 @@ mod tests {
         }
     }
 
-    /// §5.1.1 at matrix level, §5.1.7 for every stored scale, and the no-Hessian path is plain
-    /// per-group BCQ.
+    /// Shift-add property 1 at matrix level, Shift-add property 7 for every stored scale, and the
+    /// no-Hessian path is plain per-group BCQ.
     #[test]
     fn plain_path_is_per_group_bcq() {
         let mut rng = Rng::new(13);
@@ -1051,8 +1051,9 @@ mod tests {
         }
     }
 
-    /// §5.1.12: in the Block layout every 8-column × (g/8)-row tile of W_q is Σ_b α_b B_b with a
-    /// single α vector, including the narrow last block, with and without feedback.
+    /// Shift-add property 12: in the Block layout every 8-column × (g/8)-row tile of W_q is
+    /// Σ_b α_b B_b with a single α vector, including the narrow last block, with and without
+    /// feedback.
     #[test]
     fn block_structure() {
         let mut rng = Rng::new(14);
@@ -1065,7 +1066,8 @@ mod tests {
                 let qm = quantize_matrix(&w, rows, cols, Some(&h), &opts(2, layout, fb, true, 2))
                     .unwrap();
                 let wq = qm.dequantize();
-                // §5.1.7 on the sweep path too: every stored scale is an exact APoT-2 value.
+                // Shift-add property 7 on the sweep path too: every stored scale is an exact APoT-2
+                // value.
                 for &a in &qm.alphas {
                     let code = super::super::apot::ApotCode::encode(a, 2).unwrap();
                     assert_eq!(code.decode().to_bits(), a.to_bits());
@@ -1089,9 +1091,9 @@ mod tests {
         }
     }
 
-    /// §5.1.14: with act-order the un-permuted (B, α) dequantize to the in-sweep W_q: the stored
-    /// codes in original order, recomputed through the permuted sweep order, give identical
-    /// output error, and an explicit permutation of the inputs gives the permuted result.
+    /// Shift-add property 14: with act-order the un-permuted (B, α) dequantize to the in-sweep W_q:
+    /// the stored codes in original order, recomputed through the permuted sweep order, give
+    /// identical output error, and an explicit permutation of the inputs gives the permuted result.
     #[test]
     fn permutation_round_trip() {
         let mut rng = Rng::new(15);
@@ -1149,7 +1151,8 @@ mod tests {
         }
     }
 
-    /// §5.1.13: error feedback lowers ‖(W − W_q)Xᵀ‖² on most seeds (weight error may rise).
+    /// Shift-add property 13: error feedback lowers ‖(W − W_q)Xᵀ‖² on most seeds (weight error may
+    /// rise).
     #[test]
     fn activation_aware_gain() {
         let (rows, cols) = (24, 48);

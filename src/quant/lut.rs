@@ -1,6 +1,7 @@
-//! The inference form of a BCQ matrix and its lookup-table (LUT) kernel (ShiftAddLLM §3 /
-//! LUT-GEMM): bit-planes packed along the input dimension, one byte per (row, plane, 8-input
-//! chunk), and a GEMV that replaces multiplications by table lookups of ± partial sums.
+//! The inference form of a BCQ matrix and its lookup-table (LUT) kernel (ShiftAddLLM /
+//! LUT-GEMM; `docs/techniques.md`, Shift-add §6): bit-planes packed along the input dimension, one
+//! byte per (row, plane, 8-input chunk), and a GEMV that replaces multiplications by table lookups
+//! of ± partial sums.
 //!
 //! Keys are stored for blocks of 16 rows side by side (see [`BcqPacked`]): the 16 keys one
 //! lookup step needs for 16 rows are one 16-byte load, so on CPUs with AVX-512 the kernel looks
@@ -274,7 +275,7 @@ impl BcqPacked {
     }
 
     /// Bytes as stored: `bits·⌈rows/16⌉·16·⌈cols/8⌉` plane bytes plus the scales (2 bytes per
-    /// APoT-coded scale and one base byte, or 4 per `f32` scale), i.e. the spec's
+    /// APoT-coded scale and one base byte, or 4 per `f32` scale), i.e. Shift-add §6's
     /// `⌈q·N·K/8⌉ + (#scale sets)·q·s/8` with `s = 16` (+1 byte) or `s = 32` (equal when
     /// `cols % 8 == 0` and `rows % 16 == 0`; padding to whole chunks and row blocks adds the
     /// rest).
@@ -602,7 +603,8 @@ mod tests {
         ScaleLayout::Block { group: 128 },
     ];
 
-    /// §5.1.10: LUT GEMV/GEMM = dense(dequantize)·x on odd shapes, bits 1–4, both layouts.
+    /// Shift-add property 10: LUT GEMV/GEMM = dense(dequantize)·x on odd shapes, bits 1–4, both
+    /// layouts.
     #[test]
     fn lut_equals_dense() {
         let mut rng = Rng::new(21);
@@ -666,7 +668,8 @@ mod tests {
         assert_eq!(y0, y1);
     }
 
-    /// §5.1.11: LUT[0] = −Σx, LUT[255] = Σx, LUT[255−p] = −LUT[p], DP fill = direct sum.
+    /// Shift-add property 11: LUT[0] = −Σx, LUT[255] = Σx, LUT[255−p] = −LUT[p], DP fill = direct
+    /// sum.
     #[test]
     fn lut_identities() {
         let mut rng = Rng::new(23);
@@ -735,9 +738,9 @@ mod tests {
         }
     }
 
-    /// §5.1.16: packed bytes = ⌈q·N·K/8⌉ + (#scale sets)·q·16/8 + 1 for APoT-coded scales,
-    /// with the padding of rows to whole 16-row blocks and of K to whole 8-input chunks; float
-    /// scales (no APoT) are stored as f32.
+    /// Shift-add property 16: packed bytes = ⌈q·N·K/8⌉ + (#scale sets)·q·16/8 + 1 for APoT-coded
+    /// scales, with the padding of rows to whole 16-row blocks and of K to whole 8-input chunks;
+    /// float scales (no APoT) are stored as f32.
     #[test]
     fn footprint_accounting() {
         let mut rng = Rng::new(24);
@@ -764,7 +767,7 @@ mod tests {
                 }
             }
         }
-        // The spec's example: q = 3, G = 128 weights per set, 16-bit scales → 3.375 bits/weight
+        // Shift-add §6's example: q = 3, G = 128 weights per set, 16-bit scales → 3.375 bits/weight
         // (plus the one base byte).
         let qm = quantized(&mut rng, 256, 128, 3, ScaleLayout::Block { group: 128 });
         let p = BcqPacked::from_quantized(&qm);

@@ -539,6 +539,22 @@ pub struct CompareReport {
     pub plan_note: Option<String>,
 }
 
+/// Hypervolumes of two point sets (all their points, dominated ones included) against one
+/// shared reference: [`reference_point`] over both sets. `reparam compare` and the app's
+/// Compare view both report these numbers.
+pub fn shared_hypervolumes(
+    a: &[Vec<f64>],
+    b: &[Vec<f64>],
+    objectives: &[Objective],
+) -> (Vec<f64>, f64, f64) {
+    let all: Vec<Vec<f64>> = a.iter().chain(b).cloned().collect();
+    let reference = reference_point(&all, objectives);
+    let senses: Vec<Sense> = objectives.iter().map(|o| o.sense).collect();
+    let hv = |pts: &[Vec<f64>]| hypervolume(pts, &senses, &reference);
+    let (ha, hb) = (hv(a), hv(b));
+    (reference, ha, hb)
+}
+
 /// Compares two groups: both fronts against one shared reference point, the hypervolume
 /// difference, and the closest pair of front runs.
 pub fn compare(
@@ -548,8 +564,8 @@ pub fn compare(
 ) -> Result<CompareReport, StoreError> {
     let (_, pa) = points(a, objectives);
     let (_, pb) = points(b, objectives);
-    let all: Vec<Vec<f64>> = pa.iter().chain(&pb).cloned().collect();
-    let reference = reference_point(&all, objectives);
+    let (reference, _, _) = shared_hypervolumes(&pa, &pb, objectives);
+    let all: Vec<&Vec<f64>> = pa.iter().chain(&pb).collect();
     let fa = front_report(a, objectives, Some(&reference))?;
     let fb = front_report(b, objectives, Some(&reference))?;
     let hypervolume_diff = fa.hypervolume.zip(fb.hypervolume).map(|(x, y)| x - y);

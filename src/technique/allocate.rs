@@ -1,14 +1,15 @@
 //! Mixed-bit allocation: which layers get more bits under an average-bits budget.
 //!
 //! Each layer has a sensitivity score (ShiftAddLLM's ‖IS‖_F·std(IS)², see
-//! `shared/specs/shiftadd.md` §2) and an expected error at each bit width; we choose one width
+//! `docs/techniques.md`, Shift-add §5) and an expected error at each bit width; we choose one width
 //! per layer to minimise the summed expected error with the parameter-weighted average bits at
 //! or under the budget. That is a multiple-choice knapsack, solved exactly by dynamic
 //! programming over the budget (not the paper's code's 80/20 quantile split, which is kept as
 //! [`quantile_allocation`] for comparison).
 
-/// Relative BCQ error (‖w − ŵ‖²/‖w‖²) by bits on Gaussian groups of 128, from the spec's
-/// measurements (§5.1 items 3 and 9): the shape of the error-versus-bits curve.
+/// Relative BCQ error (‖w − ŵ‖²/‖w‖²) by bits on Gaussian groups of 128, from the measurements
+/// in `docs/techniques.md` (Shift-add properties 3 and 9): the shape of the error-versus-bits
+/// curve.
 pub fn relative_error(bits: usize) -> f64 {
     match bits {
         0 | 1 => 0.39,

@@ -1,4 +1,5 @@
-//! Layer flattening (FlattenGPT, spec B) and the block-dropping baseline (ShortGPT).
+//! Layer flattening (FlattenGPT) and the block-dropping baseline (ShortGPT); see
+//! `docs/techniques.md`, "Layer flattening (FlattenGPT) and block dropping".
 //!
 //! Owns: the cosine similarity of block inputs on calibration data, the choice of which blocks
 //! to merge (greedy, first-to-last similarity of the merged span) or drop (highest
@@ -24,7 +25,7 @@ use crate::technique::{CalibOptions, Progress};
 const SAMPLES_PER_BATCH: usize = 4;
 
 /// Ridge intensity as a multiple of the mean eigenvalue of `C = ψᵀψ` (FlattenGPT's "10 × the
-/// mean singular value", per the notes in spec B.4).
+/// mean singular value"; `docs/techniques.md`, Flatten §4).
 const RIDGE_FACTOR: f64 = 10.0;
 
 /// Removes blocks from `model` as `step` says (flatten groups, or drop blocks); returns how

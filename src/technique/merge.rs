@@ -1,10 +1,12 @@
-//! Continual model merging (spec C): fine-tuned variants of one base, folded into a single
-//! merged model one at a time, keeping only the base, the running merge and the incoming model.
+//! Continual model merging (`docs/techniques.md`, "Continual merging"): fine-tuned variants of one
+//! base, folded into a single merged model one at a time, keeping only the base, the running merge
+//! and the incoming model.
 //!
 //! Methods: OPCM (orthogonal projection of each new task vector away from the merged one's
 //! rank-one directions and dominant subspace, then adaptive rescaling to the running mean of
-//! task-vector norms; FusionBench's `OPCMForCLIP` maths, with the thin-SVD form of spec C.3),
-//! continual task arithmetic (`θ₀ + λ Σ τ_i`), and the running average of the models.
+//! task-vector norms; FusionBench's `OPCMForCLIP` maths, with the thin-SVD form of Merge §3
+//! in `docs/techniques.md`), continual task arithmetic (`θ₀ + λ Σ τ_i`), and the running
+//! average of the models.
 //! This module owns the maths and the model loop; evaluation per step is the caller's, through
 //! the `on_step` callback.
 
@@ -184,7 +186,7 @@ pub fn check_same_architecture(base: &Transformer, model: &Transformer) -> anyho
 /// OPCM's projection of a new task vector `t` (row-major `rows × cols`) against the merged one
 /// `p`: with `p = U Σ Vᵀ` (thin) and `r` the leading singular values whose share of `Σσ` is at
 /// most `alpha`, removes `t`'s block on `span(U_r) ⊗ span(V_r)` and its component along every
-/// `u_i v_iᵀ` (spec C.3).
+/// `u_i v_iᵀ` (`docs/techniques.md`, Merge §3).
 pub fn opcm_project(
     p: &[f64],
     t: &[f64],

@@ -30,6 +30,18 @@ pub struct CalibOptions {
     pub seq_len: usize,
 }
 
+impl CalibOptions {
+    /// These windows as a run with evaluation context `ctx` uses them: never longer than the
+    /// context. A run and the export that re-applies it must both go through here, or the
+    /// exported weights differ from the measured ones.
+    pub fn within_ctx(self, ctx: usize) -> Self {
+        Self {
+            seq_len: self.seq_len.min(ctx),
+            ..self
+        }
+    }
+}
+
 impl Default for CalibOptions {
     fn default() -> Self {
         Self {

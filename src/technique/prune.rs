@@ -1,7 +1,7 @@
-//! Pruning of one linear layer (spec D): magnitude (whole matrix), Wanda (`|W|·‖X_j‖` per
-//! output row) and n:m (per group of `m` inputs of a row), then the layer's inference form:
-//! compressed n:m, CSR below the measured break-even density, dense-with-zeros above it.
-//! Also the model's measured sparsity and the OWL per-block ratio allocation.
+//! Pruning of one linear layer (`docs/techniques.md`, "Pruning"): magnitude (whole matrix), Wanda
+//! (`|W|·‖X_j‖` per output row) and n:m (per group of `m` inputs of a row), then the layer's
+//! inference form: compressed n:m, CSR below the measured break-even density, dense-with-zeros
+//! above it. Also the model's measured sparsity and the OWL per-block ratio allocation.
 //!
 //! Everything here works on one dense matrix; the pipeline (`technique::apply`) supplies the
 //! calibration column norms, gathered sequentially through the already-pruned blocks.
@@ -17,7 +17,8 @@ use crate::model::{LinearWeight, Model};
 use crate::technique::recipe::{NmScore, PruneKnobs, PruneMethod, SparseForm};
 
 /// Orders candidates for removal: lower score first, ties by lower index, so masks are
-/// deterministic and exact counts hold even with many equal values (spec D.11).
+/// deterministic and exact counts hold even with many equal values (`docs/techniques.md`,
+/// Pruning §9).
 fn by_score(scores: &[f32]) -> impl Fn(&usize, &usize) -> std::cmp::Ordering + '_ {
     move |&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b))
 }
@@ -530,7 +531,7 @@ mod tests {
         let r = owl_ratios(&d, 0.5, 0.08);
         let mean = r.iter().sum::<f64>() / r.len() as f64;
         assert!((mean - 0.5).abs() < 1e-12);
-        // The spread is exactly 2λ (the spec's "[s − λ, s + λ]" holds only when the scaled
+        // The spread is exactly 2λ (OWL's usual "[s − λ, s + λ]" holds only when the scaled
         // ratios' mean is λ; in general the band is shifted by the mean).
         let (lo, hi) = (
             r.iter().copied().fold(f64::INFINITY, f64::min),

@@ -71,7 +71,7 @@ fn default_true() -> bool {
     true
 }
 
-/// Pruning knobs of one layer (spec D).
+/// Pruning knobs of one layer (`docs/techniques.md`, Pruning §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PruneKnobs {
@@ -143,7 +143,7 @@ fn default_m() -> usize {
     4
 }
 
-/// Randomized parameter sharing knobs of one layer (spec A).
+/// Randomized parameter sharing knobs of one layer (`docs/techniques.md`, RPS §5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RpsKnobs {
@@ -184,7 +184,8 @@ pub enum RpsMapping {
     Uniform,
 }
 
-/// Model-level step: merge fine-tuned variants into the base, one at a time (spec C).
+/// Model-level step: merge fine-tuned variants into the base, one at a time
+/// (`docs/techniques.md`, Merge §4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MergeStep {
@@ -210,8 +211,8 @@ fn default_alpha() -> f64 {
     0.5
 }
 
-/// Model-level step: remove depth by flattening adjacent block pairs (spec B), or by dropping
-/// blocks (the ShortGPT baseline).
+/// Model-level step: remove depth by flattening adjacent block pairs (`docs/techniques.md`,
+/// Flatten §5), or by dropping blocks (the ShortGPT baseline).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlattenStep {

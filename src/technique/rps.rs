@@ -1,5 +1,6 @@
-//! Randomized parameter sharing of one linear layer, post-training (spec A, STABLE-RPS's
-//! RANDOMFOLD mapping): fit the shared array of a [`HashedWeight`] to a pretrained matrix.
+//! Randomized parameter sharing of one linear layer, post-training (`docs/techniques.md`,
+//! RPS §3; STABLE-RPS's RANDOMFOLD mapping): fit the shared array of a [`HashedWeight`] to a
+//! pretrained matrix.
 //!
 //! Two fits: the data-free least-squares projection (each slot takes the mean of its signed
 //! weights, O(n)), which is exact at `c = 1` with fold and otherwise loses about `1 − 1/c` of

@@ -83,7 +83,8 @@ pub fn compress_linear(
 }
 
 /// ShiftAddLLM's sensitivity score `‖IS‖_F · std(IS)²` with `IS[:, k] = W[:, k] / U_kk`,
-/// `H⁻¹ = UᵀU` (spec §2): large for layers with large and outlying saliencies.
+/// `H⁻¹ = UᵀU` (`docs/techniques.md`, Shift-add §5): large for layers with large and outlying
+/// saliencies.
 pub fn sensitivity(weight: &LinearWeight, stats: &InputStats) -> anyhow::Result<f64> {
     let (w, rows, cols) = dense_f32(weight)?;
     anyhow::ensure!(

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use eframe::egui;
 use egui_plot::{Legend, Line, Plot, Points};
 
-use crate::store::pareto::{Sense, hypervolume};
+use crate::store::pareto::Sense;
+use crate::store::query::Objective;
 
 use super::command::Command;
 use super::editor::quant_label;
@@ -338,31 +339,17 @@ fn set_view(runs: &RunTable, tag: &str, x: &str, y: &str) -> SetView {
     }
 }
 
-/// Hypervolumes of both sets' fronts against one reference: the worst value of each
-/// objective over both sets, pushed out by 10 % so the worst points still count.
+/// Hypervolumes of both sets against the reference `reparam compare` uses (the store's one
+/// rule, [`crate::store::query::shared_hypervolumes`]), on the Pareto axes.
 pub fn hypervolumes(a: &[[f64; 2]], b: &[[f64; 2]], x: &str, y: &str) -> (f64, f64) {
-    let senses = [Sense::for_metric(x), Sense::for_metric(y)];
-    let all: Vec<&[f64; 2]> = a.iter().chain(b).collect();
-    if all.is_empty() {
-        return (0.0, 0.0);
-    }
-    let mut reference = [0.0; 2];
-    for (d, sense) in senses.iter().enumerate() {
-        let vals = all.iter().map(|p| p[d]);
-        let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
-            (l.min(v), h.max(v))
-        });
-        let pad = ((hi - lo) * 0.1).max(hi.abs().max(1e-12) * 1e-3);
-        reference[d] = match sense {
-            Sense::Maximize => lo - pad,
-            Sense::Minimize => hi + pad,
-        };
-    }
-    let hv = |pts: &[[f64; 2]]| {
-        let v: Vec<Vec<f64>> = pts.iter().map(|p| p.to_vec()).collect();
-        hypervolume(&v, &senses, &reference)
+    let objective = |metric: &str| Objective {
+        metric: metric.to_string(),
+        sense: Sense::for_metric(metric),
     };
-    (hv(a), hv(b))
+    let pts = |s: &[[f64; 2]]| -> Vec<Vec<f64>> { s.iter().map(|p| p.to_vec()).collect() };
+    let (_, ha, hb) =
+        crate::store::query::shared_hypervolumes(&pts(a), &pts(b), &[objective(x), objective(y)]);
+    (ha, hb)
 }
 
 fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
@@ -392,7 +379,7 @@ fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
     if !h.tag_a.is_empty() && !h.tag_b.is_empty() {
         let a = set_view(&s.runs, &h.tag_a, &x, &y);
         let b = set_view(&s.runs, &h.tag_b, &x, &y);
-        let (hva, hvb) = hypervolumes(&a.front, &b.front, &x, &y);
+        let (hva, hvb) = hypervolumes(&a.points, &b.points, &x, &y);
         ui.horizontal(|ui| {
             ui.colored_label(
                 theme::SET_A,

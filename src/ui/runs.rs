@@ -264,27 +264,27 @@ impl Facets {
     }
 }
 
-/// Indices (into `xs`/`ys`) of the non-dominated points of `rows`, sorted by x ascending.
-/// O(n log n): sort by x (better first), sweep keeping the best y so far.
+/// Indices (into `xs`/`ys`) of the non-dominated points of `rows` with finite values, sorted
+/// by x ascending: the store's front ([`crate::store::pareto::front`]), so the app draws the
+/// front `reparam pareto` and `reparam compare` print, ties included.
 pub fn front_2d(xs: &[f64], ys: &[f64], rows: &[usize], max_x: bool, max_y: bool) -> Vec<usize> {
-    let sx = if max_x { -1.0 } else { 1.0 };
-    let sy = if max_y { -1.0 } else { 1.0 };
-    let mut pts: Vec<(f64, f64, usize)> = rows
-        .iter()
-        .filter(|&&i| xs[i].is_finite() && ys[i].is_finite())
-        .map(|&i| (sx * xs[i], sy * ys[i], i))
-        .collect();
-    pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
-    let mut out = Vec::new();
-    let mut best = f64::INFINITY;
-    for (_, y, i) in pts {
-        if y < best {
-            best = y;
-            out.push(i);
+    let sense = |max| {
+        if max {
+            Sense::Maximize
+        } else {
+            Sense::Minimize
         }
-    }
-    out.sort_by(|&a, &b| xs[a].total_cmp(&xs[b]));
-    out
+    };
+    let finite: Vec<usize> = rows
+        .iter()
+        .copied()
+        .filter(|&i| xs[i].is_finite() && ys[i].is_finite())
+        .collect();
+    let pts: Vec<Vec<f64>> = finite.iter().map(|&i| vec![xs[i], ys[i]]).collect();
+    crate::store::pareto::front(&pts, &[sense(max_x), sense(max_y)])
+        .into_iter()
+        .map(|k| finite[k])
+        .collect()
 }
 
 /// Keeps one row per cell of a `cols × rows` grid over `bounds` (`[min_x, min_y, max_x,
@@ -444,6 +444,12 @@ mod tests {
         assert_eq!(front_2d(&xs, &ys, &rows, false, false), vec![0, 1, 2, 4]);
         // Maximising y: the best y with the smallest x.
         assert_eq!(front_2d(&xs, &ys, &rows, false, true), vec![0]);
+        // Duplicated front points all stay on it, as in `reparam pareto`.
+        let (xs, ys) = ([1.0, 1.0, 2.0, 2.0], [2.0, 2.0, 1.0, 3.0]);
+        assert_eq!(
+            front_2d(&xs, &ys, &[0, 1, 2, 3], false, false),
+            vec![0, 1, 2]
+        );
     }
 
     #[test]
