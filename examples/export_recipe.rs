@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use candle_core::DType;
-use reparam::export::{TokenizerFiles, save_hf_dir};
 use reparam::model::load_spec;
+use reparam::model::{TokenizerFiles, save_hf_dir};
 use reparam::technique::recipe::Recipe;
 use reparam::technique::{CalibOptions, apply};
 
@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
     };
     let base = load_spec(model)?;
     let recipe = Recipe::from_toml(&std::fs::read_to_string(recipe).context("reading recipe")?)?;
-    let calib_tokens = reparam::run::calibration_tokens(&base, None)?;
+    let calib_tokens = reparam::calib::calibration_tokens(&base, None)?;
     let calib = CalibOptions {
         samples: 32,
         seq_len: 512.min(base.config().max_position_embeddings),

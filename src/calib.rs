@@ -150,6 +150,32 @@ pub fn gram_f32(x: &Tensor) -> Result<Vec<f32>> {
     Ok(g)
 }
 
+/// Calibration text for models that are not zoo models: license texts disjoint from the
+/// bundled evaluation text (`assets/text/calib.txt`, embedded so the binary runs anywhere).
+const DEFAULT_CALIB_TEXT: &str = include_str!("../assets/text/calib.txt");
+
+/// Calibration tokens: from `path`, else the zoo's training mix for zoo models, else the
+/// bundled calibration text.
+pub fn calibration_tokens(
+    base: &crate::model::Model,
+    path: Option<&std::path::PathBuf>,
+) -> anyhow::Result<Vec<u32>> {
+    use crate::zoo::{MEMBERS, corpus::training_text, is_zoo_model};
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?,
+        None if is_zoo_model(&base.path) => {
+            let multi = MEMBERS
+                .iter()
+                .find(|m| m.name == "multi")
+                .map_or(&[][..], |m| m.mix);
+            training_text(multi, 0xca11b, 4000)
+        }
+        None => DEFAULT_CALIB_TEXT.to_string(),
+    };
+    base.tokenizer.encode(&text, true)
+}
+
 /// Linears that read the same input share one set of statistics: q/k/v read the attention
 /// norm's output, gate/up the MLP norm's. Returns the layer whose statistics `kind` uses.
 pub fn stats_source(kind: crate::model::LinearKind) -> crate::model::LinearKind {
@@ -181,7 +207,7 @@ pub fn calibration_ids(
         "calibration text has {} tokens, fewer than one window of {seq_len}",
         tokens.len()
     );
-    let mut rng = crate::zoo::corpus::Rng::new(seed);
+    let mut rng = crate::rng::Rng::new(seed);
     let span = tokens.len() - seq_len;
     let mut ids = Vec::with_capacity(samples * seq_len);
     for _ in 0..samples {

@@ -12,14 +12,14 @@ use crate::eval::tasks::task_accuracy;
 use crate::eval::{PerplexityOptions, generate_greedy, perplexity};
 use crate::model::{LinearKind, Model, load_spec};
 use crate::progress::TermProgress;
-use crate::run::RunRequest;
+use crate::run::EvalSettings;
 use crate::technique::CalibOptions;
 use crate::technique::allocate::allocate_recipe;
 use crate::technique::recipe::{Recipe, ScaleLayoutKnob, ShiftAddKnobs};
-use crate::zoo::corpus::lang_eval_text;
 use crate::zoo::tasks::Task;
-use crate::zoo::{LANG_EVAL_SENTENCES, ZooOptions, build_zoo, is_zoo_model};
+use crate::zoo::{ZooOptions, build_zoo};
 
+mod bench;
 mod experiments;
 mod sensitivity;
 
@@ -142,7 +142,8 @@ impl GuiArgs {
 /// How the evaluation text is read and windowed (shared by `eval` and `run`).
 #[derive(Debug, Args)]
 struct TextArgs {
-    /// Text file to score (zoo models default to their held-out `lang` text).
+    /// Text file to score (default: a zoo model's held-out `lang` text, else the bundled
+    /// license texts `assets/text/licenses.txt`).
     #[arg(long)]
     text: Option<PathBuf>,
     /// Tokens per chunk (default 512, or the model's context if shorter).
@@ -269,9 +270,9 @@ struct AllocateArgs {
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Perplexity-eval throughput (tokens/s), ours and llama.cpp's `llama-perplexity` side by side.
-    Eval(crate::bench::EvalBenchArgs),
+    Eval(bench::EvalBenchArgs),
     /// Shift-add LUT GEMV against dense f32 GEMV on SmolLM2 and 7B shapes.
-    Kernels(crate::bench::KernelBenchArgs),
+    Kernels(bench::KernelBenchArgs),
 }
 
 /// Parses `std::env::args` and runs the chosen subcommand.
@@ -285,8 +286,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Generate { model, prompt, n } => generate(&model, &prompt, n),
         Command::Run(args) => run_recipe(&args),
         Command::Allocate(args) => allocate(&args),
-        Command::Bench(BenchCommand::Eval(args)) => crate::bench::eval_bench(&args),
-        Command::Bench(BenchCommand::Kernels(args)) => crate::bench::kernel_bench(&args),
+        Command::Bench(BenchCommand::Eval(args)) => bench::eval_bench(&args),
+        Command::Bench(BenchCommand::Kernels(args)) => bench::kernel_bench(&args),
         Command::Sweep(args) => experiments::sweep(&args),
         Command::Pareto(args) => experiments::pareto(&args),
         Command::History(args) => experiments::history(&args),
@@ -403,16 +404,7 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|spec| anyhow::Ok(load(spec)?.densified_on(&device)?))
         .transpose()?;
-    let text = match &args.text.text {
-        Some(path) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-        }
-        None if is_zoo_model(&model.path) => lang_eval_text(LANG_EVAL_SENTENCES),
-        None => anyhow::bail!(
-            "{}: no --text given, and only zoo models have a built-in evaluation text",
-            args.model
-        ),
-    };
+    let text = crate::eval::evaluation_text(&model, args.text.text.as_deref())?;
     let tokens = model.tokenizer.encode(&text, true)?;
     let opts = PerplexityOptions {
         ctx: PerplexityOptions::ctx_or_default(
@@ -482,16 +474,16 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
     recipe
         .resolve(&base.transformer)
         .with_context(|| args.recipe.display().to_string())?;
+    let eval = EvalSettings {
+        text: args.text.text.clone(),
+        ctx: args.text.ctx,
+        chunks: args.text.chunks,
+        calib_text: args.calib.calib_text.clone(),
+        calib: args.calib.options(),
+        task_prompts: args.prompts,
+        device: args.device.device,
+    };
     if !args.store.no_store {
-        let eval = crate::jobs::EvalSettings {
-            text: args.text.text.clone(),
-            ctx: args.text.ctx,
-            chunks: args.text.chunks,
-            calib_text: args.calib.calib_text.clone(),
-            calib: args.calib.options(),
-            task_prompts: args.prompts,
-            device: args.device.device,
-        };
         let models = crate::jobs::ModelCache::default();
         models.insert(&args.model, std::sync::Arc::new(base));
         let (rec, cached) =
@@ -510,18 +502,8 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let req = RunRequest {
-        recipe,
-        text: args.text.text.clone(),
-        ctx: args.text.ctx,
-        chunks: args.text.chunks,
-        calib_text: args.calib.calib_text.clone(),
-        calib: args.calib.options(),
-        task_prompts: args.prompts,
-        device: args.device.device,
-    };
     let bar = TermProgress::new("run");
-    let report = crate::run::run(&base, &req, &mut |stage, d, t| {
+    let report = crate::run::run(&base, &recipe, &eval, &mut |stage, d, t| {
         bar.set_stage(stage);
         bar.update(d, t)
     })?;
@@ -583,7 +565,7 @@ fn allocate(args: &AllocateArgs) -> anyhow::Result<()> {
         error_feedback: true,
         act_order: true,
     };
-    let calib_tokens = crate::run::calibration_tokens(&base, args.calib.calib_text.as_ref())?;
+    let calib_tokens = crate::calib::calibration_tokens(&base, args.calib.calib_text.as_ref())?;
     let calib = CalibOptions {
         seq_len: args
             .calib
@@ -658,7 +640,7 @@ fn allocate_prune(args: &AllocateArgs) -> anyhow::Result<()> {
         other => anyhow::bail!("--method `{other}`: expected `wanda` or `magnitude`"),
     };
     let base = load(&args.model)?.to_device(&args.device.device.open()?)?;
-    let calib_tokens = crate::run::calibration_tokens(&base, args.calib.calib_text.as_ref())?;
+    let calib_tokens = crate::calib::calibration_tokens(&base, args.calib.calib_text.as_ref())?;
     let calib = CalibOptions {
         seq_len: args
             .calib

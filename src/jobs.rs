@@ -13,92 +13,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::device::DeviceChoice;
 use crate::model::{Model, load_spec};
-use crate::run::{RunReport, RunRequest};
+use crate::run::{EvalSettings, RunReport};
 use crate::store::record::code_version;
 use crate::store::{ExperimentRecord, Status, Store, StoreError, run_key};
-use crate::technique::CalibOptions;
 use crate::technique::recipe::Recipe;
-
-/// Calibration and evaluation settings of a job; everything here is part of the run key (the
-/// device only as its kind, and only when it is a GPU: see [`DeviceChoice::key_kind`]).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct EvalSettings {
-    /// Evaluation text (zoo models default to their held-out text).
-    pub text: Option<PathBuf>,
-    pub ctx: Option<usize>,
-    pub chunks: Option<usize>,
-    pub calib_text: Option<PathBuf>,
-    pub calib: CalibOptions,
-    /// Held-out prompts per zoo task.
-    pub task_prompts: usize,
-    /// Where the job computes.
-    pub device: DeviceChoice,
-}
-
-impl Default for EvalSettings {
-    fn default() -> Self {
-        Self {
-            text: None,
-            ctx: None,
-            chunks: None,
-            calib_text: None,
-            calib: CalibOptions::default(),
-            task_prompts: crate::eval::tasks::EVAL_PROMPTS_PER_TASK,
-            device: DeviceChoice::Cpu,
-        }
-    }
-}
-
-fn file_hash(path: &std::path::Path) -> anyhow::Result<String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-    Ok(blake3::hash(&bytes).to_hex()[..16].to_string())
-}
-
-impl EvalSettings {
-    /// The settings as they enter the run key: text files by content hash, not by path, so
-    /// the same text under another name is the same experiment.
-    pub fn key_json(&self) -> anyhow::Result<String> {
-        let text = self.text.as_deref().map(file_hash).transpose()?;
-        let calib_text = self.calib_text.as_deref().map(file_hash).transpose()?;
-        let mut key = serde_json::json!({
-            "text": text,
-            "ctx": self.ctx,
-            "chunks": self.chunks,
-            "calib_text": calib_text,
-            "calib_samples": self.calib.samples,
-            "calib_len": self.calib.seq_len,
-            "task_prompts": self.task_prompts,
-        });
-        if let Some(kind) = self.device.key_kind() {
-            key["device"] = kind.into();
-        }
-        Ok(key.to_string())
-    }
-
-    /// The run request these settings describe.
-    pub fn request(&self, recipe: Recipe) -> RunRequest {
-        RunRequest {
-            recipe,
-            text: self.text.clone(),
-            ctx: self.ctx,
-            chunks: self.chunks,
-            calib_text: self.calib_text.clone(),
-            calib: self.calib,
-            task_prompts: self.task_prompts,
-            device: self.device,
-        }
-    }
-}
 
 /// One experiment to run.
 #[derive(Debug, Clone)]
@@ -343,8 +268,7 @@ pub fn execute(
         );
     }
     reserved.fetch_add(needed, Ordering::SeqCst);
-    let req = spec.eval.request(recipe.clone());
-    let result = crate::run::run(&base, &req, &mut |stage, done, total| {
+    let result = crate::run::run(&base, &recipe, &spec.eval, &mut |stage, done, total| {
         progress(stage, done, total);
         !cancel.load(Ordering::SeqCst)
     });
@@ -677,6 +601,7 @@ impl Drop for JobRunner {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::device::DeviceChoice;
 
     /// CPU runs keep the keys they had before devices existed; a GPU is one key whatever its
     /// index, and not the CPU's.

@@ -1,7 +1,6 @@
 //! Reparam Studio: compress pretrained transformer models layer by layer and measure the
 //! trade-offs. This library holds everything; the `reparam` binary is a thin front end.
 
-pub mod bench;
 pub mod calib;
 pub mod cli;
 pub mod device;
@@ -12,6 +11,7 @@ pub mod model;
 pub mod output;
 pub mod progress;
 pub mod quant;
+pub mod rng;
 pub mod run;
 pub mod store;
 pub mod sweep;

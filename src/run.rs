@@ -4,39 +4,76 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
+use crate::calib::calibration_tokens;
 
 use crate::device::DeviceChoice;
 use crate::eval::latency::measure_latency;
 use crate::eval::tasks::task_accuracy;
-use crate::eval::{PerplexityOptions, perplexity};
+use crate::eval::{PerplexityOptions, evaluation_text, perplexity};
 use crate::model::Model;
 use crate::technique::merge::MergeStepInfo;
 use crate::technique::recipe::Recipe;
 use crate::technique::{CalibOptions, Progress, apply_with_merge_hook};
-use crate::zoo::corpus::{lang_eval_text, training_text};
+use crate::zoo::is_zoo_model;
 use crate::zoo::tasks::Task;
-use crate::zoo::{LANG_EVAL_SENTENCES, MEMBERS, is_zoo_model};
 
-/// Calibration text for models that are not zoo models: license texts disjoint from the
-/// bundled evaluation text (`assets/text/calib.txt`, embedded so the binary runs anywhere).
-const DEFAULT_CALIB_TEXT: &str = include_str!("../assets/text/calib.txt");
-
-/// What to run and how to measure it.
-#[derive(Debug, Clone)]
-pub struct RunRequest {
-    pub recipe: Recipe,
-    /// Evaluation text; zoo models default to their held-out `lang` text.
+/// How one experiment is calibrated and evaluated: the CLI's flags, a space's `[eval]`, the
+/// app's job settings and the stored record's `eval_json` are all this; everything here is part of the run key (the
+/// device only as its kind, and only when it is a GPU: see [`DeviceChoice::key_kind`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalSettings {
+    /// Evaluation text (default: [`crate::eval::default_evaluation_text`]).
     pub text: Option<PathBuf>,
     pub ctx: Option<usize>,
     pub chunks: Option<usize>,
-    /// Calibration text; default: the zoo's training mix for zoo models, else the bundled one.
     pub calib_text: Option<PathBuf>,
     pub calib: CalibOptions,
-    /// Held-out prompts per task on zoo models.
+    /// Held-out prompts per zoo task.
     pub task_prompts: usize,
-    /// Where calibration, compression products and evaluation run.
+    /// Where the job computes.
     pub device: DeviceChoice,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        Self {
+            text: None,
+            ctx: None,
+            chunks: None,
+            calib_text: None,
+            calib: CalibOptions::default(),
+            task_prompts: crate::eval::tasks::EVAL_PROMPTS_PER_TASK,
+            device: DeviceChoice::Cpu,
+        }
+    }
+}
+
+fn file_hash(path: &std::path::Path) -> anyhow::Result<String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    Ok(blake3::hash(&bytes).to_hex()[..16].to_string())
+}
+
+impl EvalSettings {
+    /// The settings as they enter the run key: text files by content hash, not by path, so
+    /// the same text under another name is the same experiment.
+    pub fn key_json(&self) -> anyhow::Result<String> {
+        let text = self.text.as_deref().map(file_hash).transpose()?;
+        let calib_text = self.calib_text.as_deref().map(file_hash).transpose()?;
+        let mut key = serde_json::json!({
+            "text": text,
+            "ctx": self.ctx,
+            "chunks": self.chunks,
+            "calib_text": calib_text,
+            "calib_samples": self.calib.samples,
+            "calib_len": self.calib.seq_len,
+            "task_prompts": self.task_prompts,
+        });
+        if let Some(kind) = self.device.key_kind() {
+            key["device"] = kind.into();
+        }
+        Ok(key.to_string())
+    }
 }
 
 /// Every metric of one run, flat, named as the store's columns will be.
@@ -99,32 +136,12 @@ fn mean(t: &BTreeMap<String, f64>) -> f64 {
     t.values().sum::<f64>() / t.len().max(1) as f64
 }
 
-/// Calibration tokens: from `path`, else the zoo's training mix for zoo models, else the
-/// bundled calibration text.
-pub fn calibration_tokens(base: &Model, path: Option<&PathBuf>) -> anyhow::Result<Vec<u32>> {
-    let text = match path {
-        Some(p) => read(p)?,
-        None if is_zoo_model(&base.path) => {
-            let multi = MEMBERS
-                .iter()
-                .find(|m| m.name == "multi")
-                .map_or(&[][..], |m| m.mix);
-            training_text(multi, 0xca11b, 4000)
-        }
-        None => DEFAULT_CALIB_TEXT.to_string(),
-    };
-    base.tokenizer.encode(&text, true)
-}
-
-fn read(path: &PathBuf) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-}
-
 /// Applies the recipe and measures the result against `base` (loaded on the CPU; a GPU run
 /// works on a copy on the device).
 pub fn run(
     base: &Model,
-    req: &RunRequest,
+    recipe: &Recipe,
+    req: &EvalSettings,
     progress: &mut Progress<'_>,
 ) -> anyhow::Result<RunReport> {
     let device = req.device.open()?;
@@ -137,14 +154,7 @@ pub fn run(
         &on_device
     };
     let zoo = is_zoo_model(&base.path);
-    let text = match &req.text {
-        Some(p) => read(p)?,
-        None if zoo => lang_eval_text(LANG_EVAL_SENTENCES),
-        None => anyhow::bail!(
-            "{}: no evaluation text given (--text); only zoo models have a built-in one",
-            base.name
-        ),
-    };
+    let text = evaluation_text(base, req.text.as_deref())?;
     let tokens = base.tokenizer.encode(&text, true)?;
     let calib_tokens = calibration_tokens(base, req.calib_text.as_ref())?;
     let ctx = PerplexityOptions::ctx_or_default(req.ctx, base.config().max_position_embeddings);
@@ -152,7 +162,7 @@ pub fn run(
     let mut steps = Vec::new();
     let compressed = apply_with_merge_hook(
         base,
-        &req.recipe,
+        recipe,
         &calib_tokens,
         calib,
         progress,
@@ -212,7 +222,7 @@ pub fn run(
     Ok(RunReport {
         model_id: base.id.clone(),
         model_name: base.name.clone(),
-        recipe_hash: req.recipe.hash(),
+        recipe_hash: recipe.hash(),
         ppl: report.ppl,
         ppl_stderr: report.ppl_stderr,
         base_ppl: base_report.ppl,
@@ -233,7 +243,7 @@ pub fn run(
         device: req.device,
         task_acc_mean: tasks.as_ref().map(mean),
         tasks,
-        steps: req.recipe.merge.as_ref().map(|_| steps),
+        steps: recipe.merge.as_ref().map(|_| steps),
         notes: compressed.plan.notes.clone(),
     })
 }

@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
-use crate::jobs::EvalSettings;
+use crate::run::EvalSettings;
 use crate::technique::recipe::{FlattenStep, LayerRule, MergeStep, Recipe};
 
 /// Why a search space is invalid.
@@ -244,7 +244,7 @@ impl SearchSpace {
             }
             SpaceMode::Random => {
                 let want = self.samples.unwrap_or(0).min(total);
-                let mut rng = crate::zoo::corpus::Rng::new(self.seed ^ 0x5eed_5eed);
+                let mut rng = crate::rng::Rng::new(self.seed ^ 0x5eed_5eed);
                 let mut seen = BTreeSet::new();
                 let mut out = Vec::with_capacity(want);
                 // Distinct points; give up on duplicates after many tries (tiny spaces).

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use candle_core::DType;
 use common::{TinySpec, max_abs_diff};
-use reparam::export::{TokenizerFiles, save_hf_dir};
 use reparam::model::{Model, NoHook};
+use reparam::model::{TokenizerFiles, save_hf_dir};
 use reparam::technique::recipe::Recipe;
 use reparam::technique::{CalibOptions, apply};
 

@@ -20,7 +20,7 @@ use reparam::calib::StatsCollector;
 use reparam::device::DeviceChoice;
 use reparam::eval::{PerplexityOptions, PerplexityReport, perplexity};
 use reparam::model::{Model, load_spec};
-use reparam::run::{RunReport, RunRequest, run};
+use reparam::run::{EvalSettings, RunReport, run};
 use reparam::technique::CalibOptions;
 use reparam::technique::recipe::Recipe;
 
@@ -121,7 +121,7 @@ fn smollm2_perplexity_matches_the_cpu() {
 fn calibration_statistics_match_the_cpu() {
     let m = load_spec("zoo:multi").unwrap();
     let on_gpu = m.to_device(&gpu()).unwrap();
-    let tokens = reparam::run::calibration_tokens(&m, None).unwrap();
+    let tokens = reparam::calib::calibration_tokens(&m, None).unwrap();
     let ids = reparam::calib::calibration_ids(&tokens, 4, 64, 0).unwrap();
     let stats = |model: &Model| {
         let mut s = StatsCollector::new(None, true).statistics_only();
@@ -153,17 +153,17 @@ fn shiftadd_recipe() -> Recipe {
     .unwrap()
 }
 
-fn run_on(base: &Model, device: DeviceChoice, req: &RunRequest) -> RunReport {
-    let req = RunRequest {
+fn run_on(base: &Model, device: DeviceChoice, eval: &EvalSettings) -> RunReport {
+    let eval = EvalSettings {
         device,
-        ..req.clone()
+        ..eval.clone()
     };
-    run(base, &req, &mut |_, _, _| true).unwrap()
+    run(base, &shiftadd_recipe(), &eval, &mut |_, _, _| true).unwrap()
 }
 
 /// A shift-add run on the GPU stores what the CPU run stores: the same bytes and bits, a KLD
 /// within tolerance, and no latency (not measured on a GPU).
-fn check_shiftadd_run(base: &Model, req: &RunRequest) {
+fn check_shiftadd_run(base: &Model, req: &EvalSettings) {
     let c = run_on(base, DeviceChoice::Cpu, req);
     let g = run_on(base, DeviceChoice::Cuda(0), req);
     eprintln!(
@@ -191,8 +191,7 @@ fn check_shiftadd_run(base: &Model, req: &RunRequest) {
 #[test]
 fn zoo_shiftadd_run_matches_the_cpu() {
     let base = load_spec("zoo:multi").unwrap();
-    let req = RunRequest {
-        recipe: shiftadd_recipe(),
+    let req = EvalSettings {
         text: None,
         ctx: Some(128),
         chunks: Some(8),
@@ -210,8 +209,7 @@ fn zoo_shiftadd_run_matches_the_cpu() {
 #[test]
 fn smollm2_shiftadd_run_matches_the_cpu() {
     let Some(base) = smollm2() else { return };
-    let req = RunRequest {
-        recipe: shiftadd_recipe(),
+    let req = EvalSettings {
         text: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/text/licenses.txt").into()),
         ctx: Some(512),
         chunks: Some(4),
@@ -241,7 +239,7 @@ fn seconds(f: impl FnOnce()) -> f64 {
 fn measure_cpu_vs_gpu_on_smollm2() {
     let Some(cpu) = smollm2() else { return };
     let gpu_model = cpu.to_device(&gpu()).unwrap();
-    let calib_tokens = reparam::run::calibration_tokens(&cpu, None).unwrap();
+    let calib_tokens = reparam::calib::calibration_tokens(&cpu, None).unwrap();
     let ids = reparam::calib::calibration_ids(&calib_tokens, 32, 512, 0).unwrap();
     let eval_tokens = cpu.tokenizer.encode(&licenses(), true).unwrap();
     let opts = PerplexityOptions {
@@ -267,8 +265,7 @@ fn measure_cpu_vs_gpu_on_smollm2() {
         let eval_s = seconds(|| {
             eval(model);
         });
-        let req = RunRequest {
-            recipe: shiftadd_recipe(),
+        let req = EvalSettings {
             text: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/text/licenses.txt").into()),
             ctx: Some(512),
             chunks: Some(16),
@@ -277,7 +274,7 @@ fn measure_cpu_vs_gpu_on_smollm2() {
             task_prompts: 0,
             device: name.parse().unwrap(),
         };
-        let report = run(&cpu, &req, &mut |_, _, _| true).unwrap();
+        let report = run(&cpu, &shiftadd_recipe(), &req, &mut |_, _, _| true).unwrap();
         println!(
             "TIMING device={name} cpu_threads={threads} calib_stats_s={calib_s:.3} eval_ppl_kld_s={eval_s:.3} shiftadd3_compress_s={:.2} shiftadd3_kld={:.5}",
             report.compress_seconds, report.kld_mean

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use reparam::jobs::{EvalSettings, JobEventKind, JobRunner, JobSpec, Outcome};
+use reparam::jobs::{JobEventKind, JobRunner, JobSpec, Outcome};
+use reparam::run::EvalSettings;
 use reparam::store::{ExperimentRecord, Status, Store};
 use reparam::technique::recipe::Recipe;
 
@@ -758,7 +759,7 @@ fn packed_export_reloads_the_inference_forms_exactly() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let packed = model_dir.join(reparam::export::packed::PACKED_FILE);
+        let packed = model_dir.join(reparam::model::packed::PACKED_FILE);
         let head = std::fs::read(&packed).unwrap();
         let hash = run["recipe_hash"].as_str().unwrap();
         assert!(String::from_utf8_lossy(&head[..head.len().min(1 << 16)]).contains(hash));

@@ -49,7 +49,7 @@ fn harder_compression_is_more_sensitive_and_dense_is_zero() {
         ..LayerPlan::default()
     };
     let measure = |plan: BTreeMap<LinearId, LayerPlan>| {
-        let calib = reparam::run::calibration_tokens(&base, None).unwrap();
+        let calib = reparam::calib::calibration_tokens(&base, None).unwrap();
         layer_sensitivity(&base, &plan, &calib, &tokens, opts(), &mut |_, _, _| true).unwrap()
     };
     let hard = measure(BTreeMap::from([

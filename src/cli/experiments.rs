@@ -14,8 +14,9 @@ use polars::prelude::{col, lit};
 use crate::export::experiment::{
     ExportFormat, export_metadata, llama_quantize_types, reapply, recipe_toml, write_gguf, write_hf,
 };
-use crate::jobs::{EvalSettings, JobEventKind, JobRunner, JobSpec, ModelCache, execute};
+use crate::jobs::{JobEventKind, JobRunner, JobSpec, ModelCache, execute};
 use crate::progress::TermProgress;
+use crate::run::EvalSettings;
 use crate::store::query::{
     CompareReport, FrontReport, Objective, Selection, compare, front_from_store, plan_diff, select,
     select_records,

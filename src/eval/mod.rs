@@ -5,6 +5,8 @@ pub mod generate;
 pub mod latency;
 pub mod perplexity;
 pub mod tasks;
+pub mod text;
 
 pub use generate::generate_greedy;
 pub use perplexity::{KldReport, PerplexityOptions, PerplexityReport, perplexity};
+pub use text::{default_evaluation_text, evaluation_text};

@@ -4,7 +4,7 @@
 //!
 //! Every compressed form is written dense (f32 or f16) for other tools: shift-add, RPS and
 //! pruned layers are dequantized, which the file's metadata says. An HF directory also gets our
-//! own packed file (see [`super::packed`]) holding those layers in their inference forms, which
+//! own packed file (see [`crate::model::packed`]) holding those layers in their inference forms, which
 //! our loader reads back bit-exactly. The recipe hash, run id and model id go into the metadata
 //! of every file written.
 
@@ -23,7 +23,8 @@ use crate::store::ExperimentRecord;
 use crate::technique::recipe::{Plan, Quant, Recipe};
 use crate::technique::{CalibOptions, Progress, apply};
 
-use super::hf::{TokenizerFiles, save_hf_dir};
+use crate::model::packed;
+use crate::model::{TokenizerFiles, save_hf_dir};
 
 /// The model file formats `export --model` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +174,7 @@ pub fn reapply(
         _ => {}
     }
     let path = calib_text.map(Path::to_path_buf);
-    let tokens = crate::run::calibration_tokens(base, path.as_ref())?;
+    let tokens = crate::calib::calibration_tokens(base, path.as_ref())?;
     let ctx = PerplexityOptions::ctx_or_default(ctx, base.config().max_position_embeddings);
     let device: DeviceChoice = rec.device.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let on_device = base.to_device(&device.open().with_context(|| {
@@ -194,7 +195,7 @@ pub fn reapply(
 }
 
 /// Writes `t` (from `base`'s tokenizer) as an HF directory in `dtype`, plus
-/// [`super::packed::PACKED_FILE`] with every compressed linear in its inference form (which our
+/// [`packed::PACKED_FILE`] with every compressed linear in its inference form (which our
 /// loader prefers over the dense copy). Zoo models keep their zoo marker so the export evaluates
 /// on the same built-in text and tasks.
 pub fn write_hf(
@@ -216,11 +217,11 @@ pub fn write_hf(
     };
     save_hf_dir(t, &files, out, dtype, metadata)?;
     // The compressed linears once more, in their own inference forms (none: no file).
-    let packed = out.join(super::packed::PACKED_FILE);
+    let packed = out.join(packed::PACKED_FILE);
     if t.linear_ids()
         .any(|id| t.linear(id).is_some_and(|l| l.form() != "dense"))
     {
-        super::packed::write_packed(t, &packed, metadata)?;
+        packed::write_packed(t, &packed, metadata)?;
     } else if packed.is_file() {
         // A stale packed file from an earlier export into this directory would override the
         // dense weights just written.

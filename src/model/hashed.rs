@@ -26,12 +26,10 @@ const TILE_ROWS: usize = 16;
 /// and runs a GEMM (prefill); below, the tile kernel runs (decode). As for binary-coded layers.
 const GEMM_MIN_ROWS: usize = 8;
 
-/// splitmix64's finaliser: a bijective 64-bit mixer, identical on every platform.
-pub fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// One SplitMix64 step from `z`: the state advanced by the golden gamma, then mixed. The hash
+/// of every slot, sign and shift (stored models depend on it never changing).
+fn splitmix_step(z: u64) -> u64 {
+    crate::rng::mix64(z.wrapping_add(crate::rng::GAMMA))
 }
 
 /// Domain separators so slots, signs and chunk shifts draw independent streams from one seed.
@@ -63,7 +61,7 @@ impl Hasher {
 
     /// The sign word covering indices `64w .. 64w + 64`: one mix per 64 weights.
     fn sign_word(&self, w: u64) -> u64 {
-        mix64(self.seed ^ SIGN_DOMAIN.wrapping_mul(0x1000_0000_01b3) ^ mix64(w))
+        splitmix_step(self.seed ^ SIGN_DOMAIN.wrapping_mul(0x1000_0000_01b3) ^ splitmix_step(w))
     }
 
     /// `true` when weight `i` is stored negated.
@@ -73,7 +71,8 @@ impl Hasher {
 
     /// The cyclic shift of fold chunk `chunk`.
     fn shift(&self, chunk: usize) -> usize {
-        (mix64(self.seed ^ SHIFT_DOMAIN ^ mix64(chunk as u64)) % self.m as u64) as usize
+        (splitmix_step(self.seed ^ SHIFT_DOMAIN ^ splitmix_step(chunk as u64)) % self.m as u64)
+            as usize
     }
 
     /// The slot of weight `i`.
@@ -81,7 +80,8 @@ impl Hasher {
         match self.mapping {
             HashMapping::Fold => (self.shift(i / self.m) + i % self.m) % self.m,
             HashMapping::Uniform => {
-                (mix64(self.seed ^ SLOT_DOMAIN ^ mix64(i as u64)) % self.m as u64) as usize
+                (splitmix_step(self.seed ^ SLOT_DOMAIN ^ splitmix_step(i as u64)) % self.m as u64)
+                    as usize
             }
         }
     }
@@ -378,7 +378,7 @@ mod tests {
         let signs: Vec<bool> = (0..6).map(|i| h.negative(i)).collect();
         let u = Hasher::new(HashMapping::Uniform, 1, 100, 40);
         let uslots: Vec<usize> = (0..6).map(|i| u.slot(i)).collect();
-        assert_eq!(mix64(0), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(splitmix_step(0), 0xe220_a839_7b1d_cdaf);
         assert_eq!(
             (slots, signs, uslots),
             (

@@ -6,11 +6,13 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod hashed;
+pub mod hf_writer;
 pub mod kernels;
 pub mod linear;
 pub mod llama;
 pub mod names;
 pub mod nm;
+pub mod packed;
 pub mod safetensors;
 pub mod sparse;
 pub mod tokenizer;
@@ -23,6 +25,7 @@ use candle_core::{Device, Tensor};
 
 pub use config::{Architecture, LlamaConfig};
 pub use error::LoadError;
+pub use hf_writer::{TokenizerFiles, save_hf_dir};
 pub use linear::LinearWeight;
 pub use llama::{Block, ForwardHook, Kernels, KvCache, NoHook, Transformer};
 pub use names::{LinearId, LinearKind};
@@ -299,17 +302,12 @@ fn load_hf_dir(dir: &Path, progress: &mut dyn FnMut(LoadProgress)) -> Result<Mod
     let mut transformer = assemble(dir, config, tensors, false)?;
     // An export of a compressed run: its linears in their own inference forms replace the
     // dense copies (and count towards the model id, as the weights the model runs with).
-    let packed = dir.join(crate::export::packed::PACKED_FILE);
+    let packed = dir.join(packed::PACKED_FILE);
     if packed.is_file() {
-        crate::export::packed::apply_packed(&mut transformer, &packed)
+        packed::apply_packed(&mut transformer, &packed)
             .map_err(|e| LoadError::malformed(&packed, e))?;
         let bytes = std::fs::read(&packed).map_err(|e| LoadError::io(&packed, e))?;
-        hasher.add(
-            crate::export::packed::PACKED_FILE,
-            "packed",
-            &[bytes.len()],
-            &bytes,
-        );
+        hasher.add(packed::PACKED_FILE, "packed", &[bytes.len()], &bytes);
     }
     Ok(Model {
         name: file_stem(dir),

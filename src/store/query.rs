@@ -2,15 +2,11 @@
 //! lazy frame), Pareto fronts of chosen metrics with hypervolume and knee, and the comparison
 //! of two groups of runs. Front ends print these reports; nothing here prints.
 
-use std::collections::BTreeMap;
-
 use polars::prelude::*;
 use serde::Serialize;
 
 use super::pareto::{Sense, front, hypervolume, knee_point};
 use super::{ExperimentRecord, Status, Store, StoreError};
-use crate::model::Transformer;
-use crate::technique::recipe::{LayerPlan, Quant, Recipe};
 
 /// One `column op value` clause.
 #[derive(Debug, Clone, PartialEq)]
@@ -516,13 +512,7 @@ fn front_of(
     }
 }
 
-/// One layer whose plan differs between two runs.
-#[derive(Debug, Clone, Serialize)]
-pub struct LayerDiff {
-    pub layer: String,
-    pub a: String,
-    pub b: String,
-}
+pub use crate::technique::recipe::{LayerDiff, plan_diff};
 
 /// Two groups of runs side by side.
 #[derive(Debug, Clone, Serialize)]
@@ -603,58 +593,6 @@ pub fn compare(
         plan_diff: Vec::new(),
         plan_note: None,
     })
-}
-
-/// A short description of one layer's plan (`prune wanda 0.50 → shiftadd 3b`, `rps 4.0×`).
-pub fn describe_plan(p: &LayerPlan) -> String {
-    let mut parts = Vec::new();
-    if let Some(pr) = &p.prune {
-        parts.push(format!("prune {:?} {:.2}", pr.method, pr.sparsity()).to_lowercase());
-    }
-    match &p.quant {
-        Some(Quant::ShiftAdd(k)) => parts.push(format!("shiftadd {}b g{}", k.bits, k.group)),
-        Some(Quant::Rtn(k)) => parts.push(format!("rtn {}b g{}", k.bits, k.group)),
-        None => {}
-    }
-    if let Some(r) = &p.rps {
-        parts.push(format!("rps {:.1}x", r.ratio));
-    }
-    if parts.is_empty() {
-        "dense".into()
-    } else {
-        parts.join(" → ")
-    }
-}
-
-/// Layers whose plans differ between recipes `a` and `b`, both resolved against `model`.
-pub fn plan_diff(
-    model: &Transformer,
-    a: &Recipe,
-    b: &Recipe,
-) -> Result<Vec<LayerDiff>, crate::technique::recipe::RecipeError> {
-    let pa = a.resolve(model)?;
-    let pb = b.resolve(model)?;
-    let describe = |plan: &crate::technique::recipe::Plan| -> BTreeMap<String, String> {
-        plan.layers
-            .iter()
-            .map(|(id, (_, p))| (id.to_string(), describe_plan(p)))
-            .collect()
-    };
-    let (da, db) = (describe(&pa), describe(&pb));
-    let mut out = Vec::new();
-    for id in model.linear_ids() {
-        let name = id.to_string();
-        let x = da.get(&name).cloned().unwrap_or_else(|| "dense".into());
-        let y = db.get(&name).cloned().unwrap_or_else(|| "dense".into());
-        if x != y {
-            out.push(LayerDiff {
-                layer: name,
-                a: x,
-                b: y,
-            });
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

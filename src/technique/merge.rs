@@ -590,7 +590,7 @@ mod tests {
     use crate::model::LlamaConfig;
     use crate::model::config::Architecture;
     use crate::model::llama::{Block, Kernels};
-    use crate::zoo::corpus::Rng;
+    use crate::rng::Rng;
 
     fn config() -> LlamaConfig {
         LlamaConfig {

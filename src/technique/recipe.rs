@@ -686,6 +686,81 @@ impl Recipe {
     }
 }
 
+impl LayerPlan {
+    /// A short description (`prune wanda 0.50 → shiftadd 3b g128`, `rps 4.0x`, `dense`): the one
+    /// wording of a layer's plan in the CLI's diffs and sensitivity tables and in the app.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(pr) = &self.prune {
+            parts.push(format!("prune {:?} {:.2}", pr.method, pr.sparsity()).to_lowercase());
+        }
+        match &self.quant {
+            Some(Quant::ShiftAdd(k)) => parts.push(format!("shiftadd {}b g{}", k.bits, k.group)),
+            Some(Quant::Rtn(k)) => parts.push(format!("rtn {}b g{}", k.bits, k.group)),
+            None => {}
+        }
+        if let Some(r) = &self.rps {
+            parts.push(format!("rps {:.1}x", r.ratio));
+        }
+        if parts.is_empty() {
+            "dense".into()
+        } else {
+            parts.join(" → ")
+        }
+    }
+}
+
+/// One row where two recipes differ: a layer's plan, or (`model-level steps`) their merge and
+/// flatten steps.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerDiff {
+    pub layer: String,
+    pub a: String,
+    pub b: String,
+}
+
+/// Where recipes `a` and `b` differ, both resolved against `model`: their model-level steps
+/// first (when those differ), then every layer whose plan differs, in forward order. What
+/// `reparam compare` prints and the app's Compare view shows.
+pub fn plan_diff(
+    model: &Transformer,
+    a: &Recipe,
+    b: &Recipe,
+) -> Result<Vec<LayerDiff>, RecipeError> {
+    let steps = |r: &Recipe| {
+        format!(
+            "merge {:?} · flatten {:?}",
+            r.merge.as_ref().map(|m| (&m.models, m.method, m.alpha)),
+            r.flatten.as_ref().map(|f| &f.pairs)
+        )
+    };
+    let mut out = Vec::new();
+    if steps(a) != steps(b) {
+        out.push(LayerDiff {
+            layer: "model-level steps".into(),
+            a: steps(a),
+            b: steps(b),
+        });
+    }
+    let (pa, pb) = (a.resolve(model)?, b.resolve(model)?);
+    let describe = |plan: &Plan, id: &LinearId| {
+        plan.layers
+            .get(id)
+            .map_or_else(|| "dense".to_string(), |(_, p)| p.describe())
+    };
+    for id in model.linear_ids() {
+        let (x, y) = (describe(&pa, &id), describe(&pb, &id));
+        if x != y {
+            out.push(LayerDiff {
+                layer: id.to_string(),
+                a: x,
+                b: y,
+            });
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

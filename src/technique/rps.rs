@@ -209,7 +209,7 @@ pub fn model_rps_ratio(model: &Model) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::zoo::corpus::Rng;
+    use crate::rng::Rng;
 
     fn gaussian(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = Rng::new(seed);

@@ -18,14 +18,9 @@ use rayon::prelude::*;
 
 use crate::calib::{StatsCollector, calibration_ids, stats_source};
 use crate::model::{LinearId, Model, NoHook};
-use crate::store::query::describe_plan;
 
 use super::recipe::{LayerPlan, Recipe};
 use super::{CalibOptions, Progress, cancelled, compress_layer, layer_seed};
-
-/// The evaluation text used when none is given for a model that is not a zoo model: the
-/// bundled license texts (disjoint from the calibration text).
-const DEFAULT_EVAL_TEXT: &str = include_str!("../../assets/text/licenses.txt");
 
 /// How the pass measures.
 #[derive(Debug, Clone, Copy)]
@@ -140,11 +135,10 @@ pub fn eval_tokens(
     let owned;
     let text = match text {
         Some(t) => t,
-        None if crate::zoo::is_zoo_model(&base.path) => {
-            owned = crate::zoo::corpus::lang_eval_text(crate::zoo::LANG_EVAL_SENTENCES);
+        None => {
+            owned = crate::eval::default_evaluation_text(base);
             &owned
         }
-        None => DEFAULT_EVAL_TEXT,
     };
     let mut tokens = base.tokenizer.encode(text, true)?;
     tokens.truncate(max_tokens);
@@ -331,7 +325,7 @@ pub fn layer_sensitivity(
             layers.push(LayerSensitivity {
                 layer: id.to_string(),
                 id,
-                setting: describe_plan(layer),
+                setting: layer.describe(),
                 kld: mean_kld(&base_scored, &scored, vocab),
                 nll_delta: scored.nll_mean - base_scored.nll_mean,
                 base_bytes: weight.size_bytes(),
@@ -365,7 +359,7 @@ pub fn recipe_sensitivity(
 ) -> anyhow::Result<SensitivityReport> {
     let (plan, notes) = sensitivity_plan(base, recipe, fallback)?;
     let calib_tokens = if plan.values().any(LayerPlan::needs_stats) {
-        crate::run::calibration_tokens(base, calib_text)?
+        crate::calib::calibration_tokens(base, calib_text)?
     } else {
         Vec::new()
     };

@@ -145,7 +145,7 @@ pub fn thin_svd(a: &[f64], rows: usize, cols: usize) -> candle_core::Result<Thin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::zoo::corpus::Rng;
+    use crate::rng::Rng;
 
     fn random(n: usize, seed: u64) -> Vec<f64> {
         let mut rng = Rng::new(seed);

@@ -1,5 +1,7 @@
-//! What the panels ask for. Widgets never change app data directly: they push a [`Command`],
-//! and [`super::studio::Studio::apply`] applies the frame's commands once, after drawing.
+//! What the panels ask for. Changes to the recipe, the store, jobs and the open model go
+//! through a [`Command`], which [`super::studio::Studio::apply`] applies once per frame, after
+//! drawing (so they can be undone and scripted). View preferences (axes, filters, the job
+//! settings) are plain fields the widgets edit in place.
 
 use crate::jobs::JobId;
 use crate::model::LinearId;

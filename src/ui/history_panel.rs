@@ -3,8 +3,6 @@
 //! overlaid with their fronts and hypervolumes, and a per-layer diff of two runs' recipes with
 //! their metric deltas.
 
-use std::collections::BTreeMap;
-
 use eframe::egui;
 use egui_plot::{Legend, Line, Plot, Points};
 
@@ -12,12 +10,10 @@ use crate::store::pareto::Sense;
 use crate::store::query::Objective;
 
 use super::command::Command;
-use super::editor::quant_label;
 use super::history_query::query_rows;
 use super::pareto_panel::{filters_ui, run_actions_ui};
 use super::runs::{
-    RunFilter, RunTable, format_value, front_2d, maximize, metric_deltas, recipe_layer_diff,
-    steps_table,
+    RunFilter, RunTable, format_value, front_2d, maximize, metric_deltas, steps_table,
 };
 use super::shell::a11y_label;
 use super::studio::Studio;
@@ -506,45 +502,19 @@ fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
         });
 }
 
-/// Per-layer plans of two runs' recipes resolved against the open model (the model both were
-/// made for); without it, the rules are compared by pattern.
+/// Where two runs' recipes differ, resolved against the open model (the model both were made
+/// for): [`crate::technique::recipe::plan_diff`], the rows `reparam compare` prints.
 fn layer_diff(s: &Studio, ia: usize, ib: usize) -> Result<Vec<(String, String, String)>, String> {
     let ra = s.runs.rows[ia].recipe()?;
     let rb = s.runs.rows[ib].recipe()?;
-    let describe = |p: &crate::technique::recipe::LayerPlan| {
-        let mut parts = Vec::new();
-        if p.quant.is_some() {
-            parts.push(quant_label(&p.quant));
-        }
-        if let Some(k) = &p.prune {
-            parts.push(format!("prune {:.2} {:?}", k.sparsity(), k.method).to_lowercase());
-        }
-        if let Some(k) = &p.rps {
-            parts.push(format!("RPS ×{}", k.ratio));
-        }
-        parts.join(" + ")
-    };
-    let model = s
+    let Some(model) = s
         .model
         .as_ref()
-        .filter(|m| m.summary.id == s.runs.rows[ia].record.model_id);
-    let per_layer = |r: &crate::technique::recipe::Recipe| -> Result<BTreeMap<crate::model::LinearId, String>, String> {
-        let Some(m) = model else {
-            return Err("open the model these runs were made on to diff them per layer".into());
-        };
-        let plan = r.resolve(&m.model.transformer).map_err(|e| e.to_string())?;
-        Ok(plan.layers.iter().map(|(id, (_, p))| (*id, describe(p))).collect())
+        .filter(|m| m.summary.id == s.runs.rows[ia].record.model_id)
+    else {
+        return Err("open the model these runs were made on to diff them per layer".into());
     };
-    let mut rows = recipe_layer_diff(&per_layer(&ra)?, &per_layer(&rb)?);
-    let step = |r: &crate::technique::recipe::Recipe| {
-        format!(
-            "merge {:?} · flatten {:?}",
-            r.merge.as_ref().map(|m| (&m.models, m.method, m.alpha)),
-            r.flatten.as_ref().map(|f| &f.pairs)
-        )
-    };
-    if step(&ra) != step(&rb) {
-        rows.insert(0, ("model-level steps".into(), step(&ra), step(&rb)));
-    }
-    Ok(rows)
+    let rows = crate::technique::recipe::plan_diff(&model.model.transformer, &ra, &rb)
+        .map_err(|e| e.to_string())?;
+    Ok(rows.into_iter().map(|d| (d.layer, d.a, d.b)).collect())
 }

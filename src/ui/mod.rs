@@ -35,8 +35,8 @@ pub use app::{GuiOptions, run_gui};
 pub use studio::{Studio, StudioOptions};
 
 /// The job runner's evaluation settings from the app's preferences (0 windows = whole text).
-pub fn eval_settings(p: &state::EvalPrefs) -> crate::jobs::EvalSettings {
-    crate::jobs::EvalSettings {
+pub fn eval_settings(p: &state::EvalPrefs) -> crate::run::EvalSettings {
+    crate::run::EvalSettings {
         ctx: Some(p.ctx.max(8)),
         chunks: (p.chunks > 0).then_some(p.chunks),
         calib: crate::technique::CalibOptions {
@@ -45,6 +45,6 @@ pub fn eval_settings(p: &state::EvalPrefs) -> crate::jobs::EvalSettings {
         },
         task_prompts: p.task_prompts,
         device: p.device,
-        ..crate::jobs::EvalSettings::default()
+        ..crate::run::EvalSettings::default()
     }
 }

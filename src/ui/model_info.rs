@@ -97,8 +97,15 @@ fn form_name(w: &LinearWeight) -> String {
         LinearWeight::Dense { .. } => "dense f32".into(),
         LinearWeight::Rtn { bits, group, .. } => format!("RTN {bits}-bit g{group}"),
         LinearWeight::Bcq { packed, .. } => format!("shift-add {}-bit", packed.bits),
-        #[allow(unreachable_patterns)]
-        _ => "other".into(),
+        LinearWeight::Csr { csr, .. } => format!(
+            "CSR {:.0}% zero",
+            100.0 * (1.0 - csr.nnz() as f64 / (csr.rows * csr.cols).max(1) as f64)
+        ),
+        LinearWeight::Nm { packed, .. } => format!("{}:{} sparse", packed.n, packed.m),
+        LinearWeight::Hashed { hashed, .. } => format!(
+            "RPS ×{:.1}",
+            (hashed.rows * hashed.cols) as f64 / hashed.z.len().max(1) as f64
+        ),
     }
 }
 

@@ -2,7 +2,7 @@
 //! frame over 100 000 runs reads plain `Vec<f64>`s, plus filters, 2-D fronts and decimation for
 //! drawing. Built off the UI thread when the store is loaded. No egui here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::store::pareto::Sense;
 use crate::store::{ExperimentRecord, Status};
@@ -412,24 +412,6 @@ pub fn format_value(v: f64) -> String {
     } else {
         format!("{v:.4}")
     }
-}
-
-/// Per-layer differences of two recipes resolved against the same layer list: rows of
-/// `(layer, plan in A, plan in B)` where they differ.
-pub fn recipe_layer_diff(
-    a: &BTreeMap<crate::model::LinearId, String>,
-    b: &BTreeMap<crate::model::LinearId, String>,
-) -> Vec<(String, String, String)> {
-    let keys: BTreeSet<_> = a.keys().chain(b.keys()).collect();
-    keys.into_iter()
-        .filter_map(|k| {
-            let (va, vb) = (
-                a.get(k).cloned().unwrap_or_else(|| "—".into()),
-                b.get(k).cloned().unwrap_or_else(|| "—".into()),
-            );
-            (va != vb).then(|| (k.to_string(), va, vb))
-        })
-        .collect()
 }
 
 #[cfg(test)]

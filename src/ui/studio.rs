@@ -427,7 +427,7 @@ impl Studio {
         );
     }
 
-    fn eval_settings(prefs: &EvalPrefs) -> crate::jobs::EvalSettings {
+    fn eval_settings(prefs: &EvalPrefs) -> crate::run::EvalSettings {
         super::eval_settings(prefs)
     }
 

@@ -52,6 +52,7 @@
 //! whatever seeds are used.
 
 use super::tasks::{Sample, Task};
+use crate::rng::{Rng, mix64};
 
 /// Which side of the held-out split a sample belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,70 +87,8 @@ pub const REVERSE_WORDS: &[&str] = &[
 pub const LANG_EVAL_SEED: u64 = 0x1a9e_e7a1_2024_0002;
 
 // ---------------------------------------------------------------------------
-// RNG and hashing
+// Splits and streams
 // ---------------------------------------------------------------------------
-
-/// SplitMix64 finaliser: a cheap bijective mixer with good avalanche, used for
-/// both seeding and the split hash.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// Small deterministic PRNG (SplitMix64). Not cryptographic; chosen because it
-/// is tiny, has no bad seeds (0 is fine) and is identical on every platform.
-#[derive(Debug, Clone)]
-pub struct Rng {
-    state: u64,
-}
-
-impl Rng {
-    /// A generator whose whole output is determined by `seed`.
-    pub fn new(seed: u64) -> Self {
-        Rng { state: seed }
-    }
-
-    /// Next 64 uniformly distributed bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix64(self.state)
-    }
-
-    /// Uniform integer in `0..n`; returns 0 when `n == 0`.
-    ///
-    /// Uses the multiply-high trick; its bias is below 2^-40 for the tiny `n`
-    /// used here, which is irrelevant for corpus statistics.
-    pub fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
-
-    /// Uniform integer in `lo..=hi` (`lo` when `hi < lo`).
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi.saturating_sub(lo) + 1)
-    }
-
-    /// `true` with probability `p` (clamped to `[0, 1]` in effect).
-    pub fn chance(&mut self, p: f64) -> bool {
-        // 53 random bits give every representable f64 in [0, 1) a fair shot.
-        let u = (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-        u < p
-    }
-
-    /// A uniformly chosen element. Panics on an empty slice; every call site
-    /// passes a non-empty constant table.
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    /// Fisher-Yates shuffle in place.
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i + 1);
-            items.swap(i, j);
-        }
-    }
-}
 
 /// Split of a problem identified by `key` (a skill prompt or a lang sentence).
 ///

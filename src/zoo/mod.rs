@@ -19,8 +19,8 @@ use std::time::Instant;
 use anyhow::Context as _;
 use candle_core::DType;
 
-use crate::export::{TokenizerFiles, save_hf_dir};
 use crate::model::{Architecture, LlamaConfig, Transformer};
+use crate::model::{TokenizerFiles, save_hf_dir};
 use tasks::{Sample, Task};
 use train::{TokenStream, TrainOptions};
 

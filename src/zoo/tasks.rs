@@ -169,7 +169,7 @@ pub const EVAL_SEED: u64 = 0x5eed_e7a1_2024_0001;
 /// `n` (not the case for the current tasks at sane sizes) fewer samples are
 /// returned rather than looping forever.
 pub fn eval_set(task: Task, n: usize) -> Vec<Sample> {
-    let mut rng = corpus::Rng::new(corpus::stream_seed(EVAL_SEED, task, Split::Eval));
+    let mut rng = crate::rng::Rng::new(corpus::stream_seed(EVAL_SEED, task, Split::Eval));
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(n);
     // Each attempt succeeds with high probability; the cap only guards a

@@ -5,8 +5,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::Optimizer as _;
 use candle_nn::optim::{AdamW, ParamsAdamW};
 
-use super::corpus::Rng;
 use crate::model::{Block, Kernels, LinearWeight, LlamaConfig, NoHook, Transformer};
+use crate::rng::Rng;
 
 /// Optimisation settings of one training run.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -20,21 +20,6 @@ pub struct TrainOptions {
     pub seed: u64,
 }
 
-/// Gaussian samples from our seeded RNG (Box–Muller), so initialisation is reproducible.
-fn randn(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-        let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        let r = (-2.0 * u1.ln()).sqrt() * std;
-        let theta = 2.0 * std::f64::consts::PI * u2;
-        out.push((r * theta.cos()) as f32);
-        out.push((r * theta.sin()) as f32);
-    }
-    out.truncate(n);
-    out
-}
-
 /// A freshly initialised transformer (GPT-2 style: N(0, 0.02), residual projections scaled
 /// down by √(2·layers), unit norm gains); embeddings are tied.
 pub fn init_transformer(config: &LlamaConfig, seed: u64) -> candle_core::Result<Transformer> {
@@ -43,7 +28,7 @@ pub fn init_transformer(config: &LlamaConfig, seed: u64) -> candle_core::Result<
     let std = 0.02;
     let resid_std = std / (2.0 * config.num_layers as f64).sqrt();
     let mut mat = |rows: usize, cols: usize, s: f64| {
-        Tensor::from_vec(randn(&mut rng, rows * cols, s), (rows, cols), &dev)
+        Tensor::from_vec(rng.normals(rows * cols, s), (rows, cols), &dev)
     };
     let (d, ff, hd) = (
         config.hidden_size,

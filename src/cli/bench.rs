@@ -327,7 +327,7 @@ struct KernelRow {
 /// A reproducible `rows × cols` weight matrix (uniform in [-0.5, 0.5), seeded by the shape) and
 /// `batch` rows of activations in [-1, 1), the inputs every kernel benchmark measures on.
 fn bench_inputs(rows: usize, cols: usize, batch: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut rng = crate::zoo::corpus::Rng::new((rows * 31 + cols) as u64);
+    let mut rng = crate::rng::Rng::new((rows * 31 + cols) as u64);
     let w = (0..rows * cols)
         .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
         .collect();
