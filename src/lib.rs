@@ -7,6 +7,7 @@ pub mod device;
 pub mod eval;
 pub mod export;
 pub mod jobs;
+pub mod linalg;
 pub mod model;
 pub mod output;
 pub mod progress;

@@ -253,3 +253,49 @@ fn sensitivity_is_positive_and_grows_with_input_energy() {
     let b = sensitivity(layer, &louder).unwrap();
     assert!((b / a - 8.0).abs() < 1e-6, "{}", b / a);
 }
+
+/// The editor's byte estimate is the pipeline's: for every form, the bytes
+/// `estimated_layer_bytes` predicts from the plan alone equal what the compressed layer holds.
+#[test]
+fn byte_estimates_equal_the_compressed_sizes() {
+    let base = reparam::model::load_spec("zoo:multi").unwrap();
+    let tokens = reparam::calib::calibration_tokens(&base, None).unwrap();
+    let calib = CalibOptions {
+        samples: 2,
+        seq_len: 32,
+    };
+    let recipes = [
+        "[layers.shiftadd]\nbits = 3\nlayout = \"block\"\ngroup = 128\n",
+        "[layers.shiftadd]\nbits = 2\nlayout = \"column\"\ngroup = 0\nerror_feedback = false\n",
+        "[layers.shiftadd]\nbits = 4\nlayout = \"column\"\ngroup = 64\napot_terms = 1\nerror_feedback = false\n",
+        "[layers.rtn]\nbits = 4\ngroup = 32\n",
+        "[layers.rps]\nratio = 3.0\n",
+        "[layers.prune]\nmethod = \"nm\"\nn = 2\nm = 4\n",
+        "[layers.prune]\nmethod = \"wanda\"\nratio = 0.7\n",
+        "[layers.prune]\nmethod = \"magnitude\"\nratio = 0.8\n",
+        "[layers.prune]\nmethod = \"magnitude\"\nratio = 0.3\n",
+    ];
+    for body in recipes {
+        let text = format!("[[layers]]\nmatch = \"blk.*.*\"\n{body}");
+        let recipe = match Recipe::from_toml(&text) {
+            Ok(r) => r,
+            Err(e) => panic!("{body}: {e}"),
+        };
+        let plan = recipe.resolve(&base.transformer).unwrap();
+        let out = apply(&base, &recipe, &tokens, calib, &mut |_, _, _| true).unwrap();
+        for (id, (_, layer)) in &plan.layers {
+            let before = base.transformer.linear(*id).unwrap();
+            let after = out.model.transformer.linear(*id).unwrap();
+            let (rows, cols) = before.shape();
+            let bias = after.bias().map_or(0, |b| b.elem_count() * 4);
+            let estimate =
+                reparam::technique::estimated_layer_bytes(layer, rows, cols, before.size_bytes());
+            assert_eq!(
+                estimate,
+                after.size_bytes() - bias,
+                "{body}{id} ({rows}×{cols}, {})",
+                after.form()
+            );
+        }
+    }
+}

@@ -113,14 +113,15 @@ fn invalid_combinations_are_flagged_per_cell_and_the_estimate_tracks_bits() {
         bad.cell_errors[&q]
     );
     assert_eq!(bad.cell_errors.len(), 1, "only the edited layer is flagged");
-    // Taking the quantization away makes the RPS layer valid; its estimate is n/ratio slots.
+    // Taking the quantization away makes the RPS layer valid; its estimate is n/ratio f32
+    // slots plus the 8-byte seed the hashed form stores.
     ed.edit_cells(&[q], &CellEdit::Quant(None), &bad);
     let ok = ed.analyse(Some((&m.transformer, &s)));
     assert!(ok.is_valid(), "{:?}", ok.first_error());
     let l = s.linear(q).unwrap();
     assert_eq!(
         estimated_bytes(l, &ok.plan[&q].1),
-        l.weight_count().div_ceil(4) * 4
+        l.weight_count().div_ceil(4) * 4 + 8
     );
 }
 

@@ -200,7 +200,12 @@ impl HashedWeight {
     /// Bytes stored: the array plus the seed (the mapping kind, `m` and the shape are
     /// architecture, not data).
     pub fn size_bytes(&self) -> usize {
-        self.z.len() * 4 + 8
+        Self::size_for(self.z.len())
+    }
+
+    /// The bytes of an array of `slots` values.
+    pub fn size_for(slots: usize) -> usize {
+        slots * 4 + 8
     }
 
     /// Writes rows `r0..r0 + out.len() / cols` of the virtual matrix into `out`.

@@ -96,14 +96,18 @@ impl LinearWeight {
         let weight_bytes = match self {
             Self::Dense { weight, .. } => weight.elem_count() * weight.dtype().size_in_bytes(),
             Self::Bcq { packed, .. } => packed.size_bytes(),
-            Self::Rtn { bits, group, .. } => {
-                (rows * cols * bits).div_ceil(8) + rows * cols.div_ceil(*group) * 2 * 2
-            }
+            Self::Rtn { bits, group, .. } => Self::rtn_size_for(rows, cols, *bits, *group),
             Self::Csr { csr, .. } => csr.size_bytes(),
             Self::Nm { packed, .. } => packed.size_bytes(),
             Self::Hashed { hashed, .. } => hashed.size_bytes(),
         };
         weight_bytes + bias_bytes
+    }
+
+    /// The bytes an RTN layer stands for: `bits` per weight plus an f16 scale and zero per
+    /// `group` inputs of a row.
+    pub fn rtn_size_for(rows: usize, cols: usize, bits: usize, group: usize) -> usize {
+        (rows * cols * bits).div_ceil(8) + rows * cols.div_ceil(group.max(1)) * 2 * 2
     }
 
     /// Number of weights (bias excluded), for bits-per-weight figures.

@@ -165,6 +165,12 @@ impl NmPacked {
         self.values.len() * 4 + self.index.len()
     }
 
+    /// The bytes of a `rows × cols` matrix kept `n` in every `m` (`cols` a multiple of `m`).
+    pub fn size_for(rows: usize, cols: usize, n: usize, m: usize) -> usize {
+        let kept = cols / m.max(1) * n;
+        rows * (kept * 4 + kept.div_ceil(2))
+    }
+
     /// Visits `(column, value)` of every kept entry of row `r`.
     #[inline]
     fn for_row(&self, r: usize, mut f: impl FnMut(usize, f32)) {

@@ -624,7 +624,7 @@ mod tests {
             .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.3)
             .collect();
         for bits in [2, 3, 4, 8] {
-            let q = crate::quant::gptq::rtn_quantize(&w, rows, cols, bits, 32);
+            let q = crate::quant::rtn::rtn_quantize(&w, rows, cols, bits, 32);
             let (codes, table) = rtn_codes(&q, rows, cols, bits, 32).unwrap();
             let levels = 1 << bits;
             let groups = cols.div_ceil(32);

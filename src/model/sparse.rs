@@ -131,7 +131,12 @@ impl CsrMatrix {
 
     /// Exact bytes held: values, column indices and row starts.
     pub fn size_bytes(&self) -> usize {
-        self.values.len() * 4 + self.col.len() * 2 + self.row_start.len() * 4
+        Self::size_for(self.rows, self.values.len())
+    }
+
+    /// The bytes of a `rows`-row matrix with `nnz` stored values.
+    pub fn size_for(rows: usize, nnz: usize) -> usize {
+        nnz * (4 + 2) + (rows + 1) * 4
     }
 
     /// The row-major dense matrix.

@@ -21,6 +21,7 @@
 //! state is recovered exactly with the inverse of the tile's 8×8 diagonal block of `Ũ` (see
 //! `sweep`).
 
+use crate::linalg::{cholesky_lower, dot, upper_inverse};
 use rayon::prelude::*;
 
 use super::bcq::{self, BcqOptions, Codebook, MAX_BITS};
@@ -198,6 +199,12 @@ impl Geometry {
     fn n_sets(&self) -> usize {
         self.n_segs * self.n_row_groups
     }
+}
+
+/// Scale sets of a `rows × cols` matrix in `layout`: `(row groups, column groups)`.
+pub fn scale_sets(rows: usize, cols: usize, layout: ScaleLayout) -> (usize, usize) {
+    let g = Geometry::new(rows, cols, layout);
+    (g.n_row_groups, g.n_segs)
 }
 
 impl QuantizedMatrix {
@@ -396,98 +403,6 @@ pub fn inverse_factor_diag(h: &[f64], n: usize, damp: f64) -> Result<Vec<f64>, Q
     Ok((0..n)
         .map(|k| 1.0 / a[(n - 1 - k) * n + (n - 1 - k)])
         .collect())
-}
-
-/// In-place blocked lower Cholesky `A = LLᵀ` of a row-major `n × n` matrix (only the lower
-/// triangle is read and written). Returns the failing pivot index if `A` is not positive definite.
-pub(crate) fn cholesky_lower(a: &mut [f64], n: usize) -> Result<(), usize> {
-    const NB: usize = 64;
-    let mut panel: Vec<f64> = Vec::new();
-    for k0 in (0..n).step_by(NB) {
-        let k1 = (k0 + NB).min(n);
-        let nb = k1 - k0;
-        // Diagonal block (earlier columns were already subtracted by the trailing updates).
-        for i in k0..k1 {
-            for j in k0..=i {
-                let s = a[i * n + j] - dot(&a[i * n + k0..i * n + j], &a[j * n + k0..j * n + j]);
-                if i == j {
-                    if s <= 0.0 || !s.is_finite() {
-                        return Err(i);
-                    }
-                    a[i * n + i] = s.sqrt();
-                } else {
-                    a[i * n + j] = s / a[j * n + j];
-                }
-            }
-        }
-        if k1 == n {
-            break;
-        }
-        // Panel below the diagonal block: row-wise forward substitution, rows independent.
-        let (top, bottom) = a.split_at_mut(k1 * n);
-        let top: &[f64] = top;
-        bottom.par_chunks_mut(n).for_each(|row| {
-            for j in k0..k1 {
-                let s = row[j] - dot(&row[k0..j], &top[j * n + k0..j * n + j]);
-                row[j] = s / top[j * n + j];
-            }
-        });
-        // Pack the panel contiguously so the rank-nb trailing update reads it from cache.
-        let m = n - k1;
-        panel.clear();
-        panel.reserve(m * nb);
-        for i in k1..n {
-            panel.extend_from_slice(&a[i * n + k0..i * n + k1]);
-        }
-        let panel: &[f64] = &panel;
-        a[k1 * n..]
-            .par_chunks_mut(n)
-            .enumerate()
-            .for_each(|(ii, row)| {
-                let pi = &panel[ii * nb..(ii + 1) * nb];
-                for (jj, v) in row[k1..=k1 + ii].iter_mut().enumerate() {
-                    *v -= dot(pi, &panel[jj * nb..(jj + 1) * nb]);
-                }
-            });
-    }
-    Ok(())
-}
-
-/// Inverse of a small `m × m` upper-triangular matrix given by `u(t, j)` (t ≤ j), row-major.
-fn upper_inverse(m: usize, u: impl Fn(usize, usize) -> f64) -> Vec<f64> {
-    let mut z = vec![0.0f64; m * m];
-    // Column by column: U z_j = e_j solved by back substitution.
-    for j in 0..m {
-        for t in (0..=j).rev() {
-            let mut s = if t == j { 1.0 } else { 0.0 };
-            for l in t + 1..=j {
-                s -= u(t, l) * z[l * m + j];
-            }
-            z[t * m + j] = s / u(t, t);
-        }
-    }
-    z
-}
-
-/// Dot product with independent lanes so LLVM can vectorise it (a single f64 accumulator would
-/// force strict sequential order).
-#[inline]
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let tail: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f64>() + tail
 }
 
 /// `y += Σ_t c[t]·x[t]` for up to four source vectors at once (fewer loads/stores of `y`).
@@ -753,43 +668,11 @@ pub fn hessian_error(w: &[f32], wq: &[f32], rows: usize, cols: usize, h: &[f64])
         .sum()
 }
 
-/// Round-to-nearest baseline: asymmetric uniform quantization with one (scale, zero) pair per
-/// (row, run of `group` consecutive input columns), GPTQ style: the range is `[min(x,0),
-/// max(x,0)]`, `scale = range/(2^bits − 1)`, integer zero point, ties to even. `group == 0`
-/// means the whole row. Returns the dequantized matrix.
-///
-/// Storage: `bits + 2·16/group` bits per weight (an fp16 scale and an fp16-sized zero per group;
-/// e.g. 3.25 bits at 3 bits, group 128). `bits` is clamped to `1..=16`.
-///
-/// # Panics
-/// If `w.len() < rows·cols`.
-pub fn rtn_quantize(w: &[f32], rows: usize, cols: usize, bits: usize, group: usize) -> Vec<f32> {
-    let maxq = ((1u32 << bits.clamp(1, 16)) - 1) as f32;
-    let group = if group == 0 { cols.max(1) } else { group };
-    let mut out = w[..rows * cols].to_vec();
-    out.par_chunks_mut(cols.max(1)).for_each(|row| {
-        for chunk in row.chunks_mut(group) {
-            let lo = chunk.iter().fold(0.0f32, |m, &x| m.min(x));
-            let hi = chunk.iter().fold(0.0f32, |m, &x| m.max(x));
-            let scale = (hi - lo) / maxq;
-            if scale <= 0.0 || !scale.is_finite() {
-                // All-zero group: zero reproduces it exactly.
-                continue;
-            }
-            let zero = (-lo / scale).round_ties_even();
-            for x in chunk.iter_mut() {
-                let q = ((*x / scale).round_ties_even() + zero).clamp(0.0, maxq);
-                *x = scale * (q - zero);
-            }
-        }
-    });
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::super::bcq::test_rng::Rng;
+    use super::super::rtn::rtn_quantize;
     use super::*;
 
     /// Synthetic calibration activations (tokens × cols) with correlated channels and a few

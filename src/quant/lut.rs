@@ -283,6 +283,22 @@ impl BcqPacked {
         self.planes.len() + self.scales.size_bytes()
     }
 
+    /// The bytes [`Self::size_bytes`] reports for a `rows × cols` matrix of `bits` planes in
+    /// `layout`, computed without quantizing: planes padded to whole row blocks, one scale per
+    /// plane and set, as 16-bit APoT codes (`apot`) or `f32`.
+    pub fn size_for(
+        rows: usize,
+        cols: usize,
+        bits: usize,
+        layout: ScaleLayout,
+        apot: bool,
+    ) -> usize {
+        let planes = rows.div_ceil(ROW_BLOCK) * ROW_BLOCK * bits * cols.div_ceil(CHUNK);
+        let (row_groups, col_groups) = super::gptq::scale_sets(rows, cols, layout);
+        let scales = row_groups * col_groups * bits;
+        planes + if apot { 2 * scales + 1 } else { 4 * scales }
+    }
+
     /// Dense `rows × cols` reconstruction from the packed form, bit-identical to
     /// [`QuantizedMatrix::dequantize`] (same [`super::bcq::codeword`] summation order).
     pub fn dequantize(&self) -> Vec<f32> {

@@ -8,3 +8,4 @@ pub mod apot;
 pub mod bcq;
 pub mod gptq;
 pub mod lut;
+pub mod rtn;

@@ -15,8 +15,8 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::calib::calibration_ids;
+use crate::linalg::cholesky_lower;
 use crate::model::{Block, ForwardHook, LinearId, LinearKind, LinearWeight, Model, Transformer};
-use crate::quant::gptq::cholesky_lower;
 use crate::technique::recipe::{FlattenMethod, FlattenStep};
 use crate::technique::{CalibOptions, Progress};
 

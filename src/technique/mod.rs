@@ -271,7 +271,7 @@ fn quantize_embedding(model: &mut Model, step: &recipe::EmbeddingStep) -> anyhow
         .to_dtype(candle_core::DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
-    let q = crate::quant::gptq::rtn_quantize(&w, rows, cols, step.bits, cols);
+    let q = crate::quant::rtn::rtn_quantize(&w, rows, cols, step.bits, cols);
     let dq = candle_core::Tensor::from_vec(q, (rows, cols), t.token_embd.device())?;
     t.token_embd = dq.clone();
     t.output = LinearWeight::Rtn {
@@ -300,6 +300,58 @@ pub(crate) fn layer_seed(id: LinearId) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&h.as_bytes()[..8]);
     u64::from_le_bytes(b)
+}
+
+/// The bytes a `rows × cols` linear holds after [`compress_layer`] with `plan` (bias
+/// excluded; `dense_bytes` is its size untouched), without compressing it: what the editor's
+/// estimate shows. Exact for every form but unstructured pruning, which counts the weights the
+/// ratio zeroes and not those that were zero already.
+pub fn estimated_layer_bytes(
+    plan: &LayerPlan,
+    rows: usize,
+    cols: usize,
+    dense_bytes: usize,
+) -> usize {
+    use crate::model::hashed::HashedWeight;
+    use crate::model::nm::NmPacked;
+    use crate::model::sparse::{CSR_MAX_DENSITY, CsrMatrix};
+    use crate::quant::lut::BcqPacked;
+    use recipe::{PruneMethod, Quant, SparseForm};
+    let n = rows * cols;
+    if let Some(r) = &plan.rps {
+        return HashedWeight::size_for(rps::slots_for(n, r.ratio));
+    }
+    match &plan.quant {
+        Some(Quant::ShiftAdd(k)) => {
+            let apot = (1..=crate::quant::apot::CODE_TERMS).contains(&k.apot_terms);
+            return BcqPacked::size_for(rows, cols, k.bits, shiftadd::scale_layout(k), apot);
+        }
+        Some(Quant::Rtn(k)) => return LinearWeight::rtn_size_for(rows, cols, k.bits, k.group),
+        None => {}
+    }
+    let Some(p) = &plan.prune else {
+        return dense_bytes;
+    };
+    if p.method == PruneMethod::Nm && p.m <= 16 {
+        return NmPacked::size_for(rows, cols, p.n, p.m);
+    }
+    // Magnitude zeroes the lowest floor(n·ratio) of the matrix, Wanda floor(cols·ratio) a row.
+    let zeroed = match p.method {
+        PruneMethod::Wanda => rows * (cols as f64 * p.ratio).floor() as usize,
+        _ => (n as f64 * p.ratio).floor() as usize,
+    };
+    let kept = n - zeroed.min(n);
+    let density = kept as f64 / n.max(1) as f64;
+    let csr = match p.form {
+        SparseForm::Auto => density <= CSR_MAX_DENSITY,
+        SparseForm::Csr => true,
+        SparseForm::Dense => false,
+    };
+    if csr && p.ratio > 0.0 {
+        CsrMatrix::size_for(rows, kept)
+    } else {
+        dense_bytes
+    }
 }
 
 /// One linear through its plan: RPS alone, or prune then quantize. The techniques build their

@@ -8,10 +8,9 @@ use std::sync::Arc;
 use crate::calib::InputStats;
 use crate::model::LinearWeight;
 use crate::quant::bcq::BcqOptions;
-use crate::quant::gptq::{
-    ScaleLayout, SweepOptions, inverse_factor_diag, quantize_matrix, rtn_quantize,
-};
+use crate::quant::gptq::{ScaleLayout, SweepOptions, inverse_factor_diag, quantize_matrix};
 use crate::quant::lut::BcqPacked;
+use crate::quant::rtn::rtn_quantize;
 use crate::technique::recipe::{Quant, ScaleLayoutKnob, ShiftAddKnobs};
 
 /// Diagonal damping of the calibration Hessian, as a fraction of its mean diagonal (GPTQ's 1 %).
@@ -25,6 +24,16 @@ fn dense_f32(weight: &LinearWeight) -> anyhow::Result<(Vec<f32>, usize, usize)> 
     Ok((w, rows, cols))
 }
 
+/// The packed scale layout the knobs ask for.
+pub fn scale_layout(k: &ShiftAddKnobs) -> ScaleLayout {
+    match k.layout {
+        ScaleLayoutKnob::Block => ScaleLayout::Block { group: k.group },
+        ScaleLayoutKnob::Column => ScaleLayout::Column {
+            group_rows: k.group,
+        },
+    }
+}
+
 fn sweep_options(k: &ShiftAddKnobs) -> SweepOptions {
     SweepOptions {
         bcq: BcqOptions {
@@ -32,12 +41,7 @@ fn sweep_options(k: &ShiftAddKnobs) -> SweepOptions {
             rounds: k.rounds,
             apot_terms: k.apot_terms,
         },
-        layout: match k.layout {
-            ScaleLayoutKnob::Block => ScaleLayout::Block { group: k.group },
-            ScaleLayoutKnob::Column => ScaleLayout::Column {
-                group_rows: k.group,
-            },
-        },
+        layout: scale_layout(k),
         error_feedback: k.error_feedback,
         damp: DAMP,
         act_order: k.act_order,

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::model::{LinearId, Transformer};
 use crate::technique::recipe::{
     FlattenStep, LayerPlan, LayerRule, MergeStep, PruneKnobs, Quant, Recipe, RpsKnobs,
-    ScaleLayoutKnob, ShiftAddKnobs,
+    ShiftAddKnobs,
 };
 
 use super::model_info::{LinearInfo, ModelSummary};
@@ -81,35 +81,10 @@ pub struct Estimate {
     pub removed_blocks: usize,
 }
 
-/// Bytes of one linear under `plan` (exact for shift-add and RTN up to row padding; RPS keeps
-/// `ceil(n / ratio)` f32 slots; pruning alone is counted dense because its sparse storage is
-/// the pruning family's to define).
+/// Bytes of one linear under `plan`: the pipeline's own estimate
+/// ([`crate::technique::estimated_layer_bytes`]), bias excluded as in the plan.
 pub fn estimated_bytes(l: &LinearInfo, plan: &LayerPlan) -> usize {
-    let (rows, cols) = (l.rows, l.cols);
-    let n = rows * cols;
-    if let Some(r) = &plan.rps {
-        return ((n as f64 / r.ratio.max(1.0)).ceil() as usize) * 4;
-    }
-    match &plan.quant {
-        Some(Quant::ShiftAdd(k)) => {
-            let sets = match k.layout {
-                ScaleLayoutKnob::Block if k.group == 0 => cols.div_ceil(8),
-                ScaleLayoutKnob::Block => n.div_ceil(k.group),
-                ScaleLayoutKnob::Column if k.group == 0 => cols,
-                ScaleLayoutKnob::Column => cols * rows.div_ceil(k.group),
-            };
-            // 16-bit APoT codes plus a base byte when every scale is a short APoT sum (the
-            // packed form's `Scales::Apot`), f32 for float scales.
-            let scale_bytes = if (1..=crate::quant::apot::CODE_TERMS).contains(&k.apot_terms) {
-                sets * k.bits * 2 + 1
-            } else {
-                sets * k.bits * 4
-            };
-            (n * k.bits).div_ceil(8) + scale_bytes
-        }
-        Some(Quant::Rtn(k)) => (n * k.bits).div_ceil(8) + rows * cols.div_ceil(k.group.max(1)) * 4,
-        None => l.size_bytes,
-    }
+    crate::technique::estimated_layer_bytes(plan, l.rows, l.cols, l.size_bytes)
 }
 
 /// The recipe being edited, with its history.

@@ -1,0 +1,36 @@
+//! The round-to-nearest baseline quantizer (what RTN layers and the `[embedding]` step hold).
+
+use rayon::prelude::*;
+
+/// Round-to-nearest baseline: asymmetric uniform quantization with one (scale, zero) pair per
+/// (row, run of `group` consecutive input columns), GPTQ style: the range is `[min(x,0),
+/// max(x,0)]`, `scale = range/(2^bits − 1)`, integer zero point, ties to even. `group == 0`
+/// means the whole row. Returns the dequantized matrix.
+///
+/// Storage: `bits + 2·16/group` bits per weight (an fp16 scale and an fp16-sized zero per group;
+/// e.g. 3.25 bits at 3 bits, group 128). `bits` is clamped to `1..=16`.
+///
+/// # Panics
+/// If `w.len() < rows·cols`.
+pub fn rtn_quantize(w: &[f32], rows: usize, cols: usize, bits: usize, group: usize) -> Vec<f32> {
+    let maxq = ((1u32 << bits.clamp(1, 16)) - 1) as f32;
+    let group = if group == 0 { cols.max(1) } else { group };
+    let mut out = w[..rows * cols].to_vec();
+    out.par_chunks_mut(cols.max(1)).for_each(|row| {
+        for chunk in row.chunks_mut(group) {
+            let lo = chunk.iter().fold(0.0f32, |m, &x| m.min(x));
+            let hi = chunk.iter().fold(0.0f32, |m, &x| m.max(x));
+            let scale = (hi - lo) / maxq;
+            if scale <= 0.0 || !scale.is_finite() {
+                // All-zero group: zero reproduces it exactly.
+                continue;
+            }
+            let zero = (-lo / scale).round_ties_even();
+            for x in chunk.iter_mut() {
+                let q = ((*x / scale).round_ties_even() + zero).clamp(0.0, maxq);
+                *x = scale * (q - zero);
+            }
+        }
+    });
+    out
+}
