@@ -25,7 +25,6 @@
 //! `model.safetensors` (exact when exported with `--dtype f32`, the default).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -41,27 +40,19 @@ use crate::quant::apot::ScaleCodes;
 use crate::quant::gptq::ScaleLayout;
 use crate::quant::lut::{BcqPacked, Scales};
 
+use super::safetensors::{RawTensor as Part, SafeTensorsFile, StDType, write_raw};
+
 /// The packed file's name inside an exported directory.
 pub const PACKED_FILE: &str = "reparam-packed.safetensors";
 /// `reparam.packed.format` in the metadata.
 const FORMAT_TAG: &str = "reparam-packed";
 /// The version this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
-/// Header limit, as for model files.
-const MAX_HEADER: u64 = 100 << 20;
-
-/// One named payload: dtype name, shape, bytes.
-struct Part {
-    name: String,
-    dtype: &'static str,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
 
 fn f32_part(name: String, v: &[f32]) -> Part {
     Part {
         name,
-        dtype: "F32",
+        dtype: StDType::F32,
         shape: vec![v.len()],
         bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
     }
@@ -70,7 +61,7 @@ fn f32_part(name: String, v: &[f32]) -> Part {
 fn u16_part(name: String, v: &[u16]) -> Part {
     Part {
         name,
-        dtype: "U16",
+        dtype: StDType::U16,
         shape: vec![v.len()],
         bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
     }
@@ -79,7 +70,7 @@ fn u16_part(name: String, v: &[u16]) -> Part {
 fn u8_part(name: String, v: &[u8]) -> Part {
     Part {
         name,
-        dtype: "U8",
+        dtype: StDType::U8,
         shape: vec![v.len()],
         bytes: v.to_vec(),
     }
@@ -193,13 +184,13 @@ fn layer_parts(id: &str, lw: &LinearWeight) -> anyhow::Result<Option<(Value, Vec
                 vec![
                     Part {
                         name: p("row_start"),
-                        dtype: "U32",
+                        dtype: StDType::U32,
                         shape: vec![starts.len()],
                         bytes: starts.iter().flat_map(|x| x.to_le_bytes()).collect(),
                     },
                     Part {
                         name: p("col"),
-                        dtype: "U16",
+                        dtype: StDType::U16,
                         shape: vec![col.len()],
                         bytes: col.iter().flat_map(|x| x.to_le_bytes()).collect(),
                     },
@@ -265,26 +256,7 @@ pub fn write_packed(
         "reparam.packed.layers".into(),
         Value::Object(layers.clone()).to_string(),
     );
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::to_value(&meta)?);
-    let mut offset = 0u64;
-    for part in &parts {
-        let end = offset + part.bytes.len() as u64;
-        header.insert(
-            part.name.clone(),
-            json!({"dtype": part.dtype, "shape": part.shape, "data_offsets": [offset, end]}),
-        );
-        offset = end;
-    }
-    let mut head = serde_json::to_vec(&header)?;
-    head.resize(head.len().div_ceil(8) * 8, b' ');
-    let mut bytes = Vec::with_capacity(8 + head.len() + offset as usize);
-    bytes.extend_from_slice(&(head.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&head);
-    for part in &parts {
-        bytes.extend_from_slice(&part.bytes);
-    }
-    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    write_raw(path, &parts, &meta).with_context(|| format!("writing {}", path.display()))?;
     Ok(layers.len())
 }
 
@@ -292,32 +264,12 @@ pub fn write_packed(
 struct PackedFile {
     meta: BTreeMap<String, String>,
     layers: serde_json::Map<String, Value>,
-    payloads: BTreeMap<String, (String, Vec<u8>)>,
+    payloads: BTreeMap<String, (StDType, Vec<u8>)>,
 }
 
 fn read_packed(path: &Path) -> Result<PackedFile, String> {
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n)
-        .map_err(|_| format!("truncated: {len} bytes, no header length"))?;
-    let head_len = u64::from_le_bytes(n);
-    if head_len > MAX_HEADER || 8 + head_len > len {
-        return Err(format!(
-            "truncated or not a packed file: header claims {head_len} bytes, the file has {len}"
-        ));
-    }
-    let mut head = vec![0u8; head_len as usize];
-    f.read_exact(&mut head).map_err(|e| e.to_string())?;
-    let header: serde_json::Map<String, Value> =
-        serde_json::from_slice(&head).map_err(|e| format!("JSON header: {e}"))?;
-    let meta: BTreeMap<String, String> = header
-        .get("__metadata__")
-        .cloned()
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(|e| format!("__metadata__: {e}"))?
-        .unwrap_or_default();
+    let file = SafeTensorsFile::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata.clone();
     if meta.get("reparam.packed.format").map(String::as_str) != Some(FORMAT_TAG) {
         return Err("not a reparam packed file (no `reparam.packed.format` tag)".into());
     }
@@ -337,30 +289,13 @@ fn read_packed(path: &Path) -> Result<PackedFile, String> {
         Some(Ok(Value::Object(m))) => m,
         _ => return Err("`reparam.packed.layers` is missing or not a JSON object".into()),
     };
-    let data_start = 8 + head_len;
+    let mut reader = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut payloads = BTreeMap::new();
-    for (name, info) in &header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype = info["dtype"].as_str().unwrap_or_default().to_string();
-        let (Some(a), Some(b)) = (
-            info["data_offsets"][0].as_u64(),
-            info["data_offsets"][1].as_u64(),
-        ) else {
-            return Err(format!("tensor `{name}` has no data offsets"));
-        };
-        if a > b || data_start + b > len {
-            return Err(format!(
-                "tensor `{name}` runs past the end of the file (truncated: needs {} bytes, has {len})",
-                data_start + b
-            ));
-        }
-        let mut bytes = vec![0u8; (b - a) as usize];
-        f.seek(SeekFrom::Start(data_start + a))
-            .and_then(|_| f.read_exact(&mut bytes))
+    for (name, info) in &file.tensors {
+        let bytes = file
+            .read_raw(&mut reader, info)
             .map_err(|e| format!("tensor `{name}`: {e}"))?;
-        payloads.insert(name.clone(), (dtype, bytes));
+        payloads.insert(name.clone(), (info.dtype, bytes));
     }
     Ok(PackedFile {
         meta,
@@ -370,32 +305,36 @@ fn read_packed(path: &Path) -> Result<PackedFile, String> {
 }
 
 impl PackedFile {
-    fn raw(&self, name: &str, dtype: &str, elem: usize) -> Result<&[u8], String> {
+    fn raw(&self, name: &str, dtype: StDType) -> Result<&[u8], String> {
         let (dt, bytes) = self
             .payloads
             .get(name)
             .ok_or_else(|| format!("tensor `{name}` is missing"))?;
-        if dt != dtype || bytes.len() % elem != 0 {
-            return Err(format!("tensor `{name}` is {dt}, expected {dtype}"));
+        if *dt != dtype || bytes.len() % dtype.size_in_bytes() != 0 {
+            return Err(format!(
+                "tensor `{name}` is {}, expected {}",
+                dt.name(),
+                dtype.name()
+            ));
         }
         Ok(bytes)
     }
     fn f32s(&self, name: &str) -> Result<Vec<f32>, String> {
         Ok(self
-            .raw(name, "F32", 4)?
+            .raw(name, StDType::F32)?
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect())
     }
     fn u16s(&self, name: &str) -> Result<Vec<u16>, String> {
         Ok(self
-            .raw(name, "U16", 2)?
+            .raw(name, StDType::U16)?
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect())
     }
     fn u8s(&self, name: &str) -> Result<Vec<u8>, String> {
-        Ok(self.raw(name, "U8", 1)?.to_vec())
+        Ok(self.raw(name, StDType::U8)?.to_vec())
     }
 }
 
@@ -510,12 +449,12 @@ fn layer_from(file: &PackedFile, id: &str, info: &Value) -> Result<LinearWeight,
         }
         "csr" => {
             let starts: Vec<u32> = file
-                .raw(&p("row_start"), "U32", 4)?
+                .raw(&p("row_start"), StDType::U32)?
                 .chunks_exact(4)
                 .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
             let col: Vec<u16> = file
-                .raw(&p("col"), "U16", 2)?
+                .raw(&p("col"), StDType::U16)?
                 .chunks_exact(2)
                 .map(|c| u16::from_le_bytes([c[0], c[1]]))
                 .collect();

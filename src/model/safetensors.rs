@@ -1,4 +1,5 @@
-//! A bounds-checked reader and a writer for the safetensors format (HF checkpoints).
+//! The one bounds-checked reader and writer of the safetensors format, for HF checkpoints and
+//! our packed file (whose integer payloads are why the dtypes go beyond candle's).
 //!
 //! Like the GGUF reader, this parses the header itself so that a header whose offsets run past
 //! the end of the file is a clear error, and it reads one tensor at a time so loading never
@@ -24,10 +25,79 @@ struct RawInfo {
     data_offsets: (u64, u64),
 }
 
+/// The payload types this project reads and writes: floats for weights, unsigned integers
+/// for the packed file's codes and indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StDType {
+    F64,
+    F32,
+    F16,
+    BF16,
+    U32,
+    U16,
+    U8,
+}
+
+impl StDType {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "F64" => Self::F64,
+            "F32" => Self::F32,
+            "F16" => Self::F16,
+            "BF16" => Self::BF16,
+            "U32" => Self::U32,
+            "U16" => Self::U16,
+            "U8" => Self::U8,
+            _ => return None,
+        })
+    }
+
+    /// The name in a header (`F32`, `U16`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F64 => "F64",
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::BF16 => "BF16",
+            Self::U32 => "U32",
+            Self::U16 => "U16",
+            Self::U8 => "U8",
+        }
+    }
+
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            Self::F64 => 8,
+            Self::F32 | Self::U32 => 4,
+            Self::F16 | Self::BF16 | Self::U16 => 2,
+            Self::U8 => 1,
+        }
+    }
+
+    /// The float type a weight of this payload type loads as; `None` for integer payloads.
+    fn float(self) -> Option<DType> {
+        match self {
+            Self::F64 => Some(DType::F64),
+            Self::F32 => Some(DType::F32),
+            Self::F16 => Some(DType::F16),
+            Self::BF16 => Some(DType::BF16),
+            Self::U32 | Self::U16 | Self::U8 => None,
+        }
+    }
+}
+
+/// One tensor to write: its name, payload type, shape and little-endian bytes.
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: StDType,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
 /// Where one tensor lives in a safetensors file.
 #[derive(Debug, Clone)]
 pub struct SafeTensorInfo {
-    pub dtype: DType,
+    pub dtype: StDType,
     pub shape: Vec<usize>,
     /// Absolute byte offset of the payload.
     pub offset: u64,
@@ -40,25 +110,6 @@ pub struct SafeTensorsFile {
     pub path: PathBuf,
     pub tensors: BTreeMap<String, SafeTensorInfo>,
     pub metadata: BTreeMap<String, String>,
-}
-
-fn dtype_from_name(name: &str) -> Option<DType> {
-    Some(match name {
-        "F32" => DType::F32,
-        "F16" => DType::F16,
-        "BF16" => DType::BF16,
-        "F64" => DType::F64,
-        _ => return None,
-    })
-}
-
-fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F16 => "F16",
-        DType::BF16 => "BF16",
-        DType::F64 => "F64",
-        _ => "F32",
-    }
 }
 
 impl SafeTensorsFile {
@@ -103,12 +154,11 @@ impl SafeTensorsFile {
             }
             let info: RawInfo = serde_json::from_value(value)
                 .map_err(|e| LoadError::malformed(path, format!("tensor `{name}`: {e}")))?;
-            let dtype =
-                dtype_from_name(&info.dtype).ok_or_else(|| LoadError::UnsupportedDType {
-                    path: path.to_path_buf(),
-                    name: name.clone(),
-                    dtype: info.dtype.clone(),
-                })?;
+            let dtype = StDType::parse(&info.dtype).ok_or_else(|| LoadError::UnsupportedDType {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                dtype: info.dtype.clone(),
+            })?;
             let (start, end) = info.data_offsets;
             let elems = info
                 .shape
@@ -153,14 +203,21 @@ impl SafeTensorsFile {
         Ok(buf)
     }
 
-    /// Turns raw bytes into an f32 tensor.
+    /// Turns raw bytes into an f32 tensor (a weight: float payloads only).
     pub fn to_f32(
         &self,
         name: &str,
         info: &SafeTensorInfo,
         raw: &[u8],
     ) -> Result<Tensor, LoadError> {
-        Tensor::from_raw_buffer(raw, info.dtype, &info.shape, &Device::Cpu)
+        let Some(dtype) = info.dtype.float() else {
+            return Err(LoadError::UnsupportedDType {
+                path: self.path.clone(),
+                name: name.to_string(),
+                dtype: info.dtype.name().to_string(),
+            });
+        };
+        Tensor::from_raw_buffer(raw, dtype, &info.shape, &Device::Cpu)
             .and_then(|t| t.to_dtype(DType::F32))
             .map_err(|e| LoadError::candle(&self.path, format!("tensor `{name}`"), e))
     }
@@ -172,26 +229,49 @@ pub fn write_safetensors(
     tensors: &[(String, Tensor)],
     metadata: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
+    let raw = tensors
+        .iter()
+        .map(|(name, t)| {
+            let t = t.contiguous()?;
+            let dtype = match t.dtype() {
+                DType::F16 => StDType::F16,
+                DType::BF16 => StDType::BF16,
+                DType::F64 => StDType::F64,
+                _ => StDType::F32,
+            };
+            Ok(RawTensor {
+                name: name.clone(),
+                dtype,
+                shape: t.dims().to_vec(),
+                bytes: tensor_bytes(&t)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    write_raw(path, &raw, metadata)
+}
+
+/// Writes raw payloads (in the given order) and string metadata as one safetensors file.
+pub fn write_raw(
+    path: &Path,
+    tensors: &[RawTensor],
+    metadata: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
     }
-    let mut payloads = Vec::with_capacity(tensors.len());
     let mut offset = 0u64;
-    for (name, t) in tensors {
-        let t = t.contiguous()?;
-        let bytes = tensor_bytes(&t)?;
-        let end = offset + bytes.len() as u64;
+    for t in tensors {
+        let end = offset + t.bytes.len() as u64;
         header.insert(
-            name.clone(),
+            t.name.clone(),
             serde_json::json!({
-                "dtype": dtype_name(t.dtype()),
-                "shape": t.dims(),
+                "dtype": t.dtype.name(),
+                "shape": t.shape,
                 "data_offsets": [offset, end],
             }),
         );
         offset = end;
-        payloads.push(bytes);
     }
     let mut header = serde_json::to_vec(&header)?;
     // Keep the payload 8-byte aligned, as the reference implementation does.
@@ -199,8 +279,8 @@ pub fn write_safetensors(
     let mut file = std::io::BufWriter::new(File::create(path)?);
     file.write_all(&(header.len() as u64).to_le_bytes())?;
     file.write_all(&header)?;
-    for p in payloads {
-        file.write_all(&p)?;
+    for t in tensors {
+        file.write_all(&t.bytes)?;
     }
     file.flush()?;
     Ok(())
