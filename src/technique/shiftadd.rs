@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::calib::InputStats;
 use crate::model::LinearWeight;
 use crate::quant::bcq::BcqOptions;
-use crate::quant::gptq::{ScaleLayout, SweepOptions, inverse_factor_diag, quantize_matrix};
+use crate::quant::gptq::{ScaleLayout, SweepOptions, inverse_factor_diag, quantize_matrix_on};
 use crate::quant::lut::BcqPacked;
 use crate::quant::rtn::rtn_quantize;
 use crate::technique::recipe::{Quant, ScaleLayoutKnob, ShiftAddKnobs};
@@ -76,7 +76,8 @@ pub fn compress_linear(
                     "error feedback needs calibration statistics of this layer's input"
                 ),
             };
-            let q = quantize_matrix(&w, rows, cols, h, &sweep_options(k))
+            // The sweep's matrix products run where the layer lives (a GPU in a GPU run).
+            let q = quantize_matrix_on(&w, rows, cols, h, &sweep_options(k), &weight.device())
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             Ok(LinearWeight::Bcq {
                 packed: Arc::new(BcqPacked::from_quantized(&q)),
