@@ -20,7 +20,8 @@ use crate::zoo::tasks::Task;
 /// How one experiment is calibrated and evaluated: the CLI's flags, a space's `[eval]`, the
 /// app's job settings and the stored record's `eval_json` are all this; everything here is part of the run key (the
 /// device only as its kind, and only when it is a GPU: see [`DeviceChoice::key_kind`]).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct EvalSettings {
     /// Evaluation text (default: [`crate::eval::default_evaluation_text`]).
     pub text: Option<PathBuf>,

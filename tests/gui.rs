@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
+use reparam::run::EvalSettings;
 use reparam::store::{ExperimentRecord, Status, Store};
+use reparam::technique::CalibOptions;
 use reparam::technique::recipe::{Quant, Recipe};
 use reparam::ui::dialogs::ScriptedDialogs;
 use reparam::ui::jobs::JobState;
@@ -22,13 +24,17 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn small_eval() -> EvalPrefs {
     EvalPrefs {
-        chunks: 2,
-        ctx: 64,
-        task_prompts: 4,
-        calib_samples: 4,
-        calib_len: 64,
+        settings: EvalSettings {
+            chunks: Some(2),
+            ctx: Some(64),
+            task_prompts: 4,
+            calib: CalibOptions {
+                samples: 4,
+                seq_len: 64,
+            },
+            ..EvalSettings::default()
+        },
         tags: String::new(),
-        ..EvalPrefs::default()
     }
 }
 
@@ -226,12 +232,11 @@ fn cancel_a_job() {
     let dialogs = ScriptedDialogs::default();
     let mut s = studio(dir.path(), &dialogs);
     // Enough work that the job is still running when Cancel is pressed.
-    s.state.eval = EvalPrefs {
-        chunks: 50,
-        ctx: 128,
-        task_prompts: 200,
-        ..small_eval()
-    };
+    let mut e = small_eval();
+    e.settings.chunks = Some(50);
+    e.settings.ctx = Some(128);
+    e.settings.task_prompts = 200;
+    s.state.eval = e;
     let mut h = harness(s);
     wait_model(&mut h);
     h.get_by_label("Jobs").click();
@@ -497,7 +502,7 @@ fn a_gpu_job_without_cuda_fails_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let dialogs = ScriptedDialogs::default();
     let mut s = studio(dir.path(), &dialogs);
-    s.state.eval.device = reparam::device::DeviceChoice::Cuda(0);
+    s.state.eval.settings.device = reparam::device::DeviceChoice::Cuda(0);
     let mut h = harness(s);
     wait_model(&mut h);
     h.get_by_label("Jobs").click();
@@ -513,7 +518,7 @@ fn a_gpu_job_without_cuda_fails_with_the_reason() {
     let error = rec.error.clone().unwrap_or_default();
     assert!(error.contains("--features cuda"), "{error}");
 
-    h.state_mut().state.eval.device = reparam::device::DeviceChoice::Cpu;
+    h.state_mut().state.eval.settings.device = reparam::device::DeviceChoice::Cpu;
     settle(&mut h);
     h.get_by_label("Run recipe").click();
     run_until(&mut h, "the CPU job to end", |s| {

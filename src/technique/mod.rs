@@ -24,7 +24,7 @@ use crate::model::{LinearId, LinearWeight, Model, NoHook};
 use recipe::{LayerPlan, Plan, Recipe};
 
 /// Calibration settings (GPTQ-style: random windows of the calibration text).
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CalibOptions {
     pub samples: usize,
     pub seq_len: usize,

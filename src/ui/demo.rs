@@ -200,9 +200,10 @@ impl DemoScript {
                 crate::technique::recipe::Recipe::default(),
             )),
             "eval" => {
-                s.state.eval.chunks = arg(0)?.parse()?;
-                s.state.eval.ctx = arg(1)?.parse()?;
-                s.state.eval.task_prompts = arg(2)?.parse()?;
+                let e = &mut s.state.eval.settings;
+                e.chunks = Some(arg(0)?.parse()?);
+                e.ctx = Some(arg(1)?.parse()?);
+                e.task_prompts = arg(2)?.parse()?;
             }
             "tags" => s.state.eval.tags = args.join(","),
             "run" => {

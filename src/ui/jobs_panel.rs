@@ -57,27 +57,32 @@ pub fn jobs_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
 }
 
 fn settings_ui(ui: &mut egui::Ui, s: &mut Studio) {
-    let e = &mut s.state.eval;
+    let prefs = &mut s.state.eval;
     egui::CollapsingHeader::new("Evaluation settings")
         .id_salt("eval-settings")
         .default_open(true)
         .show(ui, |ui| {
+            let e = &mut prefs.settings;
             ui.horizontal(|ui| {
+                // The app always names both; a run without them takes the CLI's defaults.
+                let mut chunks = e.chunks.unwrap_or(8);
+                let mut ctx = e.ctx.unwrap_or(128);
                 ui.label("Perplexity windows");
-                ui.add(egui::DragValue::new(&mut e.chunks).range(1..=10_000));
+                ui.add(egui::DragValue::new(&mut chunks).range(1..=10_000));
                 ui.label("Context");
-                ui.add(egui::DragValue::new(&mut e.ctx).range(16..=8192));
+                ui.add(egui::DragValue::new(&mut ctx).range(16..=8192));
+                (e.chunks, e.ctx) = (Some(chunks), Some(ctx));
                 ui.label("Task prompts");
                 ui.add(egui::DragValue::new(&mut e.task_prompts).range(0..=1000));
                 ui.label("Calibration windows");
-                ui.add(egui::DragValue::new(&mut e.calib_samples).range(1..=1024));
+                ui.add(egui::DragValue::new(&mut e.calib.samples).range(1..=1024));
                 ui.label("length");
-                ui.add(egui::DragValue::new(&mut e.calib_len).range(8..=8192));
+                ui.add(egui::DragValue::new(&mut e.calib.seq_len).range(8..=8192));
             });
             ui.horizontal(|ui| device_picker(ui, &mut e.device));
             ui.horizontal(|ui| {
                 ui.label("Tags for new runs");
-                ui.add(egui::TextEdit::singleline(&mut e.tags).hint_text("comma-separated"));
+                ui.add(egui::TextEdit::singleline(&mut prefs.tags).hint_text("comma-separated"));
             });
         });
 }

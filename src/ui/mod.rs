@@ -33,18 +33,3 @@ pub mod theme;
 
 pub use app::{GuiOptions, run_gui};
 pub use studio::{Studio, StudioOptions};
-
-/// The job runner's evaluation settings from the app's preferences (0 windows = whole text).
-pub fn eval_settings(p: &state::EvalPrefs) -> crate::run::EvalSettings {
-    crate::run::EvalSettings {
-        ctx: Some(p.ctx.max(8)),
-        chunks: (p.chunks > 0).then_some(p.chunks),
-        calib: crate::technique::CalibOptions {
-            samples: p.calib_samples.max(1),
-            seq_len: p.calib_len.max(8),
-        },
-        task_prompts: p.task_prompts,
-        device: p.device,
-        ..crate::run::EvalSettings::default()
-    }
-}

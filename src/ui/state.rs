@@ -4,6 +4,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::run::EvalSettings;
+use crate::technique::CalibOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::technique::recipe::Recipe;
@@ -117,35 +119,30 @@ impl Default for HistoryPrefs {
     }
 }
 
-/// Evaluation settings for jobs started from the app.
+/// The settings of jobs started from the app: the settings every run takes (the CLI's flags
+/// and the run key's), with defaults that favour speed, and the tags given to new runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EvalPrefs {
-    /// Perplexity windows (0 = the whole text).
-    pub chunks: usize,
-    /// Context length of a window.
-    pub ctx: usize,
-    /// Held-out prompts per task on zoo models.
-    pub task_prompts: usize,
-    /// Calibration windows and their length.
-    pub calib_samples: usize,
-    pub calib_len: usize,
+    pub settings: EvalSettings,
     /// Tags given to new runs.
     pub tags: String,
-    /// Where jobs and the sensitivity pass compute.
-    pub device: crate::device::DeviceChoice,
 }
 
 impl Default for EvalPrefs {
     fn default() -> Self {
         Self {
-            chunks: 8,
-            ctx: 128,
-            task_prompts: 50,
-            calib_samples: 16,
-            calib_len: 128,
+            settings: EvalSettings {
+                ctx: Some(128),
+                chunks: Some(8),
+                calib: CalibOptions {
+                    samples: 16,
+                    seq_len: 128,
+                },
+                task_prompts: 50,
+                ..EvalSettings::default()
+            },
             tags: String::new(),
-            device: crate::device::DeviceChoice::Cpu,
         }
     }
 }
@@ -186,5 +183,54 @@ impl Default for AppState {
             eval: EvalPrefs::default(),
             sensitivity_bits: 3,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Memory(HashMap<String, String>);
+
+    impl eframe::Storage for Memory {
+        fn get_string(&self, key: &str) -> Option<String> {
+            self.0.get(key).cloned()
+        }
+        fn set_string(&mut self, key: &str, value: String) {
+            self.0.insert(key.to_string(), value);
+        }
+        fn remove_string(&mut self, key: &str) {
+            self.0.remove(key);
+        }
+        fn flush(&mut self) {}
+    }
+
+    /// The state survives eframe's RON storage, job settings included; a state saved before
+    /// the settings became one type still restores everything else.
+    #[test]
+    fn state_round_trips_through_the_apps_storage() {
+        let mut state = AppState {
+            model_spec: "zoo:base".into(),
+            ..AppState::default()
+        };
+        state.eval.settings.chunks = Some(3);
+        state.eval.settings.device = crate::device::DeviceChoice::Cuda(1);
+        state.eval.tags = "a,b".into();
+        let mut storage = Memory::default();
+        eframe::set_value(&mut storage, "app", &state);
+        let back: AppState = eframe::get_value(&storage, "app").unwrap();
+        assert_eq!(back, state);
+
+        let old = r#"(panel: Model, model_spec: "zoo:base", eval: (chunks: 8, ctx: 128, task_prompts: 50, calib_samples: 16, calib_len: 128, tags: "old"), sensitivity_bits: 4)"#;
+        eframe::Storage::set_string(&mut storage, "app", old.to_string());
+        let back: AppState = eframe::get_value(&storage, "app").unwrap();
+        assert_eq!(back.model_spec, "zoo:base");
+        assert_eq!(back.sensitivity_bits, 4);
+        assert_eq!(back.eval.tags, "old");
+        assert_eq!(back.eval.settings, EvalPrefs::default().settings);
     }
 }

@@ -23,7 +23,7 @@ use super::jobs::JobsView;
 use super::model_info::{LoadedModel, ModelSummary, Sensitivity};
 use super::pareto_panel::ParetoCache;
 use super::runs::RunTable;
-use super::state::{AppState, EvalPrefs, Panel};
+use super::state::{AppState, Panel};
 use super::tasks::{DialogPurpose, TaskEvent, Tasks, Waker};
 
 /// How the studio is started.
@@ -427,10 +427,6 @@ impl Studio {
         );
     }
 
-    fn eval_settings(prefs: &EvalPrefs) -> crate::run::EvalSettings {
-        super::eval_settings(prefs)
-    }
-
     /// Submits `recipe` on the open model; an invalid recipe is refused with its error.
     fn submit(&mut self, mut recipe: Recipe, what: &str) {
         let spec = self.state.model_spec.clone();
@@ -459,7 +455,7 @@ impl Studio {
             recipe,
             tags,
             force: false,
-            eval: Self::eval_settings(&self.state.eval),
+            eval: self.state.eval.settings.clone(),
         };
         let id = self.runner.submit(spec);
         self.jobs.add(id, label);
@@ -583,13 +579,13 @@ impl Studio {
         self.sensitivity_cancel = cancel.clone();
         let opts = crate::technique::sensitivity::SensitivityOptions {
             calib: crate::technique::CalibOptions {
-                samples: self.state.eval.calib_samples.max(1),
-                seq_len: self.state.eval.calib_len.max(8),
+                samples: self.state.eval.settings.calib.samples.max(1),
+                seq_len: self.state.eval.settings.calib.seq_len.max(8),
             },
-            ctx: self.state.eval.ctx.max(8),
+            ctx: self.state.eval.settings.ctx.unwrap_or(128).max(8),
             ..Default::default()
         };
-        let device = self.state.eval.device;
+        let device = self.state.eval.settings.device;
         self.tasks.spawn(
             "sensitivity",
             move |tx| {
