@@ -52,16 +52,17 @@ impl HistoryCache {
             return;
         }
         self.key = Some(key);
+        let rows = runs.filtered(filter);
         let result = runs
             .history_frame()
-            .and_then(|f| query_rows(&f, filter, sort, descending));
+            .and_then(|f| query_rows(&f, &rows, sort, descending));
         match result {
             Ok(order) => {
                 self.order = order;
                 self.error = None;
             }
             Err(e) => {
-                self.order = runs.filtered(filter);
+                self.order = rows;
                 self.error = Some(format!("the history query failed ({e}); showing unsorted"));
             }
         }

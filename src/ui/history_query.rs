@@ -1,18 +1,15 @@
-//! The history table's filter and sort as a polars query. The frame has the store's column
-//! layout (`crate::store::frame::frame_from_records`: `id`, `created_at`, `model_name`,
-//! `status`, `tags`, `error`, one `Float64` column per metric) minus the recipe and eval JSON,
-//! plus the app's derived columns (`row`: index into the run table, `family`, `summary`, and
-//! `search`: the lower-cased text the text filter searches), so
-//! one lazy query filters by model, tag, technique family, status and text and sorts by any
-//! column. It is built once per change of the runs (off the UI thread when the store is read)
-//! and queried only when the filter or sort changes. No egui here.
+//! The history table's sort as a polars query. The rows come filtered by the app's one filter
+//! rule ([`RunTable::filtered`]); the frame has the store's column layout
+//! (`crate::store::frame::frame_from_records`: `id`, `created_at`, `model_name`, `status`,
+//! `error`, one `Float64` column per metric) minus the recipe and eval JSON, plus the app's
+//! derived columns (`row`: index into the run table, `family`, `summary`), so one lazy query
+//! sorts the passing rows by any column. It is built once per change of the runs (off the UI
+//! thread when the store is read) and queried only when the filter or sort changes. No egui
+//! here.
 
 use polars::prelude::*;
 
-use super::runs::{RunFilter, RunTable};
-
-/// Frames each tag in the `tags` column.
-const TAG_SEP: char = '\u{1f}';
+use super::runs::RunTable;
 
 /// String columns of the frame, besides the metrics.
 const TEXT_COLUMNS: [&str; 7] = [
@@ -49,34 +46,6 @@ pub fn history_frame(t: &RunTable) -> PolarsResult<DataFrame> {
             .collect();
         cols.push(Column::new(name.into(), values));
     }
-    // Tags as one string, each tag framed by a unit separator (never typed in a tag), so a
-    // tag test is an exact match on a framed token.
-    let tags: Vec<String> = t
-        .rows
-        .iter()
-        .map(|r| {
-            r.record
-                .tags
-                .iter()
-                .map(|tag| format!("{TAG_SEP}{tag}{TAG_SEP}"))
-                .collect()
-        })
-        .collect();
-    cols.push(Column::new("tags".into(), tags));
-    // What the text filter searches, lower-cased once here rather than in every query.
-    let haystack: Vec<String> = t
-        .rows
-        .iter()
-        .map(|r| {
-            let mut h = format!("{}\n{}", r.record.id, r.summary);
-            if let Some(e) = &r.record.error {
-                h.push('\n');
-                h.push_str(e);
-            }
-            h.to_lowercase()
-        })
-        .collect();
-    cols.push(Column::new("search".into(), haystack));
     for name in t.metric_names() {
         if let Some(values) = t.column(&name) {
             // NaN marks a missing metric in the table; null in the frame (sorts last).
@@ -85,19 +54,6 @@ pub fn history_frame(t: &RunTable) -> PolarsResult<DataFrame> {
         }
     }
     DataFrame::new(n, cols)
-}
-
-/// A test on each value of a string column (nulls never match), as a polars UDF: the crate's
-/// polars build has no string or list namespace, and this keeps the filter inside the query.
-fn str_test(column: &str, test: impl Fn(&str) -> bool + Send + Sync + 'static) -> Expr {
-    col(column).map(
-        move |c: Column| {
-            let ca = c.str()?;
-            let out: BooleanChunked = ca.iter().map(|v| Some(v.is_some_and(&test))).collect();
-            Ok(out.with_name(c.name().clone()).into_column())
-        },
-        |_, f| Ok(Field::new(f.name().clone(), DataType::Boolean)),
-    )
 }
 
 /// The frame's table columns users sort by, mapped from the history panel's names.
@@ -110,32 +66,16 @@ fn sort_column(sort: &str) -> &str {
     }
 }
 
-/// Rows of the run table passing `filter`, ordered by `sort` (a fixed column or a metric;
-/// missing values last either way), as one lazy polars query over `frame`.
+/// `rows` (indices into the run table, e.g. [`RunTable::filtered`]) ordered by `sort` (a fixed
+/// column or a metric; missing values last either way), as one lazy polars query over `frame`.
 pub fn query_rows(
     frame: &DataFrame,
-    filter: &RunFilter,
+    rows: &[usize],
     sort: &str,
     descending: bool,
 ) -> PolarsResult<Vec<usize>> {
-    let mut lf = frame.clone().lazy();
-    if !filter.model.is_empty() {
-        lf = lf.filter(col("model_name").eq(lit(filter.model.clone())));
-    }
-    if !filter.tag.is_empty() {
-        let framed = format!("{TAG_SEP}{}{TAG_SEP}", filter.tag);
-        lf = lf.filter(str_test("tags", move |s| s.contains(&framed)));
-    }
-    if !filter.family.is_empty() {
-        lf = lf.filter(col("family").eq(lit(filter.family.clone())));
-    }
-    if filter.ok_only {
-        lf = lf.filter(col("status").eq(lit("ok")));
-    }
-    let text = filter.text.trim().to_lowercase();
-    if !text.is_empty() {
-        lf = lf.filter(str_test("search", move |s| s.contains(&text)));
-    }
+    let idx = IdxCa::from_vec("row".into(), rows.iter().map(|&r| r as IdxSize).collect());
+    let mut lf = frame.take(&idx)?.lazy();
     let by = sort_column(sort);
     if frame.column(by).is_ok() {
         lf = lf.sort(
@@ -160,6 +100,7 @@ pub fn query_rows(
 mod tests {
     use super::*;
     use crate::store::{ExperimentRecord, Status};
+    use crate::ui::runs::RunFilter;
 
     fn rec(i: usize, model: &str, tags: &[&str], kld: Option<f64>, ok: bool) -> ExperimentRecord {
         let mut r = ExperimentRecord {
@@ -200,7 +141,7 @@ mod tests {
         ]);
         let f = history_frame(&t).unwrap();
         let q = |filter: RunFilter, sort: &str, desc: bool| {
-            query_rows(&f, &filter, sort, desc).unwrap()
+            query_rows(&f, &t.filtered(&filter), sort, desc).unwrap()
         };
         let all = RunFilter::default();
         assert_eq!(q(all.clone(), "created_at", true), vec![3, 2, 1, 0]);

@@ -21,6 +21,8 @@ pub struct RunRow {
     pub family: &'static str,
     /// One-line recipe summary for hovers and tables.
     pub summary: String,
+    /// What the text filter searches (id, summary, error), lower-cased once here.
+    search: String,
 }
 
 impl RunRow {
@@ -29,7 +31,13 @@ impl RunRow {
             Ok(r) => (recipe_family(&r), recipe_summary(&r)),
             Err(e) => ("none", format!("unreadable recipe: {e}")),
         };
+        let mut search = format!("{}\n{summary}", record.id);
+        if let Some(e) = &record.error {
+            search.push('\n');
+            search.push_str(e);
+        }
         Self {
+            search: search.to_lowercase(),
             record,
             family,
             summary,
@@ -212,8 +220,10 @@ impl RunTable {
     }
 
     /// Rows passing `filter`, in table order.
+    /// Rows passing `filter`, in table order: the one filter rule of every run list in the app
+    /// (Pareto, Compare, History, which then sorts them).
     pub fn filtered(&self, filter: &RunFilter) -> Vec<usize> {
-        let text = filter.text.to_lowercase();
+        let text = filter.text.trim().to_lowercase();
         (0..self.rows.len())
             .filter(|&i| {
                 let r = &self.rows[i];
@@ -221,13 +231,7 @@ impl RunTable {
                     && (filter.tag.is_empty() || r.record.tags.contains(&filter.tag))
                     && (filter.family.is_empty() || r.family == filter.family)
                     && (!filter.ok_only || r.record.status == Status::Ok)
-                    && (text.is_empty()
-                        || r.record.id.to_lowercase().contains(&text)
-                        || r.summary.to_lowercase().contains(&text)
-                        || r.record
-                            .error
-                            .as_deref()
-                            .is_some_and(|e| e.to_lowercase().contains(&text)))
+                    && (text.is_empty() || r.search.contains(&text))
             })
             .collect()
     }
