@@ -120,6 +120,15 @@ fn bad_input_is_a_one_line_error() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+    // Tags follow `tag`'s rule everywhere, checked before any work.
+    let recipe = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/experiments/recipes/rtn-4bit.toml"
+    );
+    let out = reparam(&["run", "zoo:multi", "--recipe", recipe, "--tag", "two words"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad tag `two words`"), "{err}");
 }
 
 #[test]

@@ -655,3 +655,40 @@ fn experiment_commands_on_a_synthetic_store() {
     let text = std::fs::read_to_string(&toml_out).unwrap();
     assert_eq!(Recipe::from_toml(&text).unwrap().hash(), recipe(4).hash());
 }
+
+/// Store edges that once lost or mislabelled data: a CSV export aimed at a run file (or into
+/// `tags/`) is refused, an empty id names no run (not the only one), and a
+/// record with a tag `tag` would refuse is refused on append too.
+#[test]
+fn store_edges_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let rec = record(3, 10.0, 0.2);
+    let file = store.append(&rec).unwrap();
+    let before = std::fs::read(&file).unwrap();
+    let err = store.export_csv(&file).unwrap_err().to_string();
+    assert!(err.contains("the store's own files"), "{err}");
+    assert!(store.export_csv(&dir.path().join("tags/x.csv")).is_err());
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the run file is untouched"
+    );
+    let outside = tempfile::tempdir().unwrap();
+    assert_eq!(
+        store.export_csv(&outside.path().join("runs.csv")).unwrap(),
+        1
+    );
+
+    assert!(store.get(&rec.id[..4]).is_ok());
+    for empty in ["", "  "] {
+        let err = store.get(empty).unwrap_err().to_string();
+        assert!(err.contains("no run with id"), "{err}");
+    }
+
+    let mut bad = record(4, 20.0, 0.1);
+    bad.tags = vec!["two words".into()];
+    let err = store.append(&bad).unwrap_err().to_string();
+    assert!(err.contains("bad tag"), "{err}");
+    assert_eq!(store.load().unwrap().records.len(), 1);
+}

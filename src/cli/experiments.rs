@@ -124,6 +124,9 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    for tag in &args.tag {
+        crate::store::check_tag(tag)?;
+    }
     let store = args.store.open()?;
     let runner = JobRunner::new(store.clone(), args.jobs, Arc::new(|| {}));
     // Resume: skip points already stored (the runner would return them too; this says so).
@@ -647,6 +650,9 @@ pub fn run_stored(
     recipe: crate::technique::recipe::Recipe,
     args: &RunStoreArgs,
 ) -> anyhow::Result<(ExperimentRecord, bool)> {
+    for tag in &args.tag {
+        crate::store::check_tag(tag)?;
+    }
     let store = args.store.open()?;
     let spec = JobSpec {
         label: "run".into(),

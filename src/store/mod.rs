@@ -142,7 +142,9 @@ pub fn read_run_file(path: &Path) -> Result<Vec<ExperimentRecord>, String> {
     records_from_frame(&df).map_err(|e| e.to_string())
 }
 
-fn check_tag(tag: &str) -> Result<(), StoreError> {
+/// The one tag rule: for `tag`, `run --tag`, `sweep --tag`, the app's tag box and its tags for
+/// new runs, and every record the store takes.
+pub fn check_tag(tag: &str) -> Result<(), StoreError> {
     let ok = !tag.is_empty()
         && tag.chars().count() <= 64
         && !tag.chars().any(char::is_whitespace)
@@ -185,6 +187,9 @@ impl Store {
 
     /// Stores one finished run as its own file; returns the file's path.
     pub fn append(&self, rec: &ExperimentRecord) -> Result<PathBuf, StoreError> {
+        for tag in &rec.tags {
+            check_tag(tag)?;
+        }
         let df =
             frame_from_records(std::slice::from_ref(rec)).map_err(|e| StoreError::Parquet {
                 path: self.dir.clone(),
@@ -257,6 +262,10 @@ impl Store {
     /// The run whose id is `id` or starts with it (unique prefix). An exact id is looked up
     /// with a filter pushed into the scans; a prefix reads the id column only.
     pub fn get(&self, id: &str) -> Result<ExperimentRecord, StoreError> {
+        // An empty prefix would name the only run of a one-run store.
+        if id.trim().is_empty() {
+            return Err(StoreError::NoSuchRun(id.to_string()));
+        }
         if let Some(r) = self.records_where(col("id").eq(lit(id)))?.pop() {
             return Ok(r);
         }
@@ -405,8 +414,36 @@ impl Store {
         }
     }
 
+    /// Whether `path` is, or would be, one of the store's own files: a Parquet or temporary
+    /// file in its directory, or anything in its `tags/`.
+    fn owns(&self, path: &Path) -> bool {
+        let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let dir = canonical(&self.dir);
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => canonical(p),
+            _ => canonical(Path::new(".")),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        (parent == dir && (name.ends_with(".parquet") || name.starts_with(".tmp-")))
+            || parent.starts_with(dir.join("tags"))
+    }
+
     /// Writes every run as CSV (the Parquet columns, tags applied); returns the number of runs.
     pub fn export_csv(&self, out: &Path) -> Result<usize, StoreError> {
+        // Never over a file the store owns: a CSV named like a run file would replace that run.
+        if self.owns(out) {
+            return Err(StoreError::Io {
+                path: out.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "refusing to write an export over the store's own files (run, compaction, \
+                     temporary and tag files)",
+                ),
+            });
+        }
         let (mut df, _) = self.collect(None, |lf| lf)?;
         let mut file = File::create(out).map_err(io_err(out))?;
         CsvWriter::new(&mut file)

@@ -440,7 +440,7 @@ impl Studio {
         }
         recipe.model = Some(spec.clone());
         let label = format!("{what}: {}", recipe_summary(&recipe));
-        let tags = self
+        let tags: Vec<String> = self
             .state
             .eval
             .tags
@@ -449,6 +449,10 @@ impl Studio {
             .filter(|t| !t.is_empty())
             .map(String::from)
             .collect();
+        if let Some(e) = tags.iter().find_map(|t| crate::store::check_tag(t).err()) {
+            self.notice_error(format!("tags for new runs: {e}"));
+            return;
+        }
         let spec = JobSpec {
             label: label.clone(),
             model: spec,
@@ -502,8 +506,8 @@ impl Studio {
 
     fn change_tags(&mut self, ids: &[String], tag: &str, add: bool) {
         let tag = tag.trim().to_string();
-        if tag.is_empty() || tag.contains(char::is_whitespace) {
-            self.notice_error("a tag is one word (no spaces)");
+        if let Err(e) = crate::store::check_tag(&tag) {
+            self.notice_error(e.to_string());
             return;
         }
         let current: Vec<(String, Vec<String>)> = ids
