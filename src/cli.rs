@@ -418,6 +418,10 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         bar.update(d, t)
     })?;
     bar.finish();
+    anyhow::ensure!(
+        !args.tasks || args.prompts > 0,
+        "--tasks with --prompts 0 measures nothing; give at least 1 prompt per task"
+    );
     let tasks = if args.tasks {
         let bar = TermProgress::new("tasks");
         let acc = task_accuracy(&model, &Task::SKILLS, args.prompts, &mut |d, t| {

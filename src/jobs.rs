@@ -447,6 +447,12 @@ pub fn default_workers() -> usize {
     (std::thread::available_parallelism().map_or(1, |n| n.get()) / 4).max(1)
 }
 
+/// The most workers a runner starts, whatever is asked: one per core. More only adds threads
+/// that wait (each job's kernels already use every core) and memory reserved for nothing.
+pub fn max_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 impl JobRunner {
     /// Starts `workers` threads (0 = [`default_workers`]). `waker` is called after every event.
     pub fn new(store: Store, workers: usize, waker: Arc<dyn Fn() + Send + Sync>) -> JobRunner {
@@ -476,7 +482,7 @@ impl JobRunner {
         let n = if workers == 0 {
             default_workers()
         } else {
-            workers
+            workers.min(max_workers())
         };
         let workers = (0..n)
             .filter_map(|i| {

@@ -154,7 +154,8 @@ pub fn run(
         on_device = base.to_device(&device)?;
         &on_device
     };
-    let zoo = is_zoo_model(&base.path);
+    // Task accuracy on zoo models; with no prompts there is nothing to report (not 0 %).
+    let with_tasks = is_zoo_model(&base.path) && req.task_prompts > 0;
     let text = evaluation_text(base, req.text.as_deref())?;
     let tokens = base.tokenizer.encode(&text, true)?;
     let calib_tokens = calibration_tokens(base, req.calib_text.as_ref())?;
@@ -168,7 +169,7 @@ pub fn run(
         calib,
         progress,
         &mut |info, merged| {
-            let tasks = if zoo {
+            let tasks = if with_tasks {
                 Some(task_accuracy(
                     merged,
                     &Task::SKILLS,
@@ -210,7 +211,7 @@ pub fn run(
     } else {
         None
     };
-    let tasks = if zoo {
+    let tasks = if with_tasks {
         Some(task_accuracy(
             &evaluated,
             &Task::SKILLS,

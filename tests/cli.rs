@@ -452,3 +452,31 @@ fn bench_kernels_compares_rps_with_dense() {
         }
     }
 }
+
+/// `--prompts 0` measures no task (no 0 % figures); `eval --tasks` with it is an error.
+#[test]
+fn zero_prompts_measure_no_task() {
+    let recipe = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/experiments/recipes/rtn-4bit.toml"
+    );
+    let r = json(&reparam(&[
+        "run",
+        "zoo:multi",
+        "--recipe",
+        recipe,
+        "--chunks",
+        "2",
+        "--prompts",
+        "0",
+        "--json",
+        "--no-store",
+    ]));
+    assert!(
+        r.get("tasks").is_none() && r.get("task_acc_mean").is_none(),
+        "{r}"
+    );
+    let out = reparam(&["eval", "zoo:multi", "--tasks", "--prompts", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--prompts 0"));
+}

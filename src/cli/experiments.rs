@@ -210,7 +210,9 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
 
 fn total_in_shard(total: usize, shard: Option<Shard>) -> usize {
     match shard {
-        Some(s) => (total + s.count - 1 - s.index) / s.count,
+        // Points index, index + count, …: no arithmetic that can wrap for a huge count.
+        Some(s) if s.index < total => (total - s.index).div_ceil(s.count),
+        Some(_) => 0,
         None => total,
     }
 }
@@ -693,4 +695,21 @@ pub fn run_stored(
         eprintln!("stored as run {} in {}", rec.id, store.dir().display());
     }
     Ok((rec, outcome.cached))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Shard sizes for any count, the largest included, without wrapping.
+    #[test]
+    fn shard_sizes_never_wrap() {
+        let shard = |s: &str| Some(s.parse::<Shard>().unwrap());
+        assert_eq!(total_in_shard(10, shard("0/3")), 4);
+        assert_eq!(total_in_shard(10, shard("2/3")), 3);
+        assert_eq!(total_in_shard(10, shard("0/18446744073709551615")), 1);
+        assert_eq!(total_in_shard(10, shard("11/18446744073709551615")), 0);
+        assert_eq!(total_in_shard(10, None), 10);
+    }
 }

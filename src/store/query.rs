@@ -355,9 +355,34 @@ pub fn front_from_store(
             .get(o.metric.as_str())
             .is_none_or(|d| !d.is_primitive_numeric())
     }) {
+        let names: Vec<String> = schema.iter_names().map(|c| c.to_string()).collect();
         if let Some(f) = &selection.filter {
-            let names: Vec<String> = schema.iter_names().map(|c| c.to_string()).collect();
             check_columns(f, &names)?;
+        }
+        // A store with runs but no such metric: a misspelt name, not an empty front.
+        if schema.get("id").is_some() {
+            let missing: Vec<&str> = objectives
+                .iter()
+                .map(|o| o.metric.as_str())
+                .filter(|m| schema.get(m).is_none_or(|d| !d.is_primitive_numeric()))
+                .collect();
+            let metrics: Vec<&str> = schema
+                .iter()
+                .filter(|(n, d)| {
+                    d.is_primitive_numeric() && !super::frame::is_fixed_column(n.as_str())
+                })
+                .map(|(n, _)| n.as_str())
+                .collect();
+            return Err(StoreError::Query(format!(
+                "no stored run has the metric{} {}; the metrics in this store: {}",
+                if missing.len() > 1 { "s" } else { "" },
+                missing
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                metrics.join(", ")
+            )));
         }
         let skipped = store.scan()?.skipped;
         return Ok((
