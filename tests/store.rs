@@ -693,3 +693,28 @@ fn store_edges_lose_nothing() {
     assert!(err.contains("bad tag"), "{err}");
     assert_eq!(store.load().unwrap().records.len(), 1);
 }
+
+/// An unreadable store file is reported once per command, with no colour codes when stderr is
+/// not a terminal, and the readable runs are still listed.
+#[test]
+fn a_damaged_file_is_reported_once_without_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.append(&record(3, 10.0, 0.2)).unwrap();
+    std::fs::write(dir.path().join("run-garbage00000.parquet"), b"not parquet").unwrap();
+    let d = dir.path().to_str().unwrap();
+    for args in [
+        &["history", "--store", d][..],
+        &["pareto", "--store", d, "--x", "bytes", "--y", "kld_mean"],
+    ] {
+        let out = cli(args);
+        assert!(out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.matches("run-garbage00000.parquet").count(),
+            1,
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains('\u{1b}'), "{args:?}: colour codes in {err:?}");
+    }
+}

@@ -206,7 +206,8 @@ impl Store {
             match read_run_file(&path) {
                 Ok(recs) => good.push((path, recs)),
                 Err(why) => {
-                    tracing::warn!("skipping unreadable store file {}: {why}", path.display());
+                    // Reported to the caller (the CLI warns once, the app lists it).
+                    tracing::debug!("skipping unreadable store file {}: {why}", path.display());
                     skipped.push((path, why));
                 }
             }

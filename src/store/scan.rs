@@ -103,7 +103,8 @@ impl Store {
             match footer_projection(&path).and_then(|proj| scan_file(&path, proj)) {
                 Ok(lf) => frames.push(lf),
                 Err(why) => {
-                    tracing::warn!("skipping unreadable store file {}: {why}", path.display());
+                    // Reported to the caller (the CLI warns once, the app lists it).
+                    tracing::debug!("skipping unreadable store file {}: {why}", path.display());
                     skipped.push((path, why));
                 }
             }
@@ -245,7 +246,8 @@ impl Store {
         let mut bad = Vec::new();
         for path in self.run_files().unwrap_or_default() {
             if let Err(why) = read_run_file(&path) {
-                tracing::warn!("skipping unreadable store file {}: {why}", path.display());
+                // Reported to the caller (the CLI warns once, the app lists it).
+                tracing::debug!("skipping unreadable store file {}: {why}", path.display());
                 bad.push((path, why));
             }
         }
