@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
@@ -219,7 +220,16 @@ pub fn execute(
         rec
     };
     let store_outcome = |rec: ExperimentRecord, report: Option<RunReport>| {
-        store.append(&rec)?;
+        if let Err(e) = store.append(&rec) {
+            // A finished result is not lost with the store write: it is kept beside the store.
+            let kept = keep_unstored(store, &rec).map_or_else(
+                || "and it could not be kept elsewhere either".to_string(),
+                |p| format!("the run's record is kept in {}", p.display()),
+            );
+            return Err(StoreError::Query(format!(
+                "the store could not be written ({e}); {kept}"
+            )));
+        }
         Ok(Outcome {
             record: rec,
             cached: false,
@@ -292,6 +302,18 @@ pub fn execute(
         Err(e) => fail(Some(&base), &key, Status::Failed, format!("{e:#}")),
     };
     store_outcome(rec, None)
+}
+
+/// Writes a run whose store write failed as JSON beside the store directory (else in the
+/// temporary directory) and returns where, so no finished result is lost silently.
+fn keep_unstored(store: &Store, rec: &ExperimentRecord) -> Option<PathBuf> {
+    let json = serde_json::to_string_pretty(rec).ok()?;
+    let name = format!("reparam-unstored-run-{}.json", rec.id);
+    let beside = store.dir().parent().map(|p| p.join(&name));
+    beside
+        .into_iter()
+        .chain([std::env::temp_dir().join(&name)])
+        .find(|p| std::fs::write(p, &json).is_ok())
 }
 
 /// The text of a panic payload.

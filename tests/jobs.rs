@@ -839,3 +839,42 @@ fn packed_export_reloads_the_inference_forms_exactly() {
         );
     }
 }
+
+/// A finished run whose store write fails is not lost: the job ends with an error naming the
+/// file beside the store that keeps the record, metrics included.
+#[test]
+fn a_failed_store_write_keeps_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = Store::open(&store_dir).unwrap();
+    let models = reparam::jobs::ModelCache::default();
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let reserved = std::sync::atomic::AtomicU64::new(0);
+    let err = reparam::jobs::execute(
+        &store,
+        &models,
+        &spec("kept", 4),
+        &cancel,
+        &reserved,
+        // The store vanishes under the running job (as a lost mount would): its write fails.
+        &mut |stage, _, _| {
+            if stage.starts_with("evaluating") && store_dir.exists() {
+                std::fs::remove_dir_all(&store_dir).unwrap();
+            }
+        },
+    )
+    .err()
+    .expect("the store write fails")
+    .to_string();
+    assert!(err.contains("could not be written"), "{err}");
+    let kept = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("reparam-unstored-run-"))
+        .unwrap_or_else(|| panic!("no kept record beside the store: {err}"));
+    assert!(err.contains(&kept.display().to_string()), "{err}");
+    let rec: ExperimentRecord =
+        serde_json::from_str(&std::fs::read_to_string(&kept).unwrap()).unwrap();
+    assert_eq!(rec.status, Status::Ok);
+    assert!(rec.metrics.get("ppl").is_some_and(|p| p.is_finite()));
+}
