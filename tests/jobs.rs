@@ -863,8 +863,7 @@ fn a_failed_store_write_keeps_the_result() {
             }
         },
     )
-    .err()
-    .expect("the store write fails")
+    .expect_err("the store write fails")
     .to_string();
     assert!(err.contains("could not be written"), "{err}");
     let kept = std::fs::read_dir(dir.path())
