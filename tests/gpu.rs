@@ -12,7 +12,8 @@
 #![cfg(feature = "cuda")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Instant;
 
 use candle_core::Device;
@@ -34,25 +35,7 @@ fn gpu() -> Device {
 }
 
 fn smollm2() -> Option<Model> {
-    let path = std::env::var_os("REPARAM_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/reparam/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if !path.is_file() {
-        assert!(
-            std::env::var("REPARAM_REQUIRE_MODELS").as_deref() != Ok("1"),
-            "REPARAM_REQUIRE_MODELS=1 but {} is missing",
-            path.display()
-        );
-        eprintln!(
-            "\n*** SKIPPED: SmolLM2 not found at {} ***\n",
-            path.display()
-        );
-        return None;
-    }
-    Some(Model::load(&path).unwrap())
+    common::smollm2_file().map(|path| Model::load(&path).unwrap())
 }
 
 fn licenses() -> String {

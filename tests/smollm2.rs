@@ -3,44 +3,18 @@
 //! `REPARAM_REQUIRE_MODELS=1` (set by CI, which always fetches it first) makes that a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::OnceLock;
 
 use reparam::eval::{PerplexityOptions, generate_greedy, perplexity};
 use reparam::model::{Model, NoHook};
 
-fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("REPARAM_SMOLLM2") {
-        return PathBuf::from(p);
-    }
-    let dir = std::env::var_os("REPARAM_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/reparam/models")
-        });
-    dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
 /// The model, loaded once for all tests in this file; `None` (with a loud note) when absent.
 fn smollm2() -> Option<&'static Model> {
     static MODEL: OnceLock<Option<Model>> = OnceLock::new();
     MODEL
-        .get_or_init(|| {
-            let path = model_path();
-            if !path.is_file() {
-                assert!(
-                    std::env::var("REPARAM_REQUIRE_MODELS").as_deref() != Ok("1"),
-                    "REPARAM_REQUIRE_MODELS=1 but {} is missing: run scripts/fetch-models.sh",
-                    path.display()
-                );
-                eprintln!(
-                    "\n*** SKIPPED: SmolLM2 not found at {} — run scripts/fetch-models.sh ***\n",
-                    path.display()
-                );
-                return None;
-            }
-            Some(Model::load(&path).unwrap())
-        })
+        .get_or_init(|| common::smollm2_file().map(|path| Model::load(&path).unwrap()))
         .as_ref()
 }
 

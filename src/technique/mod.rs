@@ -314,9 +314,9 @@ pub fn estimated_layer_bytes(
 ) -> usize {
     use crate::model::hashed::HashedWeight;
     use crate::model::nm::NmPacked;
-    use crate::model::sparse::{CSR_MAX_DENSITY, CsrMatrix};
+    use crate::model::sparse::CsrMatrix;
     use crate::quant::lut::BcqPacked;
-    use recipe::{PruneMethod, Quant, SparseForm};
+    use recipe::Quant;
     let n = rows * cols;
     if let Some(r) = &plan.rps {
         return HashedWeight::size_for(rps::slots_for(n, r.ratio));
@@ -332,22 +332,11 @@ pub fn estimated_layer_bytes(
     let Some(p) = &plan.prune else {
         return dense_bytes;
     };
-    if p.method == PruneMethod::Nm && p.m <= 16 {
+    if prune::stores_as_nm(p) {
         return NmPacked::size_for(rows, cols, p.n, p.m);
     }
-    // Magnitude zeroes the lowest floor(n·ratio) of the matrix, Wanda floor(cols·ratio) a row.
-    let zeroed = match p.method {
-        PruneMethod::Wanda => rows * (cols as f64 * p.ratio).floor() as usize,
-        _ => (n as f64 * p.ratio).floor() as usize,
-    };
-    let kept = n - zeroed.min(n);
-    let density = kept as f64 / n.max(1) as f64;
-    let csr = match p.form {
-        SparseForm::Auto => density <= CSR_MAX_DENSITY,
-        SparseForm::Csr => true,
-        SparseForm::Dense => false,
-    };
-    if csr && p.ratio > 0.0 {
+    let kept = prune::kept_after(p, rows, cols);
+    if p.ratio > 0.0 && prune::stores_as_csr(p.form, kept as f64 / n.max(1) as f64) {
         CsrMatrix::size_for(rows, kept)
     } else {
         dense_bytes

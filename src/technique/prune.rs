@@ -23,9 +23,38 @@ fn by_score(scores: &[f32]) -> impl Fn(&usize, &usize) -> std::cmp::Ordering + '
     move |&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b))
 }
 
+/// How many of `len` entries a `ratio` zeroes: `floor(len·ratio)`.
+fn zeroed_of(len: usize, ratio: f64) -> usize {
+    ((len as f64 * ratio).floor() as usize).min(len)
+}
+
+/// Weights an unstructured rule leaves of a `rows × cols` matrix: magnitude zeroes over the
+/// whole matrix, Wanda row by row (zeros already in the weights are not counted).
+pub fn kept_after(knobs: &PruneKnobs, rows: usize, cols: usize) -> usize {
+    let zeroed = match knobs.method {
+        PruneMethod::Wanda => rows * zeroed_of(cols, knobs.ratio),
+        _ => zeroed_of(rows * cols, knobs.ratio),
+    };
+    rows * cols - zeroed
+}
+
+/// Whether an n:m rule's result is stored compressed (4-bit positions hold `m ≤ 16`).
+pub fn stores_as_nm(knobs: &PruneKnobs) -> bool {
+    knobs.method == PruneMethod::Nm && knobs.m <= 16
+}
+
+/// Whether a pruned matrix of this density is stored as CSR (else dense with its zeros).
+pub fn stores_as_csr(form: SparseForm, density: f64) -> bool {
+    match form {
+        SparseForm::Auto => density <= CSR_MAX_DENSITY,
+        SparseForm::Csr => true,
+        SparseForm::Dense => false,
+    }
+}
+
 /// Zeroes the `floor(len·ratio)` lowest-scoring entries of `w` (scores aligned with `w`).
 fn zero_lowest(w: &mut [f32], scores: &[f32], ratio: f64) {
-    let k = (w.len() as f64 * ratio).floor() as usize;
+    let k = zeroed_of(w.len(), ratio);
     if k == 0 {
         return;
     }
@@ -111,7 +140,7 @@ pub fn inference_form(
     bias: Option<candle_core::Tensor>,
     knobs: &PruneKnobs,
 ) -> anyhow::Result<LinearWeight> {
-    if knobs.method == PruneMethod::Nm && knobs.m <= 16 {
+    if stores_as_nm(knobs) {
         let packed = NmPacked::from_dense(&w, rows, cols, knobs.n, knobs.m)?;
         return Ok(LinearWeight::Nm {
             packed: Arc::new(packed),
@@ -120,12 +149,9 @@ pub fn inference_form(
     }
     let nnz = w.iter().filter(|v| **v != 0.0).count();
     let density = nnz as f64 / (rows * cols).max(1) as f64;
-    let csr_wanted = match knobs.form {
-        SparseForm::Auto => density <= CSR_MAX_DENSITY,
-        SparseForm::Csr => true,
-        SparseForm::Dense => false,
-    };
-    if csr_wanted && let Ok(csr) = CsrMatrix::from_dense(&w, rows, cols) {
+    if stores_as_csr(knobs.form, density)
+        && let Ok(csr) = CsrMatrix::from_dense(&w, rows, cols)
+    {
         return Ok(LinearWeight::Csr {
             csr: Arc::new(csr),
             bias,

@@ -244,3 +244,34 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// Where the real test model, SmolLM2-135M-Instruct (Q4_1 GGUF), is: `REPARAM_SMOLLM2`, else
+/// `scripts/fetch-models.sh`'s directory (`REPARAM_MODELS` or `~/.cache/reparam/models`).
+/// `None`, with a loud note, when it is missing, unless `REPARAM_REQUIRE_MODELS=1` (set by CI,
+/// which always fetches it first) makes that a failure.
+pub fn smollm2_file() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let path = match std::env::var_os("REPARAM_SMOLLM2") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("REPARAM_MODELS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                    .join(".cache/reparam/models")
+            })
+            .join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+    };
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("REPARAM_REQUIRE_MODELS").as_deref() != Ok("1"),
+        "REPARAM_REQUIRE_MODELS=1 but {} is missing: run scripts/fetch-models.sh",
+        path.display()
+    );
+    eprintln!(
+        "\n*** SKIPPED: SmolLM2 not found at {} — run scripts/fetch-models.sh ***\n",
+        path.display()
+    );
+    None
+}
