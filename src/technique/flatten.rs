@@ -12,10 +12,11 @@
 //! It must not touch per-linear techniques: those run after it, on the resulting model.
 
 use candle_core::{DType, Device, Tensor};
+use faer::linalg::solvers::{DenseSolveCore, Llt, LltError, Solve};
+use faer::{Mat, MatMut, Side};
 use rayon::prelude::*;
 
 use crate::calib::calibration_ids;
-use crate::linalg::cholesky_lower;
 use crate::model::{Block, ForwardHook, LinearId, LinearKind, LinearWeight, Model, Transformer};
 use crate::technique::recipe::{FlattenMethod, FlattenStep};
 use crate::technique::{CalibOptions, Progress};
@@ -464,37 +465,21 @@ pub fn ridge_lambda(c: &[f64], n: usize) -> f64 {
     if l > 0.0 && l.is_finite() { l } else { 1.0 }
 }
 
-/// Lower Cholesky factor of `C + λI` (row-major, `n × n`).
-fn factor(c: &[f64], n: usize, lambda: f64) -> anyhow::Result<Vec<f64>> {
-    let mut a = c.to_vec();
-    for i in 0..n {
-        a[i * n + i] += lambda;
-    }
-    cholesky_lower(&mut a, n)
-        .map_err(|i| anyhow::anyhow!("C + λI is not positive definite at pivot {i}"))?;
-    Ok(a)
+/// The Cholesky factorization of `C + λI` (row-major `n × n`).
+fn factor(c: &[f64], n: usize, lambda: f64) -> anyhow::Result<Llt<f64>> {
+    Mat::from_fn(n, n, |i, j| {
+        c[i * n + j] + if i == j { lambda } else { 0.0 }
+    })
+    .llt(Side::Lower)
+    .map_err(|LltError::NonPositivePivot { index }| {
+        anyhow::anyhow!("C + λI is not positive definite at pivot {index}")
+    })
 }
 
-/// Ridge leverage scores `s_i = [C (C + λI)⁻¹]_ii = 1 − λ [(C + λI)⁻¹]_ii`, the diagonal of
-/// the inverse from the columns of `L⁻¹` (one forward substitution per column, in parallel).
+/// Ridge leverage scores `s_i = [C (C + λI)⁻¹]_ii = 1 − λ [(C + λI)⁻¹]_ii`.
 pub fn ridge_leverage(c: &[f64], n: usize, lambda: f64) -> anyhow::Result<Vec<f64>> {
-    let l = factor(c, n, lambda)?;
-    Ok((0..n)
-        .into_par_iter()
-        .map(|i| {
-            // Column i of L⁻¹ is zero above row i.
-            let mut z = vec![0.0f64; n - i];
-            z[0] = 1.0 / l[i * n + i];
-            let mut sq = z[0] * z[0];
-            for k in i + 1..n {
-                let row = &l[k * n + i..k * n + k];
-                let s: f64 = row.iter().zip(&z[..k - i]).map(|(a, b)| a * b).sum();
-                z[k - i] = -s / l[k * n + k];
-                sq += z[k - i] * z[k - i];
-            }
-            1.0 - lambda * sq
-        })
-        .collect())
+    let inv = factor(c, n, lambda)?.inverse();
+    Ok((0..n).map(|i| 1.0 - lambda * inv[(i, i)]).collect())
 }
 
 /// Nyström compensation of the down projection (math layout `W_D`: channels × hidden, i.e.
@@ -541,33 +526,7 @@ pub fn nystrom_down(
         .iter()
         .flat_map(|&i| keep.iter().map(move |&j| c[i * n + j]))
         .collect();
-    let l = factor(&ckk, k, lambda)?;
-    // Forward (L Y = R) then backward (Lᵀ X = Y) substitution, row by row of the right side.
-    for i in 0..k {
-        let (done, rest) = r.split_at_mut(i * hidden);
-        let row = &mut rest[..hidden];
-        for j in 0..i {
-            let lij = l[i * k + j];
-            for (o, y) in row.iter_mut().zip(&done[j * hidden..(j + 1) * hidden]) {
-                *o -= lij * y;
-            }
-        }
-        row.iter_mut().for_each(|o| *o /= l[i * k + i]);
-    }
-    for i in (0..k).rev() {
-        let (head, tail) = r.split_at_mut((i + 1) * hidden);
-        let row = &mut head[i * hidden..];
-        for j in i + 1..k {
-            let lji = l[j * k + i];
-            for (o, x) in row
-                .iter_mut()
-                .zip(&tail[(j - i - 1) * hidden..(j - i) * hidden])
-            {
-                *o -= lji * x;
-            }
-        }
-        row.iter_mut().for_each(|o| *o /= l[i * k + i]);
-    }
+    factor(&ckk, k, lambda)?.solve_in_place(MatMut::from_row_major_slice_mut(&mut r, k, hidden));
     for (o, x) in out.iter_mut().zip(&r) {
         *o += *x as f32;
     }

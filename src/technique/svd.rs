@@ -1,17 +1,13 @@
-//! A small thin SVD for the merge step (candle has none): the eigendecomposition of the Gram
-//! matrix of the smaller side by cyclic Jacobi rotations, in f64.
-//!
-//! Squaring the matrix halves the relative precision of the smallest singular values, which is
-//! harmless here: OPCM only needs the dominant subspace and the rank-one directions of a task
-//! vector stored in f32, and directions below [`RANK_TOL`] of the largest are dropped as null.
+//! The thin SVD the merge step needs (candle has none), through faer's bidiagonal SVD in f64:
+//! unlike an eigendecomposition of the Gram matrix it does not square the condition number,
+//! so small singular values keep their precision (`cargo bench --bench linalg`).
 
 use candle_core::{Device, Tensor};
+use faer::MatRef;
 
 /// Singular values below this fraction of the largest count as zero (their vectors are not
 /// determined by an f32 matrix anyway).
 pub const RANK_TOL: f64 = 1e-6;
-/// Jacobi sweeps are capped; cyclic Jacobi converges quadratically, in well under 20.
-const MAX_SWEEPS: usize = 40;
 
 /// `A ≈ U diag(s) Vᵀ` with `k` numerically non-zero singular values, sorted descending.
 #[derive(Debug, Clone)]
@@ -44,98 +40,42 @@ pub fn transpose(a: &[f64], r: usize, c: usize) -> Vec<f64> {
     t
 }
 
-/// Eigen-decomposition of the symmetric `n × n` matrix `s` (row-major, overwritten): returns
-/// the eigenvalues and the eigenvectors as the columns of a row-major `n × n` matrix.
-pub fn symmetric_eigen(mut s: Vec<f64>, n: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut v = vec![0f64; n * n];
-    for i in 0..n {
-        v[i * n + i] = 1.0;
+/// Thin SVD of the row-major `rows × cols` matrix `a`, keeping the singular values above
+/// [`RANK_TOL`] of the largest.
+pub fn thin_svd(a: &[f64], rows: usize, cols: usize) -> anyhow::Result<ThinSvd> {
+    anyhow::ensure!(
+        a.len() == rows * cols,
+        "thin_svd: {} values for {rows}×{cols}",
+        a.len()
+    );
+    if rows == 0 || cols == 0 {
+        return Ok(ThinSvd {
+            u: Vec::new(),
+            s: Vec::new(),
+            v: Vec::new(),
+            rows,
+            cols,
+            k: 0,
+        });
     }
-    let scale: f64 = s.iter().map(|x| x * x).sum::<f64>().max(f64::MIN_POSITIVE);
-    for _ in 0..MAX_SWEEPS {
-        let off: f64 = (0..n)
-            .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
-            .map(|(i, j)| s[i * n + j] * s[i * n + j])
-            .sum();
-        if off <= 1e-30 * scale {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = s[p * n + q];
-                if apq == 0.0 {
-                    continue;
-                }
-                let theta = (s[q * n + q] - s[p * n + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let sn = t * c;
-                // Sᵀ J: columns p, q; then Jᵀ S: rows p, q; V J: columns p, q.
-                for k in 0..n {
-                    let (kp, kq) = (s[k * n + p], s[k * n + q]);
-                    s[k * n + p] = c * kp - sn * kq;
-                    s[k * n + q] = sn * kp + c * kq;
-                }
-                for k in 0..n {
-                    let (pk, qk) = (s[p * n + k], s[q * n + k]);
-                    s[p * n + k] = c * pk - sn * qk;
-                    s[q * n + k] = sn * pk + c * qk;
-                }
-                for k in 0..n {
-                    let (kp, kq) = (v[k * n + p], v[k * n + q]);
-                    v[k * n + p] = c * kp - sn * kq;
-                    v[k * n + q] = sn * kp + c * kq;
-                }
-            }
-        }
-    }
-    ((0..n).map(|i| s[i * n + i]).collect(), v)
-}
-
-/// Thin SVD of the row-major `rows × cols` matrix `a`.
-pub fn thin_svd(a: &[f64], rows: usize, cols: usize) -> candle_core::Result<ThinSvd> {
-    // Work on the Gram matrix of the smaller side; `wide` swaps the roles of U and V.
-    let wide = cols > rows;
-    let (m, p, mat) = if wide {
-        (cols, rows, transpose(a, rows, cols))
-    } else {
-        (rows, cols, a.to_vec())
-    };
-    // mat is m × p (m ≥ p); G = matᵀ mat is p × p.
-    let mt = transpose(&mat, m, p);
-    let gram = matmul(&mt, p, m, &mat, p)?;
-    let (evals, evecs) = symmetric_eigen(gram, p);
-    let mut order: Vec<usize> = (0..p).collect();
-    order.sort_by(|&x, &y| evals[y].total_cmp(&evals[x]));
-    let smax = evals[order[0]].max(0.0).sqrt();
-    let kept: Vec<usize> = order
-        .into_iter()
-        .filter(|&i| evals[i] > 0.0 && evals[i].sqrt() > RANK_TOL * smax)
-        .collect();
-    let k = kept.len();
-    let s: Vec<f64> = kept.iter().map(|&i| evals[i].sqrt()).collect();
-    // Right vectors (p × k) from the eigenvectors; left ones (m × k) as mat · v / σ.
-    let mut right = vec![0f64; p * k];
-    for (col, &i) in kept.iter().enumerate() {
-        for r in 0..p {
-            right[r * k + col] = evecs[r * p + i];
-        }
-    }
-    let mut left = if k == 0 {
-        Vec::new()
-    } else {
-        matmul(&mat, m, p, &right, k)?
-    };
-    for row in left.chunks_exact_mut(k.max(1)) {
-        for (x, sv) in row.iter_mut().zip(&s) {
-            *x /= sv;
-        }
-    }
-    let (u, v) = if wide { (right, left) } else { (left, right) };
+    let d = MatRef::from_row_major_slice(a, rows, cols)
+        .thin_svd()
+        .map_err(|e| anyhow::anyhow!("the SVD did not converge: {e:?}"))?;
+    let sv: Vec<f64> = d.S().column_vector().iter().copied().collect();
+    let smax = sv.first().copied().unwrap_or(0.0);
+    let k = sv
+        .iter()
+        .take_while(|&&s| s > 0.0 && s > RANK_TOL * smax)
+        .count();
+    let (u, v) = (d.U(), d.V());
     Ok(ThinSvd {
-        u,
-        s,
-        v,
+        u: (0..rows)
+            .flat_map(|r| (0..k).map(move |i| u[(r, i)]))
+            .collect(),
+        s: sv[..k].to_vec(),
+        v: (0..cols)
+            .flat_map(|c| (0..k).map(move |i| v[(c, i)]))
+            .collect(),
         rows,
         cols,
         k,
