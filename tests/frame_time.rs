@@ -129,7 +129,7 @@ fn frame_time_with_100k_runs() {
     .unwrap();
     // Let the (empty) store load finish first so it does not replace the table.
     let ctx = egui::Context::default();
-    while studio.store_loading {
+    while studio.store.loading {
         studio.poll(&ctx);
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
@@ -173,9 +173,9 @@ fn frame_time_with_100k_runs() {
         let _ = ctx.tessellate(out.shapes, out.pixels_per_point);
         times.push(t.elapsed().as_secs_f64() * 1e3);
         assert!(
-            studio.history_cache.error.is_none(),
+            studio.views.history_cache.error.is_none(),
             "{:?}",
-            studio.history_cache.error
+            studio.views.history_cache.error
         );
         // The two halves of a change: the filter (the app's one rule) and the polars sort.
         let h = studio.state.history.clone();

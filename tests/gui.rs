@@ -82,9 +82,13 @@ fn run_until(h: &mut Harness<'static, Studio>, what: &str, cond: impl Fn(&Studio
 
 fn wait_model(h: &mut Harness<'static, Studio>) {
     run_until(h, "the zoo model", |s| {
-        s.model.is_some() || s.load_error.is_some()
+        s.model.loaded.is_some() || s.model.error.is_some()
     });
-    assert!(h.state().load_error.is_none(), "{:?}", h.state().load_error);
+    assert!(
+        h.state().model.error.is_none(),
+        "{:?}",
+        h.state().model.error
+    );
 }
 
 fn block0_quant(s: &mut Studio) -> Option<Quant> {
@@ -159,9 +163,9 @@ fn edit_run_and_see_the_point_on_the_pareto_plot() {
     settle(&mut h);
     let s = h.state();
     let row = s.runs.index_of(&rec.id).expect("run in the table");
-    assert!(s.pareto_cache.rows.contains(&row));
+    assert!(s.views.pareto_cache.rows.contains(&row));
     assert!(
-        s.pareto_cache.front.contains(&row),
+        s.views.pareto_cache.front.contains(&row),
         "a single run is its own front"
     );
     assert!(h.query_by_label("Pareto plot").is_some());
@@ -325,7 +329,7 @@ fn compare_two_tags() {
     s.state.model_spec = String::new();
     let mut h = harness(s);
     run_until(&mut h, "the store", |s| {
-        !s.store_loading && s.runs.rows.len() == 12
+        !s.store.loading && s.runs.rows.len() == 12
     });
     h.get_by_label("History").click();
     settle(&mut h);
@@ -337,7 +341,7 @@ fn compare_two_tags() {
     settle(&mut h);
     h.get_by_label("new").click();
     settle(&mut h);
-    let (hva, hvb) = h.state().compare_hv.expect("hypervolumes shown");
+    let (hva, hvb) = h.state().views.compare_hv.expect("hypervolumes shown");
     assert!(hva > 0.0 && hvb > hva, "A {hva}, B {hvb}");
     let records = Store::open(dir.path()).unwrap().load().unwrap().records;
     let tagged = |t: &str| -> Vec<ExperimentRecord> {
@@ -367,7 +371,7 @@ fn compare_two_tags() {
     // Tag a run from the history panel; the store keeps it.
     let id = h.state().runs.rows[0].record.id.clone();
     h.state_mut().state.selected_run = Some(id.clone());
-    h.state_mut().tag_input = "keep".into();
+    h.state_mut().views.tag_input = "keep".into();
     settle(&mut h);
     h.get_by_label("Add tag").click();
     run_until(&mut h, "the tag", |s| {
@@ -389,11 +393,11 @@ fn bad_model_file_and_invalid_cells() {
     wait_model(&mut h);
     dialogs.push(&bad);
     h.get_by_label("Open GGUF…").click();
-    run_until(&mut h, "the load error", |s| s.load_error.is_some());
-    let err = h.state().load_error.clone().unwrap();
+    run_until(&mut h, "the load error", |s| s.model.error.is_some());
+    let err = h.state().model.error.clone().unwrap();
     assert!(err.contains("broken.gguf"), "{err}");
     // The previous model stays open.
-    assert!(h.state().model.is_some());
+    assert!(h.state().model.loaded.is_some());
 
     h.get_by_label("Recipe").click();
     settle(&mut h);
@@ -439,19 +443,19 @@ fn sensitivity_pass_draws_bars() {
          [[layers]]\nmatch = \"blk.1.ffn_down\"\nrtn = { bits = 2, group = 32 }\n",
     )
     .unwrap();
-    s.editor.set(recipe);
+    s.recipe.editor.set(recipe);
     let mut h = harness(s);
     wait_model(&mut h);
     assert!(h.query_by_label("sensitivity bar blk.1.ffn_down").is_none());
     h.get_by_label("Run sensitivity pass").click();
     settle(&mut h);
-    assert!(h.state().sensitivity_run.is_some(), "the pass started");
+    assert!(h.state().sensitivity.running.is_some(), "the pass started");
     run_until(&mut h, "the sensitivity pass", |s| {
-        s.sensitivity_run.is_none()
+        s.sensitivity.running.is_none()
     });
     let last = h.state().notices.last().unwrap().clone();
     assert!(!last.is_error, "{}", last.text);
-    let sens = h.state().sensitivity.clone().expect("a result");
+    let sens = h.state().sensitivity.result.clone().expect("a result");
     assert_eq!(sens.layers.len(), 6, "one per ffn_down");
     let kld = |b: usize| {
         sens.layers
@@ -483,9 +487,14 @@ fn sensitivity_pass_can_be_cancelled() {
     h.get_by_label("Run sensitivity pass").click();
     h.run_steps(2);
     h.get_by_label("Cancel sensitivity pass").click();
-    run_until(&mut h, "the pass to stop", |s| s.sensitivity_run.is_none());
+    run_until(&mut h, "the pass to stop", |s| {
+        s.sensitivity.running.is_none()
+    });
     let s = h.state();
-    assert!(s.sensitivity.is_none(), "a cancelled pass leaves no result");
+    assert!(
+        s.sensitivity.result.is_none(),
+        "a cancelled pass leaves no result"
+    );
     let last = s.notices.last().unwrap();
     assert!(
         !last.is_error && last.text.contains("cancelled"),

@@ -117,9 +117,9 @@ impl DemoScript {
     fn waiting_done(&mut self, s: &Studio) -> bool {
         let done = match &self.wait {
             Wait::None => true,
-            Wait::Model => s.loading.is_none(),
+            Wait::Model => s.model.loading.is_none(),
             Wait::Jobs => s.jobs.active().next().is_none(),
-            Wait::Sensitivity => s.sensitivity_run.is_none(),
+            Wait::Sensitivity => s.sensitivity.running.is_none(),
             Wait::Frames(until) => s.frames >= *until,
             Wait::Screenshot(flag) => flag.load(Ordering::SeqCst) != 0,
             // Done when the writer reported it (the file alone may still be half written).

@@ -78,9 +78,10 @@ pub fn history_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     });
     filters_ui(ui, &s.runs, &mut s.state.history.filter, "history");
     let h = s.state.history.clone();
-    s.history_cache
+    s.views
+        .history_cache
         .update(&mut s.runs, &h.filter, &h.sort, h.descending);
-    if let Some(e) = &s.history_cache.error {
+    if let Some(e) = &s.views.history_cache.error {
         ui.colored_label(theme::ERROR, e);
     }
     egui::Panel::bottom("history-details")
@@ -144,7 +145,7 @@ fn table_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             }
         });
     });
-    let order = &s.history_cache.order;
+    let order = &s.views.history_cache.order;
     let selected = s.state.selected_run.clone();
     egui::ScrollArea::both()
         .auto_shrink([false, false])
@@ -242,7 +243,7 @@ fn details_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             }
         }
         let resp = ui.add(
-            egui::TextEdit::singleline(&mut s.tag_input)
+            egui::TextEdit::singleline(&mut s.views.tag_input)
                 .hint_text("new tag")
                 .desired_width(100.0),
         );
@@ -250,7 +251,7 @@ fn details_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         if ui.button("Add tag").clicked() {
             out.push(Command::AddTag {
                 ids: vec![id.clone()],
-                tag: s.tag_input.clone(),
+                tag: s.views.tag_input.clone(),
             });
         }
     });
@@ -401,7 +402,7 @@ fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
                 ),
             );
         });
-        s.compare_hv = Some((hva, hvb));
+        s.views.compare_hv = Some((hva, hvb));
         Plot::new("compare-plot")
             .height(220.0)
             .legend(Legend::default())
@@ -455,13 +456,13 @@ fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
     let key = (
         ra.clone(),
         rb.clone(),
-        s.model.as_ref().map(|m| m.summary.id.clone()),
+        s.model.loaded.as_ref().map(|m| m.summary.id.clone()),
     );
-    if s.diff_cache.as_ref().map(|c| &c.0) != Some(&key) {
+    if s.views.diff_cache.as_ref().map(|c| &c.0) != Some(&key) {
         let rows = layer_diff(s, ia, ib);
-        s.diff_cache = Some((key, rows));
+        s.views.diff_cache = Some((key, rows));
     }
-    if let Some((_, rows)) = &s.diff_cache {
+    if let Some((_, rows)) = &s.views.diff_cache {
         match rows {
             Ok(rows) if rows.is_empty() => {
                 ui.label("The two recipes plan every layer the same way.");
@@ -510,6 +511,7 @@ fn layer_diff(s: &Studio, ia: usize, ib: usize) -> Result<Vec<(String, String, S
     let rb = s.runs.rows[ib].recipe()?;
     let Some(model) = s
         .model
+        .loaded
         .as_ref()
         .filter(|m| m.summary.id == s.runs.rows[ia].record.model_id)
     else {

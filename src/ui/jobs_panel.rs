@@ -25,7 +25,7 @@ const KEY_METRICS: [(&str, &str); 6] = [
 pub fn jobs_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     settings_ui(ui, s);
     ui.horizontal(|ui| {
-        let can = s.model.is_some();
+        let can = s.model.loaded.is_some();
         if ui
             .add_enabled(can, egui::Button::new("Run recipe"))
             .on_hover_text("Ctrl+Enter")

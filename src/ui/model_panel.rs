@@ -29,11 +29,11 @@ pub fn human_bytes(b: usize) -> String {
 pub fn model_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     open_row_ui(ui, s, out);
     ui.separator();
-    if let Some(err) = &s.load_error {
+    if let Some(err) = &s.model.error {
         ui.colored_label(theme::ERROR, err);
     }
-    let Some(m) = s.model.clone() else {
-        if s.loading.is_none() {
+    let Some(m) = s.model.loaded.clone() else {
+        if s.model.loading.is_none() {
             ui.label("Open a model to begin: pick a zoo model above, or a GGUF file or Hugging Face directory.");
         }
         return;
@@ -75,6 +75,7 @@ pub fn model_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     sensitivity_controls_ui(ui, s, out);
     let sens = s
         .sensitivity
+        .result
         .as_ref()
         .filter(|x| x.model_id == sum.id)
         .cloned();
@@ -123,7 +124,7 @@ pub fn model_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
 /// The sensitivity pass: start, default setting, progress and cancel, and what was measured.
 fn sensitivity_controls_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     ui.horizontal(|ui| {
-        let running = s.sensitivity_run.is_some();
+        let running = s.sensitivity.running.is_some();
         if ui
             .add_enabled(!running, egui::Button::new("Run sensitivity pass"))
             .on_hover_text(
@@ -153,7 +154,7 @@ fn sensitivity_controls_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Comm
                     }
                 }
             });
-        if let Some(a) = &s.sensitivity_run {
+        if let Some(a) = &s.sensitivity.running {
             let f = if a.total > 0 {
                 a.done as f32 / a.total as f32
             } else {
@@ -176,13 +177,13 @@ fn sensitivity_controls_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Comm
             }
         }
     });
-    match &s.sensitivity {
-        None if s.sensitivity_run.is_none() => {
+    match &s.sensitivity.result {
+        None if s.sensitivity.running.is_none() => {
             ui.weak("no sensitivity pass yet");
         }
         None => {}
         Some(x) => {
-            let current = s.editor.recipe.hash() == x.recipe_hash;
+            let current = s.recipe.editor.recipe.hash() == x.recipe_hash;
             ui.weak(format!(
                 "{} layers measured on {} tokens in {:.1} s{}",
                 x.layers.len(),
@@ -216,10 +217,10 @@ fn open_row_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             out.push(Command::OpenModelDialog(DialogKind::OpenHfDir));
         }
     });
-    if let Some((spec, since)) = &s.loading {
+    if let Some((spec, since)) = &s.model.loading {
         ui.horizontal(|ui| {
             ui.label(format!("Loading {spec}"));
-            match s.load_progress {
+            match s.model.progress {
                 Some(p) if p.bytes_total > 0 => {
                     ui.add(
                         egui::ProgressBar::new(p.fraction() as f32)

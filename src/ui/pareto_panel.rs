@@ -145,25 +145,26 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     controls_ui(ui, s, &metrics, out);
     filters_ui(ui, &s.runs, &mut s.state.pareto.filter, "pareto");
     let prefs = s.state.pareto.clone();
-    s.pareto_cache
+    s.views
+        .pareto_cache
         .update(&s.runs, &prefs.x, &prefs.y, &prefs.filter, &prefs.color);
-    let cache = &s.pareto_cache;
+    let cache = &s.views.pareto_cache;
     let (Some(xs), Some(ys)) = (s.runs.column(&prefs.x), s.runs.column(&prefs.y)) else {
         ui.label(format!(
             "No run has both `{}` and `{}` yet: run a recipe (Jobs panel) and its point appears here.",
             prefs.x, prefs.y
         ));
-        s.plot_rect = None;
+        s.views.plot_rect = None;
         return;
     };
     ui.label(format!(
         "{} runs plotted · {} on the front{}",
         cache.rows.len(),
         cache.front.len(),
-        if s.box_selection.is_empty() {
+        if s.views.box_selection.is_empty() {
             String::new()
         } else {
-            format!(" · {} box-selected", s.box_selection.len())
+            format!(" · {} box-selected", s.views.box_selection.len())
         }
     ));
     let selected = prefs.selected_row(&s.runs, s.state.selected_run.as_deref());
@@ -283,13 +284,13 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     });
     // The PNG export crops to this: the plot frame plus its tick labels and axis titles.
     let r = resp.response.rect;
-    s.plot_rect = Some(egui::Rect::from_min_max(
+    s.views.plot_rect = Some(egui::Rect::from_min_max(
         r.min - egui::vec2(70.0, 4.0),
         r.max + egui::vec2(4.0, 36.0),
     ));
     let (nearest, box_rect, fresh) = resp.inner;
     if fresh.is_some() {
-        s.pareto_cache.drawn = fresh;
+        s.views.pareto_cache.drawn = fresh;
     }
     a11y_label(ui, &resp.response, "Pareto plot");
     if let Some(i) = nearest {
@@ -313,6 +314,7 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     }
     if let Some([x0, y0, x1, y1]) = box_rect {
         let ids = s
+            .views
             .pareto_cache
             .rows
             .iter()
@@ -424,18 +426,18 @@ fn selection_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         });
         run_actions_ui(ui, &id, out);
     }
-    if !s.box_selection.is_empty() {
+    if !s.views.box_selection.is_empty() {
         ui.horizontal(|ui| {
-            ui.label(format!("{} runs in the box", s.box_selection.len()));
+            ui.label(format!("{} runs in the box", s.views.box_selection.len()));
             ui.add(
-                egui::TextEdit::singleline(&mut s.tag_input)
+                egui::TextEdit::singleline(&mut s.views.tag_input)
                     .hint_text("tag")
                     .desired_width(100.0),
             );
             if ui.button("Tag them").clicked() {
                 out.push(Command::AddTag {
-                    ids: s.box_selection.clone(),
-                    tag: s.tag_input.clone(),
+                    ids: s.views.box_selection.clone(),
+                    tag: s.views.tag_input.clone(),
                 });
             }
             if ui.button("Clear box").clicked() {
@@ -477,7 +479,7 @@ pub fn run_actions_ui(ui: &mut egui::Ui, id: &str, out: &mut Vec<Command>) {
 /// The plot as SVG, written from the plotted data (decimated like the screen).
 pub fn plot_svg(s: &Studio) -> String {
     let p = &s.state.pareto;
-    let c = &s.pareto_cache;
+    let c = &s.views.pareto_cache;
     let (Some(xs), Some(ys), Some(b)) = (s.runs.column(&p.x), s.runs.column(&p.y), c.bounds) else {
         return super::plot_export::empty_svg("no runs to plot");
     };

@@ -116,13 +116,13 @@ fn toolbar_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         }
         if ui.button("Clear recipe").clicked() {
             out.push(Command::SetRecipe(crate::technique::recipe::Recipe {
-                seed: s.editor.recipe.seed,
+                seed: s.recipe.editor.recipe.seed,
                 ..Default::default()
             }));
         }
         ui.separator();
         ui.label("Seed");
-        let mut seed = s.editor.recipe.seed;
+        let mut seed = s.recipe.editor.recipe.seed;
         if ui.add(egui::DragValue::new(&mut seed)).changed() {
             out.push(Command::SetSeed(seed));
         }
@@ -144,7 +144,7 @@ fn toolbar_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
 }
 
 fn estimate_ui(ui: &mut egui::Ui, s: &Studio, a: &Analysis) {
-    if s.model.is_none() {
+    if s.model.loaded.is_none() {
         return;
     }
     let e = &a.estimate;
@@ -213,13 +213,14 @@ fn grid_ui(
     out: &mut Vec<Command>,
 ) {
     let flatten_pairs: Vec<[usize; 2]> = s
+        .recipe
         .editor
         .recipe
         .flatten
         .as_ref()
         .map(|f| f.pairs.clone())
         .unwrap_or_default();
-    if s.editor.recipe.flatten.is_some() {
+    if s.recipe.editor.recipe.flatten.is_some() {
         ui.colored_label(
             theme::WARN,
             "Flattening renumbers blocks: layer rules apply to the model after flattening.",
@@ -314,6 +315,7 @@ fn grid_ui(
                             }
                             (None, Some((i, _))) => {
                                 let pat = s
+                                    .recipe
                                     .editor
                                     .recipe
                                     .layers
@@ -461,7 +463,7 @@ fn cells_ui(
 
 fn merge_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     ui.strong("Merge fine-tuned models (model level, runs first)");
-    let merge = s.editor.recipe.merge.clone();
+    let merge = s.recipe.editor.recipe.merge.clone();
     let mut on = merge.is_some();
     if ui.checkbox(&mut on, "Merge").changed() {
         out.push(Command::SetMerge(on.then(|| MergeStep {
@@ -494,11 +496,12 @@ fn merge_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     });
     ui.horizontal(|ui| {
         ui.label("Path");
-        ui.text_edit_singleline(&mut s.rule_form.merge_model);
-        if ui.button("Add model").clicked() && !s.rule_form.merge_model.trim().is_empty() {
+        ui.text_edit_singleline(&mut s.recipe.rule_form.merge_model);
+        if ui.button("Add model").clicked() && !s.recipe.rule_form.merge_model.trim().is_empty() {
             let mut n = m.clone();
-            n.models.push(s.rule_form.merge_model.trim().to_string());
-            s.rule_form.merge_model.clear();
+            n.models
+                .push(s.recipe.rule_form.merge_model.trim().to_string());
+            s.recipe.rule_form.merge_model.clear();
             out.push(Command::SetMerge(Some(n)));
         }
     });
@@ -536,7 +539,7 @@ fn merge_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
 
 fn rule_form_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     ui.strong("Add a pattern rule");
-    let f = &mut s.rule_form;
+    let f = &mut s.recipe.rule_form;
     ui.horizontal(|ui| {
         ui.label("Match");
         ui.add(egui::TextEdit::singleline(&mut f.pattern).desired_width(160.0))
@@ -583,7 +586,7 @@ fn rule_form_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
 }
 
 fn rules_list_ui(ui: &mut egui::Ui, s: &Studio, a: &Analysis, out: &mut Vec<Command>) {
-    let rules = &s.editor.recipe.layers;
+    let rules = &s.recipe.editor.recipe.layers;
     egui::CollapsingHeader::new(format!("Rules ({})", rules.len()))
         .id_salt("recipe-rules")
         .default_open(rules.len() <= 12)

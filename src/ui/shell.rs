@@ -50,7 +50,7 @@ impl Studio {
                 }
             }
             ui.separator();
-            match (&self.model, &self.loading) {
+            match (&self.model.loaded, &self.model.loading) {
                 (_, Some((spec, since))) => {
                     ui.spinner();
                     ui.label(format!(
@@ -66,7 +66,7 @@ impl Studio {
                 }
             }
             ui.separator();
-            let can_run = self.model.is_some();
+            let can_run = self.model.loaded.is_some();
             if ui
                 .add_enabled(can_run, egui::Button::new("Run"))
                 .on_hover_text("Run the edited recipe on the open model (Ctrl+Enter)")
@@ -84,14 +84,14 @@ impl Studio {
                 out.push(Command::RunSweep);
             }
             if ui
-                .add_enabled(self.editor.can_undo(), egui::Button::new("Undo"))
+                .add_enabled(self.recipe.editor.can_undo(), egui::Button::new("Undo"))
                 .on_hover_text("Ctrl+Z")
                 .clicked()
             {
                 out.push(Command::Undo);
             }
             if ui
-                .add_enabled(self.editor.can_redo(), egui::Button::new("Redo"))
+                .add_enabled(self.recipe.editor.can_redo(), egui::Button::new("Redo"))
                 .on_hover_text("Ctrl+Shift+Z")
                 .clicked()
             {
@@ -107,11 +107,11 @@ impl Studio {
                 "{} runs · {active} jobs running",
                 self.runs.rows.len()
             ));
-            if self.store_loading {
+            if self.store.loading {
                 ui.spinner();
                 ui.label("reading the store");
             }
-            if let Some(a) = self.export.as_ref().or(self.sensitivity_run.as_ref()) {
+            if let Some(a) = self.export.as_ref().or(self.sensitivity.running.as_ref()) {
                 ui.separator();
                 ui.label(format!("{}: {}", a.what, a.stage));
                 let bar = match (a.total > 0).then(|| a.done as f32 / a.total as f32) {

@@ -1,0 +1,28 @@
+//! What the views remember between frames: caches of derived tables and plots, and the
+//! transient selections and text fields that are not persisted.
+
+use eframe::egui;
+
+use crate::ui::history_panel::HistoryCache;
+use crate::ui::pareto_panel::ParetoCache;
+
+/// The compare view's per-layer diff, keyed by (run A, run B, open model id).
+pub type DiffCache = (
+    (String, String, Option<String>),
+    Result<Vec<(String, String, String)>, String>,
+);
+
+#[derive(Default)]
+pub struct Views {
+    /// Runs inside the last box selection on the Pareto plot.
+    pub box_selection: Vec<String>,
+    pub pareto_cache: ParetoCache,
+    /// Where the plot was drawn last frame (screen points), for the PNG export's crop.
+    pub plot_rect: Option<egui::Rect>,
+    /// Text typed into the tag boxes.
+    pub tag_input: String,
+    pub history_cache: HistoryCache,
+    pub diff_cache: Option<DiffCache>,
+    /// Hypervolumes of the compare view's two sets, as last drawn.
+    pub compare_hv: Option<(f64, f64)>,
+}
