@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The llama.cpp peer for side-by-side checks: builds `llama-perplexity`, `llama-bench`,
+# The llama.cpp peer for side-by-side checks: builds `llama-perplexity`, `llama-bench`, `llama-imatrix`,
 # `llama-quantize`, `llama-tokenize` and the shared `libllama` from the llama.cpp sources that
 # the llama-cpp-python source distribution on PyPI carries (`vendor/llama.cpp`). Nothing is
 # vendored into this repository; everything lands under PREFIX.
@@ -22,7 +22,7 @@ jobs="${LLAMACPP_JOBS:-$(nproc)}"
 dl="$prefix/dl"
 build="$prefix/build"
 bin="$build/bin"
-tools=(llama-perplexity llama-bench llama-quantize llama-tokenize)
+tools=(llama-perplexity llama-bench llama-quantize llama-tokenize llama-imatrix)
 
 have_all() {
   local t
@@ -56,12 +56,17 @@ if ! command -v cmake >/dev/null; then
 fi
 
 mkdir -p "$dl"
-python3 -m pip download -q --no-binary :all: --no-deps -d "$dl" "llama-cpp-python==$version"
-sdist=""
-for f in "$dl/llama_cpp_python-$version.tar.gz" "$dl/llama-cpp-python-$version.tar.gz"; do
-  if [ -f "$f" ]; then sdist="$f"; break; fi
-done
-[ -n "$sdist" ] || { echo "llamacpp-peer: no sdist for $version in $dl" >&2; exit 1; }
+# The sdist straight from PyPI's simple index (`pip download --no-binary` would first build the
+# sdist's build dependencies, cmake among them, from source), checked against its sha256.
+sdist="$dl/llama_cpp_python-$version.tar.gz"
+if [ ! -f "$sdist" ]; then
+  link=$(curl -fsS "https://pypi.org/simple/llama-cpp-python/" |
+    grep -o "https://[^\"]*/llama_cpp_python-$version\.tar\.gz#sha256=[0-9a-f]*" | head -n 1)
+  [ -n "$link" ] || { echo "llamacpp-peer: no sdist for $version on PyPI" >&2; exit 1; }
+  curl -fsS -o "$sdist.part" "${link%%#*}"
+  echo "${link##*sha256=}  $sdist.part" | sha256sum -c --quiet
+  mv "$sdist.part" "$sdist"
+fi
 tar -xzf "$sdist" -C "$dl"
 src="$dl/$(basename "$sdist" .tar.gz)/vendor/llama.cpp"
 [ -f "$src/CMakeLists.txt" ] || { echo "llamacpp-peer: no llama.cpp sources at $src" >&2; exit 1; }

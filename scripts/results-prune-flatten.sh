@@ -12,13 +12,13 @@ gguf=$(scripts/fetch-models.sh | tail -n 1)
 cargo build --release --quiet
 bin="${CARGO_TARGET_DIR:-target}/release/reparam"
 text=assets/text/licenses.txt
-"$bin" allocate "$gguf" --prune 0.5 --owl --out "$out/owl-wanda-50.toml" 2>/dev/null
+"$bin" allocate "$gguf" --prune 0.5 --owl --calib-text assets/text/calib.txt --out "$out/owl-wanda-50.toml" 2>/dev/null
 "$bin" allocate zoo:multi --prune 0.5 --owl --out "$out/zoo-owl-wanda-50.toml" 2>/dev/null
 smol="magnitude-50 wanda-50 nm-2of4 owl-wanda-50 drop-2 flatten-2 drop-4 flatten-4 drop-6 flatten-6"
 for r in $smol; do
   recipe="experiments/recipes/$r.toml"
   [ -f "$recipe" ] || recipe="$out/$r.toml"
-  "$bin" run "$gguf" --recipe "$recipe" --text "$text" --ctx 512 --chunks 8 --json > "$out/smol-$r.json"
+  "$bin" run "$gguf" --recipe "$recipe" --text "$text" --calib-text assets/text/calib.txt --ctx 512 --chunks 8 --json > "$out/smol-$r.json"
 done
 zoo="magnitude-50 wanda-50 owl-wanda-50 nm-2of4 drop-2 flatten-2 drop-4 flatten-4"
 for r in $zoo; do

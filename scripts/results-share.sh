@@ -17,7 +17,7 @@ rps() {
   local model=$1 text=${2:-assets/text/licenses.txt} ctx=${3:-512} chunks=${4:-8}
   [[ $model == zoo:* ]] && ctx=${3:-128}
   local evalargs=(--ctx "$ctx" --chunks "$chunks")
-  [[ $model == zoo:* ]] || evalargs+=(--text "$text")
+  [[ $model == zoo:* ]] || evalargs+=(--text "$text" --calib-text assets/text/calib.txt)
   echo "| c | refit | ppl | KLD mean | top-1 agree | linear bytes ratio | compress s |"
   echo "|---|---|---|---|---|---|---|"
   for c in 1 1.5 2 4; do

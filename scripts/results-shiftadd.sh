@@ -18,7 +18,7 @@ for r in rtn-4bit rtn-3bit rtn-2bit shiftadd-4bit shiftadd-3bit shiftadd-2bit \
          shiftadd-3bit-column-q8embd shiftadd-3bit-column-g64-q8embd; do
   recipe="experiments/recipes/$r.toml"
   [ -f "$recipe" ] || recipe="$out/$r.toml"
-  "$bin" run "$gguf" --recipe "$recipe" --text "$text" --ctx 512 --chunks 16 --json > "$out/$r.json"
+  "$bin" run "$gguf" --recipe "$recipe" --text "$text" --calib-text assets/text/calib.txt --ctx 512 --chunks 16 --json > "$out/$r.json"
 done
 python3 - "$out" <<'PY'
 import json, sys, glob, os

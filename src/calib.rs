@@ -150,18 +150,19 @@ pub fn gram_f32(x: &Tensor) -> Result<Vec<f32>> {
     Ok(g)
 }
 
-/// Calibration text for models that are not zoo models: license texts disjoint from the
-/// bundled evaluation text (`assets/text/calib.txt`, embedded so the binary runs anywhere).
-const DEFAULT_CALIB_TEXT: &str = include_str!("../assets/text/calib.txt");
+/// Calibration text for models that are not zoo models: a mixture of prose, dialogue,
+/// technical text, code, tables and legal text (`assets/text/calib-mix.txt`, its sources in
+/// `assets/text/SOURCES.md`), sharing no document with the held-out evaluation suite.
+const DEFAULT_CALIB_TEXT: &str = include_str!("../assets/text/calib-mix.txt");
 
-/// Calibration tokens: from `path`, else the zoo's training mix for zoo models, else the
-/// bundled calibration text.
-pub fn calibration_tokens(
+/// The calibration text: from `path`, else the zoo's training mix for zoo models, else the
+/// bundled calibration mixture.
+pub fn calibration_text(
     base: &crate::model::Model,
     path: Option<&std::path::PathBuf>,
-) -> anyhow::Result<Vec<u32>> {
+) -> anyhow::Result<String> {
     use crate::zoo::{MEMBERS, corpus::training_text, is_zoo_model};
-    let text = match path {
+    Ok(match path {
         Some(p) => std::fs::read_to_string(p)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?,
         None if is_zoo_model(&base.path) => {
@@ -172,8 +173,15 @@ pub fn calibration_tokens(
             training_text(multi, 0xca11b, 4000)
         }
         None => DEFAULT_CALIB_TEXT.to_string(),
-    };
-    base.tokenizer.encode(&text, true)
+    })
+}
+
+/// Calibration tokens of [`calibration_text`].
+pub fn calibration_tokens(
+    base: &crate::model::Model,
+    path: Option<&std::path::PathBuf>,
+) -> anyhow::Result<Vec<u32>> {
+    base.tokenizer.encode(&calibration_text(base, path)?, true)
 }
 
 /// Linears that read the same input share one set of statistics: q/k/v read the attention

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::device::DeviceChoice;
 use crate::eval::tasks::task_accuracy;
-use crate::eval::{PerplexityOptions, generate_greedy, perplexity};
+use crate::eval::{PerplexityOptions, generate_greedy};
 use crate::model::{LinearKind, Model, load_spec};
 use crate::progress::TermProgress;
 use crate::run::EvalSettings;
@@ -142,10 +142,15 @@ impl GuiArgs {
 /// How the evaluation text is read and windowed (shared by `eval` and `run`).
 #[derive(Debug, Args)]
 struct TextArgs {
-    /// Text file to score (default: a zoo model's held-out `lang` text, else the bundled
-    /// license texts `assets/text/licenses.txt`).
-    #[arg(long)]
+    /// Text file to score (default: a zoo model's held-out `lang` text, else the suite
+    /// `held-out`).
+    #[arg(long, conflicts_with = "suite")]
     text: Option<PathBuf>,
+    /// Evaluation suite: `held-out` (six domains the calibration never saw: prose, dialogue,
+    /// technical, code, tables, legal) or a directory of `.txt` files, one per domain. The
+    /// headline metrics are token-weighted over the domains; each domain's are reported too.
+    #[arg(long)]
+    suite: Option<String>,
     /// Tokens per chunk (default 512, or the model's context if shorter).
     #[arg(long)]
     ctx: Option<usize>,
@@ -404,8 +409,16 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|spec| anyhow::Ok(load(spec)?.densified_on(&device)?))
         .transpose()?;
-    let text = crate::eval::evaluation_text(&model, args.text.text.as_deref())?;
-    let tokens = model.tokenizer.encode(&text, true)?;
+    let texts = crate::eval::evaluation_texts(
+        &model,
+        args.text.text.as_deref(),
+        args.text.suite.as_deref(),
+    )?;
+    let domains = texts
+        .domains
+        .iter()
+        .map(|d| Ok((d.name.clone(), model.tokenizer.encode(&d.text, true)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let opts = PerplexityOptions {
         ctx: PerplexityOptions::ctx_or_default(
             args.text.ctx,
@@ -414,9 +427,10 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         chunks: args.text.chunks,
     };
     let bar = TermProgress::new("perplexity");
-    let report = perplexity(&model, &tokens, opts, base.as_ref(), &mut |d, t| {
-        bar.update(d, t)
-    })?;
+    let (report, table) =
+        crate::eval::suite::score(&model, &domains, opts, base.as_ref(), &mut |d, t| {
+            bar.update(d, t)
+        })?;
     bar.finish();
     anyhow::ensure!(
         !args.tasks || args.prompts > 0,
@@ -434,12 +448,33 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     };
     if args.json {
         let mut obj = serde_json::to_value(&report)?;
+        obj["evaluated_on"] = texts.label.clone().into();
+        if texts.is_suite() {
+            obj["domains"] = serde_json::to_value(&table)?;
+        }
         if let Some(tasks) = &tasks {
             obj["tasks"] = serde_json::to_value(tasks)?;
             obj["task_acc_mean"] = (tasks.values().sum::<f64>() / tasks.len().max(1) as f64).into();
         }
         crate::outln!("{}", serde_json::to_string_pretty(&obj)?);
         return Ok(());
+    }
+    crate::outln!("evaluated on {}", texts.label);
+    if texts.is_suite() {
+        for (name, d) in &table {
+            let kld = d
+                .kld_mean
+                .map_or(String::new(), |k| format!("  kld {k:.6}"));
+            let top1 = d
+                .top1_agree
+                .map_or(String::new(), |a| format!("  top-1 {:.2}%", 100.0 * a));
+            crate::outln!(
+                "  {name:<10} ppl {:>9.4}{kld}{top1}  ({} tokens)",
+                d.ppl,
+                d.tokens
+            );
+        }
+        crate::outln!("suite (token-weighted):");
     }
     crate::outln!(
         "ppl {:.4} ± {:.4}  ({} tokens scored in {} chunks of {}, {:.1}s)",
@@ -480,6 +515,7 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
         .with_context(|| args.recipe.display().to_string())?;
     let eval = EvalSettings {
         text: args.text.text.clone(),
+        suite: args.text.suite.clone(),
         ctx: args.text.ctx,
         chunks: args.text.chunks,
         calib_text: args.calib.calib_text.clone(),

@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::calib::calibration_tokens;
+use crate::calib::calibration_text;
 
 use crate::device::DeviceChoice;
 use crate::eval::latency::measure_latency;
+use crate::eval::suite::{DomainTable, overlap_warning, score, suite_key};
 use crate::eval::tasks::task_accuracy;
-use crate::eval::{PerplexityOptions, evaluation_text, perplexity};
+use crate::eval::{PerplexityOptions, evaluation_texts};
 use crate::model::Model;
 use crate::technique::merge::MergeStepInfo;
 use crate::technique::recipe::Recipe;
@@ -23,8 +24,11 @@ use crate::zoo::tasks::Task;
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct EvalSettings {
-    /// Evaluation text (default: [`crate::eval::default_evaluation_text`]).
+    /// Evaluation text; with neither it nor `suite`, the model's default (see
+    /// [`crate::eval::evaluation_texts`]).
     pub text: Option<PathBuf>,
+    /// Evaluation suite: `held-out` or a directory of `.txt` files, one per domain.
+    pub suite: Option<String>,
     pub ctx: Option<usize>,
     pub chunks: Option<usize>,
     pub calib_text: Option<PathBuf>,
@@ -39,6 +43,7 @@ impl Default for EvalSettings {
     fn default() -> Self {
         Self {
             text: None,
+            suite: None,
             ctx: None,
             chunks: None,
             calib_text: None,
@@ -49,6 +54,10 @@ impl Default for EvalSettings {
     }
 }
 
+/// Bumped when the default evaluation or calibration texts change, so runs made with the old
+/// defaults are not taken for runs with the new ones.
+const DEFAULT_TEXTS_VERSION: u32 = 2;
+
 fn file_hash(path: &std::path::Path) -> anyhow::Result<String> {
     let bytes =
         std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
@@ -57,9 +66,11 @@ fn file_hash(path: &std::path::Path) -> anyhow::Result<String> {
 
 impl EvalSettings {
     /// The settings as they enter the run key: text files by content hash, not by path, so
-    /// the same text under another name is the same experiment.
+    /// the same text under another name is the same experiment. `defaults` versions what
+    /// "no text given" means (2: the held-out suite and the calibration mixture).
     pub fn key_json(&self) -> anyhow::Result<String> {
         let text = self.text.as_deref().map(file_hash).transpose()?;
+        let suite = self.suite.as_deref().map(suite_key).transpose()?;
         let calib_text = self.calib_text.as_deref().map(file_hash).transpose()?;
         let mut key = serde_json::json!({
             "text": text,
@@ -69,6 +80,8 @@ impl EvalSettings {
             "calib_samples": self.calib.samples,
             "calib_len": self.calib.seq_len,
             "task_prompts": self.task_prompts,
+            "suite": suite,
+            "defaults": DEFAULT_TEXTS_VERSION,
         });
         if let Some(kind) = self.device.key_kind() {
             key["device"] = kind.into();
@@ -90,6 +103,12 @@ pub struct RunReport {
     pub kld_p99: f64,
     pub top1_agree: f64,
     pub rms_dp: f64,
+    /// What the accuracy metrics were measured on ("suite held-out", a file name, …).
+    pub evaluated_on: String,
+    /// Each domain's metrics when a suite was evaluated (the headline values are their
+    /// token-weighted combination).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domains: Option<DomainTable>,
     /// Exact bytes of all weights in their stored form (linears, embeddings, norms).
     pub bytes: usize,
     pub base_bytes: usize,
@@ -156,9 +175,15 @@ pub fn run(
     };
     // Task accuracy on zoo models; with no prompts there is nothing to report (not 0 %).
     let with_tasks = is_zoo_model(&base.path) && req.task_prompts > 0;
-    let text = evaluation_text(base, req.text.as_deref())?;
-    let tokens = base.tokenizer.encode(&text, true)?;
-    let calib_tokens = calibration_tokens(base, req.calib_text.as_ref())?;
+    let texts = evaluation_texts(base, req.text.as_deref(), req.suite.as_deref())?;
+    let domains = texts
+        .domains
+        .iter()
+        .map(|d| Ok((d.name.clone(), base.tokenizer.encode(&d.text, true)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let calib_text = calibration_text(base, req.calib_text.as_ref())?;
+    let overlap = overlap_warning(&calib_text, &texts.domains);
+    let calib_tokens = base.tokenizer.encode(&calib_text, true)?;
     let ctx = PerplexityOptions::ctx_or_default(req.ctx, base.config().max_position_embeddings);
     let calib = req.calib.within_ctx(ctx);
     let mut steps = Vec::new();
@@ -191,22 +216,23 @@ pub fn run(
         ctx,
         chunks: req.chunks,
     };
-    let base_report = perplexity(base, &tokens, opts, None, &mut |d, t| {
+    let (base_report, _) = score(base, &domains, opts, None, &mut |d, t| {
         progress("evaluating base", d, t)
     })?;
     // Sizes and bits come from the stored form; the evaluation runs what the device can run.
     let evaluated = compressed.model.densified_on(&device)?;
-    let report = perplexity(&evaluated, &tokens, opts, Some(base), &mut |d, t| {
+    let (report, table) = score(&evaluated, &domains, opts, Some(base), &mut |d, t| {
         progress("evaluating", d, t)
     })?;
     let Some(kld) = report.kld.clone() else {
         anyhow::bail!("no KL divergence was computed");
     };
     let latency = if device.is_cpu() {
+        let tokens = &domains[0].1;
         Some(measure_latency(
             &compressed.model,
-            &tokens,
-            ctx.min(tokens.len() - 1),
+            tokens,
+            ctx.min(tokens.len().saturating_sub(1)),
         )?)
     } else {
         None
@@ -232,6 +258,8 @@ pub fn run(
         kld_p99: kld.kld_p99,
         top1_agree: kld.top1_agree,
         rms_dp: kld.rms_dp,
+        evaluated_on: texts.label.clone(),
+        domains: texts.is_suite().then_some(table),
         bytes: compressed.model.transformer.size_bytes(),
         base_bytes: base.transformer.size_bytes(),
         avg_bits: compressed.avg_bits(),
@@ -246,6 +274,12 @@ pub fn run(
         task_acc_mean: tasks.as_ref().map(mean),
         tasks,
         steps: recipe.merge.as_ref().map(|_| steps),
-        notes: compressed.plan.notes.clone(),
+        notes: compressed
+            .plan
+            .notes
+            .iter()
+            .cloned()
+            .chain(overlap)
+            .collect(),
     })
 }

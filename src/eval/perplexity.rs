@@ -34,7 +34,7 @@ impl PerplexityOptions {
 }
 
 /// KL divergence of the model's next-token distribution from the base model's.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct KldReport {
     pub kld_mean: f64,
     pub kld_stderr: f64,

@@ -146,8 +146,18 @@ pub fn recipe_techniques(recipe: &Recipe) -> String {
     out.join(",")
 }
 
+/// The metric column holding `metric` measured on one domain of a suite (`ppl@code`).
+pub fn domain_metric(metric: &str, domain: &str) -> String {
+    format!("{metric}@{domain}")
+}
+
+/// Splits a per-domain metric name into (metric, domain).
+pub fn split_domain_metric(name: &str) -> Option<(&str, &str)> {
+    name.split_once('@')
+}
+
 /// The metrics of a report, flat: every numeric field under its own name, tasks as
-/// `task_<name>`.
+/// `task_<name>`, a suite's domains as `<metric>@<domain>`.
 pub fn report_metrics(report: &RunReport) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     let mut put = |k: &str, v: f64| {
@@ -174,6 +184,15 @@ pub fn report_metrics(report: &RunReport) -> BTreeMap<String, f64> {
     put("flattened_blocks", report.flattened_blocks as f64);
     put("rps_ratio", report.rps_ratio);
     put("merged_models", report.merged_models as f64);
+    for (domain, d) in report.domains.iter().flatten() {
+        put(&domain_metric("ppl", domain), d.ppl);
+        if let Some(v) = d.kld_mean {
+            put(&domain_metric("kld_mean", domain), v);
+        }
+        if let Some(v) = d.top1_agree {
+            put(&domain_metric("top1_agree", domain), v);
+        }
+    }
     if let Some(mean) = report.task_acc_mean {
         put("task_acc_mean", mean);
     }

@@ -136,7 +136,7 @@ pub fn eval_tokens(
     let text = match text {
         Some(t) => t,
         None => {
-            owned = crate::eval::default_evaluation_text(base);
+            owned = crate::eval::default_evaluation_text(base)?;
             &owned
         }
     };

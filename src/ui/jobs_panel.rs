@@ -11,6 +11,8 @@ use super::runs::format_value;
 use super::studio::Studio;
 use super::theme;
 use crate::device::DeviceChoice;
+use crate::eval::suite::HELD_OUT;
+use crate::run::EvalSettings;
 
 /// Metrics shown for a finished job.
 const KEY_METRICS: [(&str, &str); 6] = [
@@ -79,12 +81,73 @@ fn settings_ui(ui: &mut egui::Ui, s: &mut Studio) {
                 ui.label("length");
                 ui.add(egui::DragValue::new(&mut e.calib.seq_len).range(8..=8192));
             });
+            ui.horizontal(|ui| evaluation_text_picker(ui, e));
             ui.horizontal(|ui| device_picker(ui, &mut e.device));
             ui.horizontal(|ui| {
                 ui.label("Tags for new runs");
                 ui.add(egui::TextEdit::singleline(&mut prefs.tags).hint_text("comma-separated"));
             });
         });
+}
+
+/// What new runs are scored on: the model's default (the held-out suite, or a zoo model's
+/// held-out `lang` text), the suite by name, a text file, or a directory of domain texts.
+fn evaluation_text_picker(ui: &mut egui::Ui, e: &mut EvalSettings) {
+    ui.label("Evaluate on");
+    let shown = match (&e.text, &e.suite) {
+        (Some(_), _) => "a text file".to_string(),
+        (_, Some(s)) if s == HELD_OUT => format!("suite {HELD_OUT}"),
+        (_, Some(_)) => "a suite directory".to_string(),
+        _ => "the model's default".to_string(),
+    };
+    egui::ComboBox::from_id_salt("eval-text")
+        .selected_text(shown)
+        .show_ui(ui, |ui| {
+            if ui
+                .selectable_label(e.text.is_none() && e.suite.is_none(), "the model's default")
+                .clicked()
+            {
+                (e.text, e.suite) = (None, None);
+            }
+            if ui
+                .selectable_label(
+                    e.suite.as_deref() == Some(HELD_OUT),
+                    format!("suite {HELD_OUT}"),
+                )
+                .clicked()
+            {
+                (e.text, e.suite) = (None, Some(HELD_OUT.into()));
+            }
+            if ui
+                .selectable_label(e.text.is_some(), "a text file")
+                .clicked()
+                && e.text.is_none()
+            {
+                (e.text, e.suite) = (Some(Default::default()), None);
+            }
+            let dir = e.suite.as_deref().is_some_and(|s| s != HELD_OUT);
+            if ui.selectable_label(dir, "a suite directory").clicked() && !dir {
+                (e.text, e.suite) = (None, Some(String::new()));
+            }
+        })
+        .response
+        .on_hover_text(
+            "The held-out suite scores six domains the calibration never saw (prose, dialogue, \
+             technical text, code, tables, legal text); the headline metrics are token-weighted \
+             over them and each domain's show on hover in the plots. Zoo models default to \
+             their held-out lang text, other models to the suite.",
+        );
+    if let Some(p) = &mut e.text {
+        let mut path = p.display().to_string();
+        if ui
+            .add(egui::TextEdit::singleline(&mut path).hint_text("path of a .txt file"))
+            .changed()
+        {
+            *p = path.into();
+        }
+    } else if let Some(dir) = e.suite.as_mut().filter(|s| *s != HELD_OUT) {
+        ui.add(egui::TextEdit::singleline(dir).hint_text("directory of .txt files"));
+    }
 }
 
 /// The device new jobs and the sensitivity pass compute on. A build without CUDA shows the

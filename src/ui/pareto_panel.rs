@@ -13,6 +13,7 @@ use super::shell::a11y_label;
 use super::state::ColorBy;
 use super::studio::Studio;
 use super::theme;
+use crate::store::record::split_domain_metric;
 
 /// Hover/click pick radius in screen points.
 const PICK_RADIUS: f32 = 8.0;
@@ -305,8 +306,16 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             prefs.y,
             format_value(ys[i])
         );
+        let domains = domain_lines(&row.record.metrics);
         let r = resp.response.clone().on_hover_ui_at_pointer(|ui| {
             ui.label(text);
+            if !domains.is_empty() {
+                ui.separator();
+                ui.weak("per domain of the evaluation suite (the values above are token-weighted over them):");
+                for line in &domains {
+                    ui.monospace(line);
+                }
+            }
         });
         if r.clicked() {
             out.push(Command::SelectRun(Some(row.record.id.clone())));
@@ -324,6 +333,35 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         out.push(Command::SetBoxSelection(ids));
     }
     selection_ui(ui, s, out);
+}
+
+/// One line per domain of a suite run: its perplexity, KLD and top-1 agreement.
+pub fn domain_lines(metrics: &std::collections::BTreeMap<String, f64>) -> Vec<String> {
+    let mut by_domain: std::collections::BTreeMap<&str, [Option<f64>; 3]> = Default::default();
+    for (name, v) in metrics {
+        let Some((metric, domain)) = split_domain_metric(name) else {
+            continue;
+        };
+        let slot = match metric {
+            "ppl" => 0,
+            "kld_mean" => 1,
+            "top1_agree" => 2,
+            _ => continue,
+        };
+        by_domain.entry(domain).or_default()[slot] = Some(*v);
+    }
+    by_domain
+        .into_iter()
+        .map(|(d, [ppl, kld, top1])| {
+            let f = |v: Option<f64>, w: &dyn Fn(f64) -> String| v.map_or("–".into(), w);
+            format!(
+                "{d:<10} ppl {:>8}  KLD {:>7}  top-1 {:>6}",
+                f(ppl, &|v| format!("{v:.2}")),
+                f(kld, &|v| format!("{v:.4}")),
+                f(top1, &|v| format!("{:.1} %", 100.0 * v)),
+            )
+        })
+        .collect()
 }
 
 impl super::state::ParetoPrefs {
