@@ -149,6 +149,10 @@ fn rtn_and_partial_recipes() {
     assert_eq!(weight.id(), w0.id());
     // 4 bits + (f16 scale + f16 zero) per 8 inputs = 8 bits per weight.
     assert!((c.avg_bits() - 8.0).abs() < 1e-9, "{}", c.avg_bits());
+    // The RTN grid has zero codes, but nothing was pruned.
+    let zeros = reparam::technique::prune::model_sparsity(&c.model, |_| true);
+    assert!(zeros > 0.0, "the check needs quantization zeros to ignore");
+    assert_eq!(c.summary.sparsity, 0.0);
 }
 
 /// The `[embedding]` step: the tied embedding/head becomes per-row RTN, counted once at its

@@ -246,7 +246,9 @@ pub fn apply_with_merge_hook(
         timings.quantize.as_secs_f64(),
         timings.propagate.as_secs_f64()
     );
-    summary.sparsity = prune::model_sparsity(&model);
+    summary.sparsity = prune::model_sparsity(&model, |id| {
+        plan.layers.get(&id).is_some_and(|(_, p)| p.prune.is_some())
+    });
     summary.rps_ratio = rps::model_rps_ratio(&model);
     progress("done", total, total);
     Ok(CompressedModel {

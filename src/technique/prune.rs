@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::calib::InputStats;
 use crate::model::nm::NmPacked;
 use crate::model::sparse::{CSR_MAX_DENSITY, CsrMatrix};
-use crate::model::{LinearWeight, Model};
+use crate::model::{LinearId, LinearWeight, Model};
 use crate::technique::recipe::{NmScore, PruneKnobs, PruneMethod, SparseForm};
 
 /// Orders candidates for removal: lower score first, ties by lower index, so masks are
@@ -180,13 +180,18 @@ pub fn prune_linear(
     inference_form(w, rows, cols, weight.bias().cloned(), knobs)
 }
 
-/// Fraction (0–1) of all block-linear weights that are exactly zero in the stored form.
-pub fn model_sparsity(model: &Model) -> f64 {
+/// Fraction (0–1) of all block-linear weights that were pruned: exact zeros in the stored form of
+/// the layers `pruned` names (zeros that quantization happens to produce elsewhere do not count).
+pub fn model_sparsity(model: &Model, pruned: impl Fn(LinearId) -> bool) -> f64 {
     let t = &model.transformer;
     let (mut zeros, mut total) = (0usize, 0usize);
     for id in t.linear_ids() {
         let Some(w) = t.linear(id) else { continue };
         total += w.weight_count();
+        if !pruned(id) {
+            // A quantization grid's zero codes are not pruned weights.
+            continue;
+        }
         zeros += match w {
             LinearWeight::Csr { csr, .. } => w.weight_count() - csr.nnz(),
             other => other
