@@ -27,12 +27,17 @@ mod sensitivity;
 #[command(
     name = "reparam",
     version,
-    about = "Reparam Studio: compress transformer models layer by layer and measure the trade-offs"
+    about = "Reparam Studio: compress transformer models layer by layer and measure the trade-offs",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     /// Without a subcommand, the desktop app opens.
     #[command(subcommand)]
     command: Option<Command>,
+    /// The app's options when no subcommand is given (`reparam --store DIR` is
+    /// `reparam gui --store DIR`).
+    #[command(flatten)]
+    gui: GuiArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,7 +117,7 @@ enum ZooCommand {
 }
 
 /// `reparam gui`.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Args)]
 struct GuiArgs {
     /// Experiment store directory (default `experiments/store`).
     #[arg(long)]
@@ -283,7 +288,7 @@ enum BenchCommand {
 /// Parses `std::env::args` and runs the chosen subcommand.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Gui(GuiArgs::default()));
+    let command = cli.command.unwrap_or(Command::Gui(cli.gui));
     match command {
         Command::Gui(args) => crate::ui::run_gui(args.options()),
         Command::Info { model, json } => info(&model, json),
@@ -763,4 +768,21 @@ fn generate(spec: &str, prompt: &str, n: usize) -> anyhow::Result<()> {
     let out = generate_greedy(&model, &ids, n, |_| false)?;
     crate::outln!("{}{}", prompt, model.tokenizer.decode(&out)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_options_work_without_the_gui_subcommand() {
+        let cli = Cli::try_parse_from(["reparam", "--store", "runs", "--workers", "2"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.gui.store.as_deref(), Some(std::path::Path::new("runs")));
+        assert_eq!(cli.gui.workers, 2);
+        let cli = Cli::try_parse_from(["reparam", "gui", "--store", "runs"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Gui(g)) if g.store.is_some()));
+        // App options do not mix with another subcommand.
+        assert!(Cli::try_parse_from(["reparam", "--store", "runs", "info", "zoo:multi"]).is_err());
+    }
 }

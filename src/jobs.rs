@@ -68,7 +68,11 @@ pub enum JobEventKind {
         total: usize,
     },
     /// The job's stored (or already stored) record: status ok, failed or cancelled.
-    Finished(Box<ExperimentRecord>),
+    Finished {
+        record: Box<ExperimentRecord>,
+        /// The run key was already stored: the record is the earlier run's, nothing ran.
+        cached: bool,
+    },
 }
 
 /// Base models loaded once per model string and shared by every job.
@@ -412,8 +416,8 @@ impl Shared {
                 &mut progress,
             )
         }));
-        let record = match result {
-            Ok(Ok(outcome)) => outcome.record,
+        let (record, cached) = match result {
+            Ok(Ok(outcome)) => (outcome.record, outcome.cached),
             Ok(Err(store_err)) => {
                 let mut rec = ExperimentRecord::failed(
                     "",
@@ -427,7 +431,7 @@ impl Shared {
                     &spec.tags,
                 );
                 rec.notes.push("not stored".into());
-                rec
+                (rec, false)
             }
             Err(payload) => {
                 let msg = format!("panicked: {}", panic_message(payload.as_ref()));
@@ -445,13 +449,19 @@ impl Shared {
                 if let Err(e) = self.store.append(&rec) {
                     tracing::error!("storing the failed run of {id}: {e}");
                 }
-                rec
+                (rec, false)
             }
         };
         if let Ok(mut c) = self.cancels.lock() {
             c.remove(&id);
         }
-        self.emit(id, JobEventKind::Finished(Box::new(record)));
+        self.emit(
+            id,
+            JobEventKind::Finished {
+                record: Box::new(record),
+                cached,
+            },
+        );
     }
 }
 
@@ -578,7 +588,13 @@ impl JobRunner {
             if let Ok(mut c) = self.shared.cancels.lock() {
                 c.remove(&id);
             }
-            self.shared.emit(id, JobEventKind::Finished(Box::new(rec)));
+            self.shared.emit(
+                id,
+                JobEventKind::Finished {
+                    record: Box::new(rec),
+                    cached: false,
+                },
+            );
             return;
         }
         if let Some(flag) = self

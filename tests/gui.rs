@@ -258,6 +258,10 @@ fn cancel_a_job() {
     });
     let rec = h.state().jobs.entries[0].record().unwrap();
     assert_eq!(rec.status, Status::Cancelled, "{:?}", rec.error);
+    // A cancel the user asked for is reported, not as an error.
+    let last = h.state().notices.last().unwrap().clone();
+    assert!(!last.is_error && last.text.contains("stopped"), "{last:?}");
+    assert!(h.query_by_label_contains("0 jobs running").is_some());
 
     // Esc cancels the latest running job. A different seed makes it a new run key.
     h.state_mut()
@@ -371,12 +375,23 @@ fn compare_two_tags() {
     // Tag a run from the history panel; the store keeps it.
     let id = h.state().runs.rows[0].record.id.clone();
     h.state_mut().state.selected_run = Some(id.clone());
-    h.state_mut().views.tag_input = "keep".into();
     settle(&mut h);
+    // With nothing typed the button is disabled: clicking it adds nothing and reports nothing.
+    let notices = h.state().notices.iter().count();
     h.get_by_label("Add tag").click();
+    settle(&mut h);
+    assert_eq!(h.state().notices.iter().count(), notices);
+    // Typing a tag and pressing Enter adds it and empties the field.
+    h.get_by_label("New tag").focus();
+    settle(&mut h);
+    h.get_by_label("New tag").type_text("keep");
+    settle(&mut h);
+    assert_eq!(h.state().views.tag_input, "keep");
+    h.key_press(egui::Key::Enter);
     run_until(&mut h, "the tag", |s| {
         s.runs.rows[0].record.tags.iter().any(|t| t == "keep")
     });
+    assert!(h.state().views.tag_input.is_empty(), "the field is emptied");
     let snap = Store::open(dir.path()).unwrap().load().unwrap();
     let stored = snap.records.iter().find(|r| r.id == id).unwrap();
     assert!(stored.tags.iter().any(|t| t == "keep"));

@@ -53,7 +53,7 @@ fn finished(runner: &JobRunner, n: usize, limit: Duration) -> Vec<(u64, Experime
     let mut out = Vec::new();
     while out.len() < n && Instant::now() < deadline {
         if let Some(ev) = runner.recv_event(Duration::from_millis(50))
-            && let JobEventKind::Finished(rec) = ev.kind
+            && let JobEventKind::Finished { record: rec, .. } = ev.kind
         {
             out.push((ev.id.0, *rec));
         }
@@ -151,7 +151,7 @@ fn panics_are_caught_and_the_runner_goes_on() {
         runner
             .try_events()
             .iter()
-            .all(|e| !matches!(e.kind, JobEventKind::Finished(_)))
+            .all(|e| !matches!(e.kind, JobEventKind::Finished { .. }))
     );
     assert!(
         wakes.load(Ordering::SeqCst) >= 8,

@@ -176,7 +176,7 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         let Some(ev) = runner.recv_event(Duration::from_secs(3600)) else {
             anyhow::bail!("no progress from the job runner for an hour");
         };
-        if let JobEventKind::Finished(rec) = ev.kind {
+        if let JobEventKind::Finished { record: rec, .. } = ev.kind {
             let point = pending.remove(&ev.id).unwrap_or(usize::MAX);
             match rec.status {
                 Status::Ok => ok += 1,

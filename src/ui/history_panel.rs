@@ -15,7 +15,7 @@ use super::pareto_panel::{filters_ui, run_actions_ui};
 use super::runs::{
     RunFilter, RunTable, format_value, front_2d, maximize, metric_deltas, steps_table,
 };
-use super::shell::a11y_label;
+use super::shell::{a11y_label, tag_entry_ui};
 use super::studio::Studio;
 use super::theme;
 
@@ -242,18 +242,13 @@ fn details_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                 });
             }
         }
-        let resp = ui.add(
-            egui::TextEdit::singleline(&mut s.views.tag_input)
-                .hint_text("new tag")
-                .desired_width(100.0),
+        tag_entry_ui(
+            ui,
+            &mut s.views.tag_input,
+            std::slice::from_ref(&id),
+            "Add tag",
+            out,
         );
-        a11y_label(ui, &resp, "New tag");
-        if ui.button("Add tag").clicked() {
-            out.push(Command::AddTag {
-                ids: vec![id.clone()],
-                tag: s.views.tag_input.clone(),
-            });
-        }
     });
     run_actions_ui(ui, &id, out);
     ui.horizontal(|ui| {
@@ -382,7 +377,7 @@ fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
             ui.colored_label(
                 theme::SET_A,
                 format!(
-                    "A `{}`: {} runs, {} on its front, hypervolume {}",
+                    "A '{}': {} runs, {} on its front, hypervolume {}",
                     h.tag_a,
                     a.points.len(),
                     a.front.len(),
@@ -394,7 +389,7 @@ fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
             ui.colored_label(
                 theme::SET_B,
                 format!(
-                    "B `{}`: {} runs, {} on its front, hypervolume {}",
+                    "B '{}': {} runs, {} on its front, hypervolume {}",
                     h.tag_b,
                     b.points.len(),
                     b.front.len(),

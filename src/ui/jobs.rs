@@ -29,6 +29,8 @@ pub struct JobEntry {
     pub finished: Option<Instant>,
     /// Cancel was asked for; the job stops at its next checkpoint.
     pub cancel_requested: bool,
+    /// The run key was already stored: the record came from the store, nothing ran.
+    pub from_store: bool,
 }
 
 impl JobEntry {
@@ -44,6 +46,7 @@ impl JobEntry {
             started: None,
             finished: None,
             cancel_requested: false,
+            from_store: false,
         }
     }
 
@@ -115,8 +118,12 @@ impl JobsView {
                     e.total = total;
                 }
             }
-            JobEventKind::Finished(rec) => {
+            JobEventKind::Finished {
+                record: rec,
+                cached,
+            } => {
                 e.finished = Some(Instant::now());
+                e.from_store = cached;
                 e.stage = "finished".into();
                 let out = (*rec).clone();
                 e.state = JobState::Finished(rec);

@@ -13,6 +13,7 @@ use super::theme;
 use crate::device::DeviceChoice;
 use crate::eval::suite::HELD_OUT;
 use crate::run::EvalSettings;
+use crate::store::Status;
 
 /// Metrics shown for a finished job.
 const KEY_METRICS: [(&str, &str); 6] = [
@@ -163,7 +164,7 @@ fn device_picker(ui: &mut egui::Ui, device: &mut DeviceChoice) {
             if !DeviceChoice::CUDA_BUILT {
                 ui.add_enabled(false, egui::Button::new("cuda:0"))
                     .on_disabled_hover_text(
-                        "this build has no CUDA support: build with `--features cuda`",
+                        "this build has no CUDA support: build it with the cuda feature (cargo build --release --features cuda)",
                     );
             }
         });
@@ -185,7 +186,14 @@ fn job_ui(ui: &mut egui::Ui, e: &JobEntry, out: &mut Vec<Command>) {
         ui.label(&e.label);
     });
     ui.horizontal(|ui| {
-        ui.monospace(format!("{:>6.1} s", e.elapsed().as_secs_f32()));
+        if e.from_store {
+            ui.label("from the store").on_hover_text(
+                "This recipe was already measured with these settings on this model: the stored \
+                 run is shown and nothing ran (the CLI's run --force measures it again).",
+            );
+        } else {
+            ui.monospace(format!("{:>6.1} s", e.elapsed().as_secs_f32()));
+        }
         match &e.state {
             JobState::Queued | JobState::Running => {
                 let bar = match e.fraction() {
@@ -206,7 +214,12 @@ fn job_ui(ui: &mut egui::Ui, e: &JobEntry, out: &mut Vec<Command>) {
             }
             JobState::Finished(rec) => {
                 if let Some(err) = &rec.error {
-                    ui.colored_label(theme::ERROR, err);
+                    // A cancel the user asked for is not an error.
+                    if rec.status == Status::Cancelled {
+                        ui.weak(err);
+                    } else {
+                        ui.colored_label(theme::ERROR, err);
+                    }
                 } else {
                     let bytes = rec.metrics.get("bytes").copied().unwrap_or(f64::NAN);
                     if bytes.is_finite() {

@@ -267,7 +267,7 @@ fn sensitivity_bar_ui(
         painter.rect_filled(bar, 2.0, theme::BAR);
         super::shell::a11y_label(ui, &resp, &format!("sensitivity bar {}", m.layer));
         resp.on_hover_text(format!(
-            "{}: KLD {:.3e} nats, loss {:+.3e} nats/token, {} → {} ({:.0}% of the largest KLD)",
+            "{}: KLD {:.3e} nats, loss {:+.3e} nats/token, {} to {} ({:.0}% of the largest KLD)",
             m.setting,
             m.kld,
             m.nll_delta,

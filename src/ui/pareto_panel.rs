@@ -9,7 +9,7 @@ use egui_plot::{Legend, Line, Plot, PlotPoint, Points, Polygon};
 use super::command::Command;
 use super::editor::FAMILIES;
 use super::runs::{RunFilter, RunTable, data_bounds, decimate, format_value, front_2d, maximize};
-use super::shell::a11y_label;
+use super::shell::{a11y_label, tag_entry_ui};
 use super::state::ColorBy;
 use super::studio::Studio;
 use super::theme;
@@ -152,7 +152,7 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     let cache = &s.views.pareto_cache;
     let (Some(xs), Some(ys)) = (s.runs.column(&prefs.x), s.runs.column(&prefs.y)) else {
         ui.label(format!(
-            "No run has both `{}` and `{}` yet: run a recipe (Jobs panel) and its point appears here.",
+            "No run has both {} and {} yet: run a recipe (Jobs panel) and its point appears here.",
             prefs.x, prefs.y
         ));
         s.views.plot_rect = None;
@@ -467,17 +467,8 @@ fn selection_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     if !s.views.box_selection.is_empty() {
         ui.horizontal(|ui| {
             ui.label(format!("{} runs in the box", s.views.box_selection.len()));
-            ui.add(
-                egui::TextEdit::singleline(&mut s.views.tag_input)
-                    .hint_text("tag")
-                    .desired_width(100.0),
-            );
-            if ui.button("Tag them").clicked() {
-                out.push(Command::AddTag {
-                    ids: s.views.box_selection.clone(),
-                    tag: s.views.tag_input.clone(),
-                });
-            }
+            let ids = s.views.box_selection.clone();
+            tag_entry_ui(ui, &mut s.views.tag_input, &ids, "Tag them", out);
             if ui.button("Clear box").clicked() {
                 out.push(Command::SetBoxSelection(Vec::new()));
             }

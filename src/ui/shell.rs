@@ -103,9 +103,11 @@ impl Studio {
     fn status_bar_ui(&mut self, ui: &mut egui::Ui, out: &mut Vec<Command>) {
         ui.horizontal(|ui| {
             let active = self.jobs.active().count();
+            let runs = self.runs.rows.len();
             ui.label(format!(
-                "{} runs · {active} jobs running",
-                self.runs.rows.len()
+                "{} · {}",
+                plural(runs, "run", "runs"),
+                plural(active, "job running", "jobs running")
             ));
             if self.store.loading {
                 ui.spinner();
@@ -141,6 +143,40 @@ impl Studio {
             });
         }
     }
+}
+
+/// A tag field with its button: Enter in the field or the button tags `ids` and empties the
+/// field; with nothing typed the button is disabled and says why.
+pub fn tag_entry_ui(
+    ui: &mut egui::Ui,
+    input: &mut String,
+    ids: &[String],
+    button: &str,
+    out: &mut Vec<Command>,
+) {
+    let resp = ui.add(
+        egui::TextEdit::singleline(input)
+            .hint_text("new tag")
+            .desired_width(100.0),
+    );
+    a11y_label(ui, &resp, "New tag");
+    let entered = resp.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter));
+    let empty = input.trim().is_empty();
+    let clicked = ui
+        .add_enabled(!empty, egui::Button::new(button))
+        .on_disabled_hover_text("type a tag first (one word)")
+        .clicked();
+    if (clicked || entered) && !empty {
+        out.push(Command::AddTag {
+            ids: ids.to_vec(),
+            tag: std::mem::take(input).trim().to_string(),
+        });
+    }
+}
+
+/// "1 run", "2 runs".
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// Global keyboard shortcuts. Undo/redo are left to a focused text field.

@@ -20,7 +20,7 @@ use eframe::egui;
 
 use crate::jobs::JobRunner;
 use crate::model::LinearId;
-use crate::store::Store;
+use crate::store::{Status, Store};
 
 use super::command::Command;
 use super::dialogs::{DialogKind, FileDialogs};
@@ -137,8 +137,12 @@ impl Studio {
         self.waker.set_context(ctx);
         for ev in self.runner.try_events() {
             if let Some(rec) = self.jobs.apply(ev) {
-                if let Some(err) = &rec.error {
-                    self.notice_error(format!("job {} failed: {err}", rec.id));
+                match (&rec.error, rec.status) {
+                    (Some(err), Status::Cancelled) => {
+                        self.notice(format!("job {} stopped: {err}", rec.id));
+                    }
+                    (Some(err), _) => self.notice_error(format!("job {} failed: {err}", rec.id)),
+                    (None, _) => {}
                 }
                 self.runs.push(rec);
             }
