@@ -552,3 +552,33 @@ fn a_gpu_job_without_cuda_fails_with_the_reason() {
     assert_eq!(rec.status, Status::Ok, "{:?}", rec.error);
     assert_eq!(rec.device, "cpu");
 }
+
+/// Changing a Pareto axis fits the view to the new metric at once (no double-click needed).
+#[test]
+fn a_new_pareto_axis_refits_the_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for i in 0..6 {
+        let mut r = synthetic(i, "s", 1e6 * (i + 1) as f64, 0.1 / (i + 1) as f64);
+        // Perplexities far outside the KLD range, so a stale view would show none of them.
+        r.metrics.insert("ppl".into(), 500.0 + 100.0 * i as f64);
+        store.append(&r).unwrap();
+    }
+    let dialogs = ScriptedDialogs::default();
+    let mut s = studio(dir.path(), &dialogs);
+    s.state.model_spec = String::new();
+    s.state.pareto.x = "bytes".into();
+    s.state.pareto.y = "kld_mean".into();
+    let mut h = harness(s);
+    run_until(&mut h, "the store", |s| {
+        !s.store.loading && s.runs.rows.len() == 6
+    });
+    h.get_by_label("Pareto").click();
+    settle(&mut h);
+    let [_, y0, _, y1] = h.state().views.pareto_view.expect("the plot was drawn");
+    assert!(y0 <= 0.02 && y1 >= 0.1 && y1 < 1.0, "view {y0}..{y1}");
+    h.state_mut().state.pareto.y = "ppl".into();
+    settle(&mut h);
+    let [_, y0, _, y1] = h.state().views.pareto_view.expect("the plot was drawn");
+    assert!(y0 <= 500.0 && y1 >= 1000.0, "view {y0}..{y1} misses the points");
+}

@@ -4,10 +4,11 @@
 //! cell per colour, so 100 000 runs draw as fast as a few thousand.
 
 use eframe::egui;
-use egui_plot::{Legend, Line, Plot, PlotPoint, Points, Polygon};
+use egui_plot::{Corner, GridMark, Legend, Line, Plot, PlotPoint, Points, Polygon};
 
 use super::command::Command;
 use super::editor::FAMILIES;
+use super::model_panel::human_bytes;
 use super::runs::{RunFilter, RunTable, data_bounds, decimate, format_value, front_2d, maximize};
 use super::shell::{a11y_label, tag_entry_ui};
 use super::state::ColorBy;
@@ -170,11 +171,20 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     ));
     let selected = prefs.selected_row(&s.runs, s.state.selected_run.as_deref());
     let height = (ui.available_height() - 150.0).max(200.0);
+    // The legend goes in the corner where the worst runs are, away from the front.
+    let corner = match (maximize(&prefs.x), maximize(&prefs.y)) {
+        (false, false) => Corner::RightTop,
+        (false, true) => Corner::RightBottom,
+        (true, false) => Corner::LeftTop,
+        (true, true) => Corner::LeftBottom,
+    };
     let mut plot = Plot::new("pareto-plot")
         .height(height)
-        .x_axis_label(prefs.x.clone())
-        .y_axis_label(prefs.y.clone())
-        .legend(Legend::default())
+        .x_axis_label(metric_label(&prefs.x))
+        .y_axis_label(metric_label(&prefs.y))
+        .x_axis_formatter(axis_formatter(&prefs.x))
+        .y_axis_formatter(axis_formatter(&prefs.y))
+        .legend(Legend::default().position(corner))
         .allow_drag(!prefs.box_select)
         .allow_boxed_zoom(!prefs.box_select);
     if let Some(b) = cache.bounds {
@@ -182,6 +192,14 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             .default_x_bounds(b[0], b[2])
             .default_y_bounds(b[1], b[3]);
     }
+    // New axes: fit the view to them (the plot keeps its zoom across frames otherwise).
+    let axes = (prefs.x.clone(), prefs.y.clone());
+    if s.views.pareto_axes.as_ref() != Some(&axes) {
+        plot = plot.reset();
+        s.views.pareto_axes = Some(axes);
+    }
+    let box_selected: std::collections::HashSet<&str> =
+        s.views.box_selection.iter().map(String::as_str).collect();
     let runs = &s.runs;
     let resp = plot.show(ui, |pu| {
         let b = pu.plot_bounds();
@@ -218,7 +236,13 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         // The front first, so the points stay visible on top of it.
         if prefs.show_front && cache.front.len() > 1 {
             let pts: Vec<[f64; 2]> = cache.front.iter().map(|&i| [xs[i], ys[i]]).collect();
-            pu.line(Line::new("front", pts).color(theme::FRONT).width(1.5));
+            // No band aggregation: two front points in one pixel column must not be filled.
+            pu.line(
+                Line::new("front", pts)
+                    .color(theme::FRONT)
+                    .width(1.5)
+                    .allow_band(false),
+            );
         }
         for (g, (c, pts)) in groups {
             pu.points(
@@ -226,6 +250,20 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                     .color(c)
                     .radius(3.5)
                     .filled(true),
+            );
+        }
+        if !box_selected.is_empty() {
+            let pts: Vec<[f64; 2]> = cache
+                .rows
+                .iter()
+                .filter(|&&i| box_selected.contains(runs.rows[i].record.id.as_str()))
+                .map(|&i| [xs[i], ys[i]])
+                .collect();
+            pu.points(
+                Points::new("box-selected", pts)
+                    .color(theme::SELECTED)
+                    .radius(5.0)
+                    .filled(false),
             );
         }
         if let Some(i) = selected {
@@ -289,6 +327,8 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         r.min - egui::vec2(70.0, 4.0),
         r.max + egui::vec2(4.0, 36.0),
     ));
+    let b = resp.transform.bounds();
+    s.views.pareto_view = Some([b.min()[0], b.min()[1], b.max()[0], b.max()[1]]);
     let (nearest, box_rect, fresh) = resp.inner;
     if fresh.is_some() {
         s.views.pareto_cache.drawn = fresh;
@@ -333,6 +373,57 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         out.push(Command::SetBoxSelection(ids));
     }
     selection_ui(ui, s, out);
+}
+
+/// A metric's name for axes and pickers: what it is, with its unit.
+pub fn metric_label(metric: &str) -> String {
+    let (base, domain) = match split_domain_metric(metric) {
+        Some((m, d)) => (m, Some(d)),
+        None => (metric, None),
+    };
+    let name = match base {
+        "bytes" => "size (bytes)".to_string(),
+        "base_bytes" => "base size (bytes)".to_string(),
+        "avg_bits" => "bits per weight".to_string(),
+        "ppl" => "perplexity".to_string(),
+        "base_ppl" => "base perplexity".to_string(),
+        "kld_mean" => "KLD mean (nats)".to_string(),
+        "kld_p99" => "KLD p99 (nats)".to_string(),
+        "top1_agree" => "top-1 agreement".to_string(),
+        "rms_dp" => "RMS Δp".to_string(),
+        "decode_tok_s" => "decode (tokens/s)".to_string(),
+        "prefill_tok_s" => "prefill (tokens/s)".to_string(),
+        "compress_seconds" => "compression time (s)".to_string(),
+        "duration_s" => "run time (s)".to_string(),
+        "sparsity" => "sparsity".to_string(),
+        "task_acc_mean" => "task accuracy (mean)".to_string(),
+        other => other.replace('_', " "),
+    };
+    match domain {
+        Some(d) => format!("{name}, {d}"),
+        None => name,
+    }
+}
+
+/// Tick labels in the metric's unit: bytes as kB/MB/GB, fractions as percentages.
+fn axis_formatter(metric: &str) -> impl Fn(GridMark, &std::ops::RangeInclusive<f64>) -> String {
+    let base = split_domain_metric(metric)
+        .map_or(metric, |(m, _)| m)
+        .to_string();
+    move |mark, _| {
+        let v = mark.value;
+        if base.ends_with("bytes") {
+            human_bytes(v.max(0.0) as usize)
+        } else if matches!(
+            base.as_str(),
+            "top1_agree" | "sparsity" | "rms_dp" | "task_acc_mean"
+        ) || base.starts_with("task_")
+        {
+            format!("{:.0} %", 100.0 * v)
+        } else {
+            format_value(v)
+        }
+    }
 }
 
 /// One line per domain of a suite run: its perplexity, KLD and top-1 agreement.

@@ -17,6 +17,10 @@ pub struct Views {
     /// Runs inside the last box selection on the Pareto plot.
     pub box_selection: Vec<String>,
     pub pareto_cache: ParetoCache,
+    /// The Pareto axes drawn last frame; a change refits the view.
+    pub pareto_axes: Option<(String, String)>,
+    /// The Pareto plot's visible data range last frame, `[x0, y0, x1, y1]`.
+    pub pareto_view: Option<[f64; 4]>,
     /// Where the plot was drawn last frame (screen points), for the PNG export's crop.
     pub plot_rect: Option<egui::Rect>,
     /// Text typed into the tag boxes.
