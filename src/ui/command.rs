@@ -91,4 +91,6 @@ pub enum Command {
     },
     /// Forget the notices shown in the status bar.
     DismissNotices,
+    /// The typed-path prompt's answer (`None`: cancelled).
+    AnswerPathPrompt(Option<String>),
 }

@@ -32,6 +32,9 @@ impl Studio {
             Panel::Pareto => super::pareto_panel::pareto_ui(ui, self, &mut out),
             Panel::History => super::history_panel::history_ui(ui, self, &mut out),
         });
+        if let Some(prompt) = &mut self.views.path_prompt {
+            path_prompt_ui(ui.ctx(), prompt, &mut out);
+        }
         for c in out {
             self.push(c);
         }
@@ -143,6 +146,42 @@ impl Studio {
             });
         }
     }
+}
+
+/// The typed-path fallback for a file dialog that could not open: the reason, a path field
+/// with completions from the file system, OK (or Enter) and Cancel.
+fn path_prompt_ui(
+    ctx: &egui::Context,
+    prompt: &mut crate::ui::studio::views::PathPrompt,
+    out: &mut Vec<Command>,
+) {
+    egui::Window::new("Type a path")
+        .collapsible(false)
+        .resizable(false)
+        .anchor(egui::Align2::CENTER_CENTER, egui::vec2(0.0, 0.0))
+        .show(ctx, |ui| {
+            ui.label(&prompt.reason);
+            let resp = ui.add(
+                egui::TextEdit::singleline(&mut prompt.text)
+                    .hint_text("/path/to/file")
+                    .desired_width(360.0),
+            );
+            a11y_label(ui, &resp, "Path");
+            let entered = resp.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter));
+            for c in crate::ui::dialogs::path_completions(&prompt.text, 8) {
+                if ui.small_button(&c).clicked() {
+                    prompt.text = c;
+                }
+            }
+            ui.horizontal(|ui| {
+                if ui.button("OK").clicked() || entered {
+                    out.push(Command::AnswerPathPrompt(Some(prompt.text.clone())));
+                }
+                if ui.button("Cancel").clicked() {
+                    out.push(Command::AnswerPathPrompt(None));
+                }
+            });
+        });
 }
 
 /// A tag field with its button: Enter in the field or the button tags `ids` and empties the

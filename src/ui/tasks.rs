@@ -80,7 +80,10 @@ pub enum TaskEvent {
     },
     Dialog {
         purpose: DialogPurpose,
-        path: Option<PathBuf>,
+        answer: super::dialogs::DialogAnswer,
+        /// What was asked, for the typed-path fallback when no dialog could open.
+        kind: super::dialogs::DialogKind,
+        suggested: String,
     },
     /// A recipe read from a file.
     RecipeLoaded(Result<crate::technique::recipe::Recipe, String>),

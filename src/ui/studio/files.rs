@@ -8,9 +8,10 @@ use eframe::egui;
 
 use super::{Activity, Studio};
 use crate::technique::recipe::Recipe;
-use crate::ui::dialogs::DialogKind;
+use crate::ui::dialogs::{DialogAnswer, DialogKind};
 use crate::ui::export::{ExportKind, export_run};
 use crate::ui::state::Panel;
+use crate::ui::studio::views::PathPrompt;
 use crate::ui::tasks::{DialogPurpose, TaskEvent};
 
 impl Studio {
@@ -19,15 +20,23 @@ impl Studio {
         let dialogs = self.dialogs.clone();
         let suggested = suggested.to_string();
         let p2 = purpose.clone();
+        let s2 = suggested.clone();
         self.tasks.spawn(
             "dialog",
             move |tx| {
-                let path = dialogs.pick(kind, &suggested);
-                tx.send(TaskEvent::Dialog { purpose, path });
+                let answer = dialogs.pick(kind, &suggested);
+                tx.send(TaskEvent::Dialog {
+                    purpose,
+                    answer,
+                    kind,
+                    suggested,
+                });
             },
-            move |_| TaskEvent::Dialog {
+            move |e| TaskEvent::Dialog {
                 purpose: p2,
-                path: None,
+                answer: DialogAnswer::Unavailable(e),
+                kind,
+                suggested: s2,
             },
         );
     }
@@ -67,18 +76,34 @@ impl Studio {
         } else {
             DialogPurpose::PlotSvg
         };
-        self.on_dialog(ctx, purpose, Some(path));
+        self.on_dialog(ctx, purpose, DialogAnswer::Picked(path), PathPrompt::NONE);
     }
 
+    /// A dialog's answer: the path goes to its purpose; a dialog that could not open asks for
+    /// a typed path instead (what was asked is in `asked`).
     pub(super) fn on_dialog(
         &mut self,
         ctx: &egui::Context,
         purpose: DialogPurpose,
-        path: Option<PathBuf>,
+        answer: DialogAnswer,
+        asked: (DialogKind, String),
     ) {
-        let Some(path) = path else {
-            self.notice("cancelled");
-            return;
+        let path = match answer {
+            DialogAnswer::Picked(p) => p,
+            DialogAnswer::Cancelled => {
+                self.notice("cancelled");
+                return;
+            }
+            DialogAnswer::Unavailable(reason) => {
+                self.notice(format!("{reason}: type the path instead"));
+                self.views.path_prompt = Some(PathPrompt {
+                    purpose,
+                    kind: asked.0,
+                    text: asked.1,
+                    reason,
+                });
+                return;
+            }
         };
         match purpose {
             DialogPurpose::OpenModel => self.open_model(path.display().to_string()),
@@ -112,6 +137,23 @@ impl Studio {
             DialogPurpose::ExportModel(id) => self.export_model(&id, path, ExportKind::HfDir),
             DialogPurpose::ExportGguf(id) => self.export_model(&id, path, ExportKind::Gguf),
             DialogPurpose::ExportTypes(id) => self.export_model(&id, path, ExportKind::Types),
+        }
+    }
+
+    /// The typed-path prompt answered: its path goes where the dialog's would have.
+    pub(super) fn answer_path_prompt(&mut self, path: Option<String>) {
+        let Some(prompt) = self.views.path_prompt.take() else {
+            return;
+        };
+        match path.map(|p| p.trim().to_string()).filter(|p| !p.is_empty()) {
+            // Through the event queue, where the answer is handled with the frame's context.
+            Some(p) => self.tasks.sender().send(TaskEvent::Dialog {
+                purpose: prompt.purpose,
+                answer: DialogAnswer::Picked(PathBuf::from(p)),
+                kind: prompt.kind,
+                suggested: String::new(),
+            }),
+            None => self.notice("cancelled"),
         }
     }
 

@@ -206,6 +206,7 @@ impl Studio {
         match cmd {
             Command::SwitchPanel(p) => self.state.panel = p,
             Command::DismissNotices => self.notices.clear(),
+            Command::AnswerPathPrompt(path) => self.answer_path_prompt(path),
             // The model slot and its sensitivity pass.
             Command::OpenModel(spec) => self.open_model(spec),
             Command::OpenModelDialog(kind) => self.dialog(kind, "", DialogPurpose::OpenModel),
@@ -295,7 +296,12 @@ impl Studio {
             TaskEvent::Sensitivity(result) => self.on_sensitivity(result),
             TaskEvent::StoreLoaded(result) => self.on_store_loaded(result),
             TaskEvent::Tags { id, result } => self.on_tags(&id, result),
-            TaskEvent::Dialog { purpose, path } => self.on_dialog(ctx, purpose, path),
+            TaskEvent::Dialog {
+                purpose,
+                answer,
+                kind,
+                suggested,
+            } => self.on_dialog(ctx, purpose, answer, (kind, suggested)),
             TaskEvent::RecipeLoaded(result) => match result {
                 Ok(r) => {
                     self.recipe.editor.set(r);

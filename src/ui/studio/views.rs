@@ -3,8 +3,25 @@
 
 use eframe::egui;
 
+use crate::ui::dialogs::DialogKind;
 use crate::ui::history_panel::HistoryCache;
 use crate::ui::pareto_panel::ParetoCache;
+use crate::ui::tasks::DialogPurpose;
+
+/// A path typed by hand because no file dialog could open: what it is for and the text so far.
+#[derive(Debug, Clone)]
+pub struct PathPrompt {
+    pub purpose: DialogPurpose,
+    pub kind: DialogKind,
+    pub text: String,
+    /// Why no dialog opened.
+    pub reason: String,
+}
+
+impl PathPrompt {
+    /// What a programmatic answer asked for: nothing a prompt would need.
+    pub const NONE: (DialogKind, String) = (DialogKind::SavePng, String::new());
+}
 
 /// The compare view's per-layer diff, keyed by (run A, run B, open model id).
 pub type DiffCache = (
@@ -27,6 +44,8 @@ pub struct Views {
     pub tag_input: String,
     pub history_cache: HistoryCache,
     pub diff_cache: Option<DiffCache>,
+    /// The typed-path prompt shown when no file dialog could open.
+    pub path_prompt: Option<PathPrompt>,
     /// Hypervolumes of the compare view's two sets, as last drawn.
     pub compare_hv: Option<(f64, f64)>,
 }
