@@ -488,6 +488,11 @@ fn sensitivity_pass_draws_bars() {
     assert!(h.query_by_label("sensitivity bar blk.1.ffn_down").is_some());
     assert!(h.query_by_label("sensitivity bar blk.0.ffn_down").is_some());
     assert!(h.query_by_label("sensitivity bar blk.0.attn_q").is_none());
+    // The ranked list puts the most sensitive layer first.
+    let top = sens.ranked(1)[0].layer.clone();
+    assert_eq!(top, "blk.1.ffn_down");
+    assert!(h.query_by_label("Most sensitive layers").is_some());
+    assert!(h.query_all_by_label(&top).count() >= 1);
 }
 
 /// The sensitivity pass stops at its Cancel button; a user's cancel is a notice, not an error.

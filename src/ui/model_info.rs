@@ -143,6 +143,14 @@ impl Sensitivity {
         }
     }
 
+    /// The `n` layers with the largest KL divergence, most sensitive first.
+    pub fn ranked(&self, n: usize) -> Vec<&LayerSensitivity> {
+        let mut v: Vec<&LayerSensitivity> = self.layers.values().collect();
+        v.sort_by(|a, b| b.kld.total_cmp(&a.kld));
+        v.truncate(n);
+        v
+    }
+
     /// The largest KL divergence (the full-width bar).
     pub fn max_kld(&self) -> f64 {
         self.layers.values().map(|l| l.kld).fold(0.0, f64::max)

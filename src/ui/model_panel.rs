@@ -195,6 +195,28 @@ fn sensitivity_controls_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Comm
                     " — for an earlier version of the recipe; run again to update"
                 }
             ));
+            egui::CollapsingHeader::new("Most sensitive layers")
+                .id_salt("sensitivity-ranked")
+                .default_open(true)
+                .show(ui, |ui| {
+                    egui::Grid::new("sensitivity-ranked-grid")
+                        .striped(true)
+                        .show(ui, |ui| {
+                            for h in ["#", "Layer", "Setting", "KLD (nats)", "Δ loss (nats/token)"]
+                            {
+                                ui.strong(h);
+                            }
+                            ui.end_row();
+                            for (rank, l) in x.ranked(10).into_iter().enumerate() {
+                                ui.label(format!("{}", rank + 1));
+                                ui.monospace(&l.layer);
+                                ui.label(&l.setting);
+                                ui.label(format!("{:.3e}", l.kld));
+                                ui.label(format!("{:+.3e}", l.nll_delta));
+                                ui.end_row();
+                            }
+                        });
+                });
         }
     }
 }

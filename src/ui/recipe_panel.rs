@@ -68,6 +68,39 @@ impl RuleForm {
 }
 
 /// Every choice of the quantization column.
+/// The recipe grid's column headers and what each knob does.
+const GRID_HEADERS: [(&str, &str); 9] = [
+    ("", ""),
+    ("Layer", ""),
+    ("Shape", "Output × input features of the linear layer"),
+    (
+        "Bits",
+        "SA n: shift-add (ShiftAddLLM) binary-coding quantization, n bit planes with \
+         power-of-two scales, fitted to calibration data. RTN n: round-to-nearest n-bit \
+         integers with an f16 scale and zero per group of 128 inputs (the baseline).",
+    ),
+    (
+        "Prune",
+        "Fraction of the layer's weights set to zero (0 = no pruning)",
+    ),
+    (
+        "Method",
+        "magnitude: smallest |W| of the whole matrix; wanda: smallest |W|·‖x‖ per output row \
+         (needs calibration); nm: keep n of every m consecutive inputs (2:4)",
+    ),
+    (
+        "RPS ×",
+        "Randomized parameter sharing: weights per slot of a small hashed array that stores \
+         the layer (2 = half the values); 0 = off",
+    ),
+    (
+        "Flatten with next",
+        "FlattenGPT: merge this block with the next into one block that runs both in parallel \
+         on the same input, then prune it back to the original width",
+    ),
+    ("Rule", "The recipe rule that sets this layer"),
+];
+
 fn quant_choices(current: &Option<Quant>) -> Vec<Option<Quant>> {
     let mut v = vec![None];
     for bits in 2..=8 {
@@ -230,18 +263,11 @@ fn grid_ui(
         .striped(true)
         .num_columns(9)
         .show(ui, |ui| {
-            for h in [
-                "",
-                "Layer",
-                "Shape",
-                "Bits",
-                "Prune",
-                "Method",
-                "RPS ×",
-                "Flatten with next",
-                "Rule",
-            ] {
-                ui.strong(h);
+            for (h, tip) in GRID_HEADERS {
+                let r = ui.strong(h);
+                if !tip.is_empty() {
+                    r.on_hover_text(tip);
+                }
             }
             ui.end_row();
             for block in 0..sum.n_blocks {
@@ -353,8 +379,21 @@ fn cells_ui(
     let resp = egui::ComboBox::from_id_salt(("quant", row))
         .selected_text(text)
         .width(70.0)
+        // Tall enough for every choice: RTN must not hide below the shift-add widths.
+        .height(f32::INFINITY)
         .show_ui(ui, |ui| {
             for choice in quant_choices(&cur) {
+                match &choice {
+                    Some(Quant::ShiftAdd(k)) if k.bits == 2 => {
+                        ui.separator();
+                        ui.weak("shift-add");
+                    }
+                    Some(Quant::Rtn(k)) if k.bits == 2 => {
+                        ui.separator();
+                        ui.weak("RTN");
+                    }
+                    _ => {}
+                }
                 let selected = quant.as_ref() == Some(&choice);
                 if ui
                     .selectable_label(selected, quant_label(&choice))
