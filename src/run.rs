@@ -119,6 +119,11 @@ pub struct RunReport {
     /// and a number would describe the dense stand-in, not the technique.
     pub decode_tok_s: Option<f64>,
     pub prefill_tok_s: Option<f64>,
+    /// The slowest and fastest of the timed rounds behind the two medians above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_range: Option<[f64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_range: Option<[f64; 2]>,
     pub compress_seconds: f64,
     /// Fraction (0–1) of linear weights pruned away.
     pub sparsity: f64,
@@ -264,6 +269,8 @@ pub fn run(
         base_bytes: base.transformer.size_bytes(),
         avg_bits: compressed.avg_bits(),
         decode_tok_s: latency.map(|l| l.decode_tok_s),
+        decode_range: latency.map(|l| l.decode_range),
+        prefill_range: latency.map(|l| l.prefill_range),
         prefill_tok_s: latency.map(|l| l.prefill_tok_s),
         compress_seconds: compressed.compress_seconds,
         sparsity: compressed.summary.sparsity,

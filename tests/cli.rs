@@ -191,6 +191,13 @@ fn run_applies_a_recipe_to_a_zoo_model() {
     ] {
         assert!(f(k).is_finite() && f(k) >= 0.0, "{k}: {r}");
     }
+    // Latency is the median of its timed rounds, which lie within the reported range.
+    for k in ["decode", "prefill"] {
+        let range = r[format!("{k}_range")].as_array().unwrap();
+        let (lo, hi) = (range[0].as_f64().unwrap(), range[1].as_f64().unwrap());
+        let v = f(&format!("{k}_tok_s"));
+        assert!(lo <= v && v <= hi, "{k}: {lo} <= {v} <= {hi}");
+    }
     assert_eq!(r["tasks"].as_object().unwrap().len(), 4);
     assert_eq!(r["recipe_hash"].as_str().unwrap().len(), 64);
     assert_eq!(r["device"], "cpu");

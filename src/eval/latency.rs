@@ -5,17 +5,29 @@ use std::time::Instant;
 
 use crate::model::{KvCache, Model, NoHook};
 
-/// Measured throughput.
+/// Measured throughput: the median of [`ROUNDS`] timings, with their range, so a reader can
+/// tell a real difference from the machine's noise.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Latency {
     /// Tokens per second generating one token at a time after a short prompt.
     pub decode_tok_s: f64,
+    /// Slowest and fastest decode round.
+    pub decode_range: [f64; 2],
     /// Tokens per second processing a `prefill_tokens`-token prompt in one pass.
     pub prefill_tok_s: f64,
+    pub prefill_range: [f64; 2],
 }
 
-/// Decode steps timed (after one untimed step that warms caches and thread pools).
+/// Timed rounds of each measurement.
+pub const ROUNDS: usize = 3;
+/// Decode steps per round (after one untimed step that warms caches and thread pools).
 const DECODE_STEPS: usize = 32;
+
+/// Median and [min, max] of a few rates.
+fn spread(mut v: Vec<f64>) -> (f64, [f64; 2]) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], [v[0], v[v.len() - 1]])
+}
 
 /// Measures decode and prefill on `tokens` (at least `prefill_tokens + 1` long).
 pub fn measure_latency(
@@ -28,23 +40,32 @@ pub fn measure_latency(
         "latency needs more than {prefill_tokens} tokens of text"
     );
     let t = &model.transformer;
-    // Prefill: one untimed warm-up pass, then the timed one.
+    // Prefill: one untimed warm-up pass, then the timed ones.
     let prompt = &tokens[..prefill_tokens];
     t.forward(prompt, None, &mut NoHook, prefill_tokens - 1)?;
-    let start = Instant::now();
-    t.forward(prompt, None, &mut NoHook, prefill_tokens - 1)?;
-    let prefill_tok_s = prefill_tokens as f64 / start.elapsed().as_secs_f64();
-
-    let mut cache = KvCache::default();
-    t.forward(&tokens[..16], Some(&mut cache), &mut NoHook, 15)?;
-    t.forward(&tokens[16..17], Some(&mut cache), &mut NoHook, 0)?;
-    let start = Instant::now();
-    for &tok in tokens[17..].iter().cycle().take(DECODE_STEPS) {
-        t.forward(&[tok], Some(&mut cache), &mut NoHook, 0)?;
+    let mut prefill = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        t.forward(prompt, None, &mut NoHook, prefill_tokens - 1)?;
+        prefill.push(prefill_tokens as f64 / start.elapsed().as_secs_f64());
     }
-    let decode_tok_s = DECODE_STEPS as f64 / start.elapsed().as_secs_f64();
+    let mut decode = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let mut cache = KvCache::default();
+        t.forward(&tokens[..16], Some(&mut cache), &mut NoHook, 15)?;
+        t.forward(&tokens[16..17], Some(&mut cache), &mut NoHook, 0)?;
+        let start = Instant::now();
+        for &tok in tokens[17..].iter().cycle().take(DECODE_STEPS) {
+            t.forward(&[tok], Some(&mut cache), &mut NoHook, 0)?;
+        }
+        decode.push(DECODE_STEPS as f64 / start.elapsed().as_secs_f64());
+    }
+    let (decode_tok_s, decode_range) = spread(decode);
+    let (prefill_tok_s, prefill_range) = spread(prefill);
     Ok(Latency {
         decode_tok_s,
+        decode_range,
         prefill_tok_s,
+        prefill_range,
     })
 }

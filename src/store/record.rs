@@ -179,6 +179,15 @@ pub fn report_metrics(report: &RunReport) -> BTreeMap<String, f64> {
     if let Some(v) = report.prefill_tok_s {
         put("prefill_tok_s", v);
     }
+    for (name, range) in [
+        ("decode_tok_s", report.decode_range),
+        ("prefill_tok_s", report.prefill_range),
+    ] {
+        if let Some([lo, hi]) = range {
+            put(&format!("{name}_min"), lo);
+            put(&format!("{name}_max"), hi);
+        }
+    }
     put("compress_seconds", report.compress_seconds);
     put("sparsity", report.sparsity);
     put("flattened_blocks", report.flattened_blocks as f64);

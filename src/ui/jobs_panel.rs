@@ -173,6 +173,28 @@ fn device_picker(ui: &mut egui::Ui, device: &mut DeviceChoice) {
     }
 }
 
+/// A throughput with the spread of its timed rounds: "decode tok/s 61.2 (58.0–63.1)".
+fn latency_label(
+    ui: &mut egui::Ui,
+    metrics: &std::collections::BTreeMap<String, f64>,
+    key: &str,
+    name: &str,
+) {
+    let Some(v) = metrics.get(key) else {
+        return;
+    };
+    let lo = metrics.get(&format!("{key}_min"));
+    let hi = metrics.get(&format!("{key}_max"));
+    let text = match (lo, hi) {
+        (Some(lo), Some(hi)) => format!("{name} {v:.1} ({lo:.1}–{hi:.1})"),
+        _ => format!("{name} {v:.1}"),
+    };
+    ui.label(text).on_hover_text(
+        "Median of 3 timed rounds on this machine, with the slowest and fastest: timings move \
+         with other load on the machine, so compare runs by their ranges.",
+    );
+}
+
 fn job_ui(ui: &mut egui::Ui, e: &JobEntry, out: &mut Vec<Command>) {
     ui.horizontal(|ui| {
         let color = match e.status_label() {
@@ -226,6 +248,10 @@ fn job_ui(ui: &mut egui::Ui, e: &JobEntry, out: &mut Vec<Command>) {
                         ui.label(format!("size {}", human_bytes(bytes as usize)));
                     }
                     for (k, name) in KEY_METRICS {
+                        if k == "decode_tok_s" {
+                            latency_label(ui, &rec.metrics, k, name);
+                            continue;
+                        }
                         if let Some(v) = rec.metrics.get(k) {
                             ui.label(format!("{name} {}", format_value(*v)));
                         }
