@@ -493,6 +493,19 @@ fn sensitivity_pass_draws_bars() {
     assert_eq!(top, "blk.1.ffn_down");
     assert!(h.query_by_label("Most sensitive layers").is_some());
     assert!(h.query_all_by_label(&top).count() >= 1);
+    drop(h);
+
+    // The pass was kept in the store: a restarted app shows it again without rerunning.
+    let s = studio(dir.path(), &dialogs);
+    let mut h = harness(s);
+    wait_model(&mut h);
+    run_until(&mut h, "the restored pass", |s| {
+        s.sensitivity.result.is_some()
+    });
+    let again = h.state().sensitivity.result.clone().unwrap();
+    assert_eq!(again.layers.len(), 6);
+    assert_eq!(again.recipe_hash, sens.recipe_hash);
+    assert_eq!(again.ranked(1)[0].layer, top);
 }
 
 /// The sensitivity pass stops at its Cancel button; a user's cancel is a notice, not an error.

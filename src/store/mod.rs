@@ -4,6 +4,8 @@
 //! - `run-<id>.parquet`: one finished run (one row), written once and never rewritten;
 //! - `compact-<stamp>-<id>.parquet`: many runs merged by [`Store::compact`];
 //! - `tags/<id>.<stamp>.tag`: one tag operation (`+tag` or `-tag`) per small file;
+//! - `sensitivity/<model>-<recipe>.json`: the app's last sensitivity pass per model and recipe
+//!   ([`passes`]);
 //! - `.tmp-*`: a write in progress (ignored by readers; a killed writer may leave one).
 //!
 //! Every file is written to a temporary name, fsynced, renamed into place and the directory
@@ -16,6 +18,7 @@
 
 pub mod frame;
 pub mod pareto;
+pub mod passes;
 pub mod query;
 pub mod record;
 pub mod scan;

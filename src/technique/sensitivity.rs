@@ -50,11 +50,12 @@ impl Default for SensitivityOptions {
 }
 
 /// One linear's sensitivity.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LayerSensitivity {
     /// The layer (`blk.3.ffn_down`).
     pub layer: String,
-    #[serde(skip)]
+    /// Parsed from `layer` ([`SensitivityReport::from_json`]).
+    #[serde(skip, default = "unparsed_id")]
     pub id: LinearId,
     /// The setting it was compressed with (`shiftadd 3b g128`, `dense`).
     pub setting: String,
@@ -68,8 +69,13 @@ pub struct LayerSensitivity {
     pub bytes: usize,
 }
 
+/// Stands in for a deserialized layer's id until its name is parsed.
+fn unparsed_id() -> LinearId {
+    LinearId::new(0, crate::model::LinearKind::AttnQ)
+}
+
 /// The result of a pass.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SensitivityReport {
     pub model_id: String,
     pub model_name: String,
@@ -83,6 +89,18 @@ pub struct SensitivityReport {
 }
 
 impl SensitivityReport {
+    /// A report saved as JSON (by the app's store of passes), with every layer name checked.
+    pub fn from_json(text: &str) -> anyhow::Result<Self> {
+        let mut r: Self = serde_json::from_str(text)?;
+        for l in &mut r.layers {
+            l.id = l
+                .layer
+                .parse()
+                .map_err(|e| anyhow::anyhow!("layer {:?}: {e}", l.layer))?;
+        }
+        Ok(r)
+    }
+
     /// The layer's result, if it was measured.
     pub fn get(&self, id: LinearId) -> Option<&LayerSensitivity> {
         self.layers.iter().find(|l| l.id == id)

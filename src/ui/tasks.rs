@@ -66,6 +66,8 @@ pub enum TaskEvent {
         spec: String,
         progress: crate::model::LoadProgress,
     },
+    /// The model's saved sensitivity pass, read back after a restart (`None`: there is none).
+    SensitivityRestored(Result<Option<Sensitivity>, String>),
     SensitivityProgress {
         stage: String,
         done: usize,

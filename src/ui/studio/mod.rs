@@ -294,6 +294,7 @@ impl Studio {
                 self.on_sensitivity_progress(stage, done, total);
             }
             TaskEvent::Sensitivity(result) => self.on_sensitivity(result),
+            TaskEvent::SensitivityRestored(result) => self.on_sensitivity_restored(result),
             TaskEvent::StoreLoaded(result) => self.on_store_loaded(result),
             TaskEvent::Tags { id, result } => self.on_tags(&id, result),
             TaskEvent::Dialog {

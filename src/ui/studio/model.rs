@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::{Activity, Studio};
 use crate::model::{LoadProgress, load_spec_with_progress};
+use crate::store::passes::{latest_sensitivity, save_sensitivity};
 use crate::technique::recipe::{LayerPlan, Quant, ShiftAddKnobs};
 use crate::technique::sensitivity::{SensitivityOptions, recipe_sensitivity};
 use crate::ui::model_info::{LoadedModel, ModelSummary, Sensitivity};
@@ -81,6 +82,9 @@ impl Studio {
                 {
                     self.sensitivity.result = None;
                 }
+                if self.sensitivity.result.is_none() {
+                    self.restore_sensitivity(&m.summary.id);
+                }
                 self.model.loaded = Some(m);
                 self.model.error = None;
             }
@@ -94,6 +98,36 @@ impl Studio {
     pub(super) fn on_load_progress(&mut self, spec: &str, progress: LoadProgress) {
         if self.model.loading.as_ref().is_some_and(|(s, _)| *s == spec) {
             self.model.progress = Some(progress);
+        }
+    }
+
+    /// Reads the model's last saved sensitivity pass in the background.
+    fn restore_sensitivity(&mut self, model_id: &str) {
+        let dir = self.store.dir.clone();
+        let id = model_id.to_string();
+        self.tasks.spawn(
+            "restore-sensitivity",
+            move |tx| {
+                let r = latest_sensitivity(&dir, &id)
+                    .map(|found| found.map(|(hash, r)| Sensitivity::from_report(hash, r)))
+                    .map_err(|e| format!("a saved sensitivity pass could not be read: {e}"));
+                tx.send(TaskEvent::SensitivityRestored(r));
+            },
+            |e| TaskEvent::SensitivityRestored(Err(e)),
+        );
+    }
+
+    pub(super) fn on_sensitivity_restored(&mut self, result: Result<Option<Sensitivity>, String>) {
+        match result {
+            // A pass run since the restore started wins; so does one for another model.
+            Ok(Some(s))
+                if self.sensitivity.result.is_none()
+                    && self.summary().is_some_and(|m| m.id == s.model_id) =>
+            {
+                self.sensitivity.result = Some(s);
+            }
+            Ok(_) => {}
+            Err(e) => self.notice_error(e),
         }
     }
 
@@ -136,6 +170,7 @@ impl Studio {
             ..Default::default()
         };
         let device = settings.device;
+        let store_dir = self.store.dir.clone();
         self.tasks.spawn(
             "sensitivity",
             move |tx| {
@@ -160,7 +195,13 @@ impl Studio {
                             },
                         )
                     })
-                    .map(|r| Sensitivity::from_report(hash, r))
+                    .map(|mut r| {
+                        // Kept in the store, so the pass comes back after a restart.
+                        if let Err(e) = save_sensitivity(&store_dir, &hash, &r) {
+                            r.notes.push(format!("the pass could not be kept: {e}"));
+                        }
+                        Sensitivity::from_report(hash, r)
+                    })
                     .map_err(|e| format!("{e:#}"));
                 tx.send(TaskEvent::Sensitivity(result));
             },
