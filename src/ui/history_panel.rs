@@ -13,7 +13,8 @@ use super::command::Command;
 use super::history_query::query_rows;
 use super::pareto_panel::{filters_ui, run_actions_ui};
 use super::runs::{
-    RunFilter, RunTable, format_value, front_2d, maximize, metric_deltas, steps_table,
+    RunFilter, RunTable, format_metric, format_value, front_2d, maximize, metric_deltas,
+    steps_table,
 };
 use super::shell::{a11y_label, tag_entry_ui};
 use super::studio::Studio;
@@ -194,7 +195,7 @@ fn table_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                     for c in &metric_cols {
                         ui.add_sized(
                             [90.0, ROW_HEIGHT],
-                            egui::Label::new(format_value(s.runs.value(c, i))),
+                            egui::Label::new(format_metric(c, s.runs.value(c, i))),
                         );
                     }
                 });
@@ -273,7 +274,7 @@ fn details_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                 .show(ui, |ui| {
                     for (k, v) in &r.metrics {
                         ui.label(k);
-                        ui.monospace(format_value(*v));
+                        ui.monospace(format_metric(k, *v));
                         ui.end_row();
                     }
                 });
@@ -401,8 +402,8 @@ fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
         Plot::new("compare-plot")
             .height(220.0)
             .legend(Legend::default())
-            .x_axis_label(x.clone())
-            .y_axis_label(y.clone())
+            .x_axis_label(super::pareto_panel::metric_label(&x))
+            .y_axis_label(super::pareto_panel::metric_label(&y))
             .show(ui, |pu| {
                 pu.points(
                     Points::new(format!("A {}", h.tag_a), a.points.clone())
@@ -491,9 +492,9 @@ fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
             ui.end_row();
             for (k, va, vb) in deltas {
                 ui.label(&k);
-                ui.monospace(format_value(va));
-                ui.monospace(format_value(vb));
-                ui.monospace(format_value(vb - va));
+                ui.monospace(format_metric(&k, va));
+                ui.monospace(format_metric(&k, vb));
+                ui.monospace(format_metric(&k, vb - va));
                 ui.end_row();
             }
         });

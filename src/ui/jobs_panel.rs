@@ -6,8 +6,7 @@ use eframe::egui;
 
 use super::command::Command;
 use super::jobs::{JobEntry, JobState};
-use super::model_panel::human_bytes;
-use super::runs::format_value;
+use super::runs::{format_metric, human_bytes};
 use super::studio::Studio;
 use super::theme;
 use crate::device::DeviceChoice;
@@ -253,7 +252,7 @@ fn job_ui(ui: &mut egui::Ui, e: &JobEntry, out: &mut Vec<Command>) {
                             continue;
                         }
                         if let Some(v) = rec.metrics.get(k) {
-                            ui.label(format!("{name} {}", format_value(*v)));
+                            ui.label(format!("{name} {}", format_metric(k, *v)));
                         }
                     }
                     if ui.small_button("Show in history").clicked() {

@@ -6,25 +6,12 @@ use eframe::egui;
 
 use super::command::Command;
 use super::dialogs::DialogKind;
+use super::runs::human_bytes;
 use super::studio::Studio;
 use super::theme;
 
 /// The bundled zoo models offered in the picker.
 pub const ZOO: [&str; 6] = ["multi", "base", "arith", "brackets", "reverse", "recall"];
-
-/// `1234567` → `1.23 MB`.
-pub fn human_bytes(b: usize) -> String {
-    let b = b as f64;
-    if b >= 1e9 {
-        format!("{:.2} GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.2} MB", b / 1e6)
-    } else if b >= 1e3 {
-        format!("{:.1} kB", b / 1e3)
-    } else {
-        format!("{b:.0} B")
-    }
-}
 
 pub fn model_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     open_row_ui(ui, s, out);

@@ -8,8 +8,9 @@ use egui_plot::{Corner, GridMark, Legend, Line, Plot, PlotPoint, Points, Polygon
 
 use super::command::Command;
 use super::editor::FAMILIES;
-use super::model_panel::human_bytes;
-use super::runs::{RunFilter, RunTable, data_bounds, decimate, format_value, front_2d, maximize};
+use super::runs::{
+    RunFilter, RunTable, data_bounds, decimate, format_metric, format_value, front_2d, maximize,
+};
 use super::shell::{a11y_label, tag_entry_ui};
 use super::state::ColorBy;
 use super::studio::Studio;
@@ -341,10 +342,10 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             row.record.id,
             row.record.model_name,
             row.summary,
-            prefs.x,
-            format_value(xs[i]),
-            prefs.y,
-            format_value(ys[i])
+            metric_label(&prefs.x),
+            format_metric(&prefs.x, xs[i]),
+            metric_label(&prefs.y),
+            format_metric(&prefs.y, ys[i])
         );
         let domains = domain_lines(&row.record.metrics);
         let r = resp.response.clone().on_hover_ui_at_pointer(|ui| {
@@ -407,23 +408,8 @@ pub fn metric_label(metric: &str) -> String {
 
 /// Tick labels in the metric's unit: bytes as kB/MB/GB, fractions as percentages.
 fn axis_formatter(metric: &str) -> impl Fn(GridMark, &std::ops::RangeInclusive<f64>) -> String {
-    let base = split_domain_metric(metric)
-        .map_or(metric, |(m, _)| m)
-        .to_string();
-    move |mark, _| {
-        let v = mark.value;
-        if base.ends_with("bytes") {
-            human_bytes(v.max(0.0) as usize)
-        } else if matches!(
-            base.as_str(),
-            "top1_agree" | "sparsity" | "rms_dp" | "task_acc_mean"
-        ) || base.starts_with("task_")
-        {
-            format!("{:.0} %", 100.0 * v)
-        } else {
-            format_value(v)
-        }
-    }
+    let metric = metric.to_string();
+    move |mark, _| format_metric(&metric, mark.value)
 }
 
 /// One line per domain of a suite run: its perplexity, KLD and top-1 agreement.

@@ -13,7 +13,8 @@ use crate::technique::recipe::{
 use super::command::Command;
 use super::editor::{Analysis, CellEdit, quant_label};
 use super::model_info::ModelSummary;
-use super::model_panel::{ZOO, human_bytes};
+use super::model_panel::ZOO;
+use super::runs::human_bytes;
 use super::shell::a11y_label;
 use super::studio::Studio;
 use super::theme;

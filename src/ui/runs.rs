@@ -409,7 +409,13 @@ pub fn format_value(v: f64) -> String {
         return "—".into();
     }
     let a = v.abs();
-    if a != 0.0 && !(1e-3..1e6).contains(&a) {
+    if a >= 1e9 {
+        format!("{:.3} G", v / 1e9)
+    } else if a >= 1e6 {
+        format!("{:.3} M", v / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.1} k", v / 1e3)
+    } else if a != 0.0 && a < 1e-3 {
         format!("{v:.3e}")
     } else if a >= 100.0 || v.fract() == 0.0 {
         format!("{v:.0}")
@@ -418,9 +424,58 @@ pub fn format_value(v: f64) -> String {
     }
 }
 
+/// Metrics that are fractions of 1, shown as percentages.
+pub fn is_fraction_metric(metric: &str) -> bool {
+    let base = metric.split_once('@').map_or(metric, |(m, _)| m);
+    matches!(base, "top1_agree" | "sparsity" | "rms_dp" | "task_acc_mean")
+        || base.starts_with("task_")
+}
+
+/// A metric's value in its unit: bytes as kB/MB/GB, fractions as percentages, the rest by
+/// [`format_value`] (one rule for every table, hover and axis of the app).
+pub fn format_metric(metric: &str, v: f64) -> String {
+    let base = metric.split_once('@').map_or(metric, |(m, _)| m);
+    if !v.is_finite() {
+        "—".into()
+    } else if base.ends_with("bytes") {
+        human_bytes(v.max(0.0) as usize)
+    } else if is_fraction_metric(base) {
+        format!("{:.1} %", 100.0 * v)
+    } else {
+        format_value(v)
+    }
+}
+
+/// `1234567` → `1.23 MB`.
+pub fn human_bytes(b: usize) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.2} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_read_in_one_style_and_metrics_in_their_units() {
+        // Around a million the style does not switch between plain digits and exponents.
+        assert_eq!(format_value(977_408.0), "977.4 k");
+        assert_eq!(format_value(1_125_000.0), "1.125 M");
+        assert_eq!(format_value(0.25), "0.2500");
+        assert_eq!(format_metric("bytes", 78_415_314.0), "78.42 MB");
+        assert_eq!(format_metric("top1_agree", 0.682), "68.2 %");
+        assert_eq!(format_metric("kld_mean@code", 0.5019), "0.5019");
+        assert_eq!(format_metric("top1_agree@prose", 0.5), "50.0 %");
+        assert_eq!(format_metric("ppl", f64::NAN), "—");
+    }
 
     #[test]
     fn front_is_non_dominated_and_sorted() {

@@ -142,7 +142,8 @@ impl Studio {
                         self.notice(format!("job {} stopped: {err}", rec.id));
                     }
                     (Some(err), _) => self.notice_error(format!("job {} failed: {err}", rec.id)),
-                    (None, _) => {}
+                    // A success says so, replacing an older error in the status bar.
+                    (None, _) => self.notice(format!("run {} finished", rec.id)),
                 }
                 self.runs.push(rec);
             }
