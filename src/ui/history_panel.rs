@@ -269,6 +269,10 @@ fn details_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     egui::CollapsingHeader::new("Metrics")
         .id_salt("run-metrics")
         .show(ui, |ui| {
+            ui.weak(format!(
+                "accuracy measured on {}",
+                super::runs::evaluated_on(&r.eval_json)
+            ));
             egui::Grid::new("run-metrics-grid")
                 .striped(true)
                 .show(ui, |ui| {

@@ -9,7 +9,8 @@ use egui_plot::{Corner, GridMark, Legend, Line, Plot, PlotPoint, Points, Polygon
 use super::command::Command;
 use super::editor::FAMILIES;
 use super::runs::{
-    RunFilter, RunTable, data_bounds, decimate, format_metric, format_value, front_2d, maximize,
+    RunFilter, RunTable, data_bounds, decimate, evaluated_on, format_metric, format_value,
+    front_2d, maximize,
 };
 use super::shell::{a11y_label, tag_entry_ui};
 use super::state::ColorBy;
@@ -348,8 +349,10 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             format_metric(&prefs.y, ys[i])
         );
         let domains = domain_lines(&row.record.metrics);
+        let on = evaluated_on(&row.record.eval_json);
         let r = resp.response.clone().on_hover_ui_at_pointer(|ui| {
             ui.label(text);
+            ui.weak(format!("accuracy measured on {on}"));
             if !domains.is_empty() {
                 ui.separator();
                 ui.weak("per domain of the evaluation suite (the values above are token-weighted over them):");

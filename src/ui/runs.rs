@@ -424,6 +424,24 @@ pub fn format_value(v: f64) -> String {
     }
 }
 
+/// What a run's accuracy was measured on, from its stored evaluation settings.
+pub fn evaluated_on(eval_json: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(eval_json) else {
+        return "unknown (no stored settings)".into();
+    };
+    if let Some(s) = v["suite"].as_str() {
+        return format!("suite {s}");
+    }
+    if let Some(h) = v["text"].as_str() {
+        return format!("a text file (content {h})");
+    }
+    if v["defaults"].as_u64().unwrap_or(1) >= 2 {
+        "the model's default: suite held-out (a zoo model: its held-out lang text)".into()
+    } else {
+        "the default of the time: the licence texts (a zoo model: its lang text)".into()
+    }
+}
+
 /// Metrics that are fractions of 1, shown as percentages.
 pub fn is_fraction_metric(metric: &str) -> bool {
     let base = metric.split_once('@').map_or(metric, |(m, _)| m);
@@ -463,6 +481,18 @@ pub fn human_bytes(b: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_evaluated_text_is_named_from_the_stored_settings() {
+        assert_eq!(
+            evaluated_on(r#"{"suite":"held-out","text":null}"#),
+            "suite held-out"
+        );
+        assert!(evaluated_on(r#"{"text":"ab12"}"#).contains("ab12"));
+        assert!(evaluated_on(r#"{"text":null,"defaults":2}"#).contains("held-out"));
+        assert!(evaluated_on(r#"{"text":null}"#).contains("licence"));
+        assert!(evaluated_on("").contains("unknown"));
+    }
 
     #[test]
     fn values_read_in_one_style_and_metrics_in_their_units() {
