@@ -405,6 +405,8 @@ fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
         s.views.compare_hv = Some((hva, hvb));
         Plot::new("compare-plot")
             .height(220.0)
+            // The wheel scrolls the panel around the plot (the plot zooms with Ctrl+wheel).
+            .allow_scroll(false)
             .legend(Legend::default())
             .x_axis_label(super::pareto_panel::metric_label(&x))
             .y_axis_label(super::pareto_panel::metric_label(&y))
