@@ -133,6 +133,51 @@ fn corrupt_files_are_skipped_and_left_alone() {
     assert!(err.contains("run-garbage.parquet"), "{err}");
 }
 
+/// A FIFO (or any special file) named like a run or tag file is reported and left alone; no
+/// reader blocks on it: the load, the lazy scan, compaction and `history` all finish.
+#[cfg(unix)]
+#[test]
+fn special_files_never_hang_a_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.append(&record(2, 1.0, 1.0)).unwrap();
+    let fifo = dir.path().join("run-fifo.parquet");
+    let tag_fifo = dir.path().join("tags/x.1-1.tag");
+    for f in [&fifo, &tag_fifo] {
+        let ok = std::process::Command::new("mkfifo")
+            .arg(f)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        let store = Store::open(&path).unwrap();
+        let snap = store.load().unwrap();
+        let frame = store.collect(None, |lf| lf).map(|(df, _)| df.height());
+        store.compact().unwrap();
+        tx.send((snap.records.len(), snap.skipped, frame)).unwrap();
+    });
+    let (records, skipped, frame) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("a reader blocked on the FIFO");
+    assert_eq!(records, 1);
+    assert_eq!(frame.unwrap(), 1);
+    assert_eq!(skipped.len(), 1);
+    assert!(
+        skipped[0].1.contains("not a regular file"),
+        "{:?}",
+        skipped[0]
+    );
+    assert!(fifo.exists(), "left alone");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reparam"))
+        .args(["history", "--store", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
 #[test]
 fn older_schema_versions_still_read() {
     let dir = tempfile::tempdir().unwrap();

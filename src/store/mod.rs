@@ -98,6 +98,16 @@ fn stamp() -> String {
     format!("{nanos:020}")
 }
 
+/// Opens a store file for reading, refusing anything but a regular file first: opening a FIFO
+/// named like a run file would block the reader forever.
+pub(crate) fn open_regular(path: &Path) -> Result<File, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file (a FIFO, socket, device or directory); left alone".into());
+    }
+    File::open(path).map_err(|e| e.to_string())
+}
+
 /// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, fsync the directory.
 fn write_atomic(
     dir: &Path,
@@ -138,7 +148,7 @@ fn write_parquet(dir: &Path, name: &str, mut df: DataFrame) -> Result<PathBuf, S
 
 /// Reads one Parquet file of runs.
 pub fn read_run_file(path: &Path) -> Result<Vec<ExperimentRecord>, String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
+    let file = open_regular(path)?;
     let df = ParquetReader::new(file)
         .finish()
         .map_err(|e| e.to_string())?;
@@ -343,7 +353,12 @@ impl Store {
         ops.sort();
         let mut out: BTreeMap<String, Vec<(bool, String)>> = BTreeMap::new();
         for (_, id, path) in ops {
-            let Ok(text) = std::fs::read_to_string(&path) else {
+            let text = open_regular(&path).and_then(|mut f| {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut f, &mut t).map_err(|e| e.to_string())?;
+                Ok(t)
+            });
+            let Ok(text) = text else {
                 tracing::warn!("skipping unreadable tag file {}", path.display());
                 continue;
             };

@@ -44,7 +44,7 @@ pub struct Scan {
 /// current schema writes, numeric metric columns as `Float64`, unknown non-numeric columns
 /// dropped (as [`super::records_from_frame`] ignores them).
 fn footer_projection(path: &Path) -> Result<Vec<Expr>, String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
+    let file = super::open_regular(path)?;
     let mut reader = ParquetReader::new(file);
     let schema = reader.schema().map_err(|e| e.to_string())?;
     let names: HashSet<&str> = schema.iter().map(|(n, _)| n.as_str()).collect();
