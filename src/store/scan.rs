@@ -13,7 +13,6 @@
 //! the `tags` column of the frame always reflects them.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
