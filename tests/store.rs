@@ -178,6 +178,18 @@ fn special_files_never_hang_a_reader() {
     assert!(out.status.success());
 }
 
+/// A store path that is not UTF-8 is refused up front (it could be written but never scanned).
+#[cfg(unix)]
+#[test]
+fn a_non_utf8_store_path_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join(std::ffi::OsStr::from_bytes(b"store-\xff"));
+    let err = Store::open(&bad).unwrap_err().to_string();
+    assert!(err.contains("not valid UTF-8"), "{err}");
+    assert!(!bad.exists(), "nothing was created");
+}
+
 #[test]
 fn older_schema_versions_still_read() {
     let dir = tempfile::tempdir().unwrap();

@@ -172,6 +172,14 @@ pub fn check_tag(tag: &str) -> Result<(), StoreError> {
 impl Store {
     /// Opens (creating if needed) the store at `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        // The Parquet scan takes UTF-8 paths only: a store it could write but never read back
+        // would re-run and duplicate every run, so such a path is refused before anything.
+        if dir.to_str().is_none() {
+            return Err(StoreError::Query(format!(
+                "the store path {} is not valid UTF-8; choose a directory whose name is",
+                dir.display()
+            )));
+        }
         std::fs::create_dir_all(dir.join("tags")).map_err(io_err(dir))?;
         Ok(Store {
             dir: dir.to_path_buf(),
