@@ -547,6 +547,18 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // The check every stored job gets, before any work (an absurd --calib-samples would
+    // otherwise abort on its allocation).
+    let spec = crate::jobs::JobSpec {
+        label: String::new(),
+        model: args.model.clone(),
+        recipe: recipe.clone(),
+        tags: Vec::new(),
+        force: true,
+        eval: eval.clone(),
+    };
+    let check = crate::jobs::memory_check(&base, &spec, 0);
+    anyhow::ensure!(check.fits(), "{}", check.message());
     let bar = TermProgress::new("run");
     let report = crate::run::run(&base, &recipe, &eval, &mut |stage, d, t| {
         bar.set_stage(stage);

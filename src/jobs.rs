@@ -150,6 +150,16 @@ pub fn estimate_job_bytes(base: &Model, spec: &JobSpec) -> u64 {
     bytes
 }
 
+/// The memory check for `spec` on `base` with `reserved` bytes already promised to running
+/// jobs: one rule for jobs, sweeps and `run --no-store`.
+pub fn memory_check(base: &Model, spec: &JobSpec, reserved: u64) -> MemoryCheck {
+    MemoryCheck {
+        needed_bytes: estimate_job_bytes(base, spec),
+        available_bytes: available_memory_bytes().unwrap_or(u64::MAX),
+        reserved_bytes: reserved,
+    }
+}
+
 /// What the memory check found.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryCheck {
@@ -269,12 +279,8 @@ pub fn execute(
     }) {
         return store_outcome(fail(Some(&base), &key, Status::Failed, e.to_string()), None);
     }
-    let needed = estimate_job_bytes(&base, spec);
-    let check = MemoryCheck {
-        needed_bytes: needed,
-        available_bytes: available_memory_bytes().unwrap_or(u64::MAX),
-        reserved_bytes: reserved.load(Ordering::SeqCst),
-    };
+    let check = memory_check(&base, spec, reserved.load(Ordering::SeqCst));
+    let needed = check.needed_bytes;
     if !check.fits() {
         return store_outcome(
             fail(Some(&base), &key, Status::Failed, check.message()),

@@ -129,6 +129,20 @@ fn bad_input_is_a_one_line_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad tag `two words`"), "{err}");
+    // Absurd sizes meet the memory check before any allocation, with or without the store.
+    for extra in [&["--no-store"][..], &[][..]] {
+        let mut args = vec!["run", "zoo:multi", "--recipe", recipe];
+        args.extend_from_slice(&["--calib-samples", "1000000000", "--json"]);
+        args.extend_from_slice(extra);
+        let out = reparam(&args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("not enough memory"), "{extra:?}: {text}");
+        assert!(!text.contains("panicked"), "{text}");
+    }
 }
 
 #[test]
