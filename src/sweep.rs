@@ -196,6 +196,12 @@ impl SearchSpace {
                 "`mode = \"random\"` needs `samples = N` (N ≥ 1)".into(),
             ));
         }
+        if let Some(n) = space.samples.filter(|&n| n > MAX_POINTS) {
+            return Err(SpaceError::Invalid(format!(
+                "`samples = {n}` is more points than a sweep holds (at most {MAX_POINTS}); \
+                 split the space, or sample fewer"
+            )));
+        }
         Ok(space)
     }
 
@@ -226,7 +232,7 @@ impl SearchSpace {
         };
         match self.mode {
             SpaceMode::Grid => {
-                if total > 1_000_000 {
+                if total > MAX_POINTS {
                     return Err(SpaceError::Invalid(format!(
                         "the grid has {total} points; use `mode = \"random\"` with `samples`"
                     )));
@@ -243,13 +249,13 @@ impl SearchSpace {
                 Ok(out)
             }
             SpaceMode::Random => {
-                let want = self.samples.unwrap_or(0).min(total);
+                let want = self.samples.unwrap_or(0).min(total).min(MAX_POINTS);
                 let mut rng = crate::rng::Rng::new(self.seed ^ 0x5eed_5eed);
                 let mut seen = BTreeSet::new();
-                let mut out = Vec::with_capacity(want);
+                let mut out = Vec::new();
                 // Distinct points; give up on duplicates after many tries (tiny spaces).
                 let mut tries = 0;
-                while out.len() < want && tries < want * 100 + 1000 {
+                while out.len() < want && tries < want.saturating_mul(100).saturating_add(1000) {
                     tries += 1;
                     let pick: Vec<usize> = choices.iter().map(|c| rng.below(c.len())).collect();
                     if seen.insert(pick.clone()) {
@@ -261,6 +267,10 @@ impl SearchSpace {
         }
     }
 }
+
+/// The most points one sweep enumerates (grid or random): beyond it the points alone would
+/// take gigabytes, and the store millions of files.
+pub const MAX_POINTS: usize = 1_000_000;
 
 /// `I/N`: this process runs points `I, I + N, I + 2N, …` (I from 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,6 +344,12 @@ mod tests {
         assert_eq!(a.len(), 5);
         let set: BTreeSet<_> = a.iter().collect();
         assert_eq!(set.len(), 5);
+        // Absurd sample counts are refused when the space is read, before any allocation.
+        for n in ["100000000", "18446744073709551615"] {
+            let text = format!("mode = \"random\"\nsamples = {n}\nseed = 3\n{SPACE}");
+            let err = SearchSpace::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains("at most 1000000"), "{err}");
+        }
     }
 
     #[test]
