@@ -190,6 +190,33 @@ fn a_non_utf8_store_path_is_refused() {
     assert!(!bad.exists(), "nothing was created");
 }
 
+/// Temporary files of writers killed long ago are cleared by any compaction (even one with
+/// nothing to merge), in the store and in `tags/`; fresh ones, which may be live writes, stay.
+#[test]
+fn compaction_clears_stale_temporary_files_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.append(&record(2, 1.0, 1.0)).unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    let stale = [
+        dir.path().join(".tmp-1-2-run-x.parquet"),
+        dir.path().join("tags/.tmp-1-2-x.tag"),
+    ];
+    for p in &stale {
+        std::fs::write(p, b"partial").unwrap();
+        let f = std::fs::File::options().write(true).open(p).unwrap();
+        f.set_modified(two_hours_ago).unwrap();
+    }
+    let fresh = dir.path().join("tags/.tmp-3-4-y.tag");
+    std::fs::write(&fresh, b"in progress").unwrap();
+    store.compact().unwrap();
+    for p in &stale {
+        assert!(!p.exists(), "{} stayed", p.display());
+    }
+    assert!(fresh.exists());
+    assert_eq!(store.load().unwrap().records.len(), 1);
+}
+
 #[test]
 fn older_schema_versions_still_read() {
     let dir = tempfile::tempdir().unwrap();

@@ -390,6 +390,8 @@ impl Store {
     /// worst, rows exist twice and readers keep one). Unreadable files are left as they are.
     /// Returns (files merged, runs in the new file).
     pub fn compact(&self) -> Result<(usize, usize), StoreError> {
+        // Leftovers of writers killed long ago go whether or not there is anything to merge.
+        self.remove_stale_tmp();
         let (files, _skipped) = self.load_raw()?;
         if files.len() <= 1 {
             return Ok((files.len(), files.iter().map(|(_, r)| r.len()).sum()));
@@ -418,16 +420,17 @@ impl Store {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(&self.dir))?;
-        self.remove_stale_tmp();
         Ok((files.len(), records.len()))
     }
 
     /// Removes temporary files of writers that died mid-write long ago.
     fn remove_stale_tmp(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
+        let tags = self.dir.join("tags");
+        let entries = [&self.dir, &tags]
+            .into_iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flat_map(|e| e.flatten());
+        for entry in entries {
             let name = entry.file_name().to_string_lossy().into_owned();
             let old = entry
                 .metadata()
