@@ -197,14 +197,14 @@ fn compaction_clears_stale_temporary_files_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     store.append(&record(2, 1.0, 1.0)).unwrap();
-    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    let two_hours_ago = SystemTime::now() - std::time::Duration::from_secs(7200);
     let stale = [
         dir.path().join(".tmp-1-2-run-x.parquet"),
         dir.path().join("tags/.tmp-1-2-x.tag"),
     ];
     for p in &stale {
         std::fs::write(p, b"partial").unwrap();
-        let f = std::fs::File::options().write(true).open(p).unwrap();
+        let f = File::options().write(true).open(p).unwrap();
         f.set_modified(two_hours_ago).unwrap();
     }
     let fresh = dir.path().join("tags/.tmp-3-4-y.tag");
