@@ -6,6 +6,7 @@
 //! ```toml
 //! mode = "grid"          # or "random" with `samples = N` and `seed = S`
 //! [eval]                 # optional; CLI flags override
+//! suite = "held-out"     # what runs are scored on (default: the model's default)
 //! chunks = 4
 //! task_prompts = 20
 //! calib_samples = 8
@@ -49,6 +50,8 @@ const FAMILIES: [&str; 4] = ["shiftadd", "rtn", "prune", "rps"];
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpaceEval {
+    /// Evaluation suite (`held-out` or a directory of domain texts); default: the model's.
+    pub suite: Option<String>,
     pub ctx: Option<usize>,
     pub chunks: Option<usize>,
     pub task_prompts: Option<usize>,
@@ -59,6 +62,10 @@ pub struct SpaceEval {
 impl SpaceEval {
     /// Applies these settings over `base`.
     pub fn apply(&self, mut base: EvalSettings) -> EvalSettings {
+        if let Some(s) = &self.suite {
+            base.suite = Some(s.clone());
+            base.text = None;
+        }
         base.ctx = self.ctx.or(base.ctx);
         base.chunks = self.chunks.or(base.chunks);
         if let Some(p) = self.task_prompts {
@@ -344,6 +351,13 @@ mod tests {
         assert_eq!(a.len(), 5);
         let set: BTreeSet<_> = a.iter().collect();
         assert_eq!(set.len(), 5);
+        // A space names the suite its runs are scored on.
+        let with_suite = format!("[eval]\nsuite = \"held-out\"\n{SPACE}");
+        let e = SearchSpace::from_toml(&with_suite)
+            .unwrap()
+            .eval
+            .apply(EvalSettings::default());
+        assert_eq!(e.suite.as_deref(), Some("held-out"));
         // Absurd sample counts are refused when the space is read, before any allocation.
         for n in ["100000000", "18446744073709551615"] {
             let text = format!("mode = \"random\"\nsamples = {n}\nseed = 3\n{SPACE}");
