@@ -98,6 +98,12 @@ pub fn history_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     table_ui(ui, s, out);
 }
 
+/// What the compare view's hypervolume is.
+const HYPERVOLUME_HELP: &str = "Hypervolume: the area of the plane the set's front dominates, \
+    measured up to a reference point just worse than the worst value of either set in each \
+    metric (both sets share it, and the reparam compare command uses the same point). Larger
+    is better.";
+
 fn table_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     let h = &mut s.state.history;
     let metric_cols = h.columns.clone();
@@ -388,7 +394,8 @@ fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
                     a.front.len(),
                     format_value(hva)
                 ),
-            );
+            )
+            .on_hover_text(HYPERVOLUME_HELP);
         });
         ui.horizontal(|ui| {
             ui.colored_label(
@@ -400,7 +407,8 @@ fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
                     b.front.len(),
                     format_value(hvb)
                 ),
-            );
+            )
+            .on_hover_text(HYPERVOLUME_HELP);
         });
         s.views.compare_hv = Some((hva, hvb));
         Plot::new("compare-plot")

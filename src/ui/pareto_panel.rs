@@ -409,6 +409,48 @@ pub fn metric_label(metric: &str) -> String {
     }
 }
 
+/// What a metric means, for tooltips: its definition and which way is better.
+pub fn metric_help(metric: &str) -> String {
+    let (base, domain) = match split_domain_metric(metric) {
+        Some((m, d)) => (m, Some(d)),
+        None => (metric, None),
+    };
+    let what = match base {
+        "bytes" => {
+            "Bytes of every weight in its stored form (packed codes, scales, embeddings, norms)"
+        }
+        "avg_bits" => "Stored bits per weight of the compressed linears, scales included",
+        "ppl" => "Perplexity on the evaluated text (llama.cpp's windowing); lower is better",
+        "kld_mean" => {
+            "Mean KL divergence (nats) of the compressed model's next-token distribution from \
+             the base model's, over the scored positions; 0 = identical, lower is better"
+        }
+        "kld_p99" => "99th percentile of the per-position KL divergence (nats)",
+        "top1_agree" => {
+            "Fraction of positions where the compressed and the base model pick the same most \
+             likely token; higher is better"
+        }
+        "rms_dp" => "Root mean square change of the correct token's probability",
+        "decode_tok_s" => {
+            "Tokens per second generating one at a time, median of 3 timed rounds on this \
+             machine; higher is better"
+        }
+        "prefill_tok_s" => "Tokens per second processing a prompt window in one pass",
+        "task_acc_mean" => "Mean exact-match accuracy over the zoo's tasks; higher is better",
+        "sparsity" => "Fraction of block-linear weights pruned away",
+        _ => "",
+    };
+    let mut text = if what.is_empty() {
+        metric.to_string()
+    } else {
+        what.to_string()
+    };
+    if let Some(d) = domain {
+        text.push_str(&format!(", on the suite's {d} domain only"));
+    }
+    text
+}
+
 /// Tick labels in the metric's unit: bytes as kB/MB/GB, fractions as percentages.
 fn axis_formatter(metric: &str) -> impl Fn(GridMark, &std::ops::RangeInclusive<f64>) -> String {
     let metric = metric.to_string();
@@ -455,14 +497,16 @@ impl super::state::ParetoPrefs {
 fn metric_combo(ui: &mut egui::Ui, label: &str, value: &mut String, metrics: &[String]) {
     ui.label(label);
     let resp = egui::ComboBox::from_id_salt(("axis", label))
-        .selected_text(value.as_str())
-        .width(130.0)
+        .selected_text(metric_label(value))
+        .width(170.0)
         .show_ui(ui, |ui| {
             for m in metrics {
-                ui.selectable_value(value, m.clone(), m);
+                let r = ui.selectable_value(value, m.clone(), metric_label(m));
+                r.on_hover_text(metric_help(m));
             }
         })
-        .response;
+        .response
+        .on_hover_text(metric_help(value));
     a11y_label(ui, &resp, &format!("{label} axis"));
 }
 
