@@ -101,7 +101,7 @@ pub fn history_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
 /// What the compare view's hypervolume is.
 const HYPERVOLUME_HELP: &str = "Hypervolume: the area of the plane the set's front dominates, \
     measured up to a reference point just worse than the worst value of either set in each \
-    metric (both sets share it, and the reparam compare command uses the same point). Larger
+    metric (both sets share it, and the reparam compare command uses the same point). Larger \
     is better.";
 
 fn table_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
