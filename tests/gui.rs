@@ -638,3 +638,39 @@ fn a_dialog_that_cannot_open_asks_for_a_typed_path() {
     assert!(h.state().views.path_prompt.is_none());
     assert!(std::fs::read_to_string(&out).unwrap().contains("seed"));
 }
+
+/// At 640×480 with every metric shown as a column, the Columns menu stays in the window.
+#[test]
+fn the_columns_menu_stays_reachable_in_a_small_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for i in 0..3 {
+        let mut r = synthetic(i, "s", 1e6, 0.1);
+        for m in [
+            "ppl",
+            "top1_agree",
+            "avg_bits",
+            "decode_tok_s",
+            "sparsity",
+            "rps_ratio",
+        ] {
+            r.metrics.insert(m.into(), 1.0);
+        }
+        store.append(&r).unwrap();
+    }
+    let dialogs = ScriptedDialogs::default();
+    let mut s = studio(dir.path(), &dialogs);
+    s.state.model_spec = String::new();
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(640.0, 480.0))
+        .with_accessibility_check(false)
+        .build_ui_state(|ui, s: &mut Studio| s.frame(ui), s);
+    run_until(&mut h, "the store", |s| {
+        !s.store.loading && s.runs.rows.len() == 3
+    });
+    h.state_mut().state.history.columns = h.state().runs.metric_names();
+    h.get_by_label("History").click();
+    settle(&mut h);
+    let r = h.get_by_label("Columns").rect();
+    assert!(r.max.x <= 640.0 && r.max.y <= 480.0, "Columns at {r:?}");
+}

@@ -71,10 +71,29 @@ impl HistoryCache {
 }
 
 pub fn history_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         if ui.button("Reload store").clicked() {
             out.push(Command::ReloadStore);
         }
+        // In the toolbar, not at the end of the header row, where a wide table pushed it out
+        // of the window.
+        let h = &mut s.state.history;
+        ui.menu_button("Columns", |ui| {
+            for m in s.runs.metric_names() {
+                let mut on = h.columns.contains(&m);
+                if ui
+                    .checkbox(&mut on, super::pareto_panel::metric_label(&m))
+                    .on_hover_text(super::pareto_panel::metric_help(&m))
+                    .changed()
+                {
+                    if on {
+                        h.columns.push(m);
+                    } else {
+                        h.columns.retain(|c| *c != m);
+                    }
+                }
+            }
+        });
         ui.weak(format!("store {}", s.store_dir().display()));
     });
     filters_ui(ui, &s.runs, &mut s.state.history.filter, "history");
@@ -139,18 +158,6 @@ fn table_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                 }
             }
         }
-        ui.menu_button("Columns", |ui| {
-            for m in s.runs.metric_names() {
-                let mut on = h.columns.contains(&m);
-                if ui.checkbox(&mut on, &m).changed() {
-                    if on {
-                        h.columns.push(m);
-                    } else {
-                        h.columns.retain(|c| *c != m);
-                    }
-                }
-            }
-        });
     });
     let order = &s.views.history_cache.order;
     let selected = s.state.selected_run.clone();
