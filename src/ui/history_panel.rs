@@ -104,9 +104,12 @@ pub fn history_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     if let Some(e) = &s.views.history_cache.error {
         ui.colored_label(theme::ERROR, e);
     }
+    // Sized from the window, so a small window keeps room for the table above it.
+    let room = ui.available_height();
     egui::Panel::bottom("history-details")
         .resizable(true)
-        .default_size(320.0)
+        .default_size((room * 0.45).clamp(120.0, 320.0))
+        .max_size((room * 0.7).max(120.0))
         .show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| {
                 details_ui(ui, s, out);
