@@ -7,7 +7,9 @@ mod common;
 
 use common::TinySpec;
 use reparam::model::{LinearId, LinearKind, Model};
-use reparam::technique::recipe::{PruneKnobs, PruneMethod, Quant, Recipe, RpsKnobs, ShiftAddKnobs};
+use reparam::technique::recipe::{
+    PruneKnobs, PruneMethod, Quant, Recipe, RpsKnobs, RtnKnobs, ShiftAddKnobs,
+};
 use reparam::ui::editor::{CellEdit, RecipeEditor, estimated_bytes, shift_bits};
 use reparam::ui::model_info::ModelSummary;
 
@@ -123,6 +125,55 @@ fn invalid_combinations_are_flagged_per_cell_and_the_estimate_tracks_bits() {
         estimated_bytes(l, &ok.plan[&q].1),
         l.weight_count().div_ceil(4) * 4 + 8
     );
+}
+
+/// Setting a knob on every layer of a recipe without per-layer rules writes one pattern rule,
+/// which a later edit of all layers updates; one layer's edit then adds an exact rule beside it.
+#[test]
+fn editing_every_layer_writes_one_pattern_rule() {
+    let (_d, m, s) = tiny();
+    let mut ed = RecipeEditor::new(Recipe::default());
+    let all: Vec<LinearId> = s.linears.iter().map(|l| l.id).collect();
+    let a = ed.analyse(Some((&m.transformer, &s)));
+    ed.edit_cells(
+        &all,
+        &CellEdit::Quant(Some(Quant::Rtn(RtnKnobs {
+            bits: 4,
+            group: 128,
+        }))),
+        &a,
+    );
+    assert_eq!(ed.recipe.layers.len(), 1, "{:?}", ed.recipe.layers);
+    assert_eq!(ed.recipe.layers[0].pattern, "blk.*.*");
+    let a = ed.analyse(Some((&m.transformer, &s)));
+    assert_eq!(a.plan.len(), all.len());
+    ed.edit_cells(
+        &all,
+        &CellEdit::Quant(Some(Quant::Rtn(RtnKnobs {
+            bits: 3,
+            group: 128,
+        }))),
+        &a,
+    );
+    assert_eq!(
+        ed.recipe.layers.len(),
+        1,
+        "the pattern rule is updated in place"
+    );
+    assert_eq!(ed.recipe.layers[0].rtn.as_ref().unwrap().bits, 3);
+    let a = ed.analyse(Some((&m.transformer, &s)));
+    ed.edit_cells(
+        &all[..1],
+        &CellEdit::Quant(Some(Quant::Rtn(RtnKnobs {
+            bits: 8,
+            group: 128,
+        }))),
+        &a,
+    );
+    assert_eq!(ed.recipe.layers.len(), 2, "{:?}", ed.recipe.layers);
+    // Undo goes back one edit at a time.
+    assert!(ed.undo());
+    assert_eq!(ed.recipe.layers.len(), 1);
 }
 
 #[test]

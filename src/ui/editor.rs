@@ -30,6 +30,8 @@ pub enum CellEdit {
 /// What the editor knows about the recipe against the current model.
 #[derive(Debug, Clone, Default)]
 pub struct Analysis {
+    /// Every linear of the analysed model (empty without one).
+    pub linears: Vec<LinearId>,
     /// Effective plan per linear (from the valid rules), with the winning rule's index.
     pub plan: BTreeMap<LinearId, (usize, LayerPlan)>,
     /// Per rule: why it cannot run.
@@ -180,6 +182,9 @@ impl RecipeEditor {
         if family != 0 {
             self.last_drag = Some(key);
         }
+        if self.edit_whole_model(targets, edit, analysis) {
+            return;
+        }
         for &id in targets {
             // The layer's own rule, even when invalid (its knobs are what the user sees and
             // fixes); else whatever rule applies now.
@@ -200,6 +205,42 @@ impl RecipeEditor {
             }
             self.write_exact_rule(id, &plan);
         }
+    }
+
+    /// An edit of every linear of a recipe with no per-layer rules is one `blk.*.*` rule, not a
+    /// rule per layer (and an invalid knob is one error, not one per layer). Returns whether
+    /// the edit was made that way.
+    fn edit_whole_model(
+        &mut self,
+        targets: &[LinearId],
+        edit: &CellEdit,
+        analysis: &Analysis,
+    ) -> bool {
+        const ALL: &str = "blk.*.*";
+        let everything = !analysis.linears.is_empty()
+            && targets.len() == analysis.linears.len()
+            && analysis.linears.iter().all(|id| targets.contains(id));
+        let only_all = self
+            .recipe
+            .layers
+            .iter()
+            .all(|r| r.pattern == ALL && r.blocks.is_none());
+        if !everything || !only_all || self.recipe.layers.len() > 1 {
+            return false;
+        }
+        let mut plan = self.recipe.layers.first().map(raw_plan).unwrap_or_default();
+        match edit {
+            CellEdit::Quant(q) => plan.quant = q.clone(),
+            CellEdit::Prune(p) => plan.prune = p.clone(),
+            CellEdit::Rps(r) => plan.rps = r.clone(),
+        }
+        self.recipe.layers.clear();
+        if plan != LayerPlan::default() {
+            self.recipe
+                .layers
+                .push(rule_from_plan(ALL.to_string(), &plan));
+        }
+        true
     }
 
     /// Sets the exact-name rule of `id` to `plan`, creating or removing it as needed.
@@ -375,6 +416,7 @@ pub fn analyse(recipe: &Recipe, model: Option<(&Transformer, &ModelSummary)>) ->
     let Some((t, summary)) = model else {
         return a;
     };
+    a.linears = summary.linears.iter().map(|l| l.id).collect();
     let probe = Recipe {
         layers: valid,
         merge: None,
