@@ -419,11 +419,7 @@ fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         args.text.text.as_deref(),
         args.text.suite.as_deref(),
     )?;
-    let domains = texts
-        .domains
-        .iter()
-        .map(|d| Ok((d.name.clone(), model.tokenizer.encode(&d.text, true)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let domains = texts.tokenize(&model)?;
     let opts = PerplexityOptions {
         ctx: PerplexityOptions::ctx_or_default(
             args.text.ctx,

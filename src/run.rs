@@ -181,11 +181,7 @@ pub fn run(
     // Task accuracy on zoo models; with no prompts there is nothing to report (not 0 %).
     let with_tasks = is_zoo_model(&base.path) && req.task_prompts > 0;
     let texts = evaluation_texts(base, req.text.as_deref(), req.suite.as_deref())?;
-    let domains = texts
-        .domains
-        .iter()
-        .map(|d| Ok((d.name.clone(), base.tokenizer.encode(&d.text, true)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let domains = texts.tokenize(base)?;
     let calib_text = calibration_text(base, req.calib_text.as_ref())?;
     let overlap = overlap_warning(&calib_text, &texts.domains);
     let calib_tokens = base.tokenizer.encode(&calib_text, true)?;

@@ -3,7 +3,11 @@
 //! configuration, and bad input is a one-line error with a failing exit code.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::{Command, Output};
+
+use common::ok_json;
 
 /// Runs the binary with a store of its own, so no run is served from an earlier one and the
 /// repository's default store stays untouched.
@@ -14,15 +18,6 @@ fn reparam(args: &[&str]) -> Output {
         .env("REPARAM_STORE", store.path())
         .output()
         .unwrap()
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
@@ -47,7 +42,7 @@ fn allocate_writes_a_recipe_that_runs() {
     let text = std::fs::read_to_string(&recipe).unwrap();
     let r = reparam::technique::recipe::Recipe::from_toml(&text).unwrap();
     assert_eq!(r.layers.len(), 6 * 7, "one rule per linear");
-    let report = json(&reparam(&[
+    let report = ok_json(&reparam(&[
         "run",
         "zoo:multi",
         "--recipe",
@@ -69,7 +64,7 @@ fn allocate_writes_a_recipe_that_runs() {
 
 #[test]
 fn info_describes_every_linear() {
-    let info = json(&reparam(&["info", "zoo:base", "--json"]));
+    let info = ok_json(&reparam(&["info", "zoo:base", "--json"]));
     assert_eq!(info["layers"].as_array().unwrap().len(), 42);
     assert_eq!(info["config"]["num_kv_heads"], 2);
     assert_eq!(info["model_id"].as_str().unwrap().len(), 64);
@@ -77,7 +72,7 @@ fn info_describes_every_linear() {
 
 #[test]
 fn bench_kernels_reports_each_configuration() {
-    let rows = json(&reparam(&[
+    let rows = ok_json(&reparam(&[
         "bench",
         "kernels",
         "--small",
@@ -147,7 +142,7 @@ fn bad_input_is_a_one_line_error() {
 
 #[test]
 fn eval_prints_task_accuracy_as_json() {
-    let json = json(&reparam(&[
+    let json = ok_json(&reparam(&[
         "eval",
         "zoo:multi",
         "--tasks",
@@ -171,7 +166,7 @@ fn run_applies_a_recipe_to_a_zoo_model() {
         env!("CARGO_MANIFEST_DIR"),
         "/experiments/recipes/shiftadd-4bit.toml"
     );
-    let r = json(&reparam(&[
+    let r = ok_json(&reparam(&[
         "run",
         "zoo:multi",
         "--recipe",
@@ -267,7 +262,7 @@ fn a_gpu_is_refused_clearly_without_cuda() {
 }
 
 fn run_zoo_recipe(recipe: &str) -> serde_json::Value {
-    json(&reparam(&[
+    ok_json(&reparam(&[
         "run",
         "zoo:multi",
         "--recipe",
@@ -378,7 +373,7 @@ fn recipe_path(name: &str) -> String {
 #[test]
 fn run_shares_a_zoo_model_with_rps() {
     let run = |recipe: &str| {
-        json(&reparam(&[
+        ok_json(&reparam(&[
             "run",
             "zoo:multi",
             "--recipe",
@@ -404,7 +399,7 @@ fn run_shares_a_zoo_model_with_rps() {
 
 #[test]
 fn run_merges_the_zoo_and_reports_a_timeline() {
-    let r = json(&reparam(&[
+    let r = ok_json(&reparam(&[
         "run",
         "zoo:base",
         "--recipe",
@@ -448,7 +443,7 @@ fn run_merges_the_zoo_and_reports_a_timeline() {
 
 #[test]
 fn bench_kernels_compares_rps_with_dense() {
-    let rows = json(&reparam(&[
+    let rows = ok_json(&reparam(&[
         "bench",
         "kernels",
         "--small",
@@ -481,7 +476,7 @@ fn zero_prompts_measure_no_task() {
         env!("CARGO_MANIFEST_DIR"),
         "/experiments/recipes/rtn-4bit.toml"
     );
-    let r = json(&reparam(&[
+    let r = ok_json(&reparam(&[
         "run",
         "zoo:multi",
         "--recipe",

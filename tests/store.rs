@@ -3,10 +3,13 @@
 //! Pareto/hypervolume code against brute force on seeded random points.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::time::SystemTime;
 
+use common::ok_json;
 use polars::prelude::*;
 use reparam::store::pareto::{Sense, dominates_min, front, hypervolume, knee_point, pareto_ranks};
 use reparam::store::query::{
@@ -625,15 +628,6 @@ fn cli(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn ok_json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

@@ -61,12 +61,7 @@ fn eval_on_the_suite_reports_each_domain_and_their_token_weighted_mean() {
         .args(["--ctx", "64", "--chunks", "2", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::ok_json(&out);
     assert_eq!(v["evaluated_on"], "suite held-out");
     let domains = v["domains"].as_object().unwrap();
     assert_eq!(domains.len(), 6);
@@ -136,12 +131,7 @@ fn calibrating_on_an_evaluated_text_is_warned() {
         .args(["--no-store", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::ok_json(&out);
     let notes = v["notes"].to_string();
     assert!(
         notes.contains("overlaps the evaluated text (legal (100 %))"),

@@ -7,7 +7,7 @@
 //! files, one domain each. Suite metrics are token-weighted over the domains: perplexity is
 //! `exp` of the weighted mean log-likelihood, KLD and top-1 agreement are weighted means.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -193,40 +193,47 @@ pub fn score(
     Ok((combine(&reports)?, table))
 }
 
-/// Word 12-grams shared between two texts, as a fraction of `eval`'s 12-grams: a calibration
-/// text that contains the evaluated documents makes the evaluation in-domain by construction.
-pub fn shared_ngram_fraction(calib: &str, eval: &str) -> f64 {
+/// The word 12-grams of a text, hashed.
+fn word_grams(text: &str) -> HashSet<u64> {
     const N: usize = 12;
-    let grams = |t: &str| -> std::collections::HashSet<u64> {
-        let words: Vec<&str> = t.split_whitespace().collect();
-        words
-            .windows(N)
-            .map(|w| {
-                let mut h = blake3::Hasher::new();
-                for x in w {
-                    h.update(x.as_bytes());
-                    h.update(b" ");
-                }
-                let b = h.finalize();
-                u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or([0; 8]))
-            })
-            .collect()
-    };
-    let e = grams(eval);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(N)
+        .map(|w| {
+            let mut h = blake3::Hasher::new();
+            for x in w {
+                h.update(x.as_bytes());
+                h.update(b" ");
+            }
+            let b = h.finalize();
+            u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+        })
+        .collect()
+}
+
+/// The fraction of `eval`'s 12-grams that are in `calib_grams`.
+fn shared_fraction(calib_grams: &HashSet<u64>, eval: &str) -> f64 {
+    let e = word_grams(eval);
     if e.is_empty() {
         return 0.0;
     }
-    let c = grams(calib);
-    e.iter().filter(|g| c.contains(g)).count() as f64 / e.len() as f64
+    e.iter().filter(|g| calib_grams.contains(g)).count() as f64 / e.len() as f64
+}
+
+/// Word 12-grams shared between two texts, as a fraction of `eval`'s 12-grams: a calibration
+/// text that contains the evaluated documents makes the evaluation in-domain by construction.
+pub fn shared_ngram_fraction(calib: &str, eval: &str) -> f64 {
+    shared_fraction(&word_grams(calib), eval)
 }
 
 /// A warning when the calibration text overlaps an evaluated text (more than 5 % of its
 /// 12-grams), naming the domains; `None` when they are disjoint.
 pub fn overlap_warning(calib: &str, domains: &[Domain]) -> Option<String> {
+    let calib_grams = word_grams(calib);
     let hits: Vec<String> = domains
         .iter()
         .filter_map(|d| {
-            let f = shared_ngram_fraction(calib, &d.text);
+            let f = shared_fraction(&calib_grams, &d.text);
             (f > 0.05).then(|| format!("{} ({:.0} %)", d.name, 100.0 * f))
         })
         .collect();

@@ -24,6 +24,14 @@ impl EvalTexts {
     pub fn is_suite(&self) -> bool {
         self.domains.len() > 1
     }
+
+    /// Each domain's name and tokens under `model`'s tokenizer, as the scoring takes them.
+    pub fn tokenize(&self, model: &Model) -> anyhow::Result<Vec<(String, Vec<u32>)>> {
+        self.domains
+            .iter()
+            .map(|d| Ok((d.name.clone(), model.tokenizer.encode(&d.text, true)?)))
+            .collect()
+    }
 }
 
 /// The texts an evaluation scores: the file at `text`, else suite `suite`, else the model's

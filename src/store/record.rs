@@ -156,6 +156,11 @@ pub fn split_domain_metric(name: &str) -> Option<(&str, &str)> {
     name.split_once('@')
 }
 
+/// The metric a column measures, without its domain (`ppl@code` → `ppl`).
+pub fn metric_base(name: &str) -> &str {
+    split_domain_metric(name).map_or(name, |(m, _)| m)
+}
+
 /// The metrics of a report, flat: every numeric field under its own name, tasks as
 /// `task_<name>`, a suite's domains as `<metric>@<domain>`.
 pub fn report_metrics(report: &RunReport) -> BTreeMap<String, f64> {

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::store::pareto::Sense;
+use crate::store::record::metric_base;
 use crate::store::{ExperimentRecord, Status};
 use crate::technique::recipe::Recipe;
 
@@ -444,15 +445,14 @@ pub fn evaluated_on(eval_json: &str) -> String {
 
 /// Metrics that are fractions of 1, shown as percentages.
 pub fn is_fraction_metric(metric: &str) -> bool {
-    let base = metric.split_once('@').map_or(metric, |(m, _)| m);
-    matches!(base, "top1_agree" | "sparsity" | "rms_dp" | "task_acc_mean")
-        || base.starts_with("task_")
+    let base = metric_base(metric);
+    matches!(base, "top1_agree" | "sparsity" | "rms_dp") || base.starts_with("task_")
 }
 
 /// A metric's value in its unit: bytes as kB/MB/GB, fractions as percentages, the rest by
 /// [`format_value`] (one rule for every table, hover and axis of the app).
 pub fn format_metric(metric: &str, v: f64) -> String {
-    let base = metric.split_once('@').map_or(metric, |(m, _)| m);
+    let base = metric_base(metric);
     if !v.is_finite() {
         "—".into()
     } else if base.ends_with("bytes") {

@@ -275,3 +275,13 @@ pub fn smollm2_file() -> Option<std::path::PathBuf> {
     );
     None
 }
+
+/// The JSON a successful command printed; a failed one fails the test with its stderr.
+pub fn ok_json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -76,7 +76,7 @@ impl Studio {
         } else {
             DialogPurpose::PlotSvg
         };
-        self.on_dialog(ctx, purpose, DialogAnswer::Picked(path), PathPrompt::NONE);
+        self.use_path(ctx, purpose, path);
     }
 
     /// A dialog's answer: the path goes to its purpose; a dialog that could not open asks for
@@ -88,12 +88,9 @@ impl Studio {
         answer: DialogAnswer,
         asked: (DialogKind, String),
     ) {
-        let path = match answer {
-            DialogAnswer::Picked(p) => p,
-            DialogAnswer::Cancelled => {
-                self.notice("cancelled");
-                return;
-            }
+        match answer {
+            DialogAnswer::Picked(path) => self.use_path(ctx, purpose, path),
+            DialogAnswer::Cancelled => self.notice("cancelled"),
             DialogAnswer::Unavailable(reason) => {
                 self.notice(format!("{reason}: type the path instead"));
                 self.views.path_prompt = Some(PathPrompt {
@@ -102,9 +99,12 @@ impl Studio {
                     text: asked.1,
                     reason,
                 });
-                return;
             }
-        };
+        }
+    }
+
+    /// A path for `purpose`, from a dialog, the typed-path prompt or a caller.
+    fn use_path(&mut self, ctx: &egui::Context, purpose: DialogPurpose, path: PathBuf) {
         match purpose {
             DialogPurpose::OpenModel => self.open_model(path.display().to_string()),
             DialogPurpose::LoadRecipe => self.tasks.spawn(

@@ -171,15 +171,11 @@ impl Studio {
     }
 
     pub fn notice(&mut self, text: impl Into<String>) {
-        self.push_notice(text.into(), false);
+        self.notices.push(text.into(), false);
     }
 
     pub fn notice_error(&mut self, text: impl Into<String>) {
-        self.push_notice(text.into(), true);
-    }
-
-    fn push_notice(&mut self, text: String, is_error: bool) {
-        self.notices.push(text, is_error);
+        self.notices.push(text.into(), true);
     }
 
     /// The persisted state with the current recipe folded in.

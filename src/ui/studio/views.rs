@@ -18,11 +18,6 @@ pub struct PathPrompt {
     pub reason: String,
 }
 
-impl PathPrompt {
-    /// What a programmatic answer asked for: nothing a prompt would need.
-    pub const NONE: (DialogKind, String) = (DialogKind::SavePng, String::new());
-}
-
 /// The compare view's per-layer diff, keyed by (run A, run B, open model id).
 pub type DiffCache = (
     (String, String, Option<String>),
