@@ -20,6 +20,7 @@ use crate::zoo::tasks::Task;
 use crate::zoo::{ZooOptions, build_zoo};
 
 mod bench;
+mod bench_decode;
 mod experiments;
 mod sensitivity;
 
@@ -283,6 +284,9 @@ enum BenchCommand {
     Eval(bench::EvalBenchArgs),
     /// Shift-add LUT GEMV against dense f32 GEMV on SmolLM2 and 7B shapes.
     Kernels(bench::KernelBenchArgs),
+    /// Batch-1 decode on the engine (both thread pools) next to llama.cpp's `llama-bench`,
+    /// with bytes per token and the fraction of a measured read-bandwidth bound.
+    Decode(bench_decode::DecodeBenchArgs),
 }
 
 /// Parses `std::env::args` and runs the chosen subcommand.
@@ -298,6 +302,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Allocate(args) => allocate(&args),
         Command::Bench(BenchCommand::Eval(args)) => bench::eval_bench(&args),
         Command::Bench(BenchCommand::Kernels(args)) => bench::kernel_bench(&args),
+        Command::Bench(BenchCommand::Decode(args)) => bench_decode::decode_bench(&args),
         Command::Sweep(args) => experiments::sweep(&args),
         Command::Pareto(args) => experiments::pareto(&args),
         Command::History(args) => experiments::history(&args),

@@ -4,6 +4,7 @@
 pub mod calib;
 pub mod cli;
 pub mod device;
+pub mod engine;
 pub mod eval;
 pub mod export;
 pub mod jobs;

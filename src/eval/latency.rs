@@ -1,15 +1,17 @@
-//! Latency measured by running the model's own inference form: batch-1 decode with the KV
-//! cache, and prefill of a full window. Nothing is estimated.
+//! Latency measured by running the model's own inference form: batch-1 decode on the decode
+//! engine (every layer in its packed kernel, the head included), and prefill of a full window
+//! through the tensor forward. Nothing is estimated.
 
 use std::time::Instant;
 
-use crate::model::{KvCache, Model, NoHook};
+use crate::engine::{Engine, EngineOptions, measure_decode};
+use crate::model::{Model, NoHook};
 
 /// Measured throughput: the median of [`ROUNDS`] timings, with their range, so a reader can
 /// tell a real difference from the machine's noise.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Latency {
-    /// Tokens per second generating one token at a time after a short prompt.
+    /// Tokens per second generating one token at a time after a short prompt (decode engine).
     pub decode_tok_s: f64,
     /// Slowest and fastest decode round.
     pub decode_range: [f64; 2],
@@ -21,7 +23,7 @@ pub struct Latency {
 /// Timed rounds of each measurement.
 pub const ROUNDS: usize = 3;
 /// Decode steps per round (after one untimed step that warms caches and thread pools).
-const DECODE_STEPS: usize = 32;
+const DECODE_STEPS: usize = 64;
 
 /// Median and [min, max] of a few rates.
 fn spread(mut v: Vec<f64>) -> (f64, [f64; 2]) {
@@ -49,18 +51,8 @@ pub fn measure_latency(
         t.forward(prompt, None, &mut NoHook, prefill_tokens - 1)?;
         prefill.push(prefill_tokens as f64 / start.elapsed().as_secs_f64());
     }
-    let mut decode = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
-        let mut cache = KvCache::default();
-        t.forward(&tokens[..16], Some(&mut cache), &mut NoHook, 15)?;
-        t.forward(&tokens[16..17], Some(&mut cache), &mut NoHook, 0)?;
-        let start = Instant::now();
-        for &tok in tokens[17..].iter().cycle().take(DECODE_STEPS) {
-            t.forward(&[tok], Some(&mut cache), &mut NoHook, 0)?;
-        }
-        decode.push(DECODE_STEPS as f64 / start.elapsed().as_secs_f64());
-    }
-    let (decode_tok_s, decode_range) = spread(decode);
+    let engine = Engine::new(t, EngineOptions::default())?;
+    let (decode_tok_s, decode_range) = measure_decode(&engine, tokens, DECODE_STEPS, ROUNDS)?;
     let (prefill_tok_s, prefill_range) = spread(prefill);
     Ok(Latency {
         decode_tok_s,

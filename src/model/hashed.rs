@@ -329,6 +329,17 @@ impl HashedWeight {
         acc.iter().sum::<f32>() + rest
     }
 
+    /// Row `r` of the virtual matrix times `x`: straight from the array runs for the fold
+    /// mapping, through a rebuilt row in `scratch` for the uniform one.
+    pub fn row_dot(&self, r: usize, x: &[f32], scratch: &mut Vec<f32>) -> f32 {
+        if self.hasher.mapping == HashMapping::Fold {
+            return self.fold_row_dot(r, x);
+        }
+        scratch.resize(self.cols, 0.0);
+        self.reconstruct_rows(r, scratch);
+        dot(scratch, x)
+    }
+
     /// Whether a batch of `n` activation rows goes through a GEMM on the rebuilt matrix.
     pub fn prefers_gemm(n: usize) -> bool {
         n >= GEMM_MIN_ROWS

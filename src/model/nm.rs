@@ -195,7 +195,7 @@ impl NmPacked {
 
     /// One row's dot product. 2:4 (the common case) reads one index byte per group.
     #[inline]
-    fn row_dot(&self, r: usize, x: &[f32]) -> f32 {
+    pub fn row_dot(&self, r: usize, x: &[f32]) -> f32 {
         if self.n == 2 {
             let groups = self.cols / self.m;
             let vals = &self.values[r * groups * 2..][..groups * 2];

@@ -157,7 +157,7 @@ impl CsrMatrix {
 
     /// One row's dot product with `x`, four independent accumulators so the gathers overlap.
     #[inline]
-    fn row_dot(&self, r: usize, x: &[f32]) -> f32 {
+    pub fn row_dot(&self, r: usize, x: &[f32]) -> f32 {
         let (a, b) = self.span(r);
         let (vals, cols) = (&self.values[a..b], &self.col[a..b]);
         let mut acc = [0f32; 4];

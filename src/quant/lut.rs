@@ -157,6 +157,29 @@ pub fn build_table(x: &[f32], t: &mut [f32]) {
     }
 }
 
+/// The 16-entry tables of ± partial sums of the first and last four of up to 8 inputs
+/// (`out[..16]`, `out[16..]`; missing inputs are 0): `lo[n] + hi[m]` is the full 256-entry
+/// table at key `n | m << 4`, what the AVX-512 kernels hold in two registers.
+#[inline]
+pub fn half_table(x: &[f32], out: &mut [f32]) {
+    let mut v = [0.0f32; CHUNK];
+    for (d, &s) in v.iter_mut().zip(x) {
+        *d = s;
+    }
+    for (half, table) in out[..32].chunks_exact_mut(16).enumerate() {
+        let xs = &v[half * 4..half * 4 + 4];
+        // Key 0 is all minus; setting bit t adds 2·x_t.
+        table[0] = -(xs[0] + xs[1] + xs[2] + xs[3]);
+        for (t, &xt) in xs.iter().enumerate() {
+            let step = 1usize << t;
+            let (src, dst) = table[..2 * step].split_at_mut(step);
+            for (d, &a) in dst.iter_mut().zip(src.iter()) {
+                *d = a + 2.0 * xt;
+            }
+        }
+    }
+}
+
 impl BcqPacked {
     /// Packs a quantized matrix.
     pub fn from_quantized(qm: &QuantizedMatrix) -> Self {
@@ -338,115 +361,188 @@ impl BcqPacked {
 
     /// `y = W_q·x` by table lookup (`x.len() == cols`, `y.len() == rows`).
     ///
-    /// Block layout: one table set per call (`256·⌈cols/8⌉` entries, built with ~1 add per entry)
-    /// shared by all rows and planes; each lookup is multiplied by its (chunk, plane, row-group)
-    /// scale: `q·⌈cols/8⌉` lookups + multiply-adds per row.
+    /// Block layout: one table set per call shared by all rows and planes; each lookup is
+    /// multiplied by its (chunk, plane, row-group) scale: `q·⌈cols/8⌉` lookups + multiply-adds
+    /// per row.
     ///
     /// Column layout: the scale changes with every input column, so activations are pre-scaled
-    /// per (plane, row group), `x'_k = α[k,b,g]·x_k`, and each gets its own table set:
-    /// `q·n_row_groups` times the table-building work and memory of the Block layout (e.g. 15
-    /// table sets for q = 3 and 5 row groups), then `q·⌈cols/8⌉` lookups + adds per row without
-    /// multiplies. This is ShiftAddLLM's "column-wise scales do not fully use the LUT" cost.
+    /// per (plane, row group), `x'_k = α[k,b,g]·x_k`, and each gets its own table set: `q` sets
+    /// per row group, then `q·⌈cols/8⌉` lookups + adds per row without multiplies. This is
+    /// ShiftAddLLM's "column-wise scales do not fully use the LUT" cost.
     ///
-    /// Rows are split into rayon tasks of 16 rows; the caller controls the thread count through
-    /// rayon's global pool.
+    /// Rows are split into rayon tasks of [`Self::task_rows`] rows; the caller controls the
+    /// thread count through rayon's global pool. The decode engine splits the same
+    /// [`Self::prepare`]/[`Self::rows_into`] work over its own threads.
     ///
     /// # Panics
     /// If `x.len() != cols` or `y.len() != rows`.
     pub fn gemv(&self, x: &[f32], y: &mut [f32]) {
         assert_eq!(x.len(), self.cols, "gemv: x has the wrong length");
         assert_eq!(y.len(), self.rows, "gemv: y has the wrong length");
+        let mut shared = Vec::new();
+        self.prepare(x, &mut shared);
+        let step = self.task_rows();
+        y.par_chunks_mut(step)
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (t, ys)| {
+                self.rows_into(x, &shared, t * step, ys, scratch);
+            });
+    }
+
+    /// Whether the AVX-512 kernels apply: the CPU has them and no 16-row block straddles two
+    /// row groups.
+    fn simd_rows(&self) -> bool {
+        simd::available() && self.rows_per_group.max(1).is_multiple_of(ROW_BLOCK)
+    }
+
+    /// Rows one task of a row split covers: a multiple of 16, and for the column layout whole
+    /// row groups (each task builds its groups' tables itself).
+    pub fn task_rows(&self) -> usize {
+        match self.layout {
+            ScaleLayout::Column { .. } if self.simd_rows() => self.rows_per_group.max(ROW_BLOCK),
+            ScaleLayout::Column { .. } => self.rows.max(1).next_multiple_of(ROW_BLOCK),
+            ScaleLayout::Block { .. } => 4 * ROW_BLOCK,
+        }
+    }
+
+    /// The per-call work every row shares, into `shared`: the Block layout's tables of `x`
+    /// (half tables for the AVX-512 kernel, full 256-entry ones otherwise). The column layout
+    /// has none: its tables depend on the row group.
+    pub fn prepare(&self, x: &[f32], shared: &mut Vec<f32>) {
+        shared.clear();
+        if let ScaleLayout::Column { .. } = self.layout {
+            return;
+        }
+        if self.simd_rows() {
+            shared.resize(self.n_chunks() * 32, 0.0);
+            for (xc, out) in x.chunks(CHUNK).zip(shared.chunks_exact_mut(32)) {
+                half_table(xc, out);
+            }
+        } else {
+            shared.resize(self.n_chunks() * TABLE, 0.0);
+            for (t, xc) in shared.chunks_exact_mut(TABLE).zip(x.chunks(CHUNK)) {
+                build_table(xc, t);
+            }
+        }
+    }
+
+    /// Rows `r0..r0 + y.len()` of `W_q·x` (`r0` a multiple of 16), given [`Self::prepare`]'s
+    /// `shared`; `scratch` holds the column layout's per-group tables between calls.
+    pub fn rows_into(
+        &self,
+        x: &[f32],
+        shared: &[f32],
+        r0: usize,
+        y: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        debug_assert!(r0.is_multiple_of(ROW_BLOCK));
         let (q, n_chunks) = (self.bits, self.n_chunks());
         let rpg = self.rows_per_group.max(1);
         let block_len = ROW_BLOCK * q * n_chunks;
+        let simd = self.simd_rows();
+        let blocks = y
+            .chunks_mut(ROW_BLOCK)
+            .zip(self.planes[r0 / ROW_BLOCK * block_len..].chunks(block_len))
+            .enumerate()
+            .map(|(i, (ys, keys))| (r0 / ROW_BLOCK + i, ys, keys));
         match self.layout {
-            ScaleLayout::Block { .. } => {
-                if simd::available() && rpg.is_multiple_of(ROW_BLOCK) {
-                    let halves = simd::half_tables(x);
-                    y.par_chunks_mut(ROW_BLOCK)
-                        .zip(self.planes.par_chunks(block_len))
-                        .enumerate()
-                        .for_each(|(rb, (ys, keys))| {
-                            let g = rb * ROW_BLOCK / rpg;
-                            let alpha = &self.block_f32[g * q * n_chunks..(g + 1) * q * n_chunks];
-                            simd::block_rows(&halves, keys, alpha, q, ys);
-                        });
-                    return;
+            ScaleLayout::Block { .. } if simd => {
+                for (rb, ys, keys) in blocks {
+                    let g = rb * ROW_BLOCK / rpg;
+                    let alpha = &self.block_f32[g * q * n_chunks..(g + 1) * q * n_chunks];
+                    simd::block_rows(shared, keys, alpha, q, ys);
                 }
-                let mut tables = vec![0.0f32; n_chunks * TABLE];
-                tables
-                    .par_chunks_mut(TABLE)
-                    .zip(x.par_chunks(CHUNK))
-                    .with_min_len(16)
-                    .for_each(|(t, xc)| build_table(xc, t));
-                let tables: &[f32] = &tables;
-                y.par_chunks_mut(ROW_BLOCK)
-                    .zip(self.planes.par_chunks(block_len))
-                    .enumerate()
-                    .for_each(|(rb, (ys, keys))| {
-                        let mut acc = [0.0f32; ROW_BLOCK];
-                        for (c, (t, chunk_keys)) in tables
-                            .chunks_exact(TABLE)
-                            .zip(keys.chunks_exact(q * ROW_BLOCK))
-                            .enumerate()
-                        {
-                            for (b, lane_keys) in chunk_keys.chunks_exact(ROW_BLOCK).enumerate() {
-                                for (lane, (a, &k)) in acc.iter_mut().zip(lane_keys).enumerate() {
-                                    let g = (rb * ROW_BLOCK + lane) / rpg;
-                                    let alpha = self
-                                        .block_f32
-                                        .get((g * q + b) * n_chunks + c)
-                                        .copied()
-                                        .unwrap_or(0.0);
-                                    *a += alpha * t[usize::from(k)];
-                                }
+            }
+            ScaleLayout::Block { .. } => {
+                for (rb, ys, keys) in blocks {
+                    let mut acc = [0.0f32; ROW_BLOCK];
+                    for (c, (t, chunk_keys)) in shared
+                        .chunks_exact(TABLE)
+                        .zip(keys.chunks_exact(q * ROW_BLOCK))
+                        .enumerate()
+                    {
+                        for (b, lane_keys) in chunk_keys.chunks_exact(ROW_BLOCK).enumerate() {
+                            for (lane, (a, &k)) in acc.iter_mut().zip(lane_keys).enumerate() {
+                                let g = (rb * ROW_BLOCK + lane) / rpg;
+                                let alpha = self
+                                    .block_f32
+                                    .get((g * q + b) * n_chunks + c)
+                                    .copied()
+                                    .unwrap_or(0.0);
+                                *a += alpha * t[usize::from(k)];
                             }
                         }
-                        ys.copy_from_slice(&acc[..ys.len()]);
-                    });
+                    }
+                    ys.copy_from_slice(&acc[..ys.len()]);
+                }
+            }
+            ScaleLayout::Column { .. } if simd => {
+                let mut group = usize::MAX;
+                for (rb, ys, keys) in blocks {
+                    let g = rb * ROW_BLOCK / rpg;
+                    if g != group {
+                        self.column_half_tables(x, g, scratch);
+                        group = g;
+                    }
+                    simd::column_rows(scratch, keys, q, ys);
+                }
             }
             ScaleLayout::Column { .. } => {
-                let n_rg = self.n_row_groups();
                 let set_len = n_chunks * TABLE;
-                // One table set per (row group, plane), from pre-scaled activations.
-                let mut tables = vec![0.0f32; n_rg * q * set_len];
-                tables.par_chunks_mut(set_len).enumerate().for_each_init(
-                    Vec::new,
-                    |alpha, (gb, set)| {
-                        // The stored codes are decoded here, once per call and scale, next to
-                        // the ~32 adds per input that building the tables costs.
-                        alpha.resize(self.cols, 0.0);
-                        self.scales.decode_into(gb * self.cols, alpha);
-                        let mut xs = [0.0f32; CHUNK];
-                        for ((t, xc), ac) in set
-                            .chunks_mut(TABLE)
-                            .zip(x.chunks(CHUNK))
-                            .zip(alpha.chunks(CHUNK))
-                        {
-                            for ((d, &xv), &a) in xs.iter_mut().zip(xc).zip(ac) {
-                                *d = a * xv;
-                            }
-                            build_table(&xs[..xc.len()], t);
-                        }
-                    },
-                );
-                let tables: &[f32] = &tables;
-                y.par_chunks_mut(ROW_BLOCK)
-                    .zip(self.planes.par_chunks(block_len))
-                    .enumerate()
-                    .for_each(|(rb, (ys, keys))| {
-                        for (lane, yr) in ys.iter_mut().enumerate() {
-                            let g = (rb * ROW_BLOCK + lane) / rpg;
-                            let mut acc = 0.0f32;
-                            for b in 0..q {
-                                let set = &tables[(g * q + b) * set_len..(g * q + b + 1) * set_len];
-                                for (c, t) in set.chunks_exact(TABLE).enumerate() {
-                                    acc += t[usize::from(keys[(c * q + b) * ROW_BLOCK + lane])];
+                let mut group = usize::MAX;
+                let mut alpha = vec![0.0f32; self.cols];
+                for (rb, ys, keys) in blocks {
+                    for (lane, yr) in ys.iter_mut().enumerate() {
+                        let g = (rb * ROW_BLOCK + lane) / rpg;
+                        if g != group {
+                            // One table set per plane, from activations pre-scaled for group g.
+                            scratch.resize(q * set_len, 0.0);
+                            for (b, set) in scratch.chunks_exact_mut(set_len).enumerate() {
+                                self.scales.decode_into((g * q + b) * self.cols, &mut alpha);
+                                let mut xs = [0.0f32; CHUNK];
+                                for ((t, xc), ac) in set
+                                    .chunks_mut(TABLE)
+                                    .zip(x.chunks(CHUNK))
+                                    .zip(alpha.chunks(CHUNK))
+                                {
+                                    for ((d, &xv), &a) in xs.iter_mut().zip(xc).zip(ac) {
+                                        *d = a * xv;
+                                    }
+                                    build_table(&xs[..xc.len()], t);
                                 }
                             }
-                            *yr = acc;
+                            group = g;
                         }
-                    });
+                        let mut acc = 0.0f32;
+                        for (b, set) in scratch.chunks_exact(set_len).enumerate() {
+                            for (c, t) in set.chunks_exact(TABLE).enumerate() {
+                                acc += t[usize::from(keys[(c * q + b) * ROW_BLOCK + lane])];
+                            }
+                        }
+                        *yr = acc;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The column layout's half tables for row group `g`, `[chunk][plane][32]`, from the
+    /// activations scaled by the group's per-column scales (decoded here, as stored).
+    fn column_half_tables(&self, x: &[f32], g: usize, out: &mut Vec<f32>) {
+        let (q, cols, n_chunks) = (self.bits, self.cols, self.n_chunks());
+        out.resize(n_chunks * q * 32, 0.0);
+        let mut alpha = [0.0f32; CHUNK];
+        let mut xs = [0.0f32; CHUNK];
+        for b in 0..q {
+            let base = (g * q + b) * cols;
+            for (c, xc) in x.chunks(CHUNK).enumerate() {
+                let a = &mut alpha[..xc.len()];
+                self.scales.decode_into(base + c * CHUNK, a);
+                for ((d, &xv), &av) in xs.iter_mut().zip(xc).zip(a.iter()) {
+                    *d = av * xv;
+                }
+                half_table(&xs[..xc.len()], &mut out[(c * q + b) * 32..][..32]);
             }
         }
     }
@@ -476,7 +572,7 @@ impl BcqPacked {
 /// 16 rows is one 16-byte load, two permutes, an add and a multiply-add.
 #[allow(unsafe_code)]
 mod simd {
-    use super::{CHUNK, ROW_BLOCK};
+    use super::ROW_BLOCK;
 
     /// Whether this CPU runs the AVX-512 kernel.
     pub fn available() -> bool {
@@ -488,29 +584,6 @@ mod simd {
         {
             false
         }
-    }
-
-    /// Per 8-input chunk, the 16-entry tables of ± partial sums of its first and last four
-    /// inputs: `[lo_0 (16), hi_0 (16), lo_1, hi_1, …]`. `lo[n] + hi[m]` is the full 256-entry
-    /// table at key `n | m << 4`.
-    pub fn half_tables(x: &[f32]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(x.len().div_ceil(CHUNK) * 32);
-        for chunk in x.chunks(CHUNK) {
-            for half in 0..2 {
-                let xs: Vec<f32> = (0..4)
-                    .map(|t| chunk.get(half * 4 + t).copied().unwrap_or(0.0))
-                    .collect();
-                for key in 0..16usize {
-                    let v: f32 = xs
-                        .iter()
-                        .enumerate()
-                        .map(|(t, &xv)| if key >> t & 1 == 1 { xv } else { -xv })
-                        .sum();
-                    out.push(v);
-                }
-            }
-        }
-        out
     }
 
     /// Computes up to 16 outputs of one row block: `keys` is the block's
@@ -536,6 +609,65 @@ mod simd {
             let _ = (halves, keys, alpha, q, ys);
             unreachable!("the AVX-512 kernel is only dispatched on x86_64");
         }
+    }
+
+    /// Column layout: up to 16 outputs of one row block from its row group's half tables
+    /// `[chunk][plane][32]` (scales already inside, so no multiply).
+    pub fn column_rows(halves: &[f32], keys: &[u8], q: usize, ys: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(
+                available(),
+                "AVX-512 kernel called on a CPU without AVX-512"
+            );
+            let n_chunks = halves.len() / (32 * q.max(1));
+            assert!(keys.len() >= n_chunks * q * ROW_BLOCK && halves.len() >= n_chunks * q * 32);
+            assert!(ys.len() <= ROW_BLOCK);
+            let mut out = [0.0f32; ROW_BLOCK];
+            // SAFETY: AVX-512F is present (checked above); all loads and the store stay inside
+            // the slices, whose lengths are asserted above.
+            unsafe { column_rows_avx512(halves, keys, q * n_chunks, &mut out) };
+            ys.copy_from_slice(&out[..ys.len()]);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (halves, keys, q, ys);
+            unreachable!("the AVX-512 kernel is only dispatched on x86_64");
+        }
+    }
+
+    /// `steps` = chunks × planes lookups, each against its own pair of half tables.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn column_rows_avx512(
+        halves: &[f32],
+        keys: &[u8],
+        steps: usize,
+        out: &mut [f32; ROW_BLOCK],
+    ) {
+        use std::arch::x86_64::*;
+        let nibble = _mm512_set1_epi32(15);
+        // Two accumulators so consecutive lookups do not wait on each other's add.
+        let mut acc = [_mm512_setzero_ps(); 2];
+        for s in 0..steps {
+            // SAFETY: `s < steps`, within the asserted lengths.
+            let (lo, hi, k) = unsafe {
+                (
+                    _mm512_loadu_ps(halves.as_ptr().add(s * 32)),
+                    _mm512_loadu_ps(halves.as_ptr().add(s * 32 + 16)),
+                    _mm_loadu_si128(keys.as_ptr().add(s * ROW_BLOCK).cast::<__m128i>()),
+                )
+            };
+            let idx = _mm512_cvtepu8_epi32(k);
+            let v = _mm512_add_ps(
+                _mm512_permutexvar_ps(_mm512_and_si512(idx, nibble), lo),
+                _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(idx), hi),
+            );
+            acc[s & 1] = _mm512_add_ps(acc[s & 1], v);
+        }
+        let [acc0, acc1] = acc;
+        // SAFETY: `out` holds 16 floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(acc0, acc1)) };
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -611,9 +743,10 @@ mod tests {
             .collect()
     }
 
-    const LAYOUTS: [ScaleLayout; 5] = [
+    const LAYOUTS: [ScaleLayout; 6] = [
         ScaleLayout::Column { group_rows: 0 },
         ScaleLayout::Column { group_rows: 7 },
+        ScaleLayout::Column { group_rows: 32 },
         ScaleLayout::Block { group: 0 },
         ScaleLayout::Block { group: 32 },
         ScaleLayout::Block { group: 128 },

@@ -4,8 +4,8 @@ use rayon::prelude::*;
 
 /// Round-to-nearest baseline: asymmetric uniform quantization with one (scale, zero) pair per
 /// (row, run of `group` consecutive input columns), GPTQ style: the range is `[min(x,0),
-/// max(x,0)]`, `scale = range/(2^bits − 1)`, integer zero point, ties to even. `group == 0`
-/// means the whole row. Returns the dequantized matrix.
+/// max(x,0)]`, `scale = range/(2^bits − 1)` rounded to f16 (as stored), integer zero point, ties
+/// to even. `group == 0` means the whole row. Returns the dequantized matrix.
 ///
 /// Storage: `bits + 2·16/group` bits per weight (an fp16 scale and an fp16-sized zero per group;
 /// e.g. 3.25 bits at 3 bits, group 128). `bits` is clamped to `1..=16`.
@@ -20,7 +20,9 @@ pub fn rtn_quantize(w: &[f32], rows: usize, cols: usize, bits: usize, group: usi
         for chunk in row.chunks_mut(group) {
             let lo = chunk.iter().fold(0.0f32, |m, &x| m.min(x));
             let hi = chunk.iter().fold(0.0f32, |m, &x| m.max(x));
-            let scale = (hi - lo) / maxq;
+            // The scale is stored in f16, so it is rounded there before use: the dequantized
+            // values are exactly what packed codes + f16 scale and zero give back.
+            let scale = half::f16::from_f32((hi - lo) / maxq).to_f32();
             if scale <= 0.0 || !scale.is_finite() {
                 // All-zero group: zero reproduces it exactly.
                 continue;

@@ -1,0 +1,231 @@
+//! `reparam bench decode`: batch-1 decode on our engine next to llama.cpp's `llama-bench` on
+//! the same machine, thread count and run, with the bytes each token reads and how close that
+//! comes to a measured memory-bandwidth bound.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::calib::calibration_tokens;
+use crate::engine::{Engine, EngineOptions, PoolKind, measure_decode, read_bandwidth};
+use crate::model::load_spec;
+use crate::technique::recipe::Recipe;
+use crate::technique::{CalibOptions, apply};
+
+#[derive(Debug, Args)]
+pub struct DecodeBenchArgs {
+    /// The model (GGUF, HF directory or `zoo:NAME`).
+    pub model: String,
+    /// Compress with this recipe first (calibrated on `--calib-text` or the default mix).
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    #[arg(long)]
+    pub calib_text: Option<PathBuf>,
+    /// Calibration windows for the recipe.
+    #[arg(long, default_value_t = 32)]
+    pub calib_samples: usize,
+    /// The GGUF `llama-bench` runs (e.g. a Q4_0 or Q3_K_S of the same model).
+    #[arg(long)]
+    pub peer_model: Option<PathBuf>,
+    /// Directory holding `llama-bench`; default `~/.cache/reparam/llamacpp/build/bin` (what
+    /// `scripts/llamacpp-peer.sh` builds).
+    #[arg(long)]
+    pub peer_bin: Option<PathBuf>,
+    /// Decode steps per round (three rounds, median reported).
+    #[arg(long, default_value_t = 128)]
+    pub tokens: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `llama-bench` measured: token generation and prompt processing, tokens/s.
+#[derive(Debug, serde::Serialize)]
+struct PeerBench {
+    model: PathBuf,
+    tg_tok_s: f64,
+    pp_tok_s: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct PoolResult {
+    pool: PoolKind,
+    decode_tok_s: f64,
+    decode_range: [f64; 2],
+    /// Weight bytes read per token × tokens/s.
+    gb_s: f64,
+    /// `gb_s` as a fraction of the probe's bound.
+    of_bound: f64,
+}
+
+/// Per stored form: layers and bytes read per token.
+#[derive(Debug, serde::Serialize)]
+struct FormBytes {
+    form: &'static str,
+    layers: usize,
+    bytes: usize,
+}
+
+fn default_peer_bin() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME")?;
+    Some(Path::new(&home).join(".cache/reparam/llamacpp/build/bin"))
+}
+
+pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
+    let threads = rayon::current_num_threads();
+    let base = load_spec(&args.model)?;
+    let model = match &args.recipe {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let recipe = Recipe::from_toml(&text)?;
+            let calib = calibration_tokens(&base, args.calib_text.as_ref())?;
+            let opts = CalibOptions {
+                samples: args.calib_samples,
+                ..CalibOptions::default()
+            }
+            .within_ctx(base.config().max_position_embeddings);
+            eprintln!("compressing with {}…", path.display());
+            apply(&base, &recipe, &calib, opts, &mut |_, _, _| true)?.model
+        }
+        None => base,
+    };
+    let prompt = model.tokenizer.encode(
+        "The history of the city begins with a small settlement on the river, where",
+        true,
+    )?;
+    let tokens: Vec<u32> = prompt.iter().copied().cycle().take(64).collect();
+    let bound = read_bandwidth(EngineOptions {
+        threads,
+        pool: PoolKind::Spin,
+    });
+    let mut pools = Vec::new();
+    let mut per_token = 0;
+    let mut forms: Vec<FormBytes> = Vec::new();
+    for pool in [PoolKind::Spin, PoolKind::Rayon] {
+        let engine = Engine::new(&model.transformer, EngineOptions { threads, pool })?;
+        per_token = engine.weight_bytes_per_token();
+        if forms.is_empty() {
+            for (_, l) in engine.linears() {
+                match forms.iter_mut().find(|f| f.form == l.form()) {
+                    Some(f) => {
+                        f.layers += 1;
+                        f.bytes += l.bytes();
+                    }
+                    None => forms.push(FormBytes {
+                        form: l.form(),
+                        layers: 1,
+                        bytes: l.bytes(),
+                    }),
+                }
+            }
+        }
+        let (tok_s, range) = measure_decode(&engine, &tokens, args.tokens, 3)?;
+        let gb_s = per_token as f64 * tok_s / 1e9;
+        pools.push(PoolResult {
+            pool,
+            decode_tok_s: tok_s,
+            decode_range: range,
+            gb_s,
+            of_bound: gb_s / bound,
+        });
+    }
+    let peer_exe = args
+        .peer_bin
+        .clone()
+        .or_else(default_peer_bin)
+        .map(|b| b.join("llama-bench"))
+        .filter(|p| p.is_file());
+    let peer = match (&peer_exe, &args.peer_model) {
+        (Some(exe), Some(m)) => Some(run_llama_bench(exe, m, threads, args.tokens)?),
+        _ => None,
+    };
+    if args.json {
+        let obj = serde_json::json!({
+            "model": args.model,
+            "recipe": args.recipe,
+            "threads": threads,
+            "read_bandwidth_gb_s": bound,
+            "weight_bytes_per_token": per_token,
+            "forms": forms,
+            "ours": pools,
+            "llama_cpp": peer,
+        });
+        crate::outln!("{}", serde_json::to_string_pretty(&obj)?);
+        return Ok(());
+    }
+    crate::outln!(
+        "threads {threads}; read bandwidth bound {bound:.1} GB/s; {:.1} MB of weights per token",
+        per_token as f64 / 1e6
+    );
+    for f in &forms {
+        crate::outln!(
+            "  {:<9} {:>4} layers {:>9.2} MB",
+            f.form,
+            f.layers,
+            f.bytes as f64 / 1e6
+        );
+    }
+    for p in &pools {
+        crate::outln!(
+            "reparam decode ({:?} pool) {:>7.1} tok/s  [{:.1}–{:.1}]  {:>5.1} GB/s  {:>3.0}% of bound",
+            p.pool,
+            p.decode_tok_s,
+            p.decode_range[0],
+            p.decode_range[1],
+            p.gb_s,
+            100.0 * p.of_bound
+        );
+    }
+    match &peer {
+        Some(p) => crate::outln!(
+            "llama-bench {}: tg {:.1} tok/s, pp {:.1} tok/s",
+            p.model.display(),
+            p.tg_tok_s,
+            p.pp_tok_s
+        ),
+        None if peer_exe.is_none() => crate::outln!(
+            "llama-bench not found: build it with scripts/llamacpp-peer.sh (or pass --peer-bin), \
+             then pass --peer-model GGUF"
+        ),
+        None => crate::outln!("pass --peer-model GGUF to run llama-bench side by side"),
+    }
+    Ok(())
+}
+
+/// `llama-bench` with one generation test and one prompt test, as JSON.
+fn run_llama_bench(
+    exe: &Path,
+    model: &Path,
+    threads: usize,
+    tokens: usize,
+) -> anyhow::Result<PeerBench> {
+    let out = Command::new(exe)
+        .arg("-m")
+        .arg(model)
+        .args(["-t", &threads.to_string()])
+        .args(["-n", &tokens.to_string(), "-p", "512", "-r", "3", "-o", "json"])
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{} failed:\n{}",
+        exe.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("parsing the JSON of {}", exe.display()))?;
+    let rate = |generation: bool| {
+        rows.iter()
+            .find(|r| (r["n_gen"].as_u64().unwrap_or(0) > 0) == generation)
+            .and_then(|r| r["avg_ts"].as_f64())
+            .with_context(|| format!("no {} test in llama-bench's output", if generation { "tg" } else { "pp" }))
+    };
+    Ok(PeerBench {
+        model: model.to_path_buf(),
+        tg_tok_s: rate(true)?,
+        pp_tok_s: rate(false)?,
+    })
+}

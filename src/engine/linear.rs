@@ -1,0 +1,263 @@
+//! One linear layer in the engine: the stored form's own batch-1 kernel over a range of output
+//! rows, so a step can split every layer across threads by rows.
+
+use std::sync::Arc;
+
+use candle_core::DType;
+
+use crate::model::LinearWeight;
+use crate::model::hashed::HashedWeight;
+use crate::model::nm::NmPacked;
+use crate::model::sparse::CsrMatrix;
+use crate::quant::lut::BcqPacked;
+
+use super::rtn::RtnPacked;
+
+/// The weight of a linear layer as the engine multiplies it.
+pub enum Kernel {
+    /// Row-major `[rows, cols]` f32.
+    Dense(Vec<f32>),
+    Bcq(Arc<BcqPacked>),
+    Rtn(RtnPacked),
+    Csr(Arc<CsrMatrix>),
+    Nm(Arc<NmPacked>),
+    Hashed(Arc<HashedWeight>),
+}
+
+/// `y = W x + b` for one activation row.
+pub struct Linear {
+    pub rows: usize,
+    pub cols: usize,
+    pub kernel: Kernel,
+    pub bias: Option<Vec<f32>>,
+}
+
+fn to_f32(t: &candle_core::Tensor) -> candle_core::Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+impl Linear {
+    /// The engine form of `lw`. RTN layers whose values do not recover as codes (quantized
+    /// before scales were f16) run dense, which [`Self::form`] reports.
+    pub fn new(lw: &LinearWeight) -> candle_core::Result<Self> {
+        let (rows, cols) = lw.shape();
+        let bias = lw.bias().map(to_f32).transpose()?;
+        let kernel = match lw {
+            LinearWeight::Dense { weight, .. } => Kernel::Dense(to_f32(weight)?),
+            LinearWeight::Rtn {
+                dequantized,
+                bits,
+                group,
+                ..
+            } => {
+                let w = to_f32(dequantized)?;
+                match RtnPacked::from_dequantized(&w, rows, cols, *bits, *group) {
+                    Some(p) => Kernel::Rtn(p),
+                    None => Kernel::Dense(w),
+                }
+            }
+            LinearWeight::Bcq { packed, .. } => Kernel::Bcq(Arc::clone(packed)),
+            LinearWeight::Csr { csr, .. } => Kernel::Csr(Arc::clone(csr)),
+            LinearWeight::Nm { packed, .. } => Kernel::Nm(Arc::clone(packed)),
+            LinearWeight::Hashed { hashed, .. } => Kernel::Hashed(Arc::clone(hashed)),
+        };
+        Ok(Self {
+            rows,
+            cols,
+            kernel,
+            bias,
+        })
+    }
+
+    /// The stored form the kernel reads.
+    pub fn form(&self) -> &'static str {
+        match &self.kernel {
+            Kernel::Dense(_) => "dense",
+            Kernel::Bcq(_) => "shiftadd",
+            Kernel::Rtn(_) => "rtn",
+            Kernel::Csr(_) => "csr",
+            Kernel::Nm(_) => "nm",
+            Kernel::Hashed(_) => "rps",
+        }
+    }
+
+    /// Bytes one product reads from the weight (and bias).
+    pub fn bytes(&self) -> usize {
+        let bias = self.bias.as_ref().map_or(0, |b| b.len() * 4);
+        bias + match &self.kernel {
+            Kernel::Dense(w) => w.len() * 4,
+            Kernel::Bcq(p) => p.size_bytes(),
+            Kernel::Rtn(p) => p.size_bytes(),
+            Kernel::Csr(c) => c.size_bytes(),
+            Kernel::Nm(p) => p.size_bytes(),
+            Kernel::Hashed(h) => h.size_bytes(),
+        }
+    }
+
+    /// Output rows one task of a row split covers (kernels that block rows need whole blocks).
+    pub fn task_rows(&self, threads: usize) -> usize {
+        match &self.kernel {
+            Kernel::Bcq(p) => p.task_rows(),
+            // About four tasks a thread, so a slow thread does not hold the others up.
+            _ => self
+                .rows
+                .div_ceil(4 * threads.max(1))
+                .next_multiple_of(16)
+                .max(16),
+        }
+    }
+
+    /// Work every row of one product shares, into `shared`.
+    pub fn prepare(&self, x: &[f32], shared: &mut Vec<f32>) {
+        match &self.kernel {
+            Kernel::Bcq(p) => p.prepare(x, shared),
+            Kernel::Rtn(p) => p.prepare(x, shared),
+            _ => shared.clear(),
+        }
+    }
+
+    /// Rows `r0..r0 + y.len()` of `W x + b`.
+    pub fn rows_into(
+        &self,
+        x: &[f32],
+        shared: &[f32],
+        r0: usize,
+        y: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let rows = r0..r0 + y.len();
+        match &self.kernel {
+            Kernel::Dense(w) => {
+                for (yr, r) in y.iter_mut().zip(rows.clone()) {
+                    *yr = dot(&w[r * self.cols..(r + 1) * self.cols], x);
+                }
+            }
+            Kernel::Bcq(p) => p.rows_into(x, shared, r0, y, scratch),
+            Kernel::Rtn(p) => p.rows_into(x, shared, r0, y, scratch),
+            Kernel::Csr(c) => {
+                for (yr, r) in y.iter_mut().zip(rows.clone()) {
+                    *yr = c.row_dot(r, x);
+                }
+            }
+            Kernel::Nm(p) => {
+                for (yr, r) in y.iter_mut().zip(rows.clone()) {
+                    *yr = p.row_dot(r, x);
+                }
+            }
+            Kernel::Hashed(h) => {
+                for (yr, r) in y.iter_mut().zip(rows.clone()) {
+                    *yr = h.row_dot(r, x, scratch);
+                }
+            }
+        }
+        if let Some(b) = &self.bias {
+            for (yr, bv) in y.iter_mut().zip(&b[rows]) {
+                *yr += bv;
+            }
+        }
+    }
+}
+
+/// `a · b`: AVX-512 where the CPU has it (the build targets baseline x86-64), else eight
+/// independent lanes the compiler vectorizes.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    if simd::available() {
+        return simd::dot(a, b);
+    }
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The sum of `a`, in independent lanes (the bandwidth probe's read loop).
+pub fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    for c in a.chunks_exact(16) {
+        for l in 0..16 {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum()
+}
+
+#[allow(unsafe_code)]
+mod simd {
+    pub fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(available());
+            let n = a.len().min(b.len());
+            // SAFETY: AVX-512F is present; the kernel reads the first `n` of both slices.
+            unsafe { dot_avx512(&a[..n], &b[..n]) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (a, b);
+            unreachable!("the AVX-512 kernel is only dispatched on x86_64");
+        }
+    }
+
+    /// Four accumulators of 16 lanes, then a masked tail.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (every load): `i + 16 <= n` or a mask covering only indices below `n`.
+        while i + 64 <= n {
+            for (l, a_l) in acc.iter_mut().enumerate() {
+                let (x, y) = unsafe {
+                    (
+                        _mm512_loadu_ps(pa.add(i + 16 * l)),
+                        _mm512_loadu_ps(pb.add(i + 16 * l)),
+                    )
+                };
+                *a_l = _mm512_fmadd_ps(x, y, *a_l);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            let (x, y) = unsafe { (_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i))) };
+            acc[0] = _mm512_fmadd_ps(x, y, acc[0]);
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = (1u16 << (n - i)) - 1;
+            let (x, y) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(m, pa.add(i)),
+                    _mm512_maskz_loadu_ps(m, pb.add(i)),
+                )
+            };
+            acc[1] = _mm512_fmadd_ps(x, y, acc[1]);
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(s)
+    }
+}

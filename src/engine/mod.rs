@@ -1,0 +1,584 @@
+//! The batch-1 decode engine: the model's own compressed forms run at the speed their bytes
+//! allow, and where every decode latency the product reports comes from.
+//!
+//! Plain buffers instead of tensors: activations, scratch and the KV cache are allocated once
+//! per [`Decoder`], and a token is one pass of ~5 parallel sections per block (Q/K/V together,
+//! attention over heads, the output projection, gate and up together, down), each split over
+//! the threads by output rows. Every [`crate::model::LinearWeight`] form multiplies through its
+//! own kernel on its packed storage (`linear.rs`), the LM head included, so a quantized head
+//! runs quantized. The tensor forward (`model::llama`) stays the reference: calibration and
+//! training use it, and the tests hold the engine's logits to it.
+
+mod linear;
+pub mod pool;
+mod rtn;
+
+use std::cell::RefCell;
+
+use anyhow::{Context as _, bail};
+
+use crate::model::{LinearWeight, Transformer};
+
+pub use linear::{Kernel, Linear};
+pub use pool::{Pool, PoolKind};
+
+/// How the engine runs.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Threads a step is split over (the caller's included).
+    pub threads: usize,
+    pub pool: PoolKind,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            threads: rayon::current_num_threads(),
+            pool: PoolKind::default(),
+        }
+    }
+}
+
+/// One block's weights in engine form.
+struct Block {
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Where a token's embedding row comes from.
+enum Embedding {
+    /// Its own f32 rows.
+    Rows(Vec<f32>),
+    /// The rows of the tied LM head, in the head's stored form.
+    TiedHead,
+}
+
+/// A model ready for batch-1 decode.
+pub struct Engine {
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    vocab: usize,
+    /// Positions the model was trained for; the KV cache holds at most this many.
+    ctx: usize,
+    eps: f32,
+    rope_inv_freq: Vec<f32>,
+    embedding: Embedding,
+    blocks: Vec<Block>,
+    output_norm: Vec<f32>,
+    head: Linear,
+    pool: Pool,
+}
+
+fn f32s(t: &candle_core::Tensor) -> anyhow::Result<Vec<f32>> {
+    Ok(t.to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
+}
+
+impl Engine {
+    /// The engine form of `t` (its packed layers are shared, dense ones copied to plain
+    /// buffers). Needs every tensor on the CPU.
+    pub fn new(t: &Transformer, opts: EngineOptions) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            t.device().is_cpu(),
+            "the decode engine runs on the CPU; the model is on {:?}",
+            t.device()
+        );
+        let cfg = &t.config;
+        let linear = |lw: &LinearWeight, what: &str| {
+            Linear::new(lw).with_context(|| format!("preparing {what} for the decode engine"))
+        };
+        let blocks = t
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let name = |k: &str| format!("blk.{i}.{k}");
+                Ok(Block {
+                    attn_norm: f32s(&b.attn_norm)?,
+                    ffn_norm: f32s(&b.ffn_norm)?,
+                    q: linear(&b.attn_q, &name("attn_q"))?,
+                    k: linear(&b.attn_k, &name("attn_k"))?,
+                    v: linear(&b.attn_v, &name("attn_v"))?,
+                    o: linear(&b.attn_output, &name("attn_output"))?,
+                    gate: linear(&b.ffn_gate, &name("ffn_gate"))?,
+                    up: linear(&b.ffn_up, &name("ffn_up"))?,
+                    down: linear(&b.ffn_down, &name("ffn_down"))?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let head = linear(&t.output, "the LM head")?;
+        // The head is the embedding when both are one tensor (tied weights, quantized or not)
+        // and its form can hand out rows.
+        let head_tensor = match &t.output {
+            LinearWeight::Dense { weight, .. }
+            | LinearWeight::Rtn {
+                dequantized: weight,
+                ..
+            } => Some(weight.id()),
+            _ => None,
+        };
+        let rows_from_head = matches!(head.kernel, Kernel::Dense(_) | Kernel::Rtn(_));
+        let embedding = if head_tensor == Some(t.token_embd.id()) && rows_from_head {
+            Embedding::TiedHead
+        } else {
+            Embedding::Rows(f32s(&t.token_embd)?)
+        };
+        Ok(Self {
+            hidden: cfg.hidden_size,
+            heads: cfg.num_heads,
+            kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            vocab: head.rows,
+            ctx: cfg.max_position_embeddings.max(1),
+            eps: cfg.rms_norm_eps as f32,
+            rope_inv_freq: t.rope_inv_freq.clone(),
+            embedding,
+            blocks,
+            output_norm: f32s(&t.output_norm)?,
+            head,
+            pool: Pool::new(opts.pool, opts.threads),
+        })
+    }
+
+    /// Threads a step runs on.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// The longest sequence the KV cache takes.
+    pub fn context_length(&self) -> usize {
+        self.ctx
+    }
+
+    /// Every linear layer with its block (`None`: the head), for tables.
+    pub fn linears(&self) -> impl Iterator<Item = (Option<usize>, &Linear)> {
+        self.blocks
+            .iter()
+            .enumerate()
+            .flat_map(|(i, b)| {
+                [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down].map(move |l| (Some(i), l))
+            })
+            .chain(std::iter::once((None, &self.head)))
+    }
+
+    /// Weight bytes one decode step reads: every linear, the norms and one embedding row
+    /// (the KV cache comes on top and grows with the position).
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let norms: usize = self
+            .blocks
+            .iter()
+            .map(|b| (b.attn_norm.len() + b.ffn_norm.len()) * 4)
+            .sum::<usize>()
+            + self.output_norm.len() * 4;
+        let embedding_row = match &self.embedding {
+            Embedding::Rows(_) => self.hidden * 4,
+            Embedding::TiedHead => self.head.bytes() / self.head.rows.max(1),
+        };
+        self.linears().map(|(_, l)| l.bytes()).sum::<usize>() + norms + embedding_row
+    }
+
+    /// A fresh sequence.
+    pub fn decoder(&self) -> Decoder<'_> {
+        Decoder::new(self)
+    }
+
+    /// Runs the linears' row ranges as one parallel section: `y_i = W_i x_i` for each part.
+    #[allow(unsafe_code)]
+    fn section(&self, parts: &mut [Part<'_>], tasks: &mut Vec<(usize, usize, usize)>) {
+        let threads = self.pool.threads();
+        tasks.clear();
+        for (i, p) in parts.iter_mut().enumerate() {
+            p.linear.prepare(p.x, &mut p.shared);
+            let step = p.linear.task_rows(threads);
+            for r0 in (0..p.linear.rows).step_by(step.max(1)) {
+                tasks.push((i, r0, (r0 + step).min(p.linear.rows)));
+            }
+        }
+        let parts = &*parts;
+        let tasks = &*tasks;
+        self.pool.run(tasks.len(), &|t| {
+            let (i, r0, r1) = tasks[t];
+            let p = &parts[i];
+            // SAFETY: tasks cover disjoint row ranges of each output, all within its length,
+            // and the outputs outlive the section.
+            let y = unsafe { p.y.range(r0, r1) };
+            SCRATCH.with_borrow_mut(|scratch| p.linear.rows_into(p.x, &p.shared, r0, y, scratch));
+        });
+    }
+}
+
+thread_local! {
+    /// Per-thread working memory of the kernels (tables, rebuilt rows, decoded scales).
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One linear of a parallel section, with its input, output and shared per-call work.
+struct Part<'a> {
+    linear: &'a Linear,
+    x: &'a [f32],
+    y: OutPtr,
+    shared: &'a mut Vec<f32>,
+}
+
+/// An output buffer several tasks write disjoint ranges of.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32, usize);
+
+// SAFETY: only used to hand disjoint ranges to the tasks of one section (see `Engine::section`).
+#[allow(unsafe_code)]
+unsafe impl Send for OutPtr {}
+#[allow(unsafe_code)]
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn of(y: &mut [f32]) -> Self {
+        Self(y.as_mut_ptr(), y.len())
+    }
+
+    /// # Safety
+    /// `r0 <= r1 <= len`, and no two live ranges overlap.
+    #[allow(unsafe_code)]
+    unsafe fn range<'a>(self, r0: usize, r1: usize) -> &'a mut [f32] {
+        assert!(r0 <= r1 && r1 <= self.1);
+        // SAFETY: in bounds (asserted); exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(r0), r1 - r0) }
+    }
+}
+
+/// One sequence being decoded: its KV cache and working buffers.
+pub struct Decoder<'e> {
+    engine: &'e Engine,
+    pos: usize,
+    /// Per block, `[position][kv_heads · head_dim]` keys and values.
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    logits: Vec<f32>,
+    sin: Vec<f32>,
+    cos: Vec<f32>,
+    shared: [Vec<f32>; 3],
+    tasks: Vec<(usize, usize, usize)>,
+}
+
+impl<'e> Decoder<'e> {
+    fn new(e: &'e Engine) -> Self {
+        let kv = e.kv_heads * e.head_dim;
+        let inter = e.blocks.first().map_or(0, |b| b.gate.rows);
+        Self {
+            engine: e,
+            pos: 0,
+            keys: vec![Vec::new(); e.blocks.len()],
+            values: vec![Vec::new(); e.blocks.len()],
+            x: vec![0.0; e.hidden],
+            xn: vec![0.0; e.hidden],
+            q: vec![0.0; e.heads * e.head_dim],
+            k: vec![0.0; kv],
+            v: vec![0.0; kv],
+            attn: vec![0.0; e.heads * e.head_dim],
+            proj: vec![0.0; e.hidden],
+            gate: vec![0.0; inter],
+            up: vec![0.0; inter],
+            logits: vec![0.0; e.vocab],
+            sin: Vec::new(),
+            cos: Vec::new(),
+            shared: Default::default(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Positions already in the cache.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Reserves the KV cache for `positions` in all, so decoding that far allocates nothing.
+    pub fn reserve(&mut self, positions: usize) {
+        let kv = self.engine.kv_heads * self.engine.head_dim;
+        let n = positions.min(self.engine.ctx) * kv;
+        for c in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            c.reserve(n.saturating_sub(c.len()));
+        }
+    }
+
+    /// Feeds `tokens` one at a time and returns the logits after the last.
+    pub fn feed(&mut self, tokens: &[u32]) -> anyhow::Result<&[f32]> {
+        anyhow::ensure!(!tokens.is_empty(), "no tokens to feed");
+        for &t in tokens {
+            self.step(t)?;
+        }
+        Ok(&self.logits)
+    }
+
+    /// Runs one token at the next position and returns its logits over the vocabulary.
+    pub fn step(&mut self, token: u32) -> anyhow::Result<&[f32]> {
+        let e = self.engine;
+        if self.pos >= e.ctx {
+            bail!(
+                "the sequence reached the model's context length of {} positions",
+                e.ctx
+            );
+        }
+        let row = token as usize;
+        if row >= e.vocab {
+            bail!("token {token} is outside the vocabulary of {}", e.vocab);
+        }
+        match &e.embedding {
+            Embedding::Rows(w) => self
+                .x
+                .copy_from_slice(&w[row * e.hidden..(row + 1) * e.hidden]),
+            Embedding::TiedHead => match &e.head.kernel {
+                Kernel::Dense(w) => self
+                    .x
+                    .copy_from_slice(&w[row * e.hidden..(row + 1) * e.hidden]),
+                Kernel::Rtn(p) => p.row_into(row, &mut self.x),
+                _ => unreachable!("a tied head is dense or RTN (checked in Engine::new)"),
+            },
+        }
+        let (mut sin, mut cos) = (std::mem::take(&mut self.sin), std::mem::take(&mut self.cos));
+        self.rope_angles(&mut sin, &mut cos);
+        for (i, b) in e.blocks.iter().enumerate() {
+            self.block(i, b, &sin, &cos);
+        }
+        (self.sin, self.cos) = (sin, cos);
+        rms_norm(&self.x, &e.output_norm, e.eps, &mut self.xn);
+        let [s0, ..] = &mut self.shared;
+        e.section(
+            &mut [Part {
+                linear: &e.head,
+                x: &self.xn,
+                y: OutPtr::of(&mut self.logits),
+                shared: s0,
+            }],
+            &mut self.tasks,
+        );
+        self.pos += 1;
+        Ok(&self.logits)
+    }
+
+    /// `sin`/`cos` of this position's RoPE angles (computed in f64, as the reference does).
+    fn rope_angles(&self, sin: &mut Vec<f32>, cos: &mut Vec<f32>) {
+        let p = self.pos as f64;
+        sin.clear();
+        cos.clear();
+        for &f in &self.engine.rope_inv_freq {
+            let a = p * f64::from(f);
+            sin.push(a.sin() as f32);
+            cos.push(a.cos() as f32);
+        }
+    }
+
+    fn block(&mut self, index: usize, b: &Block, sin: &[f32], cos: &[f32]) {
+        let e = self.engine;
+        let hd = e.head_dim;
+        rms_norm(&self.x, &b.attn_norm, e.eps, &mut self.xn);
+        {
+            let [s0, s1, s2] = &mut self.shared;
+            e.section(
+                &mut [
+                    Part {
+                        linear: &b.q,
+                        x: &self.xn,
+                        y: OutPtr::of(&mut self.q),
+                        shared: s0,
+                    },
+                    Part {
+                        linear: &b.k,
+                        x: &self.xn,
+                        y: OutPtr::of(&mut self.k),
+                        shared: s1,
+                    },
+                    Part {
+                        linear: &b.v,
+                        x: &self.xn,
+                        y: OutPtr::of(&mut self.v),
+                        shared: s2,
+                    },
+                ],
+                &mut self.tasks,
+            );
+        }
+        for head in self.q.chunks_exact_mut(hd).chain(self.k.chunks_exact_mut(hd)) {
+            rope(head, sin, cos);
+        }
+        self.keys[index].extend_from_slice(&self.k);
+        self.values[index].extend_from_slice(&self.v);
+        self.attention(index);
+        {
+            let [s0, ..] = &mut self.shared;
+            e.section(
+                &mut [Part {
+                    linear: &b.o,
+                    x: &self.attn,
+                    y: OutPtr::of(&mut self.proj),
+                    shared: s0,
+                }],
+                &mut self.tasks,
+            );
+        }
+        for (x, p) in self.x.iter_mut().zip(&self.proj) {
+            *x += p;
+        }
+        rms_norm(&self.x, &b.ffn_norm, e.eps, &mut self.xn);
+        {
+            let [s0, s1, _] = &mut self.shared;
+            e.section(
+                &mut [
+                    Part {
+                        linear: &b.gate,
+                        x: &self.xn,
+                        y: OutPtr::of(&mut self.gate),
+                        shared: s0,
+                    },
+                    Part {
+                        linear: &b.up,
+                        x: &self.xn,
+                        y: OutPtr::of(&mut self.up),
+                        shared: s1,
+                    },
+                ],
+                &mut self.tasks,
+            );
+        }
+        for (g, u) in self.gate.iter_mut().zip(&self.up) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+        {
+            let [s0, ..] = &mut self.shared;
+            e.section(
+                &mut [Part {
+                    linear: &b.down,
+                    x: &self.gate,
+                    y: OutPtr::of(&mut self.proj),
+                    shared: s0,
+                }],
+                &mut self.tasks,
+            );
+        }
+        for (x, p) in self.x.iter_mut().zip(&self.proj) {
+            *x += p;
+        }
+    }
+
+    /// Causal attention of this position's queries over the cache, heads in parallel.
+    #[allow(unsafe_code)]
+    fn attention(&mut self, index: usize) {
+        let e = self.engine;
+        let (hd, kv) = (e.head_dim, e.kv_heads * e.head_dim);
+        let rep = e.heads / e.kv_heads.max(1);
+        let n = self.pos + 1;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (keys, values) = (&self.keys[index], &self.values[index]);
+        let q = &self.q;
+        let out = OutPtr::of(&mut self.attn);
+        e.pool.run(e.heads, &|h| {
+            let kvh = h / rep;
+            let qh = &q[h * hd..(h + 1) * hd];
+            // SAFETY: each head writes its own `head_dim` slice of the output.
+            let oh = unsafe { out.range(h * hd, (h + 1) * hd) };
+            SCRATCH.with_borrow_mut(|scores| {
+                scores.clear();
+                scores.extend(
+                    (0..n).map(|t| linear::dot(qh, &keys[t * kv + kvh * hd..][..hd]) * scale),
+                );
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                oh.fill(0.0);
+                for (t, p) in scores.iter().enumerate() {
+                    let w = p / sum;
+                    for (o, vv) in oh.iter_mut().zip(&values[t * kv + kvh * hd..][..hd]) {
+                        *o += w * vv;
+                    }
+                }
+            });
+        });
+    }
+}
+
+/// `out = x / rms(x) · gain`.
+fn rms_norm(x: &[f32], gain: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    for ((o, v), g) in out.iter_mut().zip(x).zip(gain) {
+        *o = v * inv * g;
+    }
+}
+
+/// Rotate-half RoPE of one head in place.
+fn rope(x: &mut [f32], sin: &[f32], cos: &[f32]) {
+    let half = x.len() / 2;
+    let (a, b) = x.split_at_mut(half);
+    for (((a, b), s), c) in a.iter_mut().zip(b.iter_mut()).zip(sin).zip(cos) {
+        let (x1, x2) = (*a, *b);
+        *a = x1 * c - x2 * s;
+        *b = x2 * c + x1 * s;
+    }
+}
+
+/// Decode throughput measured on the engine: the median of `rounds` runs of `steps` tokens
+/// after a 16-token prompt (each round a fresh sequence), with the slowest and fastest round.
+pub fn measure_decode(
+    engine: &Engine,
+    tokens: &[u32],
+    steps: usize,
+    rounds: usize,
+) -> anyhow::Result<(f64, [f64; 2])> {
+    anyhow::ensure!(tokens.len() > 16, "decode timing needs more than 16 tokens");
+    let mut rates = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        let mut d = engine.decoder();
+        d.reserve(16 + steps + 1);
+        d.feed(&tokens[..16])?;
+        // One untimed step warms the caches and wakes the workers.
+        d.step(tokens[16])?;
+        let start = std::time::Instant::now();
+        for &t in tokens[17..].iter().cycle().take(steps) {
+            d.step(t)?;
+        }
+        rates.push(steps as f64 / start.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok((rates[rates.len() / 2], [rates[0], rates[rates.len() - 1]]))
+}
+
+/// A stream-style read probe: GB/s summing a buffer far larger than the caches over the
+/// engine's threads, the bound a memory-bound decode step can approach.
+pub fn read_bandwidth(opts: EngineOptions) -> f64 {
+    const BYTES: usize = 512 << 20;
+    const TASKS: usize = 64;
+    let pool = Pool::new(opts.pool, opts.threads);
+    let buf: Vec<f32> = (0..BYTES / 4).map(|i| (i % 7) as f32).collect();
+    let chunk = buf.len() / TASKS;
+    let sink = std::sync::atomic::AtomicU32::new(0);
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        pool.run(TASKS, &|t| {
+            let s = linear::sum(&buf[t * chunk..(t + 1) * chunk]);
+            sink.fetch_add(s.to_bits() & 1, std::sync::atomic::Ordering::Relaxed);
+        });
+        best = best.max(BYTES as f64 / start.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}

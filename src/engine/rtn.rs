@@ -1,0 +1,344 @@
+//! Round-to-nearest layers in the form they are counted in: `bits`-bit codes plus an f16 scale
+//! and an f16 zero offset per (row, group), multiplied straight from the codes.
+//!
+//! The model holds an RTN layer dequantized (the reference forward multiplies it densely);
+//! [`RtnPacked::from_dequantized`] recovers the codes exactly from those values. That works
+//! because the quantizer rounds each scale to f16 before using it, so every value is
+//! `f32(scale) · k` for an integer `k`.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt as _;
+
+/// An RTN matrix as codes: `w[r, c] = scale[r, g] · (code[r, c] + offset[r, g])`.
+#[derive(Debug, Clone)]
+pub struct RtnPacked {
+    pub rows: usize,
+    pub cols: usize,
+    pub bits: usize,
+    pub group: usize,
+    /// Bytes per (row, group); each group's codes start on a byte, least significant bit first.
+    group_bytes: usize,
+    codes: Vec<u8>,
+    scale: Vec<f16>,
+    /// The integer the smallest code stands for (`−zero` of the quantizer), in f16.
+    offset: Vec<f16>,
+}
+
+impl RtnPacked {
+    /// Groups per row.
+    pub fn groups(&self) -> usize {
+        self.cols.div_ceil(self.group)
+    }
+
+    /// Bytes as stored: codes, scales and offsets.
+    pub fn size_bytes(&self) -> usize {
+        self.codes.len() + 2 * (self.scale.len() + self.offset.len())
+    }
+
+    /// Recovers the codes of an RTN matrix from its dequantized values, or `None` when some
+    /// group is not `f16 scale × integer` with at most `2^bits` levels (a matrix quantized
+    /// before scales were f16, or not RTN at all).
+    pub fn from_dequantized(
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        bits: usize,
+        group: usize,
+    ) -> Option<Self> {
+        if bits == 0 || bits > 8 || w.len() != rows * cols {
+            return None;
+        }
+        let group = if group == 0 { cols.max(1) } else { group };
+        let groups = cols.div_ceil(group);
+        let group_bytes = (group * bits).div_ceil(8);
+        let mut codes = vec![0u8; rows * groups * group_bytes];
+        let mut scale = Vec::with_capacity(rows * groups);
+        let mut offset = Vec::with_capacity(rows * groups);
+        let mut ks = Vec::with_capacity(group);
+        for r in 0..rows {
+            for g in 0..groups {
+                let vals = &w[r * cols + g * group..r * cols + ((g + 1) * group).min(cols)];
+                let s = group_scale(vals, bits, &mut ks)?;
+                let kmin = ks.iter().copied().min().unwrap_or(0);
+                let out = &mut codes[(r * groups + g) * group_bytes..][..group_bytes];
+                for (i, &k) in ks.iter().enumerate() {
+                    let code = (k - kmin) as u32;
+                    for b in 0..bits {
+                        if (code >> b) & 1 == 1 {
+                            let bit = i * bits + b;
+                            out[bit / 8] |= 1 << (bit % 8);
+                        }
+                    }
+                }
+                scale.push(f16::from_f32(s));
+                offset.push(f16::from_f32(kmin as f32));
+            }
+        }
+        Some(Self {
+            rows,
+            cols,
+            bits,
+            group,
+            group_bytes,
+            codes,
+            scale,
+            offset,
+        })
+    }
+
+    /// Row `r`, dequantized into `out` (`cols` values): the embedding lookup of a tied,
+    /// quantized head.
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        for g in 0..self.groups() {
+            let i = r * self.groups() + g;
+            let (s, k0) = (self.scale[i].to_f32(), self.offset[i].to_f32());
+            let codes = &self.codes[i * self.group_bytes..][..self.group_bytes];
+            let lo = g * self.group;
+            for (j, o) in out[lo..(lo + self.group).min(self.cols)].iter_mut().enumerate() {
+                *o = s * (code_at(codes, j, self.bits) as f32 + k0);
+            }
+        }
+    }
+
+    /// Per-group sums of `x`, which the offsets multiply: `shared[g]`.
+    pub fn prepare(&self, x: &[f32], shared: &mut Vec<f32>) {
+        shared.clear();
+        shared.extend(x.chunks(self.group).map(|c| c.iter().sum::<f32>()));
+    }
+
+    /// Rows `r0..r0 + y.len()` of `W·x`; `scratch` holds a row's decoded scales and offsets.
+    pub fn rows_into(
+        &self,
+        x: &[f32],
+        sums: &[f32],
+        r0: usize,
+        y: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let groups = self.groups();
+        scratch.resize(2 * groups, 0.0);
+        let (scales, offsets) = scratch.split_at_mut(groups);
+        let fast = simd::available()
+            && self.cols.is_multiple_of(self.group)
+            && ((self.bits == 8 && self.group.is_multiple_of(16))
+                || (self.bits == 4 && self.group.is_multiple_of(32)));
+        for (i, yr) in y.iter_mut().enumerate() {
+            let r = r0 + i;
+            self.scale[r * groups..][..groups].convert_to_f32_slice(scales);
+            self.offset[r * groups..][..groups].convert_to_f32_slice(offsets);
+            let codes = &self.codes[r * groups * self.group_bytes..][..groups * self.group_bytes];
+            // Σ_g s_g·k0_g·Σx_g: the offsets' share, one multiply-add per group.
+            let mut base = 0.0f32;
+            for ((s, k0), sx) in scales.iter().zip(offsets.iter()).zip(sums) {
+                base += s * k0 * sx;
+            }
+            let codes_dot = if fast {
+                simd::codes_dot(codes, self.bits, self.group, scales, x)
+            } else {
+                let mut acc = 0.0f32;
+                for (g, s) in scales.iter().enumerate() {
+                    let gc = &codes[g * self.group_bytes..][..self.group_bytes];
+                    let xs = &x[g * self.group..((g + 1) * self.group).min(self.cols)];
+                    let part: f32 = xs
+                        .iter()
+                        .enumerate()
+                        .map(|(j, xv)| code_at(gc, j, self.bits) as f32 * xv)
+                        .sum();
+                    acc += s * part;
+                }
+                acc
+            };
+            *yr = codes_dot + base;
+        }
+    }
+}
+
+/// The `bits`-bit code at position `i` of a group's bytes.
+fn code_at(bytes: &[u8], i: usize, bits: usize) -> u32 {
+    let mut c = 0u32;
+    for b in 0..bits {
+        let bit = i * bits + b;
+        c |= u32::from((bytes[bit / 8] >> (bit % 8)) & 1) << b;
+    }
+    c
+}
+
+/// The f16 scale of one group and its values' integers (`ks`), or `None` when the values are
+/// not `scale × integer` within `2^bits` levels. The smallest gap between distinct values is a
+/// small multiple of the scale; the first divisor that reproduces every value bit for bit wins.
+fn group_scale(vals: &[f32], bits: usize, ks: &mut Vec<i32>) -> Option<f32> {
+    ks.clear();
+    let mut sorted: Vec<f32> = vals.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    sorted.dedup();
+    let gap = sorted
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(f32::INFINITY, f32::min);
+    if !gap.is_finite() {
+        // One distinct value: zero (an all-zero group), or any value as scale × 1.
+        let v = sorted.first().copied().unwrap_or(0.0);
+        let s = if v == 0.0 { 0.0 } else { v.abs() };
+        if f16::from_f32(s).to_f32() != s {
+            return None;
+        }
+        ks.extend(vals.iter().map(|_| if v < 0.0 { -1 } else { i32::from(v != 0.0) }));
+        return Some(s);
+    }
+    let levels = 1i32 << bits;
+    for d in 1..levels {
+        let s = f16::from_f32(gap / d as f32).to_f32();
+        if s <= 0.0 || !s.is_finite() {
+            continue;
+        }
+        ks.clear();
+        let exact = vals.iter().all(|&v| {
+            let k = (v / s).round();
+            ks.push(k as i32);
+            (s * k).to_bits() == v.to_bits() || (v == 0.0 && k == 0.0)
+        });
+        let span = ks.iter().max().zip(ks.iter().min()).map(|(a, b)| a - b);
+        if exact && span.is_some_and(|d| d < levels) {
+            return Some(s);
+        }
+    }
+    None
+}
+
+/// AVX-512 code dots: 16 codes widened to f32 lanes and multiplied with the activations, each
+/// group's partial vector scaled once, one horizontal sum per row.
+#[allow(unsafe_code)]
+mod simd {
+    pub fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// `Σ_g scale_g · Σ_j code_{g,j}·x_{g,j}` for a row whose groups are whole (`group`
+    /// divides the row; a multiple of 16 codes at 8 bits, 32 at 4 bits).
+    pub fn codes_dot(codes: &[u8], bits: usize, group: usize, scales: &[f32], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(available() && (bits == 8 || bits == 4));
+            assert!(x.len() == scales.len() * group);
+            assert!(codes.len() >= scales.len() * group * bits / 8);
+            // SAFETY: AVX-512F is present; the loads stay within the lengths asserted above.
+            unsafe { codes_dot_avx512(codes, bits, group, scales, x) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (codes, bits, group, scales, x);
+            unreachable!("the AVX-512 kernel is only dispatched on x86_64");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn codes_dot_avx512(
+        codes: &[u8],
+        bits: usize,
+        group: usize,
+        scales: &[f32],
+        x: &[f32],
+    ) -> f32 {
+        use std::arch::x86_64::*;
+        let mut acc = _mm512_setzero_ps();
+        let low = _mm_set1_epi8(0x0f);
+        let gbytes = group * bits / 8;
+        for (g, &s) in scales.iter().enumerate() {
+            let c = codes.as_ptr().wrapping_add(g * gbytes);
+            let xs = x.as_ptr().wrapping_add(g * group);
+            let mut part = [_mm512_setzero_ps(); 2];
+            if bits == 8 {
+                for j in 0..group / 16 {
+                    // SAFETY: byte and float indices below `gbytes`/`group` of group `g`.
+                    let (k, xv) = unsafe {
+                        (
+                            _mm_loadu_si128(c.add(j * 16).cast::<__m128i>()),
+                            _mm512_loadu_ps(xs.add(j * 16)),
+                        )
+                    };
+                    let w = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(k));
+                    part[j & 1] = _mm512_fmadd_ps(w, xv, part[j & 1]);
+                }
+            } else {
+                for j in 0..group / 32 {
+                    // SAFETY: as above; 16 bytes hold 32 codes.
+                    let (k, x0, x1) = unsafe {
+                        (
+                            _mm_loadu_si128(c.add(j * 16).cast::<__m128i>()),
+                            _mm512_loadu_ps(xs.add(j * 32)),
+                            _mm512_loadu_ps(xs.add(j * 32 + 16)),
+                        )
+                    };
+                    let lo = _mm_and_si128(k, low);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(k), low);
+                    // Byte i holds codes 2i (low nibble) and 2i + 1 (high nibble).
+                    let w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
+                    let w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi)));
+                    part[0] = _mm512_fmadd_ps(w0, x0, part[0]);
+                    part[1] = _mm512_fmadd_ps(w1, x1, part[1]);
+                }
+            }
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(s), _mm512_add_ps(part[0], part[1]), acc);
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::quant::rtn::rtn_quantize;
+
+    #[test]
+    fn codes_recovered_exactly_and_products_match() {
+        for (bits, group, rows, cols) in [
+            (4, 32, 5, 96),
+            (8, 64, 3, 128),
+            (8, 0, 4, 40),
+            (3, 16, 6, 50),
+            (2, 8, 2, 24),
+            (4, 0, 3, 33),
+        ] {
+            let w: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.4) * 0.3)
+                .collect();
+            let dq = rtn_quantize(&w, rows, cols, bits, group);
+            let p = RtnPacked::from_dequantized(&dq, rows, cols, bits, group).unwrap();
+            let mut row = vec![0.0f32; cols];
+            for r in 0..rows {
+                p.row_into(r, &mut row);
+                assert_eq!(row, dq[r * cols..(r + 1) * cols], "{bits}b g{group} row {r}");
+            }
+            let x: Vec<f32> = (0..cols).map(|i| (i % 11) as f32 / 5.0 - 1.0).collect();
+            let mut sums = Vec::new();
+            p.prepare(&x, &mut sums);
+            let mut y = vec![0.0f32; rows];
+            p.rows_into(&x, &sums, 0, &mut y, &mut Vec::new());
+            for r in 0..rows {
+                let want: f32 = (0..cols).map(|c| dq[r * cols + c] * x[c]).sum();
+                assert!((y[r] - want).abs() < 1e-4, "{bits}b g{group} row {r}: {} vs {want}", y[r]);
+            }
+            let groups = cols.div_ceil(if group == 0 { cols } else { group });
+            assert_eq!(
+                p.size_bytes(),
+                rows * groups * (if group == 0 { cols } else { group } * bits).div_ceil(8)
+                    + rows * groups * 4
+            );
+        }
+    }
+
+    #[test]
+    fn values_that_are_not_rtn_are_refused() {
+        let w = [0.1f32, 0.2, 0.30001, 0.7];
+        assert!(RtnPacked::from_dequantized(&w, 1, 4, 2, 4).is_none());
+    }
+}

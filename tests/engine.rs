@@ -1,0 +1,242 @@
+//! The decode engine against the reference (tensor) forward: logits within a stated tolerance
+//! and identical greedy continuations for every stored form, both thread pools, 1 and 2
+//! threads, odd shapes; the context limit as an error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::TinySpec;
+use reparam::engine::{Engine, EngineOptions, PoolKind};
+use reparam::eval::generate::argmax;
+use reparam::model::{KvCache, Model, NoHook};
+use reparam::technique::recipe::Recipe;
+use reparam::technique::{CalibOptions, apply};
+
+/// Largest |engine − reference| allowed, relative to the largest reference logit: the two sum
+/// in different orders, nothing more.
+const TOLERANCE: f32 = 2e-4;
+
+fn tiny(spec: TinySpec) -> (tempfile::TempDir, Model) {
+    let dir = tempfile::tempdir().unwrap();
+    spec.write_hf(dir.path(), 1);
+    let m = Model::load(dir.path()).unwrap();
+    (dir, m)
+}
+
+fn tokens(n: usize, vocab: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 37 + 11) % vocab).collect()
+}
+
+/// Every position's logits from the reference, one cached step at a time.
+fn reference_logits(m: &Model, toks: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = KvCache::default();
+    toks.iter()
+        .map(|&t| {
+            m.transformer
+                .forward(&[t], Some(&mut cache), &mut NoHook, 0)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn assert_engine_matches(m: &Model, toks: &[u32], what: &str) {
+    let want = reference_logits(m, toks);
+    for pool in [PoolKind::Spin, PoolKind::Rayon] {
+        for threads in [1, 2] {
+            let e = Engine::new(&m.transformer, EngineOptions { threads, pool }).unwrap();
+            let mut d = e.decoder();
+            for (pos, (&t, w)) in toks.iter().zip(&want).enumerate() {
+                let got = d.step(t).unwrap();
+                let scale = w.iter().fold(1e-3f32, |a, v| a.max(v.abs()));
+                let diff = got
+                    .iter()
+                    .zip(w)
+                    .fold(0f32, |a, (g, r)| a.max((g - r).abs()));
+                assert!(
+                    diff <= TOLERANCE * scale,
+                    "{what}, {pool:?} ×{threads}, position {pos}: max diff {diff} (scale {scale})"
+                );
+            }
+        }
+    }
+}
+
+fn greedy_reference(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = KvCache::default();
+    let mut out = Vec::new();
+    let mut logits = m
+        .transformer
+        .forward(prompt, Some(&mut cache), &mut NoHook, prompt.len() - 1)
+        .unwrap();
+    for _ in 0..n {
+        let l = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let t = argmax(&l);
+        out.push(t);
+        logits = m
+            .transformer
+            .forward(&[t], Some(&mut cache), &mut NoHook, 0)
+            .unwrap();
+    }
+    out
+}
+
+fn greedy_engine(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let e = Engine::new(&m.transformer, EngineOptions::default()).unwrap();
+    let mut d = e.decoder();
+    let mut t = argmax(d.feed(prompt).unwrap());
+    let mut out = vec![t];
+    while out.len() < n {
+        t = argmax(d.step(t).unwrap());
+        out.push(t);
+    }
+    out
+}
+
+#[test]
+fn dense_models_match_the_reference() {
+    for spec in [
+        TinySpec::default(),
+        // Odd widths, tied embeddings, no GQA.
+        TinySpec {
+            hidden: 40,
+            ffn: 72,
+            heads: 5,
+            kv_heads: 5,
+            tied: true,
+            ..TinySpec::default()
+        },
+        // Qwen2: Q/K/V biases.
+        TinySpec {
+            arch: "Qwen2ForCausalLM",
+            hidden: 48,
+            ffn: 100,
+            heads: 6,
+            kv_heads: 2,
+            layers: 3,
+            ..TinySpec::default()
+        },
+    ] {
+        let what = format!("{} h{} f{}", spec.arch, spec.hidden, spec.ffn);
+        let vocab = spec.vocab() as u32;
+        let (_d, m) = tiny(spec);
+        assert_engine_matches(&m, &tokens(24, vocab), &what);
+    }
+}
+
+#[test]
+fn every_compressed_form_matches_the_reference() {
+    let spec = TinySpec {
+        hidden: 64,
+        ffn: 96,
+        heads: 4,
+        kv_heads: 2,
+        tied: true,
+        ..TinySpec::default()
+    };
+    let vocab = spec.vocab() as u32;
+    let (_d, base) = tiny(spec);
+    let calib = tokens(600, vocab);
+    let calib_opts = CalibOptions {
+        samples: 4,
+        seq_len: 32,
+    };
+    for (form, body) in [
+        ("shiftadd", "[layers.shiftadd]\nbits = 3\ngroup = 16\n"),
+        (
+            "shiftadd",
+            "[layers.shiftadd]\nbits = 3\nlayout = \"column\"\ngroup = 16\n",
+        ),
+        (
+            "shiftadd",
+            "[layers.shiftadd]\nbits = 2\nlayout = \"column\"\ngroup = 0\n",
+        ),
+        ("rtn", "[layers.rtn]\nbits = 4\ngroup = 32\n"),
+        ("rtn", "[layers.rtn]\nbits = 3\ngroup = 16\n"),
+        ("rtn", "[layers.rtn]\nbits = 8\ngroup = 64\n"),
+        (
+            "csr",
+            "[layers.prune]\nmethod = \"magnitude\"\nratio = 0.9\n",
+        ),
+        (
+            "nm",
+            "[layers.prune]\nmethod = \"nm\"\nn = 2\nm = 4\nscore = \"wanda\"\n",
+        ),
+        (
+            "rps",
+            "[layers.rps]\nratio = 2.0\nmapping = \"fold\"\nrefit = false\n",
+        ),
+        (
+            "rps",
+            "[layers.rps]\nratio = 2.0\nmapping = \"uniform\"\nrefit = false\n",
+        ),
+    ] {
+        for embedding in ["", "[embedding]\nbits = 8\n"] {
+            let text = format!("{embedding}[[layers]]\nmatch = \"blk.*.*\"\n{body}");
+            let r = Recipe::from_toml(&text).unwrap();
+            let c = apply(&base, &r, &calib, calib_opts, &mut |_, _, _| true).unwrap();
+            let e = Engine::new(&c.model.transformer, EngineOptions::default()).unwrap();
+            let forms: Vec<&str> = e.linears().map(|(_, l)| l.form()).collect();
+            assert!(
+                forms[..forms.len() - 1].iter().all(|f| *f == form),
+                "{text}: engine forms {forms:?}"
+            );
+            let head = if embedding.is_empty() { "dense" } else { "rtn" };
+            assert_eq!(forms.last(), Some(&head), "{text}");
+            assert_engine_matches(&c.model, &tokens(12, vocab), &text);
+            let prompt = tokens(5, vocab);
+            assert_eq!(
+                greedy_engine(&c.model, &prompt, 8),
+                greedy_reference(&c.model, &prompt, 8),
+                "{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn context_limit_is_an_error_and_bad_tokens_are_refused() {
+    let (_d, m) = tiny(TinySpec::default());
+    let e = Engine::new(&m.transformer, EngineOptions::default()).unwrap();
+    let ctx = e.context_length();
+    let mut d = e.decoder();
+    d.feed(&vec![3u32; ctx]).unwrap();
+    let err = d.step(3).unwrap_err().to_string();
+    assert!(err.contains("context length"), "{err}");
+    let mut d = e.decoder();
+    let err = d.step(1_000_000).unwrap_err().to_string();
+    assert!(err.contains("vocabulary"), "{err}");
+}
+
+/// SmolLM2 (when present): the engine's greedy continuation equals the reference's token for
+/// token, dense and at 3 bits in the column layout with an 8-bit head.
+#[test]
+fn smollm2_greedy_continuations_are_identical() {
+    let Some(path) = common::smollm2_file() else {
+        return;
+    };
+    let m = Model::load(&path).unwrap();
+    let prompt = m
+        .tokenizer
+        .encode("The quick brown fox jumps over the lazy dog. Then it", true)
+        .unwrap();
+    assert_eq!(
+        greedy_engine(&m, &prompt, 24),
+        greedy_reference(&m, &prompt, 24)
+    );
+    let want = reference_logits(&m, &prompt[..6]);
+    let e = Engine::new(&m.transformer, EngineOptions::default()).unwrap();
+    let mut d = e.decoder();
+    for (&t, w) in prompt.iter().zip(&want) {
+        let got = d.step(t).unwrap();
+        let scale = w.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let diff = got
+            .iter()
+            .zip(w)
+            .fold(0f32, |a, (g, r)| a.max((g - r).abs()));
+        assert!(diff <= TOLERANCE * scale, "SmolLM2: {diff} vs scale {scale}");
+    }
+}
