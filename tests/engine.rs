@@ -237,6 +237,9 @@ fn smollm2_greedy_continuations_are_identical() {
             .iter()
             .zip(w)
             .fold(0f32, |a, (g, r)| a.max((g - r).abs()));
-        assert!(diff <= TOLERANCE * scale, "SmolLM2: {diff} vs scale {scale}");
+        assert!(
+            diff <= TOLERANCE * scale,
+            "SmolLM2: {diff} vs scale {scale}"
+        );
     }
 }

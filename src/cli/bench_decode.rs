@@ -206,7 +206,16 @@ fn run_llama_bench(
         .arg("-m")
         .arg(model)
         .args(["-t", &threads.to_string()])
-        .args(["-n", &tokens.to_string(), "-p", "512", "-r", "3", "-o", "json"])
+        .args([
+            "-n",
+            &tokens.to_string(),
+            "-p",
+            "512",
+            "-r",
+            "3",
+            "-o",
+            "json",
+        ])
         .output()
         .with_context(|| format!("running {}", exe.display()))?;
     anyhow::ensure!(
@@ -221,7 +230,12 @@ fn run_llama_bench(
         rows.iter()
             .find(|r| (r["n_gen"].as_u64().unwrap_or(0) > 0) == generation)
             .and_then(|r| r["avg_ts"].as_f64())
-            .with_context(|| format!("no {} test in llama-bench's output", if generation { "tg" } else { "pp" }))
+            .with_context(|| {
+                format!(
+                    "no {} test in llama-bench's output",
+                    if generation { "tg" } else { "pp" }
+                )
+            })
     };
     Ok(PeerBench {
         model: model.to_path_buf(),

@@ -415,7 +415,11 @@ impl<'e> Decoder<'e> {
                 &mut self.tasks,
             );
         }
-        for head in self.q.chunks_exact_mut(hd).chain(self.k.chunks_exact_mut(hd)) {
+        for head in self
+            .q
+            .chunks_exact_mut(hd)
+            .chain(self.k.chunks_exact_mut(hd))
+        {
             rope(head, sin, cos);
         }
         self.keys[index].extend_from_slice(&self.k);

@@ -126,9 +126,10 @@ impl SpinPool {
         // SAFETY: only the lifetime is erased. The pointer is cleared and every worker has
         // reported the section finished (so none can still call it) before this returns.
         let erased: TaskPtr = TaskPtr(unsafe {
-            std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync + 'static)>(
-                task,
-            )
+            std::mem::transmute::<
+                *const (dyn Fn(usize) + Sync + '_),
+                *const (dyn Fn(usize) + Sync + 'static),
+            >(task)
         });
         *lock(&s.task) = Some(erased);
         s.tasks.store(n, Ordering::SeqCst);

@@ -94,7 +94,10 @@ impl RtnPacked {
             let (s, k0) = (self.scale[i].to_f32(), self.offset[i].to_f32());
             let codes = &self.codes[i * self.group_bytes..][..self.group_bytes];
             let lo = g * self.group;
-            for (j, o) in out[lo..(lo + self.group).min(self.cols)].iter_mut().enumerate() {
+            for (j, o) in out[lo..(lo + self.group).min(self.cols)]
+                .iter_mut()
+                .enumerate()
+            {
                 *o = s * (code_at(codes, j, self.bits) as f32 + k0);
             }
         }
@@ -118,23 +121,55 @@ impl RtnPacked {
         let groups = self.groups();
         scratch.resize(2 * groups, 0.0);
         let (scales, offsets) = scratch.split_at_mut(groups);
-        let fast = simd::available()
-            && self.cols.is_multiple_of(self.group)
-            && ((self.bits == 8 && self.group.is_multiple_of(16))
-                || (self.bits == 4 && self.group.is_multiple_of(32)));
+        // The AVX-512 kernel takes 8- and 4-bit groups of whole 16/32-code steps (a shorter
+        // last group included); other widths are unpacked to bytes first.
+        let step = if self.bits == 4 { 32 } else { 16 };
+        let direct = (self.bits == 8 || self.bits == 4)
+            && self.group.is_multiple_of(step)
+            && self.cols.is_multiple_of(step);
+        let unpack = simd::available()
+            && !direct
+            && self.cols.is_multiple_of(16)
+            && self.group.is_multiple_of(16);
+        let mut bytes = Vec::new();
         for (i, yr) in y.iter_mut().enumerate() {
             let r = r0 + i;
-            self.scale[r * groups..][..groups].convert_to_f32_slice(scales);
-            self.offset[r * groups..][..groups].convert_to_f32_slice(offsets);
+            let (scale, offset) = (
+                &self.scale[r * groups..][..groups],
+                &self.offset[r * groups..][..groups],
+            );
             let codes = &self.codes[r * groups * self.group_bytes..][..groups * self.group_bytes];
+            if simd::available() && (direct || unpack) {
+                let (codes, bits, gbytes) = if direct {
+                    (codes, self.bits, self.group_bytes)
+                } else {
+                    bytes.clear();
+                    for g in 0..groups {
+                        let gc = &codes[g * self.group_bytes..][..self.group_bytes];
+                        let len = self.group.min(self.cols - g * self.group);
+                        unpack_codes(gc, self.bits, len, &mut bytes);
+                    }
+                    (&bytes[..], 8, self.group)
+                };
+                let row = simd::Row {
+                    codes,
+                    bits,
+                    gbytes,
+                    group: self.group,
+                    scale: scale.reinterpret_cast(),
+                    offset: offset.reinterpret_cast(),
+                };
+                *yr = row.dot(sums, x, scales);
+                continue;
+            }
+            scale.convert_to_f32_slice(scales);
+            offset.convert_to_f32_slice(offsets);
             // Σ_g s_g·k0_g·Σx_g: the offsets' share, one multiply-add per group.
             let mut base = 0.0f32;
             for ((s, k0), sx) in scales.iter().zip(offsets.iter()).zip(sums) {
                 base += s * k0 * sx;
             }
-            let codes_dot = if fast {
-                simd::codes_dot(codes, self.bits, self.group, scales, x)
-            } else {
+            let codes_dot = {
                 let mut acc = 0.0f32;
                 for (g, s) in scales.iter().enumerate() {
                     let gc = &codes[g * self.group_bytes..][..self.group_bytes];
@@ -150,6 +185,22 @@ impl RtnPacked {
             };
             *yr = codes_dot + base;
         }
+    }
+}
+
+/// Appends the first `len` `bits`-bit codes of a group's bytes to `out`, one byte each.
+fn unpack_codes(bytes: &[u8], bits: usize, len: usize, out: &mut Vec<u8>) {
+    let mask = (1u64 << bits) - 1;
+    let (mut buf, mut have, mut next) = (0u64, 0usize, 0usize);
+    for _ in 0..len {
+        while have < bits {
+            buf |= u64::from(bytes[next]) << have;
+            next += 1;
+            have += 8;
+        }
+        out.push((buf & mask) as u8);
+        buf >>= bits;
+        have -= bits;
     }
 }
 
@@ -182,7 +233,10 @@ fn group_scale(vals: &[f32], bits: usize, ks: &mut Vec<i32>) -> Option<f32> {
         if f16::from_f32(s).to_f32() != s {
             return None;
         }
-        ks.extend(vals.iter().map(|_| if v < 0.0 { -1 } else { i32::from(v != 0.0) }));
+        ks.extend(
+            vals.iter()
+                .map(|_| if v < 0.0 { -1 } else { i32::from(v != 0.0) }),
+        );
         return Some(s);
     }
     let levels = 1i32 << bits;
@@ -213,6 +267,8 @@ mod simd {
         #[cfg(target_arch = "x86_64")]
         {
             std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -220,29 +276,89 @@ mod simd {
         }
     }
 
-    /// `Σ_g scale_g · Σ_j code_{g,j}·x_{g,j}` for a row whose groups are whole (`group`
-    /// divides the row; a multiple of 16 codes at 8 bits, 32 at 4 bits).
-    pub fn codes_dot(codes: &[u8], bits: usize, group: usize, scales: &[f32], x: &[f32]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        {
-            assert!(available() && (bits == 8 || bits == 4));
-            assert!(x.len() == scales.len() * group);
-            assert!(codes.len() >= scales.len() * group * bits / 8);
-            // SAFETY: AVX-512F is present; the loads stay within the lengths asserted above.
-            unsafe { codes_dot_avx512(codes, bits, group, scales, x) }
+    /// One row in the kernel's terms: groups of `group` codes (`gbytes` bytes apart; the last
+    /// may be shorter), 8-bit or 4-bit, every group a multiple of 16 (8-bit) or 32 (4-bit)
+    /// codes; f16 scales and offsets as bits.
+    pub struct Row<'a> {
+        pub codes: &'a [u8],
+        pub bits: usize,
+        pub gbytes: usize,
+        pub group: usize,
+        pub scale: &'a [u16],
+        pub offset: &'a [u16],
+    }
+
+    impl Row<'_> {
+        /// `Σ_g s_g·(Σ_j code_{g,j}·x_{g,j} + k0_g·Σx_g)`; `buf` holds the decoded scales.
+        pub fn dot(&self, sums: &[f32], x: &[f32], buf: &mut [f32]) -> f32 {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let (bits, group, groups) = (self.bits, self.group, self.scale.len());
+                assert!(available() && (bits == 8 || bits == 4));
+                let step = if bits == 4 { 32 } else { 16 };
+                assert!(group.is_multiple_of(step) && x.len().is_multiple_of(step));
+                assert!(x.len().div_ceil(group) == groups && groups > 0);
+                assert!(self.offset.len() == groups && sums.len() >= groups && buf.len() >= groups);
+                let last = x.len() - (groups - 1) * group;
+                assert!(self.codes.len() >= (groups - 1) * self.gbytes + last * bits / 8);
+                // SAFETY: AVX-512F/BW are present; the loads stay within the lengths asserted
+                // above.
+                unsafe { row_dot_avx512(self, sums, x, buf) }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (sums, x, buf);
+                unreachable!("the AVX-512 kernel is only dispatched on x86_64");
+            }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (codes, bits, group, scales, x);
-            unreachable!("the AVX-512 kernel is only dispatched on x86_64");
+    }
+
+    /// Scales and offsets converted 16 groups at a time (with the offsets' share summed on
+    /// the way), then the codes' dot products group by group.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn row_dot_avx512(row: &Row<'_>, sums: &[f32], x: &[f32], buf: &mut [f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let groups = row.scale.len();
+        let mut base = _mm512_setzero_ps();
+        for g in (0..groups).step_by(16) {
+            let n = (groups - g).min(16);
+            let m: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+            // SAFETY: masked to the `n` groups that exist.
+            unsafe {
+                let s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                    m,
+                    row.scale.as_ptr().add(g).cast(),
+                ));
+                let o = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                    m,
+                    row.offset.as_ptr().add(g).cast(),
+                ));
+                let sx = _mm512_maskz_loadu_ps(m, sums.as_ptr().add(g));
+                base = _mm512_fmadd_ps(_mm512_mul_ps(s, o), sx, base);
+                _mm512_mask_storeu_ps(buf.as_mut_ptr().add(g), m, s);
+            }
         }
+        let codes = unsafe {
+            codes_dot_avx512(
+                row.codes,
+                row.bits,
+                row.gbytes,
+                row.group,
+                &buf[..groups],
+                x,
+            )
+        };
+        codes + _mm512_reduce_add_ps(base)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
     unsafe fn codes_dot_avx512(
         codes: &[u8],
         bits: usize,
+        gbytes: usize,
         group: usize,
         scales: &[f32],
         x: &[f32],
@@ -250,14 +366,14 @@ mod simd {
         use std::arch::x86_64::*;
         let mut acc = _mm512_setzero_ps();
         let low = _mm_set1_epi8(0x0f);
-        let gbytes = group * bits / 8;
         for (g, &s) in scales.iter().enumerate() {
             let c = codes.as_ptr().wrapping_add(g * gbytes);
             let xs = x.as_ptr().wrapping_add(g * group);
+            let len = group.min(x.len() - g * group);
             let mut part = [_mm512_setzero_ps(); 2];
             if bits == 8 {
-                for j in 0..group / 16 {
-                    // SAFETY: byte and float indices below `gbytes`/`group` of group `g`.
+                for j in 0..len / 16 {
+                    // SAFETY: byte and float indices below the group's length.
                     let (k, xv) = unsafe {
                         (
                             _mm_loadu_si128(c.add(j * 16).cast::<__m128i>()),
@@ -268,7 +384,7 @@ mod simd {
                     part[j & 1] = _mm512_fmadd_ps(w, xv, part[j & 1]);
                 }
             } else {
-                for j in 0..group / 32 {
+                for j in 0..len / 32 {
                     // SAFETY: as above; 16 bytes hold 32 codes.
                     let (k, x0, x1) = unsafe {
                         (
@@ -307,6 +423,9 @@ mod tests {
             (3, 16, 6, 50),
             (2, 8, 2, 24),
             (4, 0, 3, 33),
+            (4, 128, 2, 576),
+            (3, 128, 2, 192),
+            (6, 32, 2, 64),
         ] {
             let w: Vec<f32> = (0..rows * cols)
                 .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.4) * 0.3)
@@ -316,7 +435,11 @@ mod tests {
             let mut row = vec![0.0f32; cols];
             for r in 0..rows {
                 p.row_into(r, &mut row);
-                assert_eq!(row, dq[r * cols..(r + 1) * cols], "{bits}b g{group} row {r}");
+                assert_eq!(
+                    row,
+                    dq[r * cols..(r + 1) * cols],
+                    "{bits}b g{group} row {r}"
+                );
             }
             let x: Vec<f32> = (0..cols).map(|i| (i % 11) as f32 / 5.0 - 1.0).collect();
             let mut sums = Vec::new();
@@ -325,7 +448,11 @@ mod tests {
             p.rows_into(&x, &sums, 0, &mut y, &mut Vec::new());
             for r in 0..rows {
                 let want: f32 = (0..cols).map(|c| dq[r * cols + c] * x[c]).sum();
-                assert!((y[r] - want).abs() < 1e-4, "{bits}b g{group} row {r}: {} vs {want}", y[r]);
+                assert!(
+                    (y[r] - want).abs() < 1e-4,
+                    "{bits}b g{group} row {r}: {} vs {want}",
+                    y[r]
+                );
             }
             let groups = cols.div_ceil(if group == 0 { cols } else { group });
             assert_eq!(

@@ -20,7 +20,7 @@ const MATMUL_MIN_ROWS: usize = 4;
 /// Why a matrix cannot be held in CSR.
 #[derive(Debug, thiserror::Error)]
 pub enum SparseError {
-    #[error("CSR parts are inconsistent: {0}")]
+    #[error("sparse parts are inconsistent: {0}")]
     Parts(String),
     #[error("{cols} input columns do not fit 16-bit column indices")]
     TooWide { cols: usize },

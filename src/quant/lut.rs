@@ -532,6 +532,12 @@ impl BcqPacked {
     fn column_half_tables(&self, x: &[f32], g: usize, out: &mut Vec<f32>) {
         let (q, cols, n_chunks) = (self.bits, self.cols, self.n_chunks());
         out.resize(n_chunks * q * 32, 0.0);
+        if simd::available_bw() {
+            for b in 0..q {
+                simd::column_tables(&self.scales, (g * q + b) * cols, x, q, b, out);
+            }
+            return;
+        }
         let mut alpha = [0.0f32; CHUNK];
         let mut xs = [0.0f32; CHUNK];
         for b in 0..q {
@@ -611,6 +617,151 @@ mod simd {
         }
     }
 
+    /// Whether the CPU also has the AVX-512 byte/word and vector-length extensions the
+    /// column layout's table builder uses (masked 16-bit loads).
+    pub fn available_bw() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            available()
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Plane `b`'s half tables of one row group into `out` (`[chunk][plane][32]`): the
+    /// group's scales from `start` (APoT codes decoded 16 at a time in registers, or f32)
+    /// times `x`, then per 4 inputs the 16 sums `±x₀±x₁±x₂±x₃`.
+    pub fn column_tables(
+        scales: &super::Scales,
+        start: usize,
+        x: &[f32],
+        q: usize,
+        b: usize,
+        out: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(
+                available_bw(),
+                "AVX-512BW kernel called on a CPU without it"
+            );
+            let n_chunks = x.len().div_ceil(8);
+            assert!(b < q && out.len() >= n_chunks * q * 32);
+            assert!(scales.len() >= start + x.len());
+            // SAFETY: the features are present (checked above); every load is masked to the
+            // `x.len()` columns from `start`, and stores go to chunks below `n_chunks`.
+            unsafe { column_tables_avx512(scales, start, x, q, b, out) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (scales, start, x, q, b, out);
+            unreachable!("the AVX-512 kernel is only dispatched on x86_64");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn column_tables_avx512(
+        scales: &super::Scales,
+        start: usize,
+        x: &[f32],
+        q: usize,
+        b: usize,
+        out: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let cols = x.len();
+        let n_chunks = cols.div_ceil(8);
+        // Sign patterns: lane n of `sign[t]` is +1 when bit t of n is set, else −1.
+        let sign: [__m512; 4] = std::array::from_fn(|t| {
+            let v: [f32; 16] = std::array::from_fn(|n| if (n >> t) & 1 == 1 { 1.0 } else { -1.0 });
+            // SAFETY: 16 floats.
+            unsafe { _mm512_loadu_ps(v.as_ptr()) }
+        });
+        for k in (0..cols).step_by(16) {
+            let lanes = (cols - k).min(16);
+            let m: __mmask16 = if lanes == 16 {
+                0xffff
+            } else {
+                (1u16 << lanes) - 1
+            };
+            // SAFETY: masked to the `lanes` columns that exist.
+            let xv = unsafe { _mm512_maskz_loadu_ps(m, x.as_ptr().add(k)) };
+            let alpha = match scales {
+                super::Scales::F32(v) => unsafe {
+                    _mm512_maskz_loadu_ps(m, v.as_ptr().add(start + k))
+                },
+                super::Scales::Apot(c) => {
+                    let codes = unsafe {
+                        _mm256_maskz_loadu_epi16(m, c.codes.as_ptr().add(start + k).cast())
+                    };
+                    decode_apot(_mm512_cvtepu16_epi32(codes), i32::from(c.base))
+                }
+            };
+            // Through memory: a broadcast from memory runs on a load port, while in-register
+            // shuffles would compete with the lookups' permutes for one port.
+            let mut zs = [0.0f32; 16];
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(zs.as_mut_ptr(), _mm512_mul_ps(alpha, xv)) };
+            for u in 0..4 {
+                let chunk = k / 8 + u / 2;
+                if chunk >= n_chunks {
+                    break;
+                }
+                let v = &zs[4 * u..4 * u + 4];
+                let mut t = _mm512_mul_ps(sign[0], _mm512_set1_ps(v[0]));
+                t = _mm512_fmadd_ps(sign[1], _mm512_set1_ps(v[1]), t);
+                t = _mm512_fmadd_ps(sign[2], _mm512_set1_ps(v[2]), t);
+                t = _mm512_fmadd_ps(sign[3], _mm512_set1_ps(v[3]), t);
+                let at = (chunk * q + b) * 32 + (u % 2) * 16;
+                // SAFETY: `chunk < n_chunks`, so `at + 16 <= out.len()` (asserted by caller).
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(at), t) };
+            }
+        }
+    }
+
+    /// 16 APoT scale codes (one per 32-bit lane) to `f32`, the same sum in the same order as
+    /// `ScaleCodes::get`: `2^e₀ ± 2^(e₀−d₁) ± 2^(e₀−d₁−d₂)`, absent terms zero, code offset 63
+    /// zero.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn decode_apot(c: std::arch::x86_64::__m512i, base: i32) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let field = |shift: u32, bits: i32| {
+            _mm512_and_si512(
+                _mm512_srlv_epi32(c, _mm512_set1_epi32(shift as i32)),
+                _mm512_set1_epi32(bits),
+            )
+        };
+        let off = field(0, 63);
+        let d1 = field(6, 15);
+        let d2 = field(11, 15);
+        let s1 = _mm512_slli_epi32::<31>(field(10, 1));
+        let s2 = _mm512_slli_epi32::<31>(field(15, 1));
+        let e0 = _mm512_add_epi32(off, _mm512_set1_epi32(base + 127));
+        let pow = |e: __m512i| _mm512_castsi512_ps(_mm512_slli_epi32::<23>(e));
+        let p0 = pow(e0);
+        let e1 = _mm512_sub_epi32(e0, d1);
+        let t1 = _mm512_castsi512_ps(_mm512_or_si512(_mm512_slli_epi32::<23>(e1), s1));
+        let t2 = _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_slli_epi32::<23>(_mm512_sub_epi32(e1, d2)),
+            s2,
+        ));
+        let zero = _mm512_setzero_si512();
+        let has1 = _mm512_cmpneq_epi32_mask(d1, zero);
+        let has2 = has1 & _mm512_cmpneq_epi32_mask(d2, zero);
+        let sum = _mm512_add_ps(
+            _mm512_add_ps(p0, _mm512_maskz_mov_ps(has1, t1)),
+            _mm512_maskz_mov_ps(has2, t2),
+        );
+        let nonzero = _mm512_cmpneq_epi32_mask(off, _mm512_set1_epi32(63));
+        _mm512_maskz_mov_ps(nonzero, sum)
+    }
+
     /// Column layout: up to 16 outputs of one row block from its row group's half tables
     /// `[chunk][plane][32]` (scales already inside, so no multiply).
     pub fn column_rows(halves: &[f32], keys: &[u8], q: usize, ys: &mut [f32]) {
@@ -646,7 +797,7 @@ mod simd {
         out: &mut [f32; ROW_BLOCK],
     ) {
         use std::arch::x86_64::*;
-        let nibble = _mm512_set1_epi32(15);
+        // `vpermps` reads only bits 3:0 of each index, so the low nibble needs no mask.
         // Two accumulators so consecutive lookups do not wait on each other's add.
         let mut acc = [_mm512_setzero_ps(); 2];
         for s in 0..steps {
@@ -660,7 +811,7 @@ mod simd {
             };
             let idx = _mm512_cvtepu8_epi32(k);
             let v = _mm512_add_ps(
-                _mm512_permutexvar_ps(_mm512_and_si512(idx, nibble), lo),
+                _mm512_permutexvar_ps(idx, lo),
                 _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(idx), hi),
             );
             acc[s & 1] = _mm512_add_ps(acc[s & 1], v);
@@ -681,7 +832,7 @@ mod simd {
         out: &mut [f32; ROW_BLOCK],
     ) {
         use std::arch::x86_64::*;
-        let nibble = _mm512_set1_epi32(15);
+        // `vpermps` reads only bits 3:0 of each index, so the low nibble needs no mask.
         let mut acc = _mm512_setzero_ps();
         for c in 0..n_chunks {
             // SAFETY (all unsafe blocks): indices are within the asserted slice lengths.
@@ -693,7 +844,7 @@ mod simd {
                 };
                 let idx = _mm512_cvtepu8_epi32(k);
                 let v = _mm512_add_ps(
-                    _mm512_permutexvar_ps(_mm512_and_si512(idx, nibble), lo),
+                    _mm512_permutexvar_ps(idx, lo),
                     _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(idx), hi),
                 );
                 let a = _mm512_set1_ps(unsafe { *alpha.get_unchecked(b * n_chunks + c) });
