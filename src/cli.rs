@@ -8,8 +8,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::device::DeviceChoice;
+use crate::eval::PerplexityOptions;
+use crate::eval::generate::argmax;
 use crate::eval::tasks::task_accuracy;
-use crate::eval::{PerplexityOptions, generate_greedy};
 use crate::model::{LinearKind, Model, load_spec};
 use crate::progress::TermProgress;
 use crate::run::EvalSettings;
@@ -775,10 +776,24 @@ fn zoo_train(opts: &ZooOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Greedy continuation on the decode engine (the tensor forward is the reference it is
+/// tested against).
 fn generate(spec: &str, prompt: &str, n: usize) -> anyhow::Result<()> {
     let model = load(spec)?;
     let ids = model.tokenizer.encode(prompt, true)?;
-    let out = generate_greedy(&model, &ids, n, |_| false)?;
+    anyhow::ensure!(!ids.is_empty(), "generation needs a non-empty prompt");
+    let engine = crate::engine::Engine::new(&model.transformer, Default::default())?;
+    let mut decoder = engine.decoder();
+    decoder.reserve(ids.len() + n);
+    let mut next = argmax(decoder.feed(&ids)?);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.push(next);
+        if Some(next) == model.tokenizer.eos_id || out.len() == n {
+            break;
+        }
+        next = argmax(decoder.step(next)?);
+    }
     crate::outln!("{}{}", prompt, model.tokenizer.decode(&out)?);
     Ok(())
 }

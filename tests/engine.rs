@@ -16,7 +16,7 @@ use reparam::technique::{CalibOptions, apply};
 /// in different orders, nothing more.
 const TOLERANCE: f32 = 2e-4;
 
-fn tiny(spec: TinySpec) -> (tempfile::TempDir, Model) {
+fn tiny(spec: &TinySpec) -> (tempfile::TempDir, Model) {
     let dir = tempfile::tempdir().unwrap();
     spec.write_hf(dir.path(), 1);
     let m = Model::load(dir.path()).unwrap();
@@ -122,7 +122,7 @@ fn dense_models_match_the_reference() {
     ] {
         let what = format!("{} h{} f{}", spec.arch, spec.hidden, spec.ffn);
         let vocab = spec.vocab() as u32;
-        let (_d, m) = tiny(spec);
+        let (_d, m) = tiny(&spec);
         assert_engine_matches(&m, &tokens(24, vocab), &what);
     }
 }
@@ -138,7 +138,7 @@ fn every_compressed_form_matches_the_reference() {
         ..TinySpec::default()
     };
     let vocab = spec.vocab() as u32;
-    let (_d, base) = tiny(spec);
+    let (_d, base) = tiny(&spec);
     let calib = tokens(600, vocab);
     let calib_opts = CalibOptions {
         samples: 4,
@@ -159,7 +159,11 @@ fn every_compressed_form_matches_the_reference() {
         ("rtn", "[layers.rtn]\nbits = 8\ngroup = 64\n"),
         (
             "csr",
-            "[layers.prune]\nmethod = \"magnitude\"\nratio = 0.9\n",
+            "[layers.prune]\nmethod = \"magnitude\"\nratio = 0.9\nform = \"csr\"\n",
+        ),
+        (
+            "bitmask",
+            "[layers.prune]\nmethod = \"wanda\"\nratio = 0.5\n",
         ),
         (
             "nm",
@@ -199,7 +203,7 @@ fn every_compressed_form_matches_the_reference() {
 
 #[test]
 fn context_limit_is_an_error_and_bad_tokens_are_refused() {
-    let (_d, m) = tiny(TinySpec::default());
+    let (_d, m) = tiny(&TinySpec::default());
     let e = Engine::new(&m.transformer, EngineOptions::default()).unwrap();
     let ctx = e.context_length();
     let mut d = e.decoder();

@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["device", "rng", "linalg", "output", "progress"],
     &["quant"],
     &["model"],
+    &["engine"],
     &["zoo"],
     &["calib", "eval"],
     &["technique"],

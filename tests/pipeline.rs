@@ -196,7 +196,8 @@ fn embedding_step_quantizes_the_tied_head_once() {
         base.transformer.size_bytes() - linears(&base.transformer) - embd_f32,
         t.size_bytes() - linears(t) - embd_q8
     );
-    // Rows are within half a step of the original.
+    // Rows are within half a step of the original, plus what rounding the stored scale to f16
+    // (relative error ≤ 2⁻¹¹) moves a value up to 255 steps from the zero point.
     let a = base.transformer.token_embd.to_vec2::<f32>().unwrap();
     let b = t.token_embd.to_vec2::<f32>().unwrap();
     for (ra, rb) in a.iter().zip(&b) {
@@ -205,7 +206,7 @@ fn embedding_step_quantizes_the_tied_head_once() {
             .fold((0f32, 0f32), |(l, h), &x| (l.min(x), h.max(x)));
         let step = (hi - lo) / 255.0;
         for (x, y) in ra.iter().zip(rb) {
-            assert!((x - y).abs() <= 0.5 * step * 1.0001 + 1e-7);
+            assert!((x - y).abs() <= 0.5 * step + 255.0 * step / 2048.0 + 1e-7);
         }
     }
     // Refusals.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use candle_core::DType;
 
 use crate::model::LinearWeight;
+use crate::model::bitmask::BitmaskMatrix;
 use crate::model::hashed::HashedWeight;
 use crate::model::nm::NmPacked;
 use crate::model::sparse::CsrMatrix;
@@ -20,6 +21,7 @@ pub enum Kernel {
     Bcq(Arc<BcqPacked>),
     Rtn(RtnPacked),
     Csr(Arc<CsrMatrix>),
+    Bitmask(Arc<BitmaskMatrix>),
     Nm(Arc<NmPacked>),
     Hashed(Arc<HashedWeight>),
 }
@@ -58,6 +60,7 @@ impl Linear {
             }
             LinearWeight::Bcq { packed, .. } => Kernel::Bcq(Arc::clone(packed)),
             LinearWeight::Csr { csr, .. } => Kernel::Csr(Arc::clone(csr)),
+            LinearWeight::Bitmask { mask, .. } => Kernel::Bitmask(Arc::clone(mask)),
             LinearWeight::Nm { packed, .. } => Kernel::Nm(Arc::clone(packed)),
             LinearWeight::Hashed { hashed, .. } => Kernel::Hashed(Arc::clone(hashed)),
         };
@@ -76,6 +79,7 @@ impl Linear {
             Kernel::Bcq(_) => "shiftadd",
             Kernel::Rtn(_) => "rtn",
             Kernel::Csr(_) => "csr",
+            Kernel::Bitmask(_) => "bitmask",
             Kernel::Nm(_) => "nm",
             Kernel::Hashed(_) => "rps",
         }
@@ -89,6 +93,7 @@ impl Linear {
             Kernel::Bcq(p) => p.size_bytes(),
             Kernel::Rtn(p) => p.size_bytes(),
             Kernel::Csr(c) => c.size_bytes(),
+            Kernel::Bitmask(m) => m.size_bytes(),
             Kernel::Nm(p) => p.size_bytes(),
             Kernel::Hashed(h) => h.size_bytes(),
         }
@@ -139,6 +144,11 @@ impl Linear {
                     *yr = c.row_dot(r, x);
                 }
             }
+            Kernel::Bitmask(m) => {
+                for (yr, r) in y.iter_mut().zip(rows.clone()) {
+                    *yr = m.row_dot(r, x);
+                }
+            }
             Kernel::Nm(p) => {
                 for (yr, r) in y.iter_mut().zip(rows.clone()) {
                     *yr = p.row_dot(r, x);
@@ -179,17 +189,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
-}
-
-/// The sum of `a`, in independent lanes (the bandwidth probe's read loop).
-pub fn sum(a: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    for c in a.chunks_exact(16) {
-        for l in 0..16 {
-            acc[l] += c[l];
-        }
-    }
-    acc.iter().sum()
 }
 
 #[allow(unsafe_code)]

@@ -370,7 +370,7 @@ mod simd {
             let c = codes.as_ptr().wrapping_add(g * gbytes);
             let xs = x.as_ptr().wrapping_add(g * group);
             let len = group.min(x.len() - g * group);
-            let mut part = [_mm512_setzero_ps(); 2];
+            let (mut part0, mut part1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
             if bits == 8 {
                 for j in 0..len / 16 {
                     // SAFETY: byte and float indices below the group's length.
@@ -381,7 +381,11 @@ mod simd {
                         )
                     };
                     let w = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(k));
-                    part[j & 1] = _mm512_fmadd_ps(w, xv, part[j & 1]);
+                    if j & 1 == 0 {
+                        part0 = _mm512_fmadd_ps(w, xv, part0);
+                    } else {
+                        part1 = _mm512_fmadd_ps(w, xv, part1);
+                    }
                 }
             } else {
                 for j in 0..len / 32 {
@@ -398,11 +402,11 @@ mod simd {
                     // Byte i holds codes 2i (low nibble) and 2i + 1 (high nibble).
                     let w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)));
                     let w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi)));
-                    part[0] = _mm512_fmadd_ps(w0, x0, part[0]);
-                    part[1] = _mm512_fmadd_ps(w1, x1, part[1]);
+                    part0 = _mm512_fmadd_ps(w0, x0, part0);
+                    part1 = _mm512_fmadd_ps(w1, x1, part1);
                 }
             }
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(s), _mm512_add_ps(part[0], part[1]), acc);
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(s), _mm512_add_ps(part0, part1), acc);
         }
         _mm512_reduce_add_ps(acc)
     }

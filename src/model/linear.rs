@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use crate::model::hashed::HashedWeight;
 use crate::quant::lut::BcqPacked;
 
+use super::bitmask::BitmaskMatrix;
 use super::nm::NmPacked;
 use super::sparse::CsrMatrix;
 
@@ -52,6 +53,11 @@ pub enum LinearWeight {
         csr: Arc<CsrMatrix>,
         bias: Option<Tensor>,
     },
+    /// Unstructured-pruned weights as kept values plus one bit per weight.
+    Bitmask {
+        mask: Arc<BitmaskMatrix>,
+        bias: Option<Tensor>,
+    },
     /// n:m-pruned weights (kept values + 4-bit positions), multiplied by the n:m kernel.
     Nm {
         packed: Arc<NmPacked>,
@@ -82,6 +88,7 @@ impl LinearWeight {
             }
             Self::Bcq { packed, .. } => (packed.rows, packed.cols),
             Self::Csr { csr, .. } => (csr.rows, csr.cols),
+            Self::Bitmask { mask, .. } => (mask.rows, mask.cols),
             Self::Nm { packed, .. } => (packed.rows, packed.cols),
             Self::Hashed { hashed, .. } => (hashed.rows, hashed.cols),
         }
@@ -98,6 +105,7 @@ impl LinearWeight {
             Self::Bcq { packed, .. } => packed.size_bytes(),
             Self::Rtn { bits, group, .. } => Self::rtn_size_for(rows, cols, *bits, *group),
             Self::Csr { csr, .. } => csr.size_bytes(),
+            Self::Bitmask { mask, .. } => mask.size_bytes(),
             Self::Nm { packed, .. } => packed.size_bytes(),
             Self::Hashed { hashed, .. } => hashed.size_bytes(),
         };
@@ -132,6 +140,9 @@ impl LinearWeight {
             Self::Csr { csr, .. } => {
                 Tensor::from_vec(csr.to_dense(), (csr.rows, csr.cols), &Device::Cpu)
             }
+            Self::Bitmask { mask, .. } => {
+                Tensor::from_vec(mask.to_dense(), (mask.rows, mask.cols), &Device::Cpu)
+            }
             Self::Nm { packed, .. } => {
                 Tensor::from_vec(packed.to_dense(), (packed.rows, packed.cols), &Device::Cpu)
             }
@@ -149,6 +160,7 @@ impl LinearWeight {
             | Self::Bcq { bias, .. }
             | Self::Rtn { bias, .. }
             | Self::Csr { bias, .. }
+            | Self::Bitmask { bias, .. }
             | Self::Nm { bias, .. }
             | Self::Hashed { bias, .. } => bias.as_ref(),
         }
@@ -195,6 +207,10 @@ impl LinearWeight {
                 csr: Arc::clone(csr),
                 bias,
             },
+            Self::Bitmask { mask, .. } => Self::Bitmask {
+                mask: Arc::clone(mask),
+                bias,
+            },
             Self::Nm { packed, .. } => Self::Nm {
                 packed: Arc::clone(packed),
                 bias,
@@ -227,6 +243,7 @@ impl LinearWeight {
             Self::Bcq { .. } => "shiftadd",
             Self::Rtn { .. } => "rtn",
             Self::Csr { .. } => "csr",
+            Self::Bitmask { .. } => "bitmask",
             Self::Nm { .. } => "nm",
             Self::Hashed { .. } => "rps",
         }
@@ -304,6 +321,12 @@ impl Module for LinearWeight {
                 (csr.rows, csr.cols),
                 || csr.to_dense(),
                 |xs, n, y| csr.gemm(xs, n, y),
+            )?,
+            Self::Bitmask { mask, .. } => sparse_forward(
+                x,
+                (mask.rows, mask.cols),
+                || mask.to_dense(),
+                |xs, n, y| mask.gemm(xs, n, y),
             )?,
             Self::Nm { packed, .. } => sparse_forward(
                 x,

@@ -2,6 +2,7 @@
 //! pass we control layer by layer. Loading never panics on bad input: every failure is a
 //! [`LoadError`] that names the file and the problem.
 
+pub mod bitmask;
 pub mod config;
 pub mod error;
 pub mod gguf;

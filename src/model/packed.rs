@@ -32,6 +32,7 @@ use anyhow::Context as _;
 use candle_core::{Device, Tensor};
 use serde_json::{Value, json};
 
+use crate::model::bitmask::BitmaskMatrix;
 use crate::model::hashed::{HashMapping, HashedWeight, Hasher};
 use crate::model::nm::NmPacked;
 use crate::model::sparse::CsrMatrix;
@@ -193,6 +194,27 @@ fn layer_parts(id: &str, lw: &LinearWeight) -> anyhow::Result<Option<(Value, Vec
                         dtype: StDType::U16,
                         shape: vec![col.len()],
                         bytes: col.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    },
+                    f32_part(p("values"), values),
+                ],
+            )
+        }
+        LinearWeight::Bitmask { mask, .. } => {
+            let (starts, words, values) = mask.parts();
+            (
+                json!({"form": "bitmask"}),
+                vec![
+                    Part {
+                        name: p("row_start"),
+                        dtype: StDType::U32,
+                        shape: vec![starts.len()],
+                        bytes: starts.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    },
+                    Part {
+                        name: p("mask"),
+                        dtype: StDType::U16,
+                        shape: vec![words.len()],
+                        bytes: words.iter().flat_map(|x| x.to_le_bytes()).collect(),
                     },
                     f32_part(p("values"), values),
                 ],
@@ -462,6 +484,25 @@ fn layer_from(file: &PackedFile, id: &str, info: &Value) -> Result<LinearWeight,
                 .map_err(|e| format!("layer {id}: {e}"))?;
             LinearWeight::Csr {
                 csr: Arc::new(csr),
+                bias,
+            }
+        }
+        "bitmask" => {
+            let starts: Vec<u32> = file
+                .raw(&p("row_start"), StDType::U32)?
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let words: Vec<u16> = file
+                .raw(&p("mask"), StDType::U16)?
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            let mask =
+                BitmaskMatrix::from_parts(rows, cols, starts, words, file.f32s(&p("values"))?)
+                    .map_err(|e| format!("layer {id}: {e}"))?;
+            LinearWeight::Bitmask {
+                mask: Arc::new(mask),
                 bias,
             }
         }

@@ -3,16 +3,9 @@
 //! Owns the storage (f32 values, u16 column indices, u32 row starts) and its kernels: a
 //! row-parallel gather GEMV for decode and, for many activation rows, an axpy kernel over the
 //! transposed activations. It does not decide when CSR is worth it (that is
-//! `technique::prune`, from the measured break-even density below).
+//! `technique::prune`: the smallest of bitmask, CSR and dense, so CSR above ~94 % sparsity).
 
 use rayon::prelude::*;
-
-/// Density (kept fraction) at or below which the CSR GEMV decodes faster than dense f32 on
-/// SmolLM2's shapes. Measured with `reparam bench kernels --sparse --small --sparsity
-/// 0.5,0.7,0.8,0.9` (table in `experiments/RESULTS.md`): the scalar gather costs ≈0.3 ns per
-/// stored value against ≈0.06 ns per weight for the vectorised dense GEMV, so CSR ran at
-/// 0.43–0.83× dense at 50–70 % sparsity and 1.11–1.25× at 80 % (2.3× at 90 %).
-pub const CSR_MAX_DENSITY: f64 = 0.2;
 
 /// Activation rows at or above which the multi-row kernel is used instead of one GEMV per row.
 const MATMUL_MIN_ROWS: usize = 4;

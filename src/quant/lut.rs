@@ -798,8 +798,9 @@ mod simd {
     ) {
         use std::arch::x86_64::*;
         // `vpermps` reads only bits 3:0 of each index, so the low nibble needs no mask.
-        // Two accumulators so consecutive lookups do not wait on each other's add.
-        let mut acc = [_mm512_setzero_ps(); 2];
+        // Two accumulators so consecutive lookups do not wait on each other's add (named, not
+        // an array indexed by the counter, which would keep them in memory).
+        let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for s in 0..steps {
             // SAFETY: `s < steps`, within the asserted lengths.
             let (lo, hi, k) = unsafe {
@@ -814,9 +815,12 @@ mod simd {
                 _mm512_permutexvar_ps(idx, lo),
                 _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(idx), hi),
             );
-            acc[s & 1] = _mm512_add_ps(acc[s & 1], v);
+            if s & 1 == 0 {
+                acc0 = _mm512_add_ps(acc0, v);
+            } else {
+                acc1 = _mm512_add_ps(acc1, v);
+            }
         }
-        let [acc0, acc1] = acc;
         // SAFETY: `out` holds 16 floats.
         unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(acc0, acc1)) };
     }

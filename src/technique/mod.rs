@@ -316,7 +316,6 @@ pub fn estimated_layer_bytes(
 ) -> usize {
     use crate::model::hashed::HashedWeight;
     use crate::model::nm::NmPacked;
-    use crate::model::sparse::CsrMatrix;
     use crate::quant::lut::BcqPacked;
     use recipe::Quant;
     let n = rows * cols;
@@ -338,10 +337,10 @@ pub fn estimated_layer_bytes(
         return NmPacked::size_for(rows, cols, p.n, p.m);
     }
     let kept = prune::kept_after(p, rows, cols);
-    if p.ratio > 0.0 && prune::stores_as_csr(p.form, kept as f64 / n.max(1) as f64) {
-        CsrMatrix::size_for(rows, kept)
-    } else {
-        dense_bytes
+    match prune::sparse_storage(p.form, rows, cols, kept) {
+        _ if p.ratio == 0.0 => dense_bytes,
+        prune::SparseStorage::Dense => dense_bytes,
+        s => s.bytes(rows, cols, kept),
     }
 }
 

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::calib::InputStats;
+use crate::model::bitmask::BitmaskMatrix;
 use crate::model::nm::NmPacked;
-use crate::model::sparse::{CSR_MAX_DENSITY, CsrMatrix};
+use crate::model::sparse::CsrMatrix;
 use crate::model::{LinearId, LinearWeight, Model};
 use crate::technique::recipe::{NmScore, PruneKnobs, PruneMethod, SparseForm};
 
@@ -43,12 +44,41 @@ pub fn stores_as_nm(knobs: &PruneKnobs) -> bool {
     knobs.method == PruneMethod::Nm && knobs.m <= 16
 }
 
-/// Whether a pruned matrix of this density is stored as CSR (else dense with its zeros).
-pub fn stores_as_csr(form: SparseForm, density: f64) -> bool {
+/// How an unstructured-pruned matrix is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SparseStorage {
+    Bitmask,
+    Csr,
+    Dense,
+}
+
+impl SparseStorage {
+    /// Bytes of a `rows × cols` f32 matrix keeping `kept` values in this storage.
+    pub fn bytes(self, rows: usize, cols: usize, kept: usize) -> usize {
+        match self {
+            Self::Bitmask => BitmaskMatrix::size_for(rows, cols, kept),
+            Self::Csr => CsrMatrix::size_for(rows, kept),
+            Self::Dense => rows * cols * 4,
+        }
+    }
+}
+
+/// The storage of a pruned `rows × cols` matrix keeping `kept` values: the forced one, or for
+/// `auto` the smallest (each kernel reads only its stored bytes, so smallest is also fastest
+/// at batch 1).
+pub fn sparse_storage(form: SparseForm, rows: usize, cols: usize, kept: usize) -> SparseStorage {
     match form {
-        SparseForm::Auto => density <= CSR_MAX_DENSITY,
-        SparseForm::Csr => true,
-        SparseForm::Dense => false,
+        SparseForm::Bitmask => SparseStorage::Bitmask,
+        SparseForm::Csr => SparseStorage::Csr,
+        SparseForm::Dense => SparseStorage::Dense,
+        SparseForm::Auto => [
+            SparseStorage::Bitmask,
+            SparseStorage::Csr,
+            SparseStorage::Dense,
+        ]
+        .into_iter()
+        .min_by_key(|s| s.bytes(rows, cols, kept))
+        .unwrap_or(SparseStorage::Dense),
     }
 }
 
@@ -131,8 +161,7 @@ pub fn prune_weights(
 }
 
 /// The stored form of a pruned matrix: compressed n:m when the pattern fits 4-bit positions,
-/// else (form `auto`) CSR at or below [`CSR_MAX_DENSITY`] (where its kernel was measured faster
-/// than dense), else the dense matrix with its zeros; `form = csr | dense` forces one.
+/// else the storage [`sparse_storage`] picks.
 pub fn inference_form(
     w: Vec<f32>,
     rows: usize,
@@ -148,14 +177,24 @@ pub fn inference_form(
         });
     }
     let nnz = w.iter().filter(|v| **v != 0.0).count();
-    let density = nnz as f64 / (rows * cols).max(1) as f64;
-    if stores_as_csr(knobs.form, density)
-        && let Ok(csr) = CsrMatrix::from_dense(&w, rows, cols)
-    {
-        return Ok(LinearWeight::Csr {
-            csr: Arc::new(csr),
-            bias,
-        });
+    match sparse_storage(knobs.form, rows, cols, nnz) {
+        SparseStorage::Bitmask => {
+            if let Ok(mask) = BitmaskMatrix::from_dense(&w, rows, cols) {
+                return Ok(LinearWeight::Bitmask {
+                    mask: Arc::new(mask),
+                    bias,
+                });
+            }
+        }
+        SparseStorage::Csr => {
+            if let Ok(csr) = CsrMatrix::from_dense(&w, rows, cols) {
+                return Ok(LinearWeight::Csr {
+                    csr: Arc::new(csr),
+                    bias,
+                });
+            }
+        }
+        SparseStorage::Dense => {}
     }
     Ok(LinearWeight::dense(
         candle_core::Tensor::from_vec(w, (rows, cols), &candle_core::Device::Cpu)?,
@@ -194,6 +233,7 @@ pub fn model_sparsity(model: &Model, pruned: impl Fn(LinearId) -> bool) -> f64 {
         }
         zeros += match w {
             LinearWeight::Csr { csr, .. } => w.weight_count() - csr.nnz(),
+            LinearWeight::Bitmask { mask, .. } => w.weight_count() - mask.nnz(),
             other => other
                 .to_dense()
                 .and_then(|d| d.flatten_all()?.to_vec1::<f32>())
@@ -538,9 +578,10 @@ mod tests {
     fn form_follows_density() {
         let (rows, cols) = (16, 32);
         for (ratio, forced, form) in [
-            (0.5, SparseForm::Auto, "dense"),
-            (0.9, SparseForm::Auto, "csr"),
+            (0.5, SparseForm::Auto, "bitmask"),
+            (0.99, SparseForm::Auto, "csr"),
             (0.3, SparseForm::Csr, "csr"),
+            (0.9, SparseForm::Bitmask, "bitmask"),
             (0.9, SparseForm::Dense, "dense"),
         ] {
             let k = PruneKnobs {

@@ -89,9 +89,9 @@ pub struct PruneKnobs {
     /// calibration) or `magnitude`.
     #[serde(default)]
     pub score: NmScore,
-    /// Stored form of an unstructured-pruned layer: `auto` (CSR where its kernel was measured
-    /// faster than dense, else dense with zeros), `csr` (always; smaller from ~33 % sparsity),
-    /// or `dense`. `nm` layers are always stored compressed when `m <= 16`.
+    /// Stored form of an unstructured-pruned layer: `auto` (the smallest of bitmask, CSR and
+    /// dense: bitmask from ~3 % to ~94 % sparsity, CSR above), `bitmask`, `csr` or `dense`.
+    /// `nm` layers are always stored compressed when `m <= 16`.
     #[serde(default)]
     pub form: SparseForm,
 }
@@ -115,6 +115,7 @@ impl Default for PruneKnobs {
 pub enum SparseForm {
     #[default]
     Auto,
+    Bitmask,
     Csr,
     Dense,
 }

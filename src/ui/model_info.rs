@@ -101,6 +101,10 @@ fn form_name(w: &LinearWeight) -> String {
             "CSR {:.0}% zero",
             100.0 * (1.0 - csr.nnz() as f64 / (csr.rows * csr.cols).max(1) as f64)
         ),
+        LinearWeight::Bitmask { mask, .. } => format!(
+            "bitmask {:.0}% zero",
+            100.0 * (1.0 - mask.nnz() as f64 / (mask.rows * mask.cols).max(1) as f64)
+        ),
         LinearWeight::Nm { packed, .. } => format!("{}:{} sparse", packed.n, packed.m),
         LinearWeight::Hashed { hashed, .. } => format!(
             "RPS ×{:.1}",
