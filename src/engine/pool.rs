@@ -72,6 +72,8 @@ struct Shared {
     /// Workers done with the current section.
     finished: AtomicUsize,
     sleepers: AtomicUsize,
+    /// A task panicked on a worker during the current section.
+    panicked: AtomicBool,
     wake: Condvar,
     wake_lock: Mutex<()>,
     shutdown: AtomicBool,
@@ -100,6 +102,7 @@ impl SpinPool {
             next: AtomicUsize::new(0),
             finished: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
             shutdown: AtomicBool::new(false),
@@ -140,12 +143,25 @@ impl SpinPool {
             let _guard = lock(&s.wake_lock);
             s.wake.notify_all();
         }
-        run_tasks(s, task);
+        // The caller's own panic must wait for the workers too: they borrow what it unwinds.
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_tasks(s, task)));
+        if mine.is_err() {
+            s.next.store(usize::MAX / 2, Ordering::SeqCst);
+        }
         let mut spins = 0u32;
         while s.finished.load(Ordering::Acquire) < self.workers.len() {
             backoff(&mut spins);
         }
         *lock(&s.task) = None;
+        if let Err(payload) = mine {
+            s.panicked.store(false, Ordering::SeqCst);
+            std::panic::resume_unwind(payload);
+        }
+        // A worker's panic would otherwise vanish with the worker still alive; raise it on
+        // the caller's thread, where the job system reports it.
+        if s.panicked.swap(false, Ordering::SeqCst) {
+            panic!("a decode task panicked on a worker thread");
+        }
     }
 }
 
@@ -221,7 +237,12 @@ fn worker(s: &Shared, mut seen: usize) {
         if let Some(TaskPtr(ptr)) = task {
             // SAFETY: `SpinPool::run` keeps the task alive until this worker reports below.
             let task = unsafe { &*ptr };
-            run_tasks(s, task);
+            let run = std::panic::AssertUnwindSafe(|| run_tasks(s, task));
+            if std::panic::catch_unwind(run).is_err() {
+                // Stop the section's remaining tasks; the caller re-raises.
+                s.next.store(usize::MAX / 2, Ordering::SeqCst);
+                s.panicked.store(true, Ordering::SeqCst);
+            }
         }
         s.finished.fetch_add(1, Ordering::Release);
     }
@@ -230,6 +251,22 @@ fn worker(s: &Shared, mut seen: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_task_panics_the_caller_and_the_pool_goes_on() {
+        let pool = Pool::new(PoolKind::Spin, 2);
+        for bad in [0, 5, 63] {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.run(64, &|i| assert!(i != bad, "task {i}"));
+            }));
+            assert!(r.is_err(), "task {bad}");
+            let hits = AtomicUsize::new(0);
+            pool.run(64, &|_| {
+                hits.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(hits.load(Ordering::Relaxed), 64);
+        }
+    }
 
     #[test]
     fn every_task_runs_once_in_both_pools() {
