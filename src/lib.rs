@@ -3,6 +3,7 @@
 
 pub mod calib;
 pub mod cli;
+pub mod cpu;
 pub mod device;
 pub mod engine;
 pub mod eval;

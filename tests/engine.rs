@@ -43,6 +43,19 @@ fn reference_logits(m: &Model, toks: &[u32]) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// Panics unless `got` is within [`TOLERANCE`] of `want`, relative to its largest logit.
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    let scale = want.iter().fold(1e-3f32, |a, v| a.max(v.abs()));
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |a, (g, r)| a.max((g - r).abs()));
+    assert!(
+        diff <= TOLERANCE * scale,
+        "{what}: max diff {diff} (scale {scale})"
+    );
+}
+
 fn assert_engine_matches(m: &Model, toks: &[u32], what: &str) {
     let want = reference_logits(m, toks);
     for pool in [PoolKind::Spin, PoolKind::Rayon] {
@@ -51,14 +64,10 @@ fn assert_engine_matches(m: &Model, toks: &[u32], what: &str) {
             let mut d = e.decoder();
             for (pos, (&t, w)) in toks.iter().zip(&want).enumerate() {
                 let got = d.step(t).unwrap();
-                let scale = w.iter().fold(1e-3f32, |a, v| a.max(v.abs()));
-                let diff = got
-                    .iter()
-                    .zip(w)
-                    .fold(0f32, |a, (g, r)| a.max((g - r).abs()));
-                assert!(
-                    diff <= TOLERANCE * scale,
-                    "{what}, {pool:?} ×{threads}, position {pos}: max diff {diff} (scale {scale})"
+                assert_close(
+                    got,
+                    w,
+                    &format!("{what}, {pool:?} ×{threads}, position {pos}"),
                 );
             }
         }
@@ -235,15 +244,6 @@ fn smollm2_greedy_continuations_are_identical() {
     let e = Engine::new(&m.transformer, EngineOptions::default()).unwrap();
     let mut d = e.decoder();
     for (&t, w) in prompt.iter().zip(&want) {
-        let got = d.step(t).unwrap();
-        let scale = w.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let diff = got
-            .iter()
-            .zip(w)
-            .fold(0f32, |a, (g, r)| a.max((g - r).abs()));
-        assert!(
-            diff <= TOLERANCE * scale,
-            "SmolLM2: {diff} vs scale {scale}"
-        );
+        assert_close(d.step(t).unwrap(), w, "SmolLM2");
     }
 }

@@ -727,7 +727,8 @@ fn eval_dir(model_dir: &Path) -> std::process::Output {
 fn packed_export_reloads_the_inference_forms_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    // A shift-add run (with RTN and n:m layers beside it) and an RPS run (with a CSR layer).
+    // A shift-add run (with RTN and n:m layers beside it) and an RPS run (with CSR and bitmask
+    // layers).
     let shiftadd = run_recipe(
         dir.path(),
         &store,
@@ -741,7 +742,8 @@ fn packed_export_reloads_the_inference_forms_exactly() {
         &store,
         "rps",
         "[[layers]]\nmatch = \"blk.*.ffn_*\"\n[layers.rps]\nratio = 2.0\n\
-         [[layers]]\nmatch = \"blk.*.attn_v\"\n[layers.prune]\nmethod = \"magnitude\"\nratio = 0.5\nform = \"csr\"\n",
+         [[layers]]\nmatch = \"blk.*.attn_v\"\n[layers.prune]\nmethod = \"magnitude\"\nratio = 0.5\nform = \"csr\"\n\
+         [[layers]]\nmatch = \"blk.*.attn_q\"\n[layers.prune]\nmethod = \"magnitude\"\nratio = 0.5\n",
     );
     let mut forms_seen = BTreeSet::new();
     for (run, name) in [(&shiftadd, "shiftadd"), (&rps, "rps")] {
@@ -832,7 +834,7 @@ fn packed_export_reloads_the_inference_forms_exactly() {
             "{err}"
         );
     }
-    for form in ["shiftadd", "rtn", "nm", "rps", "csr"] {
+    for form in ["shiftadd", "rtn", "nm", "rps", "csr", "bitmask"] {
         assert!(
             forms_seen.contains(form),
             "{form} not exported: {forms_seen:?}"

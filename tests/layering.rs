@@ -9,7 +9,7 @@ use std::path::Path;
 /// Bottom to top. A module may use any module on a lower line, never one on its own line or
 /// above (the binary's `main.rs` and `lib.rs` are outside the layering).
 const LAYERS: &[&[&str]] = &[
-    &["device", "rng", "linalg", "output", "progress"],
+    &["cpu", "device", "rng", "linalg", "output", "progress"],
     &["quant"],
     &["model"],
     &["engine"],

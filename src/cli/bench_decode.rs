@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::calib::calibration_tokens;
-use crate::engine::{Engine, EngineOptions, PoolKind, measure_decode, read_bandwidth};
+use crate::engine::{Engine, EngineOptions, PoolKind, read_bandwidth};
+use crate::eval::latency::measure_decode;
 use crate::model::load_spec;
 use crate::technique::recipe::Recipe;
 use crate::technique::{CalibOptions, apply};

@@ -194,14 +194,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[allow(unsafe_code)]
 mod simd {
     pub fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        crate::cpu::has_avx512f()
     }
 
     pub fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -540,32 +540,6 @@ fn rope(x: &mut [f32], sin: &[f32], cos: &[f32]) {
     }
 }
 
-/// Decode throughput measured on the engine: the median of `rounds` runs of `steps` tokens
-/// after a 16-token prompt (each round a fresh sequence), with the slowest and fastest round.
-pub fn measure_decode(
-    engine: &Engine,
-    tokens: &[u32],
-    steps: usize,
-    rounds: usize,
-) -> anyhow::Result<(f64, [f64; 2])> {
-    anyhow::ensure!(tokens.len() > 16, "decode timing needs more than 16 tokens");
-    let mut rates = Vec::with_capacity(rounds);
-    for _ in 0..rounds.max(1) {
-        let mut d = engine.decoder();
-        d.reserve(16 + steps + 1);
-        d.feed(&tokens[..16])?;
-        // One untimed step warms the caches and wakes the workers.
-        d.step(tokens[16])?;
-        let start = std::time::Instant::now();
-        for &t in tokens[17..].iter().cycle().take(steps) {
-            d.step(t)?;
-        }
-        rates.push(steps as f64 / start.elapsed().as_secs_f64());
-    }
-    rates.sort_by(f64::total_cmp);
-    Ok((rates[rates.len() / 2], [rates[0], rates[rates.len() - 1]]))
-}
-
 /// A stream-style read probe: GB/s summing a buffer far larger than the caches over the
 /// engine's threads, the bound a memory-bound decode step can approach.
 pub fn read_bandwidth(opts: EngineOptions) -> f64 {

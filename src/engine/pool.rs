@@ -4,8 +4,8 @@
 //! so the cost of handing work to threads matters as much as the kernels. [`Pool::Spin`] keeps
 //! its workers spinning on an epoch counter between sections (a hand-off is an atomic store and
 //! a few hundred nanoseconds), and parks them after [`SPIN_BEFORE_PARK`] without work so an
-//! idle model costs no CPU. [`Pool::Rayon`] uses rayon's global pool; `reparam bench decode
-//! --pool rayon` measures the two side by side.
+//! idle model costs no CPU. [`Pool::Rayon`] uses rayon's global pool; `reparam bench decode`
+//! measures the two side by side.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 const SPIN_BEFORE_PARK: Duration = Duration::from_millis(5);
 
 /// Which thread pool runs the parallel sections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum PoolKind {
     /// Persistent workers spinning between sections.
     #[default]

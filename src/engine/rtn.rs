@@ -264,16 +264,7 @@ fn group_scale(vals: &[f32], bits: usize, ks: &mut Vec<i32>) -> Option<f32> {
 #[allow(unsafe_code)]
 mod simd {
     pub fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        crate::cpu::has_avx512_bw_vl()
     }
 
     /// One row in the kernel's terms: groups of `group` codes (`gbytes` bytes apart; the last

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::engine::{Engine, EngineOptions, measure_decode};
+use crate::engine::{Engine, EngineOptions};
 use crate::model::{Model, NoHook};
 
 /// Measured throughput: the median of [`ROUNDS`] timings, with their range, so a reader can
@@ -29,6 +29,31 @@ const DECODE_STEPS: usize = 64;
 fn spread(mut v: Vec<f64>) -> (f64, [f64; 2]) {
     v.sort_by(f64::total_cmp);
     (v[v.len() / 2], [v[0], v[v.len() - 1]])
+}
+
+/// Decode throughput measured on the engine: the median of `rounds` runs of `steps` tokens
+/// after a 16-token prompt (each round a fresh sequence), with the slowest and fastest round.
+pub fn measure_decode(
+    engine: &Engine,
+    tokens: &[u32],
+    steps: usize,
+    rounds: usize,
+) -> anyhow::Result<(f64, [f64; 2])> {
+    anyhow::ensure!(tokens.len() > 16, "decode timing needs more than 16 tokens");
+    let mut rates = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        let mut d = engine.decoder();
+        d.reserve(16 + steps + 1);
+        d.feed(&tokens[..16])?;
+        // One untimed step warms the caches and wakes the workers.
+        d.step(tokens[16])?;
+        let start = Instant::now();
+        for &t in tokens[17..].iter().cycle().take(steps) {
+            d.step(t)?;
+        }
+        rates.push(steps as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok(spread(rates))
 }
 
 /// Measures decode and prefill on `tokens` (at least `prefill_tokens + 1` long).

@@ -185,14 +185,7 @@ impl BitmaskMatrix {
 #[allow(unsafe_code)]
 mod simd {
     pub fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        crate::cpu::has_avx512f()
     }
 
     /// One row: per mask word, the next `popcount` values expanded into the set lanes.
@@ -200,11 +193,11 @@ mod simd {
         #[cfg(target_arch = "x86_64")]
         {
             assert!(available());
-            let kept: usize = mask.iter().map(|m| m.count_ones() as usize).sum();
-            assert!(kept <= values.len() && x.len() <= mask.len() * 16);
+            assert!(x.len() <= mask.len() * 16);
             assert!(mask.len().saturating_sub(1) * 16 <= x.len());
-            // SAFETY: AVX-512F is present; value loads read `popcount` values (in bounds,
-            // asserted) and x loads are masked to the columns below `x.len()`.
+            // SAFETY: AVX-512F is present; value loads read `popcount` values (bounds checked
+            // word by word in the kernel) and x loads are masked to the columns below
+            // `x.len()`.
             unsafe { row_dot_avx512(mask, values, x) }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -229,6 +222,11 @@ mod simd {
                 (1u16 << (x.len() - c)) - 1
             };
             let n = m.count_ones();
+            // The hardware popcount the loop needs anyway doubles as the bounds check.
+            assert!(
+                k + n as usize <= values.len(),
+                "bitmask row: more bits than values"
+            );
             // The value stream's position depends on every mask before it, which keeps the
             // out-of-order core from running ahead; prefetch it explicitly.
             _mm_prefetch::<_MM_HINT_T0>(values.as_ptr().wrapping_add(k + 512).cast());

@@ -59,6 +59,15 @@ fn f32_part(name: String, v: &[f32]) -> Part {
     }
 }
 
+fn u32_part(name: String, v: &[u32]) -> Part {
+    Part {
+        name,
+        dtype: StDType::U32,
+        shape: vec![v.len()],
+        bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
 fn u16_part(name: String, v: &[u16]) -> Part {
     Part {
         name,
@@ -183,18 +192,8 @@ fn layer_parts(id: &str, lw: &LinearWeight) -> anyhow::Result<Option<(Value, Vec
             (
                 json!({"form": "csr"}),
                 vec![
-                    Part {
-                        name: p("row_start"),
-                        dtype: StDType::U32,
-                        shape: vec![starts.len()],
-                        bytes: starts.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                    },
-                    Part {
-                        name: p("col"),
-                        dtype: StDType::U16,
-                        shape: vec![col.len()],
-                        bytes: col.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                    },
+                    u32_part(p("row_start"), starts),
+                    u16_part(p("col"), col),
                     f32_part(p("values"), values),
                 ],
             )
@@ -204,18 +203,8 @@ fn layer_parts(id: &str, lw: &LinearWeight) -> anyhow::Result<Option<(Value, Vec
             (
                 json!({"form": "bitmask"}),
                 vec![
-                    Part {
-                        name: p("row_start"),
-                        dtype: StDType::U32,
-                        shape: vec![starts.len()],
-                        bytes: starts.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                    },
-                    Part {
-                        name: p("mask"),
-                        dtype: StDType::U16,
-                        shape: vec![words.len()],
-                        bytes: words.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                    },
+                    u32_part(p("row_start"), starts),
+                    u16_part(p("mask"), words),
                     f32_part(p("values"), values),
                 ],
             )
@@ -348,6 +337,13 @@ impl PackedFile {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect())
     }
+    fn u32s(&self, name: &str) -> Result<Vec<u32>, String> {
+        Ok(self
+            .raw(name, StDType::U32)?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
     fn u16s(&self, name: &str) -> Result<Vec<u16>, String> {
         Ok(self
             .raw(name, StDType::U16)?
@@ -470,37 +466,28 @@ fn layer_from(file: &PackedFile, id: &str, info: &Value) -> Result<LinearWeight,
             }
         }
         "csr" => {
-            let starts: Vec<u32> = file
-                .raw(&p("row_start"), StDType::U32)?
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let col: Vec<u16> = file
-                .raw(&p("col"), StDType::U16)?
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .collect();
-            let csr = CsrMatrix::from_parts(rows, cols, starts, col, file.f32s(&p("values"))?)
-                .map_err(|e| format!("layer {id}: {e}"))?;
+            let csr = CsrMatrix::from_parts(
+                rows,
+                cols,
+                file.u32s(&p("row_start"))?,
+                file.u16s(&p("col"))?,
+                file.f32s(&p("values"))?,
+            )
+            .map_err(|e| format!("layer {id}: {e}"))?;
             LinearWeight::Csr {
                 csr: Arc::new(csr),
                 bias,
             }
         }
         "bitmask" => {
-            let starts: Vec<u32> = file
-                .raw(&p("row_start"), StDType::U32)?
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let words: Vec<u16> = file
-                .raw(&p("mask"), StDType::U16)?
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .collect();
-            let mask =
-                BitmaskMatrix::from_parts(rows, cols, starts, words, file.f32s(&p("values"))?)
-                    .map_err(|e| format!("layer {id}: {e}"))?;
+            let mask = BitmaskMatrix::from_parts(
+                rows,
+                cols,
+                file.u32s(&p("row_start"))?,
+                file.u16s(&p("mask"))?,
+                file.f32s(&p("values"))?,
+            )
+            .map_err(|e| format!("layer {id}: {e}"))?;
             LinearWeight::Bitmask {
                 mask: Arc::new(mask),
                 bias,

@@ -532,7 +532,7 @@ impl BcqPacked {
     fn column_half_tables(&self, x: &[f32], g: usize, out: &mut Vec<f32>) {
         let (q, cols, n_chunks) = (self.bits, self.cols, self.n_chunks());
         out.resize(n_chunks * q * 32, 0.0);
-        if simd::available_bw() {
+        if crate::cpu::has_avx512_bw_vl() {
             for b in 0..q {
                 simd::column_tables(&self.scales, (g * q + b) * cols, x, q, b, out);
             }
@@ -582,14 +582,7 @@ mod simd {
 
     /// Whether this CPU runs the AVX-512 kernel.
     pub fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        crate::cpu::has_avx512f()
     }
 
     /// Computes up to 16 outputs of one row block: `keys` is the block's
@@ -617,21 +610,6 @@ mod simd {
         }
     }
 
-    /// Whether the CPU also has the AVX-512 byte/word and vector-length extensions the
-    /// column layout's table builder uses (masked 16-bit loads).
-    pub fn available_bw() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            available()
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }
-
     /// Plane `b`'s half tables of one row group into `out` (`[chunk][plane][32]`): the
     /// group's scales from `start` (APoT codes decoded 16 at a time in registers, or f32)
     /// times `x`, then per 4 inputs the 16 sums `±x₀±x₁±x₂±x₃`.
@@ -646,7 +624,7 @@ mod simd {
         #[cfg(target_arch = "x86_64")]
         {
             assert!(
-                available_bw(),
+                crate::cpu::has_avx512_bw_vl(),
                 "AVX-512BW kernel called on a CPU without it"
             );
             let n_chunks = x.len().div_ceil(8);
