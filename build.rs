@@ -18,16 +18,16 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn main() {
+/// Blake3 (12 hex) of the paths and contents of these files and directories.
+fn hash(roots: &[&str]) -> String {
     let mut files = Vec::new();
-    for root in ["src", "Cargo.toml", "Cargo.lock"] {
+    for root in roots {
         let p = Path::new(root);
         if p.is_dir() {
             collect(p, &mut files);
-        } else {
+        } else if p.exists() {
             files.push(p.to_path_buf());
         }
-        println!("cargo:rerun-if-changed={root}");
     }
     files.sort();
     let mut hasher = blake3::Hasher::new();
@@ -37,6 +37,39 @@ fn main() {
             hasher.update(&bytes);
         }
     }
-    let hex = hasher.finalize().to_hex();
-    println!("cargo:rustc-env=REPARAM_SOURCE_HASH={}", &hex[..12]);
+    hasher.finalize().to_hex()[..12].to_string()
+}
+
+/// The modules that compute numbers (the technique layer and everything below it; see
+/// `tests/layering.rs`): what a per-layer measurement depends on, so the search's tables stay
+/// valid across changes to the store, the app or the command line.
+const NUMERIC_MODULES: [&str; 13] = [
+    "cpu",
+    "device",
+    "rng",
+    "linalg",
+    "output",
+    "progress",
+    "quant",
+    "model",
+    "engine",
+    "zoo",
+    "calib",
+    "eval",
+    "technique",
+];
+
+fn main() {
+    for root in ["src", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={root}");
+    }
+    let source = hash(&["src", "Cargo.toml", "Cargo.lock"]);
+    println!("cargo:rustc-env=REPARAM_SOURCE_HASH={source}");
+    let mut numeric: Vec<String> = vec!["Cargo.toml".into(), "Cargo.lock".into()];
+    for m in NUMERIC_MODULES {
+        numeric.push(format!("src/{m}.rs"));
+        numeric.push(format!("src/{m}"));
+    }
+    let numeric: Vec<&str> = numeric.iter().map(String::as_str).collect();
+    println!("cargo:rustc-env=REPARAM_NUMERICS_HASH={}", hash(&numeric));
 }

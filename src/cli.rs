@@ -23,6 +23,7 @@ use crate::zoo::{ZooOptions, build_zoo};
 mod bench;
 mod bench_decode;
 mod experiments;
+mod search;
 mod sensitivity;
 
 #[derive(Debug, Parser)]
@@ -95,6 +96,13 @@ enum Command {
     /// Per-layer sensitivity: KL divergence from the base when only that layer is compressed
     /// at the recipe's setting (or `--default-bits`).
     Sensitivity(sensitivity::SensitivityArgs),
+    /// Measure every linear at every candidate setting of a candidates file, alone (KLD,
+    /// bytes, product time), into the store's measurement table; resumable and shardable.
+    Measure(search::MeasureCmd),
+    /// Search per-layer assignments of the candidates: the predicted Pareto front of bytes,
+    /// KLD (and decode speed) from the measurement table, and `--measure K` of its points run
+    /// as real jobs to check the prediction.
+    Search(search::SearchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -312,6 +320,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Tag(args) => experiments::tag(&args),
         Command::Export(args) => experiments::export(&args),
         Command::Sensitivity(args) => sensitivity::sensitivity(&args),
+        Command::Measure(args) => search::measure(&args),
+        Command::Search(args) => search::search(&args),
         Command::Zoo(ZooCommand::Train {
             out,
             seed,

@@ -16,6 +16,7 @@ pub mod progress;
 pub mod quant;
 pub mod rng;
 pub mod run;
+pub mod search;
 pub mod store;
 pub mod sweep;
 pub mod technique;

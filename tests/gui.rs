@@ -674,3 +674,69 @@ fn the_columns_menu_stays_reachable_in_a_small_window() {
     let r = h.get_by_label("Columns").rect();
     assert!(r.max.x <= 640.0 && r.max.y <= 480.0, "Columns at {r:?}");
 }
+
+/// Search from the Recipe panel: the pass runs in the background, its predicted front is
+/// listed and drawn on the Pareto plot of size against KLD, points of it run as jobs and join
+/// their predictions, and a predicted point loads into the editor.
+#[test]
+fn search_predicts_a_front_and_measures_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let cands = dir.path().join("candidates.toml");
+    std::fs::write(
+        &cands,
+        "[[candidate]]\nrtn = { bits = 3, group = 32 }\n\
+         [[candidate]]\nmatch = \"blk.*.ffn_*\"\nprune = { method = \"wanda\", ratio = 0.5 }\n",
+    )
+    .unwrap();
+    let dialogs = ScriptedDialogs::default();
+    let mut s = studio(&dir.path().join("store"), &dialogs);
+    s.search.form.candidates = cands.display().to_string();
+    s.state.panel = Panel::Recipe;
+    let mut h = harness(s);
+    wait_model(&mut h);
+    h.get_by_label("Search").click();
+    settle(&mut h);
+    h.get_by_label("Run search").click();
+    settle(&mut h);
+    assert!(h.state().search.running.is_some(), "the search started");
+    run_until(&mut h, "the search", |s| s.search.running.is_none());
+    let last = h.state().notices.last().unwrap().clone();
+    assert!(!last.is_error, "{}", last.text);
+    let result = h.state().search.result.clone().expect("a result");
+    assert!(result.points.len() >= 3, "{} points", result.points.len());
+    assert!(
+        result
+            .points
+            .windows(2)
+            .all(|w| w[0].predicted.bytes <= w[1].predicted.bytes)
+    );
+    // Two points as jobs; on the Pareto plot each joins its prediction.
+    h.get_by_label("points as jobs").click();
+    settle(&mut h);
+    run_until(&mut h, "the search points' jobs", |s| {
+        s.runs
+            .rows
+            .iter()
+            .filter(|r| r.record.tags.iter().any(|t| t == "search"))
+            .count()
+            >= 4
+            && s.jobs.active().next().is_none()
+    });
+    {
+        let s = h.state_mut();
+        s.state.pareto.x = "bytes".into();
+        s.state.pareto.y = "kld_mean".into();
+        s.state.panel = Panel::Pareto;
+    }
+    settle(&mut h);
+    assert!(
+        h.query_by_label_contains("4 measured").is_some(),
+        "the overlay joins the measured points"
+    );
+    assert!(h.query_by_label_contains("Spearman").is_some());
+    // A predicted point loads into the editor.
+    h.state_mut()
+        .push(reparam::ui::command::Command::LoadSearchPoint(0));
+    settle(&mut h);
+    assert_eq!(h.state().recipe.editor.recipe, result.points[0].recipe);
+}

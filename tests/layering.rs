@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["store"],
     &["jobs", "export"],
     &["sweep"],
+    &["search"],
     &["ui"],
     // The command line also opens the app (`reparam` alone, `reparam gui`).
     &["cli"],

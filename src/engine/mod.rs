@@ -193,27 +193,94 @@ impl Engine {
     }
 
     /// Runs the linears' row ranges as one parallel section: `y_i = W_i x_i` for each part.
-    #[allow(unsafe_code)]
     fn section(&self, parts: &mut [Part<'_>], tasks: &mut Vec<(usize, usize, usize)>) {
-        let threads = self.pool.threads();
-        tasks.clear();
-        for (i, p) in parts.iter_mut().enumerate() {
-            p.linear.prepare(p.x, p.shared);
-            let step = p.linear.task_rows(threads);
-            for r0 in (0..p.linear.rows).step_by(step.max(1)) {
-                tasks.push((i, r0, (r0 + step).min(p.linear.rows)));
-            }
+        section(&self.pool, parts, tasks);
+    }
+}
+
+/// [`Engine::section`] on any pool.
+#[allow(unsafe_code)]
+fn section(pool: &Pool, parts: &mut [Part<'_>], tasks: &mut Vec<(usize, usize, usize)>) {
+    let threads = pool.threads();
+    tasks.clear();
+    for (i, p) in parts.iter_mut().enumerate() {
+        p.linear.prepare(p.x, p.shared);
+        let step = p.linear.task_rows(threads);
+        for r0 in (0..p.linear.rows).step_by(step.max(1)) {
+            tasks.push((i, r0, (r0 + step).min(p.linear.rows)));
         }
-        let parts = &*parts;
-        let tasks = &*tasks;
-        self.pool.run(tasks.len(), &|t| {
-            let (i, r0, r1) = tasks[t];
-            let p = &parts[i];
-            // SAFETY: tasks cover disjoint row ranges of each output, all within its length,
-            // and the outputs outlive the section.
-            let y = unsafe { p.y.range(r0, r1) };
-            SCRATCH.with_borrow_mut(|scratch| p.linear.rows_into(p.x, p.shared, r0, y, scratch));
-        });
+    }
+    let parts = &*parts;
+    let tasks = &*tasks;
+    pool.run(tasks.len(), &|t| {
+        let (i, r0, r1) = tasks[t];
+        let p = &parts[i];
+        // SAFETY: tasks cover disjoint row ranges of each output, all within its length,
+        // and the outputs outlive the section.
+        let y = unsafe { p.y.range(r0, r1) };
+        SCRATCH.with_borrow_mut(|scratch| p.linear.rows_into(p.x, p.shared, r0, y, scratch));
+    });
+}
+
+/// Times single products `y = W x` the way decode meets them: with the layer's bytes out of
+/// the caches (a decode step streams every layer from memory once), split over the same pool.
+/// What the search's latency predictor adds up, layer by layer.
+pub struct ProductTimer {
+    pool: Pool,
+    /// Read before each timed product, to push the layer out of the last-level cache.
+    evict: Vec<f32>,
+    tasks: Vec<(usize, usize, usize)>,
+}
+
+/// Bytes read to evict: beyond the last-level caches of the machines we run on.
+const EVICT_BYTES: usize = 96 << 20;
+
+impl ProductTimer {
+    pub fn new(opts: EngineOptions) -> Self {
+        Self {
+            pool: Pool::new(opts.pool, opts.threads.max(1)),
+            evict: vec![1.0; EVICT_BYTES / 4],
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Reads the eviction buffer on every thread of the pool, in small parallel sections, so
+    /// the workers are busy (not parked) right up to the timed product, as in decode.
+    fn evict_caches(&self) {
+        const CHUNK: usize = 1 << 16;
+        let evict = &self.evict;
+        for part in evict.chunks(CHUNK * 64) {
+            self.pool.run(part.len().div_ceil(CHUNK), &|i| {
+                let end = ((i + 1) * CHUNK).min(part.len());
+                let sum: f32 = part[i * CHUNK..end].iter().step_by(16).sum();
+                std::hint::black_box(sum);
+            });
+        }
+    }
+
+    /// Median seconds of `reps` cold products with `linear`.
+    pub fn cold_seconds(&mut self, linear: &Linear, reps: usize) -> f64 {
+        let x: Vec<f32> = (0..linear.cols)
+            .map(|i| ((i % 7) as f32 - 3.0) * 0.1)
+            .collect();
+        let mut y = vec![0.0f32; linear.rows];
+        let mut shared = Vec::new();
+        let mut times = Vec::with_capacity(reps.max(1));
+        for _ in 0..reps.max(1) {
+            self.evict_caches();
+            let start = std::time::Instant::now();
+            let mut parts = [Part {
+                linear,
+                x: &x,
+                y: OutPtr::of(&mut y),
+                shared: &mut shared,
+            }];
+            section(&self.pool, &mut parts, &mut self.tasks);
+            times.push(start.elapsed().as_secs_f64());
+        }
+        std::hint::black_box(&y);
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
     }
 }
 

@@ -23,7 +23,7 @@ pub struct Latency {
 /// Timed rounds of each measurement.
 pub const ROUNDS: usize = 3;
 /// Decode steps per round (after one untimed step that warms caches and thread pools).
-const DECODE_STEPS: usize = 64;
+pub const DECODE_STEPS: usize = 64;
 
 /// Median and [min, max] of a few rates.
 fn spread(mut v: Vec<f64>) -> (f64, [f64; 2]) {

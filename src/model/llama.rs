@@ -203,7 +203,14 @@ impl Transformer {
             .reshape((b, n, d))?
             .narrow(1, logits_from, n - logits_from)?
             .reshape((b * (n - logits_from), d))?;
-        self.rms_norm(&h, &self.output_norm)
+        self.final_norm(&h)
+    }
+
+    /// The norm between the last block and the head: with [`Self::run_block`] and
+    /// [`Self::head`], the forward pass in pieces (what re-scoring from a cached block input
+    /// uses).
+    pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+        self.rms_norm(h, &self.output_norm)
     }
 
     /// Token embeddings `[batch * seq, hidden]` of `ids` `[batch, seq]`: the input of block 0.

@@ -6,6 +6,8 @@
 //! - `tags/<id>.<stamp>.tag`: one tag operation (`+tag` or `-tag`) per small file;
 //! - `sensitivity/<model>-<recipe>.json`: the app's last sensitivity pass per model and recipe
 //!   ([`passes`]);
+//! - `measurements/<model>/<settings>/*.parquet`: the search's per-layer measurement tables
+//!   ([`measurements`]);
 //! - `.tmp-*`: a write in progress (ignored by readers; a killed writer may leave one).
 //!
 //! Every file is written to a temporary name, fsynced, renamed into place and the directory
@@ -17,6 +19,7 @@
 //! except the inputs of a finished compaction, whose rows are then in the compacted file.
 
 pub mod frame;
+pub mod measurements;
 pub mod pareto;
 pub mod passes;
 pub mod query;

@@ -260,6 +260,15 @@ pub fn hypervolume(points: &[Vec<f64>], senses: &[Sense], reference: &[f64]) -> 
     }
 }
 
+/// The hypervolume of the first `k` points for every `k` (points in the order they were
+/// measured): how a search's measured front grew, trial by trial, as optuna's history plot
+/// shows a study. Two objectives, one shared reference.
+pub fn hypervolume_history(points: &[Vec<f64>], senses: &[Sense], reference: &[f64]) -> Vec<f64> {
+    (1..=points.len())
+        .map(|k| hypervolume(&points[..k], senses, reference))
+        .collect()
+}
+
 /// 2-D hypervolume (minimisation) of points already inside the reference box.
 fn hv2(pts: &[Vec<f64>], rx: f64, ry: f64) -> f64 {
     let mut xy: Vec<(f64, f64)> = pts.iter().map(|p| (p[0], p[1])).collect();
@@ -369,5 +378,24 @@ mod tests {
         assert_eq!(pareto_ranks(&[vec![1.0]], &[Sense::Minimize; 2]), vec![0]);
         assert!(front(&[vec![1.0; 6]], &[Sense::Minimize; 6]).is_empty());
         assert_eq!(knee_point(&[], &[Sense::Minimize; 2]), None);
+    }
+
+    #[test]
+    fn hypervolume_history_never_falls_and_ends_at_the_whole_set() {
+        let senses = [Sense::Minimize, Sense::Minimize];
+        let pts = vec![
+            vec![3.0, 3.0],
+            vec![1.0, 4.0],
+            vec![3.5, 3.5],
+            vec![2.0, 1.0],
+        ];
+        let r = [5.0, 5.0];
+        let h = hypervolume_history(&pts, &senses, &r);
+        assert_eq!(h.len(), 4);
+        assert_eq!(h[0], 4.0);
+        assert!(h.windows(2).all(|w| w[1] >= w[0]));
+        // The dominated third point adds nothing.
+        assert_eq!(h[2], h[1]);
+        assert_eq!(h[3], hypervolume(&pts, &senses, &r));
     }
 }

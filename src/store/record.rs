@@ -28,6 +28,19 @@ pub fn code_version() -> &'static str {
     })
 }
 
+/// The version of the code that computes numbers (the technique layer and below):
+/// `reparam 0.1.0+n<blake3 of those modules, 12 hex>`. The search's measurement tables are
+/// keyed by it, so they survive changes to the store, the app and the command line and are
+/// measured again when a quantizer, a kernel or the model code changes. `REPARAM_CODE_VERSION`
+/// overrides it as it does [`code_version`].
+pub fn numerics_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| match std::env::var("REPARAM_CODE_VERSION") {
+        Ok(v) if !v.is_empty() => v,
+        _ => format!("{PACKAGE_VERSION}+n{}", env!("REPARAM_NUMERICS_HASH")),
+    })
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

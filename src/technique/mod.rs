@@ -6,6 +6,7 @@
 
 pub mod allocate;
 pub mod flatten;
+pub mod measure;
 pub mod merge;
 pub mod prune;
 pub mod recipe;
@@ -263,7 +264,10 @@ pub fn apply_with_merge_hook(
 /// Both keep the dequantized matrix for their products (one tensor); the byte count is that of
 /// the packed codes and per-row scale/zero pairs, counted once (see
 /// [`crate::model::Transformer::size_bytes`]).
-fn quantize_embedding(model: &mut Model, step: &recipe::EmbeddingStep) -> anyhow::Result<()> {
+pub(crate) fn quantize_embedding(
+    model: &mut Model,
+    step: &recipe::EmbeddingStep,
+) -> anyhow::Result<()> {
     let t = &mut model.transformer;
     step.validate(t)
         .map_err(|e| anyhow::anyhow!("[embedding]: {e}"))?;

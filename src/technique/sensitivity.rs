@@ -5,8 +5,9 @@
 //! the KL divergence of the next-token distribution from the base model's on a short held-out
 //! text, plus the increase in the text's mean negative log-likelihood.
 //!
-//! The base model's log-probabilities are computed once and reused for every layer, so a pass
-//! costs one compression and one forward over the text per linear. Model-level steps (merge,
+//! The base model's log-probabilities and block inputs are computed once and reused for every
+//! layer, so a pass costs one compression and a forward from the layer's block on per linear
+//! ([`super::measure`]). Model-level steps (merge,
 //! flatten) are not part of a per-layer measurement and are ignored (with a note).
 //! This module owns the computation only; the CLI (`reparam sensitivity`) and the GUI's
 //! model panel call it and draw the result.
@@ -14,13 +15,11 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use rayon::prelude::*;
+use crate::model::{LinearId, Model};
 
-use crate::calib::{StatsCollector, calibration_ids, stats_source};
-use crate::model::{LinearId, Model, NoHook};
-
+use super::measure::{Candidate, MeasureOptions, Scorer, measure_layers};
 use super::recipe::{LayerPlan, Recipe};
-use super::{CalibOptions, Progress, cancelled, compress_layer, layer_seed};
+use super::{CalibOptions, Progress};
 
 /// How the pass measures.
 #[derive(Debug, Clone, Copy)]
@@ -168,86 +167,9 @@ pub fn eval_tokens(
     Ok(tokens)
 }
 
-/// Log-probabilities and next-token NLL of one model over the evaluation windows.
-struct Scored {
-    /// Per window, `n × vocab` log-probabilities.
-    logp: Vec<Vec<f32>>,
-    nll_mean: f64,
-}
-
-fn windows(tokens: &[u32], ctx: usize, bos: Option<u32>) -> Vec<Vec<u32>> {
-    tokens
-        .chunks(ctx)
-        .filter(|w| w.len() >= 2)
-        .map(|w| {
-            let mut w = w.to_vec();
-            if let Some(b) = bos {
-                w[0] = b;
-            }
-            w
-        })
-        .collect()
-}
-
-fn score(model: &Model, windows: &[Vec<u32>], vocab: usize) -> anyhow::Result<Scored> {
-    let mut logp = Vec::with_capacity(windows.len());
-    let (mut nll, mut n) = (0.0f64, 0usize);
-    for w in windows {
-        let logits = model.transformer.forward(w, None, &mut NoHook, 0)?;
-        let mut v = logits.flatten_all()?.to_vec1::<f32>()?;
-        anyhow::ensure!(
-            v.len() == w.len() * vocab,
-            "forward returned {} logits for {} tokens × vocab {vocab}",
-            v.len(),
-            w.len()
-        );
-        v.par_chunks_mut(vocab).for_each(|row| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f64 = row.iter().map(|&x| f64::from((x - max).exp())).sum();
-            let lse = max + sum.ln() as f32;
-            for x in row.iter_mut() {
-                *x -= lse;
-            }
-        });
-        for (row, &next) in v.chunks(vocab).zip(&w[1..]) {
-            nll -= f64::from(row[next as usize]);
-            n += 1;
-        }
-        logp.push(v);
-    }
-    Ok(Scored {
-        logp,
-        nll_mean: nll / n.max(1) as f64,
-    })
-}
-
-/// Mean KL(base ‖ model) over every scored position.
-fn mean_kld(base: &Scored, model: &Scored, vocab: usize) -> f64 {
-    let (sum, rows) = base
-        .logp
-        .iter()
-        .zip(&model.logp)
-        .map(|(b, m)| {
-            let per_row: f64 = b
-                .par_chunks(vocab)
-                .zip(m.par_chunks(vocab))
-                .map(|(lb, lm)| {
-                    let k: f64 = lb
-                        .iter()
-                        .zip(lm)
-                        .map(|(&pb, &pm)| f64::from(pb.exp() * (pb - pm)))
-                        .sum();
-                    k.max(0.0)
-                })
-                .sum();
-            (per_row, b.len() / vocab)
-        })
-        .fold((0.0, 0usize), |(s, n), (x, r)| (s + x, n + r));
-    sum / rows.max(1) as f64
-}
-
-/// Measures every layer of `plan` alone. `progress(stage, done, total)` after each layer;
-/// returning `false` cancels (an error saying so).
+/// Measures every layer of `plan` alone (one [`measure_layers`] candidate per layer).
+/// `progress(stage, done, total)` after each layer; returning `false` cancels (an error
+/// saying so).
 pub fn layer_sensitivity(
     base: &Model,
     plan: &BTreeMap<LinearId, LayerPlan>,
@@ -257,107 +179,53 @@ pub fn layer_sensitivity(
     progress: &mut Progress<'_>,
 ) -> anyhow::Result<SensitivityReport> {
     let start = Instant::now();
-    let cfg = base.config();
-    let vocab = cfg.vocab_size;
-    let ctx = opts.ctx.clamp(2, cfg.max_position_embeddings.max(2));
-    let bos = base
-        .tokenizer
-        .add_bos
-        .then_some(base.tokenizer.bos_id)
-        .flatten();
-    let windows = windows(eval_tokens, ctx, bos);
-    anyhow::ensure!(
-        !windows.is_empty(),
-        "no evaluation window of at least 2 tokens"
-    );
-    let total = plan.len();
-    if !progress("scoring the base model", 0, total) {
-        return Err(cancelled());
+    if !progress("scoring the base model", 0, plan.len()) {
+        return Err(super::cancelled());
     }
-    let base_scored = score(base, &windows, vocab)?;
-    let needs_stats = plan.values().any(LayerPlan::needs_stats);
-    let calib = CalibOptions {
-        seq_len: opts.calib.seq_len.min(cfg.max_position_embeddings),
-        ..opts.calib
-    };
-    // Calibration inputs of block 0; each block's output (of the base) feeds the next.
-    let mut hidden = if needs_stats {
-        let ids = calibration_ids(calib_tokens, calib.samples, calib.seq_len, opts.seed)?;
-        Some(base.transformer.embed(&ids)?)
-    } else {
-        None
-    };
-    let mut layers = Vec::with_capacity(total);
-    let mut done = 0;
-    for block in 0..base.transformer.blocks.len() {
-        let in_block: Vec<(LinearId, &LayerPlan)> = plan
-            .iter()
-            .filter(|(id, _)| id.block == block)
-            .map(|(id, p)| (*id, p))
-            .collect();
-        let mut stats = StatsCollector::new(
-            Some(
-                in_block
-                    .iter()
-                    .map(|(id, _)| LinearId::new(block, stats_source(id.kind)))
-                    .collect(),
-            ),
-            true,
-        );
-        if let Some(h) = hidden.take() {
-            let more = plan.keys().any(|id| id.block > block);
-            if in_block.iter().any(|(_, p)| p.needs_stats()) || more {
-                if !progress(&format!("calibrating block {block}"), done, total) {
-                    return Err(cancelled());
-                }
-                let out = base.transformer.run_block(
-                    block,
-                    &h,
-                    calib.samples,
-                    calib.seq_len,
-                    &mut stats,
-                )?;
-                hidden = more.then_some(out);
-            }
-        }
-        for (id, layer) in in_block {
-            if !progress(&format!("measuring {id}"), done, total) {
-                return Err(cancelled());
-            }
-            let Some(weight) = base.transformer.linear(id) else {
-                anyhow::bail!("{id}: no such layer");
+    let scorer = Scorer::new(base, eval_tokens, opts.ctx)?;
+    let work: BTreeMap<LinearId, Vec<Candidate>> = plan
+        .iter()
+        .map(|(id, p)| {
+            let c = Candidate {
+                key: p.describe(),
+                plan: p.clone(),
             };
-            let source = LinearId::new(block, stats_source(id.kind));
-            let new = compress_layer(
-                weight,
-                layer,
-                stats.stats.get(&source),
-                opts.seed ^ layer_seed(id),
-            )
-            .map_err(|e| anyhow::anyhow!("{id}: {e:#}"))?;
-            let bytes = new.size_bytes();
-            // The clone shares every tensor with the base; only this layer differs.
-            let mut model = base.clone();
-            *model.transformer.blocks[block].linear_mut(id.kind) = new;
-            let scored = score(&model, &windows, vocab)?;
-            layers.push(LayerSensitivity {
-                layer: id.to_string(),
-                id,
-                setting: layer.describe(),
-                kld: mean_kld(&base_scored, &scored, vocab),
-                nll_delta: scored.nll_mean - base_scored.nll_mean,
-                base_bytes: weight.size_bytes(),
-                bytes,
-            });
-            done += 1;
-        }
-    }
-    progress("done", total, total);
+            (*id, vec![c])
+        })
+        .collect();
+    let measure = MeasureOptions {
+        calib: opts.calib,
+        seed: opts.seed,
+        timing: None,
+    };
+    let mut layers = Vec::with_capacity(plan.len());
+    measure_layers(
+        base,
+        &scorer,
+        &work,
+        calib_tokens,
+        measure,
+        &mut |_, rows| {
+            for r in rows {
+                layers.push(LayerSensitivity {
+                    id: r.layer.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+                    layer: r.layer,
+                    setting: r.candidate,
+                    kld: r.kld,
+                    nll_delta: r.nll_delta,
+                    base_bytes: r.base_bytes,
+                    bytes: r.bytes,
+                });
+            }
+            Ok(())
+        },
+        progress,
+    )?;
     Ok(SensitivityReport {
         model_id: base.id.clone(),
         model_name: base.name.clone(),
-        tokens: windows.iter().map(|w| w.len() - 1).sum(),
-        base_nll: base_scored.nll_mean,
+        tokens: scorer.tokens(),
+        base_nll: scorer.base_nll(),
         seconds: start.elapsed().as_secs_f64(),
         layers,
         notes: Vec::new(),

@@ -28,6 +28,14 @@ pub enum Command {
     /// Shift-add bits for the layers the recipe leaves alone in a sensitivity pass (0 = skip
     /// them).
     SetSensitivityBits(usize),
+    /// Search per-layer assignments of the candidates (measuring what the store's table
+    /// lacks) in the background; the predicted front appears on the Pareto plot.
+    RunSearch,
+    CancelSearch,
+    /// Run this many points spread along the predicted front as jobs (tagged `search`).
+    MeasureSearchPoints(usize),
+    /// Load a predicted point's recipe into the editor.
+    LoadSearchPoint(usize),
     /// Set one family of the given linears.
     EditCells {
         targets: Vec<LinearId>,

@@ -115,9 +115,72 @@ pub fn history_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                 details_ui(ui, s, out);
                 ui.separator();
                 compare_ui(ui, s, out);
+                ui.separator();
+                search_progress_ui(ui, &s.runs);
             });
         });
     table_ui(ui, s, out);
+}
+
+/// Per model, the hypervolume (size against KLD) of the runs the searches measured (tagged
+/// `search`), after each run in the order they were made: whether searching still pays.
+fn search_progress_ui(ui: &mut egui::Ui, runs: &RunTable) {
+    ui.strong("Search progress");
+    let mut by_model: std::collections::BTreeMap<&str, Vec<(&str, Vec<f64>)>> = Default::default();
+    for row in &runs.rows {
+        let r = &row.record;
+        let (bytes, kld) = (r.metrics.get("bytes"), r.metrics.get("kld_mean"));
+        if r.status == crate::store::Status::Ok
+            && r.tags.iter().any(|t| t == "search")
+            && let (Some(&b), Some(&k)) = (bytes, kld)
+            && b.is_finite()
+            && k.is_finite()
+        {
+            by_model
+                .entry(r.model_name.as_str())
+                .or_default()
+                .push((r.created_at.as_str(), vec![b, k]));
+        }
+    }
+    if by_model.is_empty() {
+        ui.weak(
+            "No measured search points yet: run a search (Recipe panel) and queue points of its \
+             front as jobs.",
+        );
+        return;
+    }
+    let senses = [Sense::Minimize, Sense::Minimize];
+    let lines: Vec<(String, Vec<[f64; 2]>)> = by_model
+        .into_iter()
+        .map(|(model, mut pts)| {
+            pts.sort_by(|a, b| a.0.cmp(b.0));
+            let points: Vec<Vec<f64>> = pts.into_iter().map(|(_, p)| p).collect();
+            // Just worse than the worst measured point, so every point counts.
+            let reference: Vec<f64> = (0..2)
+                .map(|m| points.iter().map(|p| p[m]).fold(0.0, f64::max) * 1.1)
+                .collect();
+            let h = crate::store::pareto::hypervolume_history(&points, &senses, &reference);
+            let line = h
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| [(i + 1) as f64, v])
+                .collect();
+            (model.to_string(), line)
+        })
+        .collect();
+    Plot::new("search-progress-plot")
+        .height(160.0)
+        .allow_scroll(false)
+        .legend(Legend::default())
+        .x_axis_label("measured search points")
+        .y_axis_label("hypervolume (size × KLD)")
+        .show(ui, |pu| {
+            for (i, (model, line)) in lines.into_iter().enumerate() {
+                let c = theme::CATEGORICAL[i % theme::CATEGORICAL.len()];
+                pu.line(Line::new(model.clone(), line.clone()).color(c).width(1.5));
+                pu.points(Points::new(model, line).color(c).radius(2.5));
+            }
+        });
 }
 
 /// What the compare view's hypervolume is.

@@ -4,13 +4,15 @@
 //! cell per colour, so 100 000 runs draw as fast as a few thousand.
 
 use eframe::egui;
-use egui_plot::{Corner, GridMark, Legend, Line, Plot, PlotPoint, Points, Polygon};
+use egui_plot::{
+    Corner, GridMark, Legend, Line, LineStyle, MarkerShape, Plot, PlotPoint, Points, Polygon,
+};
 
 use super::command::Command;
 use super::editor::FAMILIES;
 use super::runs::{
     RunFilter, RunTable, data_bounds, decimate, evaluated_on, format_metric, format_value,
-    front_2d, maximize,
+    front_2d, human_bytes, maximize,
 };
 use super::shell::{a11y_label, tag_entry_ui};
 use super::state::ColorBy;
@@ -171,6 +173,10 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             format!(" · {} box-selected", s.views.box_selection.len())
         }
     ));
+    let overlay = search_overlay(s, &prefs.x, &prefs.y);
+    if let Some(o) = &overlay {
+        ui.label(o.caption());
+    }
     let selected = prefs.selected_row(&s.runs, s.state.selected_run.as_deref());
     let height = (ui.available_height() - 150.0).max(200.0);
     // The legend goes in the corner where the worst runs are, away from the front.
@@ -245,6 +251,9 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                     .width(1.5)
                     .allow_band(false),
             );
+        }
+        if let Some(o) = &overlay {
+            o.draw(pu);
         }
         for (g, (c, pts)) in groups {
             pu.points(
@@ -321,7 +330,11 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             }
             best.map(|(_, i)| i)
         });
-        (nearest, box_rect, fresh)
+        let nearest_predicted = match (&overlay, pointer) {
+            (Some(o), Some(p)) => o.nearest(pu.transform(), p),
+            _ => None,
+        };
+        (nearest, box_rect, fresh, nearest_predicted)
     });
     // The PNG export crops to this: the plot frame plus its tick labels and axis titles.
     let r = resp.response.rect;
@@ -331,7 +344,7 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     ));
     let b = resp.transform.bounds();
     s.views.pareto_view = Some([b.min()[0], b.min()[1], b.max()[0], b.max()[1]]);
-    let (nearest, box_rect, fresh) = resp.inner;
+    let (nearest, box_rect, fresh, nearest_predicted) = resp.inner;
     if fresh.is_some() {
         s.views.pareto_cache.drawn = fresh;
     }
@@ -365,6 +378,23 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             out.push(Command::SelectRun(Some(row.record.id.clone())));
         }
     }
+    if nearest.is_none()
+        && let (Some(i), Some(r)) = (nearest_predicted, &s.search.result)
+        && let Some(p) = r.points.get(i)
+    {
+        let resp = resp.response.clone().on_hover_ui_at_pointer(|ui| {
+            ui.label(format!(
+                "predicted: {} · KLD {:.4}\n{}",
+                human_bytes(p.predicted.bytes as usize),
+                p.predicted.kld_mean,
+                p.summary
+            ));
+            ui.weak("click to load this assignment into the editor");
+        });
+        if resp.clicked() {
+            out.push(Command::LoadSearchPoint(i));
+        }
+    }
     if let Some([x0, y0, x1, y1]) = box_rect {
         let ids = s
             .views
@@ -377,6 +407,116 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         out.push(Command::SetBoxSelection(ids));
     }
     selection_ui(ui, s, out);
+}
+
+/// The search's predicted front over the plot's axes, each prediction joined to the stored
+/// run of its recipe (if it was measured), and how well the prediction ranked them.
+struct SearchOverlay {
+    /// Predicted points, in the result's order.
+    points: Vec<[f64; 2]>,
+    /// (predicted, measured) pairs.
+    links: Vec<([f64; 2], [f64; 2])>,
+    /// Spearman correlation of predicted and measured y over the links.
+    rho: f64,
+}
+
+/// Only for size on x and KLD or decode speed on y: what the search predicts.
+fn search_overlay(s: &Studio, x: &str, y: &str) -> Option<SearchOverlay> {
+    let r = s.search.result.as_ref()?;
+    if x != "bytes" || !matches!(y, "kld_mean" | "decode_tok_s") {
+        return None;
+    }
+    let predicted_y = |p: &crate::search::Prediction| match y {
+        "kld_mean" => p.kld_mean,
+        _ => p.decode_tok_s,
+    };
+    let points: Vec<[f64; 2]> = r
+        .points
+        .iter()
+        .map(|p| [p.predicted.bytes as f64, predicted_y(&p.predicted)])
+        .collect();
+    let mut links = Vec::new();
+    for (p, &at) in r.points.iter().zip(&points) {
+        let measured = s.runs.rows.iter().enumerate().find(|(_, row)| {
+            row.record.recipe_hash == p.recipe_hash
+                && row.record.model_id == r.model_id
+                && row.record.status == crate::store::Status::Ok
+        });
+        if let Some((i, _)) = measured {
+            let (mx, my) = (s.runs.value(x, i), s.runs.value(y, i));
+            if mx.is_finite() && my.is_finite() {
+                links.push((at, [mx, my]));
+            }
+        }
+    }
+    let (a, b): (Vec<f64>, Vec<f64>) = links.iter().map(|(p, m)| (p[1], m[1])).unzip();
+    Some(SearchOverlay {
+        points,
+        rho: crate::search::spearman(&a, &b),
+        links,
+    })
+}
+
+impl SearchOverlay {
+    fn caption(&self) -> String {
+        let mut text = format!(
+            "search: {} predicted points (hollow diamonds; click one to load it)",
+            self.points.len()
+        );
+        if !self.links.is_empty() {
+            text.push_str(&format!(" · {} measured", self.links.len()));
+        }
+        if self.rho.is_finite() {
+            text.push_str(&format!(
+                " · Spearman rank correlation, predicted vs measured: {:.3}",
+                self.rho
+            ));
+        }
+        text
+    }
+
+    fn draw(&self, pu: &mut egui_plot::PlotUi<'_>) {
+        if self.points.len() > 1 {
+            pu.line(
+                Line::new("predicted front", self.points.clone())
+                    .color(theme::PREDICTED)
+                    .style(LineStyle::dashed_loose())
+                    .allow_band(false),
+            );
+        }
+        pu.points(
+            Points::new("predicted", self.points.clone())
+                .color(theme::PREDICTED)
+                .shape(MarkerShape::Diamond)
+                .radius(4.0)
+                .filled(false),
+        );
+        for (p, m) in &self.links {
+            pu.line(
+                Line::new("prediction to measurement", vec![*p, *m])
+                    .color(theme::PREDICTED)
+                    .width(1.0)
+                    .allow_band(false),
+            );
+        }
+    }
+
+    /// The predicted point under the pointer, if any.
+    fn nearest(&self, t: &egui_plot::PlotTransform, p: PlotPoint) -> Option<usize> {
+        let at = t.position_from_point(&p);
+        self.points
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let d = t
+                    .position_from_point(&PlotPoint::new(q[0], q[1]))
+                    .distance(at);
+                (d, i)
+            })
+            .filter(|(d, _)| *d <= PICK_RADIUS)
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, i)| i)
+    }
 }
 
 /// A metric's name for axes and pickers: what it is, with its unit.

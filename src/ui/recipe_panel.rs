@@ -121,6 +121,7 @@ pub fn recipe_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     toolbar_ui(ui, s, out);
     estimate_ui(ui, s, &analysis);
     problems_ui(ui, &analysis);
+    search_ui(ui, s, out);
     ui.separator();
     egui::ScrollArea::vertical().show(ui, |ui| {
         match s.summary().cloned() {
@@ -175,6 +176,110 @@ fn toolbar_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             s.state.selected_cells.clear();
         }
     });
+}
+
+/// The search: candidates, a size budget, start/cancel with progress, the predicted front
+/// (click a point to load it) and "measure K points".
+fn search_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
+    egui::CollapsingHeader::new("Search")
+        .id_salt("search")
+        .show(ui, |ui| {
+            ui.horizontal_wrapped(|ui| {
+                ui.label("Candidates file");
+                ui.add(
+                    egui::TextEdit::singleline(&mut s.search.form.candidates)
+                        .hint_text("bundled: every family")
+                        .desired_width(220.0),
+                )
+                .on_hover_text(
+                    "A TOML file of [[candidate]] layer settings (shiftadd, rtn, prune, rps) and \
+                     `embedding = [6, 8]`; empty: shift-add 2/3/4-bit, RTN 4-bit, Wanda 50 %, \
+                     2:4 and RPS 2× on every linear",
+                );
+                ui.label("Max size (MB, 0 = none)");
+                ui.add(
+                    egui::DragValue::new(&mut s.search.form.max_mb)
+                        .range(0.0..=1e6)
+                        .speed(1.0),
+                );
+                let running = s.search.running.is_some();
+                if ui
+                    .add_enabled(!running, egui::Button::new("Run search"))
+                    .on_hover_text(
+                        "Measure every linear at every candidate alone (once per model: the \
+                         table is kept in the store), then find the assignments with the least \
+                         predicted KLD at each size",
+                    )
+                    .clicked()
+                {
+                    out.push(Command::RunSearch);
+                }
+                if let Some(a) = &s.search.running {
+                    let f = if a.total > 0 {
+                        a.done as f32 / a.total as f32
+                    } else {
+                        0.0
+                    };
+                    ui.add(
+                        egui::ProgressBar::new(f)
+                            .desired_width(120.0)
+                            .show_percentage(),
+                    );
+                    ui.label(format!(
+                        "{} ({:.0} s)",
+                        a.stage,
+                        a.since.elapsed().as_secs_f32()
+                    ));
+                    if ui.button("Cancel search").clicked() {
+                        out.push(Command::CancelSearch);
+                    }
+                }
+            });
+            let Some(r) = &s.search.result else {
+                ui.weak("no search yet");
+                return;
+            };
+            ui.horizontal_wrapped(|ui| {
+                ui.label(format!(
+                    "{} points on the predicted front ({} measurements new, {} reused)",
+                    r.points.len(),
+                    r.measured_now,
+                    r.reused
+                ));
+                ui.label("Run");
+                ui.add(egui::DragValue::new(&mut s.search.form.measure_k).range(1..=50));
+                if ui
+                    .button("points as jobs")
+                    .on_hover_text(
+                        "Queue points spread along the predicted front as ordinary jobs (tagged \
+                         `search`); the Pareto plot joins each prediction to its measurement",
+                    )
+                    .clicked()
+                {
+                    out.push(Command::MeasureSearchPoints(s.search.form.measure_k));
+                }
+            });
+            egui::ScrollArea::vertical()
+                .id_salt("search-front")
+                .max_height(160.0)
+                .show(ui, |ui| {
+                    for (i, p) in r.points.iter().enumerate() {
+                        let text = format!(
+                            "{}  KLD {:.4}  {}",
+                            human_bytes(p.predicted.bytes as usize),
+                            p.predicted.kld_mean,
+                            p.summary
+                        );
+                        if ui
+                            .selectable_label(false, text)
+                            .on_hover_text("Load this assignment into the editor")
+                            .clicked()
+                        {
+                            out.push(Command::LoadSearchPoint(i));
+                        }
+                    }
+                });
+        });
 }
 
 fn estimate_ui(ui: &mut egui::Ui, s: &Studio, a: &Analysis) {

@@ -74,6 +74,12 @@ pub enum TaskEvent {
         total: usize,
     },
     Sensitivity(Result<Sensitivity, String>),
+    SearchProgress {
+        stage: String,
+        done: usize,
+        total: usize,
+    },
+    Search(Result<crate::ui::studio::search::SearchResult, String>),
     StoreLoaded(Result<(RunTable, Vec<String>), String>),
     /// A run's tags after a tag change, or why it failed.
     Tags {

@@ -10,6 +10,8 @@ pub const WARN: Color32 = Color32::from_rgb(0xe0, 0xa0, 0x30);
 pub const OK: Color32 = Color32::from_rgb(0x50, 0xb0, 0x60);
 /// The Pareto front line (teal: apart from the colour ramp's yellow end and the error red).
 pub const FRONT: Color32 = Color32::from_rgb(0x50, 0xd8, 0xc8);
+/// The search's predicted front and its links to measured runs.
+pub const PREDICTED: Color32 = Color32::from_rgb(0xc0, 0x90, 0xf0);
 /// The selected run's marker.
 pub const SELECTED: Color32 = Color32::from_rgb(0xff, 0xff, 0xff);
 /// Plain run markers when nothing colours them.

@@ -1,6 +1,6 @@
 //! The app's runtime, split by concern: the persisted [`AppState`], recipe editing
 //! ([`recipe`]), the model slot and its sensitivity pass ([`model`]), the store, runs and jobs
-//! ([`runs`]), dialogs and exports ([`files`]), what the views cache ([`views`]) and the status
+//! ([`runs`]), the search and its predicted front ([`search`]), dialogs and exports ([`files`]), what the views cache ([`views`]) and the status
 //! bar ([`notices`]). [`Studio::frame`] is one frame: drain background events, draw the panels
 //! (which only push [`Command`]s), apply the commands. The eframe wrapper and the kittest
 //! harness both drive this same type.
@@ -10,6 +10,7 @@ pub mod model;
 pub mod notices;
 pub mod recipe;
 pub mod runs;
+pub mod search;
 pub mod views;
 
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ use model::{ModelSlot, SensitivityPass};
 use notices::Notices;
 use recipe::RecipeEditing;
 use runs::StoreSlot;
+use search::SearchPass;
 use views::Views;
 
 /// How the studio is started.
@@ -63,6 +65,8 @@ pub struct Studio {
     pub recipe: RecipeEditing,
     pub model: ModelSlot,
     pub sensitivity: SensitivityPass,
+    /// The search from the Recipe panel and its predicted front.
+    pub search: SearchPass,
     pub store: StoreSlot,
     pub runs: RunTable,
     pub jobs: JobsView,
@@ -94,6 +98,7 @@ impl Studio {
             recipe: RecipeEditing::new(editor),
             model: ModelSlot::default(),
             sensitivity: SensitivityPass::default(),
+            search: SearchPass::default(),
             store: StoreSlot {
                 dir: opts.store_dir,
                 loading: false,
@@ -155,6 +160,7 @@ impl Studio {
         if self.jobs.active().next().is_some()
             || self.model.loading.is_some()
             || self.sensitivity.running.is_some()
+            || self.search.running.is_some()
             || self.export.is_some()
         {
             ctx.request_repaint_after(std::time::Duration::from_millis(250));
@@ -210,6 +216,11 @@ impl Studio {
             Command::RunSensitivity => self.run_sensitivity(),
             Command::CancelSensitivity => self.cancel_sensitivity(),
             Command::SetSensitivityBits(b) => self.state.sensitivity_bits = b,
+            // The search and its predicted front.
+            Command::RunSearch => self.run_search(),
+            Command::CancelSearch => self.cancel_search(),
+            Command::MeasureSearchPoints(k) => self.measure_search_points(k),
+            Command::LoadSearchPoint(i) => self.load_search_point(i),
             // Recipe editing.
             Command::EditCells { targets, edit } => {
                 let analysis = self.analysis().clone();
@@ -291,6 +302,10 @@ impl Studio {
                 self.on_sensitivity_progress(stage, done, total);
             }
             TaskEvent::Sensitivity(result) => self.on_sensitivity(result),
+            TaskEvent::SearchProgress { stage, done, total } => {
+                self.on_search_progress(stage, done, total);
+            }
+            TaskEvent::Search(result) => self.on_search(result),
             TaskEvent::SensitivityRestored(result) => self.on_sensitivity_restored(result),
             TaskEvent::StoreLoaded(result) => self.on_store_loaded(result),
             TaskEvent::Tags { id, result } => self.on_tags(&id, result),

@@ -73,15 +73,21 @@ impl Studio {
         }
     }
 
-    /// Submits `recipe` on the open model; an invalid recipe is refused with its error.
-    pub(super) fn submit(&mut self, mut recipe: Recipe, what: &str) {
+    /// Submits the edited `recipe` (or a variant of it) on the open model; a recipe the editor
+    /// finds invalid is refused with its error.
+    pub(super) fn submit(&mut self, recipe: Recipe, what: &str) {
+        if let Some(err) = self.analysis().first_error() {
+            self.notice_error(format!("the recipe cannot run: {err}"));
+            return;
+        }
+        self.enqueue(recipe, what, None);
+    }
+
+    /// Queues `recipe` as a job on the open model, with the job settings' tags (and `tag`).
+    pub(super) fn enqueue(&mut self, mut recipe: Recipe, what: &str, tag: Option<&str>) {
         let spec = self.state.model_spec.clone();
         if spec.is_empty() {
             self.notice_error("open a model first");
-            return;
-        }
-        if let Some(err) = self.analysis().first_error() {
-            self.notice_error(format!("the recipe cannot run: {err}"));
             return;
         }
         recipe.model = Some(spec.clone());
@@ -93,6 +99,7 @@ impl Studio {
             .split(',')
             .map(str::trim)
             .filter(|t| !t.is_empty())
+            .chain(tag)
             .map(String::from)
             .collect();
         if let Some(e) = tags.iter().find_map(|t| check_tag(t).err()) {
