@@ -456,6 +456,7 @@ impl Predictor {
         for &b in embedding_bits {
             embedding.push(choice(find(EMBEDDING_LAYER, &embedding_key(b))?));
         }
+        embedding.sort_by_key(|c| std::cmp::Reverse(c.bytes));
         genes.push(Gene {
             layer: EMBEDDING_LAYER.into(),
             choices: embedding,

@@ -436,13 +436,8 @@ fn search_overlay(s: &Studio, x: &str, y: &str) -> Option<SearchOverlay> {
         .map(|p| [p.predicted.bytes as f64, predicted_y(&p.predicted)])
         .collect();
     let mut links = Vec::new();
-    for (p, &at) in r.points.iter().zip(&points) {
-        let measured = s.runs.rows.iter().enumerate().find(|(_, row)| {
-            row.record.recipe_hash == p.recipe_hash
-                && row.record.model_id == r.model_id
-                && row.record.status == crate::store::Status::Ok
-        });
-        if let Some((i, _)) = measured {
+    for (&row, &at) in s.search.measured_rows(&s.runs).iter().zip(&points) {
+        if let Some(i) = row {
             let (mx, my) = (s.runs.value(x, i), s.runs.value(y, i));
             if mx.is_finite() && my.is_finite() {
                 links.push((at, [mx, my]));

@@ -2,6 +2,8 @@
 //! lacks and predicts the front, the result the Pareto panel draws beside the measured runs,
 //! and "measure K points", which queues points of the front as ordinary jobs.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -11,6 +13,7 @@ use crate::search::{
     CandidateFile, DEFAULT_CANDIDATES, Goal, MeasureRequest, Prediction, search_model, spread,
 };
 use crate::technique::recipe::Recipe;
+use crate::ui::runs::RunTable;
 use crate::ui::tasks::TaskEvent;
 
 /// The Recipe panel's search settings (drafts, not persisted).
@@ -63,6 +66,43 @@ pub struct SearchPass {
     pub running: Option<Activity>,
     /// Set to stop the running pass (checked between measurements).
     cancel: Arc<AtomicBool>,
+    /// For each point of `result`, the row of its stored run, if it was measured; kept for
+    /// one generation of the run table (the plot asks every frame).
+    measured: RefCell<Option<(u64, Vec<Option<usize>>)>>,
+}
+
+impl SearchPass {
+    /// The run-table row of each predicted point's measurement (a successful run of the same
+    /// recipe on the same model), `None` where it was not measured.
+    pub fn measured_rows(&self, runs: &RunTable) -> Vec<Option<usize>> {
+        let Some(r) = &self.result else {
+            return Vec::new();
+        };
+        if let Some((generation, rows)) = &*self.measured.borrow()
+            && *generation == runs.generation
+            && rows.len() == r.points.len()
+        {
+            return rows.clone();
+        }
+        let wanted: HashMap<&str, usize> = r
+            .points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.recipe_hash.as_str(), i))
+            .collect();
+        let mut rows = vec![None; r.points.len()];
+        for (i, row) in runs.rows.iter().enumerate() {
+            let rec = &row.record;
+            if rec.model_id == r.model_id
+                && rec.status == crate::store::Status::Ok
+                && let Some(&p) = wanted.get(rec.recipe_hash.as_str())
+            {
+                rows[p].get_or_insert(i);
+            }
+        }
+        *self.measured.borrow_mut() = Some((runs.generation, rows.clone()));
+        rows
+    }
 }
 
 impl Studio {
@@ -179,6 +219,7 @@ impl Studio {
                     r.reused
                 ));
                 self.search.result = Some(r);
+                self.search.measured.replace(None);
             }
             Err(e) if self.search.cancel.load(Ordering::Relaxed) => {
                 self.notice(format!("search stopped: {e}"));
