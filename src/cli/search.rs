@@ -91,7 +91,7 @@ pub struct SearchArgs {
     /// Tag the measured runs (besides `search`).
     #[arg(long)]
     tag: Vec<String>,
-    /// Write every front recipe here as `front-NN.toml`.
+    /// Write every front recipe here as `front-NNN.toml`, smallest first.
     #[arg(long)]
     out: Option<PathBuf>,
     /// NSGA-II population and generations (three objectives).
@@ -222,8 +222,10 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
     warn_skipped(&outcome);
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        // Zero-padded to the count, so the files sort in front order (by size).
+        let width = recipes.len().to_string().len();
         for (i, r) in recipes.iter().enumerate() {
-            let path = dir.join(format!("front-{i:02}.toml"));
+            let path = dir.join(format!("front-{i:0width$}.toml"));
             std::fs::write(&path, r.to_toml()?).with_context(|| path.display().to_string())?;
         }
     }

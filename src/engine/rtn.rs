@@ -121,17 +121,11 @@ impl RtnPacked {
         let groups = self.groups();
         scratch.resize(2 * groups, 0.0);
         let (scales, offsets) = scratch.split_at_mut(groups);
-        // The AVX-512 kernel takes 8- and 4-bit groups of whole 16/32-code steps (a shorter
-        // last group included); other widths are unpacked to bytes first.
+        // The AVX-512 kernel takes groups of whole 16-code steps (32 at 4 bits; a shorter last
+        // group included), every width from the packed codes.
         let step = if self.bits == 4 { 32 } else { 16 };
-        let direct = (self.bits == 8 || self.bits == 4)
-            && self.group.is_multiple_of(step)
-            && self.cols.is_multiple_of(step);
-        let unpack = simd::available()
-            && !direct
-            && self.cols.is_multiple_of(16)
-            && self.group.is_multiple_of(16);
-        let mut bytes = Vec::new();
+        let direct =
+            simd::available() && self.group.is_multiple_of(step) && self.cols.is_multiple_of(step);
         for (i, yr) in y.iter_mut().enumerate() {
             let r = r0 + i;
             let (scale, offset) = (
@@ -139,22 +133,11 @@ impl RtnPacked {
                 &self.offset[r * groups..][..groups],
             );
             let codes = &self.codes[r * groups * self.group_bytes..][..groups * self.group_bytes];
-            if simd::available() && (direct || unpack) {
-                let (codes, bits, gbytes) = if direct {
-                    (codes, self.bits, self.group_bytes)
-                } else {
-                    bytes.clear();
-                    for g in 0..groups {
-                        let gc = &codes[g * self.group_bytes..][..self.group_bytes];
-                        let len = self.group.min(self.cols - g * self.group);
-                        unpack_codes(gc, self.bits, len, &mut bytes);
-                    }
-                    (&bytes[..], 8, self.group)
-                };
+            if direct {
                 let row = simd::Row {
                     codes,
-                    bits,
-                    gbytes,
+                    bits: self.bits,
+                    gbytes: self.group_bytes,
                     group: self.group,
                     scale: scale.reinterpret_cast(),
                     offset: offset.reinterpret_cast(),
@@ -185,22 +168,6 @@ impl RtnPacked {
             };
             *yr = codes_dot + base;
         }
-    }
-}
-
-/// Appends the first `len` `bits`-bit codes of a group's bytes to `out`, one byte each.
-fn unpack_codes(bytes: &[u8], bits: usize, len: usize, out: &mut Vec<u8>) {
-    let mask = (1u64 << bits) - 1;
-    let (mut buf, mut have, mut next) = (0u64, 0usize, 0usize);
-    for _ in 0..len {
-        while have < bits {
-            buf |= u64::from(bytes[next]) << have;
-            next += 1;
-            have += 8;
-        }
-        out.push((buf & mask) as u8);
-        buf >>= bits;
-        have -= bits;
     }
 }
 
@@ -267,9 +234,9 @@ mod simd {
         crate::cpu::has_avx512_bw_vl()
     }
 
-    /// One row in the kernel's terms: groups of `group` codes (`gbytes` bytes apart; the last
-    /// may be shorter), 8-bit or 4-bit, every group a multiple of 16 (8-bit) or 32 (4-bit)
-    /// codes; f16 scales and offsets as bits.
+    /// One row in the kernel's terms: groups of `group` codes of `bits` (1–8) bits (`gbytes`
+    /// bytes apart; the last may be shorter), every group a multiple of 16 codes (32 at 4
+    /// bits); f16 scales and offsets as bits.
     pub struct Row<'a> {
         pub codes: &'a [u8],
         pub bits: usize,
@@ -285,7 +252,7 @@ mod simd {
             #[cfg(target_arch = "x86_64")]
             {
                 let (bits, group, groups) = (self.bits, self.group, self.scale.len());
-                assert!(available() && (bits == 8 || bits == 4));
+                assert!(available() && (1..=8).contains(&bits));
                 let step = if bits == 4 { 32 } else { 16 };
                 assert!(group.is_multiple_of(step) && x.len().is_multiple_of(step));
                 assert!(x.len().div_ceil(group) == groups && groups > 0);
@@ -344,7 +311,7 @@ mod simd {
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     #[inline]
     unsafe fn codes_dot_avx512(
         codes: &[u8],
@@ -357,6 +324,29 @@ mod simd {
         use std::arch::x86_64::*;
         let mut acc = _mm512_setzero_ps();
         let low = _mm_set1_epi8(0x0f);
+        // Other widths: 16 codes span 2·bits bytes; code i's two bytes go to its own 32-bit
+        // lane (a byte shuffle of the 16 bytes repeated in every 128-bit lane), which is then
+        // shifted right by the code's bit offset and masked.
+        let (spread, shifts) = {
+            let (mut idx, mut sh) = ([0x80u8; 64], [0i32; 16]);
+            for (i, shift) in sh.iter_mut().enumerate() {
+                // Code i sits in 128-bit lane i / 4, dword i % 4: byte 4·i of the index.
+                let byte = i * bits / 8;
+                idx[i * 4] = byte as u8;
+                idx[i * 4 + 1] = if byte + 1 < 16 { byte as u8 + 1 } else { 0x80 };
+                *shift = (i * bits % 8) as i32;
+            }
+            // SAFETY: 64 bytes and 16 ints, read unaligned.
+            unsafe {
+                (
+                    _mm512_loadu_si512(idx.as_ptr().cast()),
+                    _mm512_loadu_si512(sh.as_ptr().cast()),
+                )
+            }
+        };
+        let code_mask = _mm512_set1_epi32(((1u32 << bits) - 1) as i32);
+        let step_bytes = 2 * bits;
+        let load_mask: __mmask16 = ((1u32 << step_bytes.min(16)) - 1) as u16;
         for (g, &s) in scales.iter().enumerate() {
             let c = codes.as_ptr().wrapping_add(g * gbytes);
             let xs = x.as_ptr().wrapping_add(g * group);
@@ -372,6 +362,25 @@ mod simd {
                         )
                     };
                     let w = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(k));
+                    if j & 1 == 0 {
+                        part0 = _mm512_fmadd_ps(w, xv, part0);
+                    } else {
+                        part1 = _mm512_fmadd_ps(w, xv, part1);
+                    }
+                }
+            } else if bits != 4 {
+                for j in 0..len / 16 {
+                    // SAFETY: the masked load reads the 2·bits bytes of these 16 codes, all
+                    // within the group; float indices below its length.
+                    let (k, xv) = unsafe {
+                        (
+                            _mm_maskz_loadu_epi8(load_mask, c.add(j * step_bytes).cast()),
+                            _mm512_loadu_ps(xs.add(j * 16)),
+                        )
+                    };
+                    let lanes = _mm512_shuffle_epi8(_mm512_broadcast_i32x4(k), spread);
+                    let v = _mm512_and_si512(_mm512_srlv_epi32(lanes, shifts), code_mask);
+                    let w = _mm512_cvtepi32_ps(v);
                     if j & 1 == 0 {
                         part0 = _mm512_fmadd_ps(w, xv, part0);
                     } else {
@@ -421,6 +430,15 @@ mod tests {
             (4, 128, 2, 576),
             (3, 128, 2, 192),
             (6, 32, 2, 64),
+            // Every width through the AVX-512 kernel: groups of 16-code steps, a short last
+            // group, and a whole-row group as the embedding step uses.
+            (1, 16, 3, 48),
+            (2, 32, 3, 80),
+            (3, 48, 2, 96),
+            (5, 64, 2, 160),
+            (6, 576, 3, 576),
+            (6, 64, 2, 176),
+            (7, 16, 2, 64),
         ] {
             let w: Vec<f32> = (0..rows * cols)
                 .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.4) * 0.3)
