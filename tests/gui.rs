@@ -734,6 +734,7 @@ fn search_predicts_a_front_and_measures_points() {
         "the overlay joins the measured points"
     );
     assert!(h.query_by_label_contains("Spearman").is_some());
+    assert!(h.query_by_label_contains("measured / predicted").is_some());
     // A predicted point loads into the editor.
     h.state_mut()
         .push(reparam::ui::command::Command::LoadSearchPoint(0));

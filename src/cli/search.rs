@@ -15,7 +15,7 @@ use crate::progress::TermProgress;
 use crate::run::EvalSettings;
 use crate::search::{
     CandidateFile, Goal, MeasureOutcome, MeasureRequest, SearchOutcome, ensure_measured,
-    search_model, spearman, spread,
+    measured_ratio, search_model, spearman, spread,
 };
 use crate::store::Status;
 use crate::sweep::Shard;
@@ -301,7 +301,7 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
     };
     let (predicted_kld, measured_kld) = (pairs("predicted_kld"), pairs("kld_mean"));
     let rho = spearman(&predicted_kld, &measured_kld);
-    let ratio = kld_ratio(&predicted_kld, &measured_kld);
+    let ratio = measured_ratio(&predicted_kld, &measured_kld);
     if args.json {
         let front_json: Vec<_> = front
             .iter()
@@ -383,21 +383,6 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Geometric mean of measured / predicted KLD over the pairs where both are positive: how far
-/// the sum of layer-alone KLDs is from the whole model's, as one factor.
-fn kld_ratio(predicted: &[f64], measured: &[f64]) -> f64 {
-    let logs: Vec<f64> = predicted
-        .iter()
-        .zip(measured)
-        .filter(|(p, m)| **p > 0.0 && **m > 0.0)
-        .map(|(p, m)| (m / p).ln())
-        .collect();
-    if logs.is_empty() {
-        return f64::NAN;
-    }
-    (logs.iter().sum::<f64>() / logs.len() as f64).exp()
 }
 
 /// Front points a table shows.

@@ -780,6 +780,21 @@ pub fn spread(len: usize, k: usize) -> Vec<usize> {
     idx
 }
 
+/// Geometric mean of measured / predicted over the pairs where both are positive: how far
+/// the predictions are from the measurements, as one factor (`NaN` without such a pair).
+pub fn measured_ratio(predicted: &[f64], measured: &[f64]) -> f64 {
+    let logs: Vec<f64> = predicted
+        .iter()
+        .zip(measured)
+        .filter(|(p, m)| **p > 0.0 && **m > 0.0)
+        .map(|(p, m)| (m / p).ln())
+        .collect();
+    if logs.is_empty() {
+        return f64::NAN;
+    }
+    (logs.iter().sum::<f64>() / logs.len() as f64).exp()
+}
+
 /// Spearman rank correlation (ties get their mean rank); `NaN` under 3 pairs.
 pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
     fn ranks(v: &[f64]) -> Vec<f64> {
@@ -822,6 +837,13 @@ mod tests {
     fn block_lists_compress_runs() {
         assert_eq!(block_list(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
         assert_eq!(block_list(&[3]), "3");
+    }
+
+    #[test]
+    fn measured_ratio_is_the_geometric_mean() {
+        let r = measured_ratio(&[1.0, 2.0, 0.0], &[2.0, 8.0, 5.0]);
+        assert!((r - 8f64.sqrt()).abs() < 1e-12);
+        assert!(measured_ratio(&[0.0], &[1.0]).is_nan());
     }
 
     #[test]

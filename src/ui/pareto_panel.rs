@@ -418,6 +418,8 @@ struct SearchOverlay {
     links: Vec<([f64; 2], [f64; 2])>,
     /// Spearman correlation of predicted and measured y over the links.
     rho: f64,
+    /// Geometric mean of measured / predicted y over the links.
+    ratio: f64,
 }
 
 /// Only for size on x and KLD or decode speed on y: what the search predicts.
@@ -448,6 +450,7 @@ fn search_overlay(s: &Studio, x: &str, y: &str) -> Option<SearchOverlay> {
     Some(SearchOverlay {
         points,
         rho: crate::search::spearman(&a, &b),
+        ratio: crate::search::measured_ratio(&a, &b),
         links,
     })
 }
@@ -465,6 +468,12 @@ impl SearchOverlay {
             text.push_str(&format!(
                 " · Spearman rank correlation, predicted vs measured: {:.3}",
                 self.rho
+            ));
+        }
+        if self.ratio.is_finite() {
+            text.push_str(&format!(
+                " · measured / predicted: {:.2}x (geometric mean)",
+                self.ratio
             ));
         }
         text
