@@ -573,8 +573,7 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(check.fits(), "{}", check.message());
     let bar = TermProgress::new("run");
     let report = crate::run::run(&base, &recipe, &eval, &mut |stage, d, t| {
-        bar.set_stage(stage);
-        bar.update(d, t)
+        bar.report(stage, d, t)
     })?;
     bar.finish();
     if args.json {
@@ -650,10 +649,7 @@ fn allocate(args: &AllocateArgs) -> anyhow::Result<()> {
         &args.bits,
         avg_bits,
         &template,
-        &mut |stage, d, t| {
-            bar.set_stage(stage);
-            bar.update(d, t)
-        },
+        &mut |stage, d, t| bar.report(stage, d, t),
     )?;
     bar.finish();
     recipe.model = Some(args.model.clone());
@@ -729,10 +725,7 @@ fn allocate_prune(args: &AllocateArgs) -> anyhow::Result<()> {
         target,
         method,
         owl,
-        &mut |stage, d, t| {
-            bar.set_stage(stage);
-            bar.update(d, t)
-        },
+        &mut |stage, d, t| bar.report(stage, d, t),
     )?;
     bar.finish();
     recipe.model = Some(args.model.clone());

@@ -41,6 +41,12 @@ impl TermProgress {
         }
     }
 
+    /// [`Self::set_stage`] and [`Self::update`] at once: the library's progress callback.
+    pub fn report(&self, stage: &str, done: usize, total: usize) -> bool {
+        self.set_stage(stage);
+        self.update(done, total)
+    }
+
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();

@@ -154,35 +154,22 @@ fn search_cli_measures_points_of_the_front_into_the_store() {
     let cands = dir.path().join("candidates.toml");
     std::fs::write(&cands, CANDIDATES).unwrap();
     let store = dir.path().join("store");
-    let out = Command::new(env!("CARGO_BIN_EXE_reparam"))
-        .args(["search", "zoo:multi", "--candidates"])
-        .arg(&cands)
-        .arg("--store")
-        .arg(&store)
-        .args([
-            "--calib-samples",
-            "4",
-            "--calib-len",
-            "64",
-            "--measure-tokens",
-            "128",
-            "--measure-ctx",
-            "64",
-            "--ctx",
-            "64",
-            "--chunks",
-            "2",
-            "--prompts",
-            "2",
-            "--threads",
-            "1",
-            "--measure",
-            "3",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let v = common::ok_json(&out);
+    // Small settings: 4 calibration windows, 128 measured tokens, 2 evaluation chunks.
+    let search = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_reparam"))
+            .args(["search", "zoo:multi", "--candidates"])
+            .arg(&cands)
+            .arg("--store")
+            .arg(&store)
+            .args(["--calib-samples", "4", "--calib-len", "64"])
+            .args(["--measure-tokens", "128", "--measure-ctx", "64"])
+            .args(["--ctx", "64", "--chunks", "2", "--prompts", "2"])
+            .args(["--threads", "1", "--measure", "3", "--json"])
+            .output()
+            .unwrap();
+        common::ok_json(&out)
+    };
+    let v = search();
     let front = v["front"].as_array().unwrap();
     assert!(front.len() >= 3);
     for p in front {
@@ -212,35 +199,7 @@ fn search_cli_measures_points_of_the_front_into_the_store() {
     let runs = common::ok_json(&hist);
     assert_eq!(runs.as_array().map_or(0, Vec::len), 3);
     // A second search measures nothing and finds its runs stored.
-    let again = Command::new(env!("CARGO_BIN_EXE_reparam"))
-        .args(["search", "zoo:multi", "--candidates"])
-        .arg(&cands)
-        .arg("--store")
-        .arg(&store)
-        .args([
-            "--calib-samples",
-            "4",
-            "--calib-len",
-            "64",
-            "--measure-tokens",
-            "128",
-            "--measure-ctx",
-            "64",
-            "--ctx",
-            "64",
-            "--chunks",
-            "2",
-            "--prompts",
-            "2",
-            "--threads",
-            "1",
-            "--measure",
-            "3",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let v2 = common::ok_json(&again);
+    let v2 = search();
     assert_eq!(v2["table"]["measured_now"], 0);
     assert!(
         v2["measured"]

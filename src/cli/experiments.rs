@@ -575,10 +575,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
             &base,
             &rec,
             args.calib_text.as_deref(),
-            &mut |stage, d, n| {
-                bar.set_stage(stage);
-                bar.update(d, n)
-            },
+            &mut |stage, d, n| bar.report(stage, d, n),
         )?;
         bar.finish();
         let meta = export_metadata(&rec, &plan);
@@ -672,8 +669,7 @@ pub fn run_stored(
         &AtomicBool::new(false),
         &AtomicU64::new(0),
         &mut |stage, d, t| {
-            bar.set_stage(stage);
-            bar.update(d, t);
+            bar.report(stage, d, t);
         },
     )?;
     bar.finish();

@@ -155,10 +155,7 @@ pub fn measure(args: &MeasureCmd) -> anyhow::Result<()> {
         &file,
         &inputs,
         args.shard,
-        &mut |stage, d, t| {
-            bar.set_stage(stage);
-            bar.update(d, t)
-        },
+        &mut |stage, d, t| bar.report(stage, d, t),
     )?;
     bar.finish();
     warn_skipped(&outcome);
@@ -213,10 +210,7 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
         &file,
         &args.measure.request(args.seed),
         &goal,
-        &mut |stage, d, t| {
-            bar.set_stage(stage);
-            bar.update(d, t)
-        },
+        &mut |stage, d, t| bar.report(stage, d, t),
     )?;
     bar.finish();
     warn_skipped(&outcome);
@@ -266,8 +260,7 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
                 &AtomicBool::new(false),
                 &AtomicU64::new(0),
                 &mut |stage, d, t| {
-                    bar.set_stage(stage);
-                    bar.update(d, t);
+                    bar.report(stage, d, t);
                 },
             )?;
             bar.finish();

@@ -89,10 +89,7 @@ pub fn sensitivity(args: &SensitivityArgs) -> anyhow::Result<()> {
         text.as_deref(),
         args.calib_text.as_ref(),
         opts,
-        &mut |stage, d, t| {
-            bar.set_stage(stage);
-            bar.update(d, t)
-        },
+        &mut |stage, d, t| bar.report(stage, d, t),
     )
     .with_context(|| match &args.recipe {
         Some(p) => p.display().to_string(),

@@ -177,6 +177,7 @@ pub fn nsga2(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::search::knapsack::{Item, Table, solve};
     use crate::store::pareto::dominates_min;
 
     /// A toy with a known front: 12 genes of 5 options; gene option `k` costs `k` and has
@@ -195,6 +196,20 @@ mod tests {
         (vec![5; 12], eval)
     }
 
+    /// The toy as knapsack groups: its exact front.
+    fn toy_groups() -> Vec<Vec<Item>> {
+        (0..12)
+            .map(|g| {
+                (0..5)
+                    .map(|k| Item {
+                        cost: k as u64,
+                        value: ((4 - k) as f64).powi(2) * (1.0 + g as f64 * 0.5),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     #[test]
     fn front_is_non_dominated_and_covers_the_known_front() {
         let (options, eval) = toy();
@@ -205,21 +220,10 @@ mod tests {
             }
         }
         // The exact best error at each total cost, by the knapsack.
-        let groups: Vec<Vec<super::super::knapsack::Item>> = (0..12)
-            .map(|g| {
-                (0..5)
-                    .map(|k| super::super::knapsack::Item {
-                        cost: k as u64,
-                        value: ((4 - k) as f64).powi(2) * (1.0 + g as f64 * 0.5),
-                    })
-                    .collect()
-            })
-            .collect();
+        let groups = toy_groups();
         let mut covered = 0;
         for budget in (0..=48u64).step_by(4) {
-            let exact = super::super::knapsack::Table::build(&groups, budget)
-                .unwrap()
-                .best(budget as usize);
+            let exact = Table::build(&groups, budget).unwrap().best(budget as usize);
             let found = front
                 .iter()
                 .filter(|i| i.objectives[0] <= budget as f64)
@@ -240,17 +244,8 @@ mod tests {
         let (options, eval) = toy();
         // The exact optimum at total cost 24: the heaviest genes (largest weights) get the
         // most, as the knapsack says.
-        let groups: Vec<Vec<super::super::knapsack::Item>> = (0..12)
-            .map(|g| {
-                (0..5)
-                    .map(|k| super::super::knapsack::Item {
-                        cost: k as u64,
-                        value: ((4 - k) as f64).powi(2) * (1.0 + g as f64 * 0.5),
-                    })
-                    .collect()
-            })
-            .collect();
-        let seed = super::super::knapsack::solve(&groups, 24).unwrap();
+        let groups = toy_groups();
+        let seed = solve(&groups, 24).unwrap();
         let target = eval(&seed);
         let front = nsga2(
             &options,

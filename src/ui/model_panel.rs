@@ -142,11 +142,7 @@ fn sensitivity_controls_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Comm
                 }
             });
         if let Some(a) = &s.sensitivity.running {
-            let f = if a.total > 0 {
-                a.done as f32 / a.total as f32
-            } else {
-                0.0
-            };
+            let f = a.fraction().unwrap_or(0.0);
             ui.add(
                 egui::ProgressBar::new(f)
                     .desired_width(160.0)

@@ -215,11 +215,7 @@ fn search_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                     out.push(Command::RunSearch);
                 }
                 if let Some(a) = &s.search.running {
-                    let f = if a.total > 0 {
-                        a.done as f32 / a.total as f32
-                    } else {
-                        0.0
-                    };
+                    let f = a.fraction().unwrap_or(0.0);
                     ui.add(
                         egui::ProgressBar::new(f)
                             .desired_width(120.0)

@@ -116,10 +116,15 @@ impl Studio {
                 ui.spinner();
                 ui.label("reading the store");
             }
-            if let Some(a) = self.export.as_ref().or(self.sensitivity.running.as_ref()) {
+            let activity = self
+                .export
+                .as_ref()
+                .or(self.sensitivity.running.as_ref())
+                .or(self.search.running.as_ref());
+            if let Some(a) = activity {
                 ui.separator();
                 ui.label(format!("{}: {}", a.what, a.stage));
-                let bar = match (a.total > 0).then(|| a.done as f32 / a.total as f32) {
+                let bar = match a.fraction() {
                     Some(f) => egui::ProgressBar::new(f)
                         .desired_width(120.0)
                         .show_percentage(),

@@ -49,7 +49,7 @@ pub struct StudioOptions {
     pub state: AppState,
 }
 
-/// A running export (or sensitivity pass), for a progress bar.
+/// A running export, sensitivity pass or search, for a progress bar.
 #[derive(Debug, Clone)]
 pub struct Activity {
     pub what: String,
@@ -57,6 +57,13 @@ pub struct Activity {
     pub done: usize,
     pub total: usize,
     pub since: Instant,
+}
+
+impl Activity {
+    /// How far it is, 0–1; `None` while the total is unknown.
+    pub fn fraction(&self) -> Option<f32> {
+        (self.total > 0).then(|| (self.done as f32 / self.total as f32).clamp(0.0, 1.0))
+    }
 }
 
 /// Everything the app holds while it runs.
