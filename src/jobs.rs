@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::model::{Model, load_spec};
 use crate::run::{EvalSettings, RunReport};
 use crate::store::record::code_version;
-use crate::store::{ExperimentRecord, Status, Store, StoreError, run_key};
+use crate::store::{Claim, ClaimAttempt, ExperimentRecord, Status, Store, StoreError, run_key};
 use crate::technique::recipe::Recipe;
 
 /// One experiment to run.
@@ -72,6 +72,8 @@ pub enum JobEventKind {
         record: Box<ExperimentRecord>,
         /// The run key was already stored: the record is the earlier run's, nothing ran.
         cached: bool,
+        /// Why the finished record could not be stored, and where it was kept instead.
+        unstored: Option<String>,
     },
 }
 
@@ -196,6 +198,9 @@ pub struct Outcome {
     pub cached: bool,
     /// The full report of a fresh successful run.
     pub report: Option<RunReport>,
+    /// The store write failed: why, and where the record was kept instead. The record and
+    /// report are still the run's, so its result is shown, never lost silently.
+    pub unstored: Option<String>,
 }
 
 /// Runs one job synchronously: stored key → the stored record (unless `force`); otherwise the
@@ -234,20 +239,19 @@ pub fn execute(
         rec
     };
     let store_outcome = |rec: ExperimentRecord, report: Option<RunReport>| {
-        if let Err(e) = store.append(&rec) {
+        let unstored = store.append(&rec).err().map(|e| {
             // A finished result is not lost with the store write: it is kept beside the store.
             let kept = keep_unstored(store, &rec).map_or_else(
                 || "and it could not be kept elsewhere either".to_string(),
                 |p| format!("the run's record is kept in {}", p.display()),
             );
-            return Err(StoreError::Query(format!(
-                "the store could not be written ({e}); {kept}"
-            )));
-        }
+            format!("the store could not be written ({e}); {kept}")
+        });
         Ok(Outcome {
             record: rec,
             cached: false,
             report,
+            unstored,
         })
     };
     let eval_json = match &eval_json {
@@ -260,15 +264,38 @@ pub fn execute(
         Err(e) => return store_outcome(fail(None, "", Status::Failed, format!("{e:#}")), None),
     };
     let key = run_key(&base.id, &recipe.hash(), &eval_json, code_version());
+    let cached = |record| {
+        Ok(Outcome {
+            record,
+            cached: true,
+            report: None,
+            unstored: None,
+        })
+    };
     if !spec.force
         && let Some(rec) = store.find_key(&key)?
     {
-        return Ok(Outcome {
-            record: rec,
-            cached: true,
-            report: None,
-        });
+        return cached(rec);
     }
+    // Held until this job's record is stored: another process running the same point waits.
+    let _claim = if spec.force {
+        None
+    } else {
+        match claim_or_wait(store, &key, cancel, progress) {
+            Ok(Claimed::Mine(claim)) => Some(claim),
+            // A store that cannot take a claim (read-only, full) cannot take the record either:
+            // the run still runs, and its result is kept beside the store.
+            Err(e) => {
+                tracing::warn!("running without a claim on the run key: {e}");
+                None
+            }
+            Ok(Claimed::Stored(rec)) => return cached(*rec),
+            Ok(Claimed::Cancelled) => {
+                let rec = fail(Some(&base), &key, Status::Cancelled, "cancelled".into());
+                return store_outcome(rec, None);
+            }
+        }
+    };
     if let Err(e) = recipe.resolve(&base.transformer).map(|_| ()).or_else(|e| {
         // Depth-changing steps resolve after they ran; the pipeline checks again then.
         if recipe.flatten.is_some() {
@@ -312,6 +339,47 @@ pub fn execute(
         Err(e) => fail(Some(&base), &key, Status::Failed, format!("{e:#}")),
     };
     store_outcome(rec, None)
+}
+
+/// How waiting for a run key's claim ended.
+enum Claimed {
+    Mine(Claim),
+    /// The process that held it stored the run meanwhile.
+    Stored(Box<ExperimentRecord>),
+    Cancelled,
+}
+
+/// Claims `key`, waiting while another live process runs it (its stored record then ends the
+/// wait), so two sweeps of one space into one store never both run a point.
+fn claim_or_wait(
+    store: &Store,
+    key: &str,
+    cancel: &AtomicBool,
+    progress: &mut ProgressSink<'_>,
+) -> Result<Claimed, StoreError> {
+    loop {
+        match store.claim(key)? {
+            ClaimAttempt::Mine(claim) => {
+                // Stored between our first look and the claim: nothing to run.
+                return Ok(match store.find_key(key)? {
+                    Some(rec) => Claimed::Stored(Box::new(rec)),
+                    None => Claimed::Mine(claim),
+                });
+            }
+            ClaimAttempt::Held(holder) => {
+                progress(&format!("waiting: {holder} is running this point"), 0, 1);
+                for _ in 0..10 {
+                    if cancel.load(Ordering::SeqCst) {
+                        return Ok(Claimed::Cancelled);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                if let Some(rec) = store.find_key(key)? {
+                    return Ok(Claimed::Stored(Box::new(rec)));
+                }
+            }
+        }
+    }
 }
 
 /// Writes a run whose store write failed as JSON beside the store directory (else in the
@@ -422,8 +490,8 @@ impl Shared {
                 &mut progress,
             )
         }));
-        let (record, cached) = match result {
-            Ok(Ok(outcome)) => (outcome.record, outcome.cached),
+        let (record, cached, unstored) = match result {
+            Ok(Ok(outcome)) => (outcome.record, outcome.cached, outcome.unstored),
             Ok(Err(store_err)) => {
                 let mut rec = ExperimentRecord::failed(
                     "",
@@ -437,7 +505,7 @@ impl Shared {
                     &spec.tags,
                 );
                 rec.notes.push("not stored".into());
-                (rec, false)
+                (rec, false, None)
             }
             Err(payload) => {
                 let msg = format!("panicked: {}", panic_message(payload.as_ref()));
@@ -452,10 +520,8 @@ impl Shared {
                     &msg,
                     &spec.tags,
                 );
-                if let Err(e) = self.store.append(&rec) {
-                    tracing::error!("storing the failed run of {id}: {e}");
-                }
-                (rec, false)
+                let unstored = self.store.append(&rec).err().map(|e| e.to_string());
+                (rec, false, unstored)
             }
         };
         if let Ok(mut c) = self.cancels.lock() {
@@ -466,6 +532,7 @@ impl Shared {
             JobEventKind::Finished {
                 record: Box::new(record),
                 cached,
+                unstored,
             },
         );
     }
@@ -588,9 +655,7 @@ impl JobRunner {
                 &spec.tags,
             );
             rec.recipe_hash = spec.recipe.hash();
-            if let Err(e) = self.shared.store.append(&rec) {
-                tracing::error!("storing the cancelled {id}: {e}");
-            }
+            let unstored = self.shared.store.append(&rec).err().map(|e| e.to_string());
             if let Ok(mut c) = self.shared.cancels.lock() {
                 c.remove(&id);
             }
@@ -599,6 +664,7 @@ impl JobRunner {
                 JobEventKind::Finished {
                     record: Box::new(rec),
                     cached: false,
+                    unstored,
                 },
             );
             return;

@@ -96,6 +96,7 @@ fn panics_are_caught_and_the_runner_goes_on() {
                         record: rec,
                         cached: false,
                         report: None,
+                        unstored: None,
                     });
                 }
                 std::thread::sleep(Duration::from_millis(if spec.label == "slow" {
@@ -121,6 +122,7 @@ fn panics_are_caught_and_the_runner_goes_on() {
                 record: rec,
                 cached: false,
                 report: None,
+                unstored: None,
             })
         }),
     );
@@ -842,8 +844,8 @@ fn packed_export_reloads_the_inference_forms_exactly() {
     }
 }
 
-/// A finished run whose store write fails is not lost: the job ends with an error naming the
-/// file beside the store that keeps the record, metrics included.
+/// A finished run whose store write fails is not lost: the job ends with its record (metrics
+/// included) and the reason, naming the file beside the store that keeps the record.
 #[test]
 fn a_failed_store_write_keeps_the_result() {
     let dir = tempfile::tempdir().unwrap();
@@ -852,7 +854,7 @@ fn a_failed_store_write_keeps_the_result() {
     let models = reparam::jobs::ModelCache::default();
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let reserved = std::sync::atomic::AtomicU64::new(0);
-    let err = reparam::jobs::execute(
+    let outcome = reparam::jobs::execute(
         &store,
         &models,
         &spec("kept", 4),
@@ -865,17 +867,19 @@ fn a_failed_store_write_keeps_the_result() {
             }
         },
     )
-    .expect_err("the store write fails")
-    .to_string();
-    assert!(err.contains("could not be written"), "{err}");
+    .unwrap();
+    let why = outcome.unstored.expect("the store write fails");
+    assert!(why.contains("could not be written"), "{why}");
+    assert_eq!(outcome.record.status, Status::Ok);
     let kept = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.to_string_lossy().contains("reparam-unstored-run-"))
-        .unwrap_or_else(|| panic!("no kept record beside the store: {err}"));
-    assert!(err.contains(&kept.display().to_string()), "{err}");
+        .unwrap_or_else(|| panic!("no kept record beside the store: {why}"));
+    assert!(why.contains(&kept.display().to_string()), "{why}");
     let rec: ExperimentRecord =
         serde_json::from_str(&std::fs::read_to_string(&kept).unwrap()).unwrap();
     assert_eq!(rec.status, Status::Ok);
+    assert_eq!(rec.id, outcome.record.id);
     assert!(rec.metrics.get("ppl").is_some_and(|p| p.is_finite()));
 }

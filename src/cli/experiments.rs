@@ -133,7 +133,7 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
     let base = runner.models().get(&args.model)?;
     let eval_json = eval.key_json()?;
     let (keys, skipped) = store
-        .collect(Some(col("status").eq(lit(Status::Ok.as_str()))), |lf| {
+        .collect(Some(&col("status").eq(lit(Status::Ok.as_str()))), |lf| {
             lf.select([col("run_key")])
         })?;
     warn(&skipped);
@@ -152,6 +152,11 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         }
     }
     let skipped = total_in_shard(total, args.shard) - todo.len();
+    // Each process starts at its own point, so two sweeps of one space into one store split
+    // the work between them (a claimed point waits for the other's record) instead of one
+    // trailing the other.
+    let start = std::process::id() as usize % todo.len().max(1);
+    todo.rotate_left(start);
     eprintln!(
         "sweep: {total} points in the space, {} in this shard, {skipped} already stored, {} to run",
         total_in_shard(total, args.shard),
@@ -170,14 +175,23 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         });
         pending.insert(id, i);
     }
-    let (mut ok, mut failed, mut cancelled) = (0, 0, 0);
+    let (mut ok, mut failed, mut cancelled, mut unstored_runs) = (0, 0, 0, 0);
     let n = pending.len();
     while !pending.is_empty() {
         let Some(ev) = runner.recv_event(Duration::from_secs(3600)) else {
             anyhow::bail!("no progress from the job runner for an hour");
         };
-        if let JobEventKind::Finished { record: rec, .. } = ev.kind {
+        if let JobEventKind::Finished {
+            record: rec,
+            unstored,
+            ..
+        } = ev.kind
+        {
             let point = pending.remove(&ev.id).unwrap_or(usize::MAX);
+            if let Some(why) = &unstored {
+                unstored_runs += 1;
+                eprintln!("point {point}: not stored: {why}");
+            }
             match rec.status {
                 Status::Ok => ok += 1,
                 Status::Failed => failed += 1,
@@ -197,6 +211,11 @@ pub fn sweep(args: &SweepArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!("sweep done: {ok} ok, {failed} failed, {cancelled} cancelled, {skipped} skipped");
+    anyhow::ensure!(
+        unstored_runs == 0,
+        "{unstored_runs} of {n} finished points could not be stored; each record was kept in \
+         the file named above"
+    );
     // A sweep with lost points is not a success, even though every point has its record.
     anyhow::ensure!(
         failed + cancelled == 0,
@@ -674,6 +693,13 @@ pub fn run_stored(
     )?;
     bar.finish();
     let rec = outcome.record;
+    if let Some(why) = outcome.unstored {
+        // The result is printed before the failure, so it is never lost with the store.
+        for (k, v) in &rec.metrics {
+            crate::outln!("{k:<18} {v}");
+        }
+        anyhow::bail!("run {} {} but was not stored: {why}", rec.id, rec.status);
+    }
     if rec.status != Status::Ok {
         anyhow::bail!(
             "run {} {}: {}",

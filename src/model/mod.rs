@@ -361,7 +361,9 @@ fn assemble(
             Ok(t)
         }
     };
-    let mut blocks = Vec::with_capacity(c.num_layers);
+    // Grown block by block: a config claiming absurdly many layers fails on the first missing
+    // tensor, not on an allocation.
+    let mut blocks = Vec::new();
     for i in 0..c.num_layers {
         let p = |s: &str| format!("blk.{i}.{s}");
         let mut bias = |s: &str, n: usize| -> Result<Option<Tensor>, LoadError> {

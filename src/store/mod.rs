@@ -8,6 +8,8 @@
 //!   ([`passes`]);
 //! - `measurements/<model>/<settings>/*.parquet`: the search's per-layer measurement tables
 //!   ([`measurements`]);
+//! - `claims/<run key>.claim`: a run some process is running now, so two sweeps of one space
+//!   never both run a point ([`claims`]);
 //! - `.tmp-*`: a write in progress (ignored by readers; a killed writer may leave one).
 //!
 //! Every file is written to a temporary name, fsynced, renamed into place and the directory
@@ -18,6 +20,7 @@
 //! is reported ([`Snapshot::skipped`], [`Scan::skipped`]) and left alone. This module never deletes a run file
 //! except the inputs of a finished compaction, whose rows are then in the compacted file.
 
+pub mod claims;
 pub mod frame;
 pub mod measurements;
 pub mod pareto;
@@ -34,6 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use polars::prelude::*;
 
+pub use claims::{Claim, ClaimAttempt};
 pub use frame::{SCHEMA_VERSION, frame_from_records, records_from_frame};
 pub use record::{ExperimentRecord, Status, code_version, run_key};
 pub use scan::Scan;
@@ -43,6 +47,9 @@ pub const DEFAULT_DIR: &str = "experiments/store";
 
 /// Temporary files older than this are leftovers of killed writers; `compact` removes them.
 const STALE_TMP: Duration = Duration::from_secs(3600);
+
+/// How many times a read is planned again when the store's files changed under it.
+const REPLANS: u32 = 50;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +70,9 @@ pub enum StoreError {
     BadTag(String),
     #[error("{0}")]
     Query(String),
+    /// A file planned for a read was removed before it was read (a compaction merged it).
+    #[error("{0}: removed while it was being read (a compaction merged it); try again")]
+    Vanished(PathBuf),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -183,7 +193,12 @@ impl Store {
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir.join("tags")).map_err(io_err(dir))?;
+        if let Err(e) = std::fs::create_dir_all(dir.join("tags")) {
+            // A read-only store is still read; each write reports its own failure.
+            if !dir.is_dir() {
+                return Err(io_err(dir)(e));
+            }
+        }
         Ok(Store {
             dir: dir.to_path_buf(),
         })
@@ -209,6 +224,31 @@ impl Store {
         Ok(files)
     }
 
+    /// Runs `read`; when it fails while the store's run files changed under it (a compaction
+    /// merged and removed files the read had planned on), plans and runs it again: the merged
+    /// file holds the same rows, so a reader never fails, nor misses runs, for a concurrent
+    /// compaction. Other failures are returned at once.
+    pub(crate) fn replanning<T>(
+        &self,
+        mut read: impl FnMut() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut attempt = 0;
+        loop {
+            let before = self.run_files()?;
+            let err = match read() {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
+            };
+            attempt += 1;
+            let changed = matches!(err, StoreError::Vanished(_))
+                || self.run_files().is_ok_and(|now| now != before);
+            if !changed || attempt >= REPLANS {
+                return Err(err);
+            }
+            std::thread::sleep(Duration::from_millis(5 * u64::from(attempt)));
+        }
+    }
+
     /// Stores one finished run as its own file; returns the file's path.
     pub fn append(&self, rec: &ExperimentRecord) -> Result<PathBuf, StoreError> {
         for tag in &rec.tags {
@@ -229,6 +269,7 @@ impl Store {
         for path in self.run_files()? {
             match read_run_file(&path) {
                 Ok(recs) => good.push((path, recs)),
+                Err(_) if !path.exists() => return Err(StoreError::Vanished(path)),
                 Err(why) => {
                     // Reported to the caller (the CLI warns once, the app lists it).
                     tracing::debug!("skipping unreadable store file {}: {why}", path.display());
@@ -242,7 +283,7 @@ impl Store {
     /// Every readable run, oldest first, with tag files applied; each id appears once (a
     /// compaction interrupted before it removed its inputs leaves duplicates on disk).
     pub fn load(&self) -> Result<Snapshot, StoreError> {
-        let (files, skipped) = self.load_raw()?;
+        let (files, skipped) = self.replanning(|| self.load_raw())?;
         let mut records: Vec<ExperimentRecord> =
             files.into_iter().flat_map(|(_, recs)| recs).collect();
         // Copies of one run (an interrupted compaction) are identical, so after sorting by
@@ -268,7 +309,7 @@ impl Store {
 
     /// Runs matching `pre` (pushed into the scans; see [`Store::scan_where`]), decoded into
     /// records, oldest first, tags applied.
-    pub fn records_where(&self, pre: Expr) -> Result<Vec<ExperimentRecord>, StoreError> {
+    pub fn records_where(&self, pre: &Expr) -> Result<Vec<ExperimentRecord>, StoreError> {
         let (df, _) = self.collect(Some(pre), |lf| lf)?;
         records_from_frame(&df).map_err(|e| StoreError::Parquet {
             path: self.dir.clone(),
@@ -281,7 +322,7 @@ impl Store {
         let pre = col("run_key")
             .eq(lit(run_key))
             .and(col("status").eq(lit(Status::Ok.as_str())));
-        Ok(self.records_where(pre)?.pop())
+        Ok(self.records_where(&pre)?.pop())
     }
 
     /// The run whose id is `id` or starts with it (unique prefix). An exact id is looked up
@@ -291,7 +332,7 @@ impl Store {
         if id.trim().is_empty() {
             return Err(StoreError::NoSuchRun(id.to_string()));
         }
-        if let Some(r) = self.records_where(col("id").eq(lit(id)))?.pop() {
+        if let Some(r) = self.records_where(&col("id").eq(lit(id)))?.pop() {
             return Ok(r);
         }
         let (df, _) = self.collect(None, |lf| lf.select([col("id")]))?;
@@ -303,7 +344,7 @@ impl Store {
         let matches: Vec<&str> = ids.iter().flatten().filter(|r| r.starts_with(id)).collect();
         match matches.as_slice() {
             [one] => self
-                .records_where(col("id").eq(lit(*one)))?
+                .records_where(&col("id").eq(lit(*one)))?
                 .pop()
                 .ok_or_else(|| StoreError::NoSuchRun(id.to_string())),
             [] => Err(StoreError::NoSuchRun(id.to_string())),
@@ -395,7 +436,7 @@ impl Store {
     pub fn compact(&self) -> Result<(usize, usize), StoreError> {
         // Leftovers of writers killed long ago go whether or not there is anything to merge.
         self.remove_stale_tmp();
-        let (files, _skipped) = self.load_raw()?;
+        let (files, _skipped) = self.replanning(|| self.load_raw())?;
         if files.len() <= 1 {
             return Ok((files.len(), files.iter().map(|(_, r)| r.len()).sum()));
         }

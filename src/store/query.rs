@@ -190,7 +190,7 @@ fn collect_selection(
     columns: Option<&[String]>,
 ) -> Result<(DataFrame, Skipped), StoreError> {
     let schema_err = |e: PolarsError| StoreError::Query(e.to_string());
-    let schema = store.frame()?.collect_schema().map_err(schema_err)?;
+    let schema = store.schema()?;
     let names: Vec<String> = schema.iter_names().map(|c| c.to_string()).collect();
     let mut pre = pre;
     let mut post = None;
@@ -212,7 +212,7 @@ fn collect_selection(
     {
         w.push(col("tags"));
     }
-    let (df, skipped) = store.collect(pre, |lf| {
+    let (df, skipped) = store.collect(pre.as_ref(), |lf| {
         let lf = match &post {
             Some(p) => lf.filter(p.clone()),
             None => lf,
@@ -349,7 +349,7 @@ pub fn front_from_store(
 ) -> Result<(FrontReport, Skipped), StoreError> {
     check_objective_count(objectives)?;
     let qerr = |e: PolarsError| StoreError::Query(e.to_string());
-    let schema = store.frame()?.collect_schema().map_err(qerr)?;
+    let schema = store.schema()?;
     if objectives.iter().any(|o| {
         schema
             .get(o.metric.as_str())

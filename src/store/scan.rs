@@ -101,6 +101,8 @@ impl Store {
             }
             match footer_projection(&path).and_then(|proj| scan_file(&path, proj)) {
                 Ok(lf) => frames.push(lf),
+                // Not damaged: merged into a newer file; the caller plans again.
+                Err(_) if !path.exists() => return Err(StoreError::Vanished(path)),
                 Err(why) => {
                     // Reported to the caller (the CLI warns once, the app lists it).
                     tracing::debug!("skipping unreadable store file {}: {why}", path.display());
@@ -134,8 +136,19 @@ impl Store {
     /// Like [`Store::scan`], with `pre` applied to the rows of every file before copies are
     /// merged, so polars pushes it into the Parquet scans. `pre` must be a row-wise predicate
     /// that does not read `tags` (tag files are applied afterwards).
-    pub fn scan_where(&self, pre: Option<Expr>) -> Result<Scan, StoreError> {
-        self.scan_excluding(pre, &[])
+    pub fn scan_where(&self, pre: Option<&Expr>) -> Result<Scan, StoreError> {
+        self.replanning(|| self.scan_excluding(pre.cloned(), &[]))
+    }
+
+    /// The columns and types of the store's frame (footers only), planned again if a
+    /// compaction replaces files under it.
+    pub fn schema(&self) -> Result<SchemaRef, StoreError> {
+        self.replanning(|| {
+            self.scan_excluding(None, &[])?
+                .frame
+                .collect_schema()
+                .map_err(qerr(&self.dir))
+        })
     }
 
     fn scan_excluding(
@@ -244,7 +257,10 @@ impl Store {
     fn deep_check(&self) -> Vec<(PathBuf, String)> {
         let mut bad = Vec::new();
         for path in self.run_files().unwrap_or_default() {
-            if let Err(why) = read_run_file(&path) {
+            // A file that vanished was merged by a compaction, not damaged.
+            if let Err(why) = read_run_file(&path)
+                && path.exists()
+            {
                 // Reported to the caller (the CLI warns once, the app lists it).
                 tracing::debug!("skipping unreadable store file {}: {why}", path.display());
                 bad.push((path, why));
@@ -265,10 +281,18 @@ impl Store {
     /// skipped, and the query runs once more without them.
     pub fn collect(
         &self,
-        pre: Option<Expr>,
+        pre: Option<&Expr>,
         query: impl Fn(LazyFrame) -> LazyFrame,
     ) -> Result<(DataFrame, Vec<(PathBuf, String)>), StoreError> {
-        let scan = self.scan_where(pre.clone());
+        self.replanning(|| self.collect_once(pre.cloned(), &query))
+    }
+
+    fn collect_once(
+        &self,
+        pre: Option<Expr>,
+        query: &impl Fn(LazyFrame) -> LazyFrame,
+    ) -> Result<(DataFrame, Vec<(PathBuf, String)>), StoreError> {
+        let scan = self.scan_excluding(pre.clone(), &[]);
         let first = scan.and_then(|s| {
             query(s.frame)
                 .collect()

@@ -31,6 +31,8 @@ pub struct JobEntry {
     pub cancel_requested: bool,
     /// The run key was already stored: the record came from the store, nothing ran.
     pub from_store: bool,
+    /// The finished record could not be stored: why, and where it was kept.
+    pub unstored: Option<String>,
 }
 
 impl JobEntry {
@@ -47,6 +49,7 @@ impl JobEntry {
             finished: None,
             cancel_requested: false,
             from_store: false,
+            unstored: None,
         }
     }
 
@@ -121,9 +124,11 @@ impl JobsView {
             JobEventKind::Finished {
                 record: rec,
                 cached,
+                unstored,
             } => {
                 e.finished = Some(Instant::now());
                 e.from_store = cached;
+                e.unstored = unstored;
                 e.stage = "finished".into();
                 let out = (*rec).clone();
                 e.state = JobState::Finished(rec);

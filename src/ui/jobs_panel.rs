@@ -234,6 +234,10 @@ fn job_ui(ui: &mut egui::Ui, e: &JobEntry, out: &mut Vec<Command>) {
                 }
             }
             JobState::Finished(rec) => {
+                if let Some(why) = &e.unstored {
+                    ui.colored_label(theme::ERROR, "not stored")
+                        .on_hover_text(why.as_str());
+                }
                 if let Some(err) = &rec.error {
                     // A cancel the user asked for is not an error.
                     if rec.status == Status::Cancelled {

@@ -148,8 +148,16 @@ impl Studio {
     pub fn poll(&mut self, ctx: &egui::Context) {
         self.waker.set_context(ctx);
         for ev in self.runner.try_events() {
+            let id = ev.id;
             if let Some(rec) = self.jobs.apply(ev) {
+                let unstored = self.jobs.get_mut(id).and_then(|e| e.unstored.clone());
                 match (&rec.error, rec.status) {
+                    // The result stays in the Jobs list and the views; the store lacks it.
+                    _ if unstored.is_some() => self.notice_error(format!(
+                        "run {} finished but was not stored: {}",
+                        rec.id,
+                        unstored.unwrap_or_default()
+                    )),
                     (Some(err), Status::Cancelled) => {
                         self.notice(format!("job {} stopped: {err}", rec.id));
                     }
