@@ -705,7 +705,7 @@ fn a_full_or_read_only_store_keeps_the_result() {
         "the kept file is named: {t}"
     );
 
-    // Read-only: one stored run, then the store is bound read-only.
+    // Read-only: one stored run, then the store (without its tags/ folder) is bound read-only.
     let ro = dir.path().join("ro");
     let out = reparam()
         .args(["run", "zoo:multi", "--recipe"])
@@ -717,7 +717,7 @@ fn a_full_or_read_only_store_keeps_the_result() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let script = format!(
-        "S=\"$RO/store\"; mount --bind \"$S\" \"$S\" && mount -o remount,bind,ro \"$S\" && \
+        "S=\"$RO/store\"; rmdir \"$S/tags\" && mount --bind \"$S\" \"$S\" && mount -o remount,bind,ro \"$S\" && \
          \"$BIN\" history --store \"$S\"; echo \"history-rc=$?\"; \
          \"$BIN\" run zoo:multi --recipe \"$RTN3\" --store \"$S\" {eval}; echo \"run-rc=$?\""
     );
@@ -844,4 +844,175 @@ fn signals_mid_sweep_and_mid_compaction_lose_nothing() {
         "fault table: signals: {stopped} sweeps stopped by SIGTERM/SIGINT, {trials} compactions \
          signalled ({interrupted} interrupted mid-way), {total} runs checked, 0 runs lost"
     );
+}
+
+// ---- numbers checked before work ----
+
+/// Zero, absurd and misspelt inputs are refused with a message naming the problem, before
+/// any work (and without a panic or an attempted allocation).
+#[test]
+fn absurd_numbers_are_refused_before_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let rtn4 = recipe_file(dir.path(), 4);
+    let r = rtn4.to_str().unwrap();
+    let shiftadd =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/recipes/shiftadd-3bit.toml");
+    let sa = shiftadd.to_str().unwrap();
+    let out = reparam()
+        .args(["run", "zoo:multi", "--recipe", r, "--store", s])
+        .args(TINY_EVAL)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let space = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let random = |samples: &str| {
+        format!(
+            "mode = \"random\"\nsamples = {samples}\n[[rules]]\nmatch = \"blk.*.ffn_*\"\n[rules.rtn]\nbits = [2, 3, 4]\n"
+        )
+    };
+    let huge = space("huge.toml", &random("100000000"));
+    let max = space("max.toml", &random("18446744073709551615"));
+    let zero_ctx = space(
+        "ctx0.toml",
+        "mode = \"grid\"\n[eval]\nctx = 0\n[[rules]]\nmatch = \"blk.*.ffn_*\"\n[rules.rtn]\nbits = [4]\n",
+    );
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "run",
+                "zoo:multi",
+                "--recipe",
+                sa,
+                "--calib-samples",
+                "1000000",
+                "--no-store",
+            ],
+            "not enough memory",
+        ),
+        (
+            vec![
+                "run",
+                "zoo:multi",
+                "--recipe",
+                sa,
+                "--calib-samples",
+                "1000000",
+                "--store",
+                s,
+            ],
+            "not enough memory",
+        ),
+        (
+            vec![
+                "run",
+                "zoo:multi",
+                "--recipe",
+                sa,
+                "--calib-len",
+                "0",
+                "--store",
+                s,
+            ],
+            "calibration needs at least 1 window",
+        ),
+        (
+            vec![
+                "run",
+                "zoo:multi",
+                "--recipe",
+                r,
+                "--ctx",
+                "0",
+                "--store",
+                s,
+            ],
+            "context size 0 is too small",
+        ),
+        (
+            vec![
+                "run",
+                "zoo:multi",
+                "--recipe",
+                r,
+                "--chunks",
+                "0",
+                "--store",
+                s,
+            ],
+            "chunk",
+        ),
+        (
+            vec!["sweep", "zoo:multi", "--space", &huge, "--dry-run"],
+            "more points than a sweep holds",
+        ),
+        (
+            vec!["sweep", "zoo:multi", "--space", &max, "--dry-run"],
+            "samples",
+        ),
+        (
+            vec!["sweep", "zoo:multi", "--space", &zero_ctx, "--store", s],
+            "context size 0 is too small",
+        ),
+        (
+            vec![
+                "sweep",
+                "zoo:multi",
+                "--space",
+                &huge,
+                "--shard",
+                "0/0",
+                "--dry-run",
+            ],
+            "shard",
+        ),
+        (
+            vec!["pareto", "--store", s, "--x", "bytes", "--y", "kld_men"],
+            "no stored run has the metric `kld_men`",
+        ),
+        (vec!["run", "zoo:/tmp", "--recipe", r, "--store", s], "zoo"),
+        (vec!["tag", "", "x", "--store", s], "no run with id"),
+        (
+            vec![
+                "run",
+                "zoo:multi",
+                "--recipe",
+                r,
+                "--tag",
+                "two words",
+                "--store",
+                s,
+            ],
+            "bad tag",
+        ),
+    ];
+    let mut bad = Vec::new();
+    for (args, expect) in &cases {
+        let out = bounded(Duration::from_secs(300), {
+            let args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
+            move || reparam().args(&args).output().unwrap()
+        });
+        let Some(out) = out else {
+            bad.push(format!("{args:?}: hang"));
+            continue;
+        };
+        let t = text(&out);
+        if out.status.success() || !t.contains(expect) || t.contains("panicked") {
+            bad.push(format!(
+                "{args:?}: expected a refusal with `{expect}`, got {:?}: {t}",
+                out.status
+            ));
+        }
+    }
+    println!(
+        "fault table: absurd inputs: {} cases, {} clear errors, 0 panics, 0 hangs",
+        cases.len(),
+        cases.len() - bad.len()
+    );
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
 }

@@ -741,3 +741,58 @@ fn search_predicts_a_front_and_measures_points() {
     settle(&mut h);
     assert_eq!(h.state().recipe.editor.recipe, result.points[0].recipe);
 }
+
+/// A store that cannot be written (here: its directory replaced by a file while the job runs,
+/// as a lost mount would leave it) does not lose a finished job: the Jobs list keeps its result, marked "not
+/// stored" with the reason, an error notice says so, and the app goes on.
+#[test]
+fn a_run_the_store_cannot_take_stays_in_the_jobs_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let dialogs = ScriptedDialogs::default();
+    let mut h = harness(studio(&store, &dialogs));
+    wait_model(&mut h);
+    h.get_by_label("Jobs").click();
+    settle(&mut h);
+    h.get_by_label("Run recipe").click();
+    // The store goes while the job evaluates (its stored-key lookup came before).
+    run_until(&mut h, "the job to evaluate", |s| {
+        s.jobs
+            .entries
+            .first()
+            .is_some_and(|e| e.stage.starts_with("evaluating"))
+    });
+    std::fs::remove_dir_all(&store).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    run_until(&mut h, "the job to end", |s| {
+        s.jobs.entries.first().is_some_and(|e| !e.is_active())
+    });
+    let entry = &h.state().jobs.entries[0];
+    let why = entry.unstored.clone().expect("the store write failed");
+    let rec = entry.record().unwrap().clone();
+    assert_eq!(rec.status, Status::Ok, "{:?}", rec.error);
+    assert!(rec.metrics.get("ppl").is_some_and(|p| p.is_finite()));
+    assert!(why.contains("could not be written"), "{why}");
+    settle(&mut h);
+    assert!(h.query_by_label("not stored").is_some());
+    assert!(
+        h.state()
+            .notices
+            .iter()
+            .any(|n| n.text.contains("was not stored") && n.text.contains(&rec.id)),
+        "no notice"
+    );
+    // The app goes on: with the store back, the next run is stored.
+    std::fs::remove_file(&store).unwrap();
+    std::fs::create_dir_all(store.join("tags")).unwrap();
+    h.get_by_label("Run recipe").click();
+    run_until(&mut h, "the second job to end", |s| {
+        s.jobs.entries.get(1).is_some_and(|e| !e.is_active())
+    });
+    let second = &h.state().jobs.entries[1];
+    assert!(second.unstored.is_none(), "{:?}", second.unstored);
+    assert_eq!(
+        Store::open(&store).unwrap().load().unwrap().records.len(),
+        1
+    );
+}
