@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Screenshots of every panel of the real app with real data: starts Xvfb, runs
+# Screenshots of every panel of the real app with real data, at 1280x800 and (small-*.png) at
+# 640x480: starts Xvfb, runs
 # `reparam gui --demo-script` (which opens zoo:multi, runs real jobs into a fresh store, tags
 # them, switches panels and saves window screenshots through egui), and checks that every PNG
 # was written. Rendering is Mesa's software OpenGL (llvmpipe); no GPU or desktop needed.
@@ -55,6 +56,7 @@ clear
 bits 3 blk.*
 bits 2 blk.*.ffn_*
 expand 1
+select-kind ffn_down
 panel recipe
 screenshot $out/recipe.png
 tags sweep
@@ -76,6 +78,17 @@ select-last
 panel history
 frames 10
 screenshot $out/history.png
+window 640 480
+panel model
+screenshot $out/small-model.png
+panel recipe
+screenshot $out/small-recipe.png
+panel jobs
+screenshot $out/small-jobs.png
+panel pareto
+screenshot $out/small-pareto.png
+panel history
+screenshot $out/small-history.png
 quit
 DEMO
 
@@ -88,7 +101,9 @@ DISPLAY="$display" XDG_RUNTIME_DIR="$work/xdg" LIBGL_ALWAYS_SOFTWARE=1 \
   timeout 1200 "$bin" gui --store "$work/store" --demo-script "$work/demo.txt"
 
 for panel in model recipe jobs pareto history; do
-  test -s "$out/$panel.png" || { echo "missing $out/$panel.png" >&2; exit 1; }
+  for size in "" small-; do
+    test -s "$out/$size$panel.png" || { echo "missing $out/$size$panel.png" >&2; exit 1; }
+  done
 done
 # The Pareto panel's own exports: a PNG cropped to the plot, and an SVG with every point.
 for f in plot.png plot.svg; do

@@ -14,6 +14,7 @@ use reparam::run::EvalSettings;
 use reparam::store::{ExperimentRecord, Status, Store};
 use reparam::technique::CalibOptions;
 use reparam::technique::recipe::{Quant, Recipe};
+use reparam::ui::command::Command;
 use reparam::ui::dialogs::{DialogAnswer, ScriptedDialogs};
 use reparam::ui::jobs::JobState;
 use reparam::ui::state::{AppState, EvalPrefs, Panel};
@@ -264,8 +265,7 @@ fn cancel_a_job() {
     assert!(h.query_by_label_contains("0 jobs running").is_some());
 
     // Esc cancels the latest running job. A different seed makes it a new run key.
-    h.state_mut()
-        .push(reparam::ui::command::Command::SetSeed(7));
+    h.state_mut().push(Command::SetSeed(7));
     settle(&mut h);
     h.get_by_label("Run recipe").click();
     run_until(&mut h, "the second job to start", |s| {
@@ -424,14 +424,13 @@ fn bad_model_file_and_invalid_cells() {
     let id = "blk.1.ffn_up".parse().unwrap();
     let a = h.state_mut().analysis().clone();
     let targets = vec![id];
-    h.state_mut()
-        .push(reparam::ui::command::Command::EditCells {
-            targets,
-            edit: reparam::ui::editor::CellEdit::Rps(Some(reparam::technique::recipe::RpsKnobs {
-                ratio: 4.0,
-                ..Default::default()
-            })),
-        });
+    h.state_mut().push(Command::EditCells {
+        targets,
+        edit: reparam::ui::editor::CellEdit::Rps(Some(reparam::technique::recipe::RpsKnobs {
+            ratio: 4.0,
+            ..Default::default()
+        })),
+    });
     settle(&mut h);
     assert!(a.is_valid());
     let a = h.state_mut().analysis().clone();
@@ -736,8 +735,7 @@ fn search_predicts_a_front_and_measures_points() {
     assert!(h.query_by_label_contains("Spearman").is_some());
     assert!(h.query_by_label_contains("measured / predicted").is_some());
     // A predicted point loads into the editor.
-    h.state_mut()
-        .push(reparam::ui::command::Command::LoadSearchPoint(0));
+    h.state_mut().push(Command::LoadSearchPoint(0));
     settle(&mut h);
     assert_eq!(h.state().recipe.editor.recipe, result.points[0].recipe);
 }
@@ -794,5 +792,140 @@ fn a_run_the_store_cannot_take_stays_in_the_jobs_list() {
     assert_eq!(
         Store::open(&store).unwrap().load().unwrap().records.len(),
         1
+    );
+}
+
+/// The layer map is the editor's selection: a drag along one kind's row selects that kind in
+/// every block, and setting the selection's bits writes one pattern rule (not one per layer);
+/// clicking a kind's name selects its row; a click on a cell selects that layer alone.
+#[test]
+fn the_layer_map_selects_a_pattern_and_writes_one_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let dialogs = ScriptedDialogs::default();
+    let mut s = studio(dir.path(), &dialogs);
+    s.state.panel = Panel::Recipe;
+    s.state.map_quantity = reparam::ui::layer_map::MapQuantity::Bits;
+    let mut h = harness(s);
+    wait_model(&mut h);
+    settle(&mut h);
+    let n_blocks = h.state().summary().unwrap().n_blocks;
+    let map = h.get_by_label("Layer map cells").rect();
+    let kinds = 7.0;
+    let cell = |b: usize, k: usize| {
+        map.min
+            + egui::vec2(
+                (b as f32 + 0.5) * map.width() / n_blocks as f32,
+                (k as f32 + 0.5) * map.height() / kinds,
+            )
+    };
+    // Drag along the ffn_up row (the sixth kind) from the first block to the last.
+    h.drag_at(cell(0, 5));
+    settle(&mut h);
+    for b in 1..n_blocks {
+        h.hover_at(cell(b, 5));
+        h.step();
+    }
+    h.drop_at(cell(n_blocks - 1, 5));
+    settle(&mut h);
+    let selected = h.state().selected_cells();
+    assert_eq!(selected.len(), n_blocks, "{selected:?}");
+    assert!(selected.iter().all(|id| id.kind.gguf_name() == "ffn_up"));
+    assert!(h.query_by_label_contains("as blk.*.ffn_up").is_some());
+
+    h.get_by_label("Selection bits").click();
+    settle(&mut h);
+    h.get_by_label("SA 3").click();
+    settle(&mut h);
+    let layers = &h.state().recipe.editor.recipe.layers;
+    assert_eq!(layers.len(), 1, "{layers:?}");
+    assert_eq!(layers[0].pattern, "blk.*.ffn_up");
+    assert_eq!(layers[0].shiftadd.as_ref().map(|k| k.bits), Some(3));
+
+    h.get_by_label("attn_q").click();
+    settle(&mut h);
+    let selected = h.state().selected_cells();
+    assert_eq!(selected.len(), n_blocks);
+    assert!(selected.iter().all(|id| id.kind.gguf_name() == "attn_q"));
+
+    h.get_by_label("Layer map cells").hover();
+    h.event(egui::Event::PointerMoved(cell(1, 2)));
+    settle(&mut h);
+    h.get_by_label("Layer map cells").click();
+    settle(&mut h);
+    let selected = h.state().selected_cells();
+    assert_eq!(selected.len(), 1, "{selected:?}");
+}
+
+/// At 640×480 every panel's controls stay inside the window (toolbars wrap instead of
+/// clipping), the history table's rows end above the details panel, and selecting another
+/// run leaves the details panel's buttons where they were.
+#[test]
+fn every_panel_fits_a_640x480_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for i in 0..8 {
+        let mut r = synthetic(i, if i % 2 == 0 { "a" } else { "b" }, 1e6 + i as f64, 0.1);
+        r.metrics.insert("ppl".into(), 3.0 + i as f64);
+        store.append(&r).unwrap();
+    }
+    let dialogs = ScriptedDialogs::default();
+    let s = studio(dir.path(), &dialogs);
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(640.0, 480.0))
+        .with_accessibility_check(false)
+        .build_ui_state(|ui, s: &mut Studio| s.frame(ui), s);
+    wait_model(&mut h);
+    run_until(&mut h, "the store", |s| {
+        !s.store.loading && s.runs.rows.len() == 8
+    });
+    let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(640.0, 480.0));
+    let inside = |h: &Harness<'static, Studio>, label: &str| {
+        let r = h.get_by_label(label).rect();
+        assert!(
+            window.contains_rect(r),
+            "{label} at {r:?} is outside the window"
+        );
+    };
+    for (panel, labels) in [
+        (
+            "Model",
+            &["Open GGUF…", "Open HF directory…", "Run sensitivity pass"][..],
+        ),
+        ("Recipe", &["Load recipe…", "Select all", "Map colour"]),
+        ("Jobs", &["Run recipe", "Run sweep", "Clear finished"]),
+        ("Pareto", &["Export PNG…", "Export SVG…", "Box select"]),
+        ("History", &["Reload store", "Columns"]),
+    ] {
+        h.get_by_label(panel).click();
+        settle(&mut h);
+        for label in ["Run", "Sweep", "Undo", "Redo"].iter().chain(labels) {
+            inside(&h, label);
+        }
+    }
+    let ids: Vec<String> = h
+        .state()
+        .runs
+        .rows
+        .iter()
+        .map(|r| r.record.id.clone())
+        .collect();
+    h.state_mut()
+        .apply(Command::SelectRun(Some(ids[0].clone())));
+    settle(&mut h);
+    inside(&h, "Load recipe into editor");
+    inside(&h, "Export llama.cpp types…");
+    let load = h.get_by_label("Load recipe into editor").rect();
+    let header = h.get_by_label("created_at v").rect();
+    assert!(
+        header.max.y < load.min.y,
+        "table header {header:?} under the details {load:?}"
+    );
+    h.state_mut()
+        .apply(Command::SelectRun(Some(ids[5].clone())));
+    settle(&mut h);
+    assert_eq!(
+        h.get_by_label("Load recipe into editor").rect(),
+        load,
+        "the buttons moved"
     );
 }

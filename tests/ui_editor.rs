@@ -43,14 +43,14 @@ fn cell_edits_override_patterns_and_undo() {
         }))
     };
     // Prune one layer harder: an exact rule for it wins over the pattern.
-    ed.edit_cells(&[q], &prune(0.5), &a);
+    ed.edit_cells(&[q], &prune(0.5), &a, Some((&m.transformer, &s)));
     let a = ed.analyse(Some((&m.transformer, &s)));
     let (rule, plan) = &a.plan[&q];
     assert_eq!(*rule, 1, "an exact rule wins over the pattern");
     assert_eq!(plan.prune.as_ref().unwrap().ratio, 0.5);
     // Dragging the ratio further is one undo step.
     for r in [0.55, 0.6, 0.65] {
-        ed.edit_cells(&[q], &prune(r), &a);
+        ed.edit_cells(&[q], &prune(r), &a, Some((&m.transformer, &s)));
     }
     assert!(ed.undo());
     assert_eq!(ed.recipe.layers.len(), 1, "back to the pattern alone");
@@ -62,12 +62,13 @@ fn cell_edits_override_patterns_and_undo() {
         &[q],
         &CellEdit::Quant(Some(Quant::ShiftAdd(ShiftAddKnobs::with_bits(3)))),
         &a,
+        Some((&m.transformer, &s)),
     );
     let a = ed.analyse(Some((&m.transformer, &s)));
     assert!(!a.is_valid());
     assert!(a.cell_errors.contains_key(&q), "{a:?}");
     // ...and clearing the pruning leaves a valid shift-add layer.
-    ed.edit_cells(&[q], &CellEdit::Prune(None), &a);
+    ed.edit_cells(&[q], &CellEdit::Prune(None), &a, Some((&m.transformer, &s)));
     let a = ed.analyse(Some((&m.transformer, &s)));
     assert!(a.is_valid(), "{a:?}");
     assert!(matches!(&a.plan[&q].1.quant, Some(Quant::ShiftAdd(k)) if k.bits == 3));
@@ -84,6 +85,7 @@ fn invalid_combinations_are_flagged_per_cell_and_the_estimate_tracks_bits() {
         &all,
         &CellEdit::Quant(Some(Quant::ShiftAdd(ShiftAddKnobs::with_bits(4)))),
         &a,
+        Some((&m.transformer, &s)),
     );
     let a4 = ed.analyse(Some((&m.transformer, &s)));
     let a = a4.clone();
@@ -91,6 +93,7 @@ fn invalid_combinations_are_flagged_per_cell_and_the_estimate_tracks_bits() {
         &all,
         &CellEdit::Quant(Some(Quant::ShiftAdd(ShiftAddKnobs::with_bits(2)))),
         &a,
+        Some((&m.transformer, &s)),
     );
     let a2 = ed.analyse(Some((&m.transformer, &s)));
     assert!(a2.estimate.total_bytes < a4.estimate.total_bytes);
@@ -106,6 +109,7 @@ fn invalid_combinations_are_flagged_per_cell_and_the_estimate_tracks_bits() {
             ..Default::default()
         })),
         &a2,
+        Some((&m.transformer, &s)),
     );
     let bad = ed.analyse(Some((&m.transformer, &s)));
     assert!(!bad.is_valid());
@@ -117,7 +121,12 @@ fn invalid_combinations_are_flagged_per_cell_and_the_estimate_tracks_bits() {
     assert_eq!(bad.cell_errors.len(), 1, "only the edited layer is flagged");
     // Taking the quantization away makes the RPS layer valid; its estimate is n/ratio f32
     // slots plus the 8-byte seed the hashed form stores.
-    ed.edit_cells(&[q], &CellEdit::Quant(None), &bad);
+    ed.edit_cells(
+        &[q],
+        &CellEdit::Quant(None),
+        &bad,
+        Some((&m.transformer, &s)),
+    );
     let ok = ed.analyse(Some((&m.transformer, &s)));
     assert!(ok.is_valid(), "{:?}", ok.first_error());
     let l = s.linear(q).unwrap();
@@ -142,6 +151,7 @@ fn editing_every_layer_writes_one_pattern_rule() {
             group: 128,
         }))),
         &a,
+        Some((&m.transformer, &s)),
     );
     assert_eq!(ed.recipe.layers.len(), 1, "{:?}", ed.recipe.layers);
     assert_eq!(ed.recipe.layers[0].pattern, "blk.*.*");
@@ -154,6 +164,7 @@ fn editing_every_layer_writes_one_pattern_rule() {
             group: 128,
         }))),
         &a,
+        Some((&m.transformer, &s)),
     );
     assert_eq!(
         ed.recipe.layers.len(),
@@ -169,6 +180,7 @@ fn editing_every_layer_writes_one_pattern_rule() {
             group: 128,
         }))),
         &a,
+        Some((&m.transformer, &s)),
     );
     assert_eq!(ed.recipe.layers.len(), 2, "{:?}", ed.recipe.layers);
     // Undo goes back one edit at a time.
@@ -210,4 +222,119 @@ fn the_sweep_moves_every_bit_width() {
     let up = shift_bits(&r, 1);
     assert_eq!(up.layers[0].shiftadd.as_ref().unwrap().bits, 3);
     assert_eq!(up.layers[1].rtn.as_ref().unwrap().bits, 8);
+}
+
+/// A selection that is a pattern becomes pattern rules (a kind across the model, a group of
+/// kinds, a block range), replacing the rules it makes redundant, and leaving every other layer
+/// as it was; a scattered selection, or one whose layers end with different plans, becomes an
+/// exact rule per layer; an invalid setting on a pattern is one error naming the pattern.
+#[test]
+fn pattern_selections_write_pattern_rules() {
+    let (_d, m, s) = tiny();
+    let model = Some((&m.transformer, &s));
+    let rtn = |bits| CellEdit::Quant(Some(Quant::Rtn(RtnKnobs { bits, group: 128 })));
+    let select = |f: &dyn Fn(&LinearId) -> bool| -> Vec<LinearId> {
+        s.linears.iter().map(|l| l.id).filter(|id| f(id)).collect()
+    };
+    let base = "[[layers]]\nmatch = \"blk.*.*\"\n[layers.rtn]\nbits = 4\n\
+                [[layers]]\nmatch = \"blk.1.attn_q\"\n[layers.rtn]\nbits = 8\n";
+    let mut ed = RecipeEditor::new(Recipe::from_toml(base).unwrap());
+
+    // One kind across every block.
+    let a = ed.analyse(model);
+    ed.edit_cells(
+        &select(&|id| id.kind == LinearKind::FfnUp),
+        &rtn(3),
+        &a,
+        model,
+    );
+    let last = ed.recipe.layers.last().unwrap();
+    assert_eq!(
+        (last.pattern.as_str(), last.blocks.as_deref()),
+        ("blk.*.ffn_up", None)
+    );
+    assert_eq!(ed.recipe.layers.len(), 3);
+
+    // The FFN group of block 0: one rule with a block range; block 1 and the exact rule keep
+    // their plans.
+    let a = ed.analyse(model);
+    let ffn0 = select(&|id| id.block == 0 && id.kind.gguf_name().starts_with("ffn_"));
+    ed.edit_cells(&ffn0, &rtn(2), &a, model);
+    let last = ed.recipe.layers.last().unwrap();
+    assert_eq!(
+        (last.pattern.as_str(), last.blocks.as_deref()),
+        ("blk.*.ffn_*", Some("0"))
+    );
+    let a = ed.analyse(model);
+    let bits = |id: LinearId| match &a.plan[&id].1.quant {
+        Some(Quant::Rtn(k)) => k.bits,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(bits(id(0, LinearKind::FfnDown)), 2);
+    assert_eq!(bits(id(1, LinearKind::FfnUp)), 3);
+    assert_eq!(bits(id(1, LinearKind::FfnDown)), 4);
+    assert_eq!(bits(id(1, LinearKind::AttnQ)), 8);
+
+    // The attention group everywhere replaces the exact rule it covers.
+    let attn = select(&|id| id.kind.gguf_name().starts_with("attn_"));
+    ed.edit_cells(&attn, &rtn(5), &a, model);
+    assert!(ed.recipe.layers.iter().all(|r| r.pattern != "blk.1.attn_q"));
+    assert_eq!(ed.recipe.layers.last().unwrap().pattern, "blk.*.attn_*");
+
+    // Every layer: the one rule left.
+    let a = ed.analyse(model);
+    ed.edit_cells(&select(&|_| true), &rtn(6), &a, model);
+    assert_eq!(ed.recipe.layers.len(), 1, "{:?}", ed.recipe.layers);
+    assert_eq!(ed.recipe.layers[0].pattern, "blk.*.*");
+
+    // Scattered: exact rules.
+    let a = ed.analyse(model);
+    let scattered = vec![id(0, LinearKind::AttnQ), id(1, LinearKind::FfnUp)];
+    ed.edit_cells(&scattered, &rtn(3), &a, model);
+    assert_eq!(ed.recipe.layers.len(), 3);
+    assert!(
+        ed.recipe.layers[1..]
+            .iter()
+            .all(|r| r.pattern.split('.').count() == 3 && !r.pattern.contains('*'))
+    );
+
+    // Different plans after the edit (one layer pruned): per layer as well.
+    let mut ed = RecipeEditor::default();
+    let a = ed.analyse(model);
+    let q0 = id(0, LinearKind::AttnQ);
+    ed.edit_cells(
+        &[q0],
+        &CellEdit::Rps(Some(RpsKnobs {
+            ratio: 2.0,
+            ..Default::default()
+        })),
+        &a,
+        model,
+    );
+    let a = ed.analyse(model);
+    let block0 = select(&|id| id.block == 0);
+    ed.edit_cells(
+        &block0,
+        &CellEdit::Prune(Some(PruneKnobs {
+            ratio: 0.5,
+            ..Default::default()
+        })),
+        &a,
+        model,
+    );
+    assert_eq!(ed.recipe.layers.len(), block0.len());
+
+    // An invalid setting on every layer is one error, naming its pattern.
+    let mut ed = RecipeEditor::new(
+        Recipe::from_toml("[[layers]]\nmatch = \"blk.*.*\"\n[layers.prune]\nratio = 0.3\n")
+            .unwrap(),
+    );
+    let a = ed.analyse(model);
+    let sa = CellEdit::Quant(Some(Quant::ShiftAdd(ShiftAddKnobs::with_bits(3))));
+    ed.edit_cells(&select(&|_| true), &sa, &a, model);
+    let a = ed.analyse(model);
+    assert_eq!(ed.recipe.layers.len(), 1);
+    assert_eq!(a.rule_errors.iter().flatten().count(), 1);
+    let e = &a.cell_errors[&q0];
+    assert!(e.contains("rule 0 (blk.*.*)"), "{e}");
 }

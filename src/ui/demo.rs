@@ -258,6 +258,25 @@ impl DemoScript {
                 s.state.history.tag_b = arg(1)?.to_string();
             }
             "frames" => self.wait = Wait::Frames(s.frames + arg(0)?.parse::<u64>()?),
+            // Resizes the window (the small-screen screenshots).
+            "window" => {
+                let size = egui::vec2(arg(0)?.parse()?, arg(1)?.parse()?);
+                ctx.send_viewport_cmd(egui::ViewportCommand::InnerSize(size));
+                self.wait = Wait::Frames(s.frames + SETTLE_FRAMES);
+            }
+            // Selects one linear kind in every block, as a click on its name in the layer map.
+            "select-kind" => {
+                let kind = arg(0)?;
+                s.state.selected_cells = all_linears(s)?
+                    .into_iter()
+                    .filter(|id| id.kind.gguf_name() == kind)
+                    .map(|id| id.to_string())
+                    .collect();
+                anyhow::ensure!(
+                    !s.state.selected_cells.is_empty(),
+                    "no linear kind `{kind}`"
+                );
+            }
             "screenshot" => {
                 let path = PathBuf::from(arg(0)?);
                 let flag = Arc::new(AtomicU8::new(0));

@@ -1,13 +1,15 @@
 //! The recipe editor's model: a [`Recipe`] plus undo/redo, and its analysis against the loaded
 //! model (the effective plan per linear, errors per rule and per cell, a bytes estimate).
 //!
-//! The grid is a view of the resolved recipe. Editing a cell (or every selected cell) writes an
-//! exact-name rule per linear that starts from the layer's current effective plan, so pattern
-//! rules keep working and the most specific rule wins, as in [`Recipe::resolve`]. No egui here.
+//! The grid and the layer map are views of the resolved recipe. Editing a cell (or every
+//! selected cell) starts from each layer's current effective plan; a selection that is a
+//! pattern (all layers, a block range, one kind or group of kinds) is written as pattern rules,
+//! anything else as an exact-name rule per linear, so the most specific rule wins, as in
+//! [`Recipe::resolve`]. No egui here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{LinearId, Transformer};
+use crate::model::{LinearId, LinearKind, Transformer};
 use crate::technique::recipe::{
     FlattenStep, LayerPlan, LayerRule, MergeStep, PruneKnobs, Quant, Recipe, RpsKnobs,
     ShiftAddKnobs,
@@ -164,7 +166,18 @@ impl RecipeEditor {
     }
 
     /// Applies `edit` to every linear in `targets`, starting from each one's effective plan.
-    pub fn edit_cells(&mut self, targets: &[LinearId], edit: &CellEdit, analysis: &Analysis) {
+    /// A selection that is a pattern (every layer, a block range, one kind or the attention or
+    /// FFN group, or a range of those) becomes pattern rules that replace the rules it makes
+    /// redundant; any other selection, or one a pattern cannot express, an exact rule per
+    /// layer. With `model`, the pattern form is checked to give every layer the same plan as
+    /// the per-layer form would.
+    pub fn edit_cells(
+        &mut self,
+        targets: &[LinearId],
+        edit: &CellEdit,
+        analysis: &Analysis,
+        model: Option<(&Transformer, &ModelSummary)>,
+    ) {
         if targets.is_empty() {
             return;
         }
@@ -182,65 +195,74 @@ impl RecipeEditor {
         if family != 0 {
             self.last_drag = Some(key);
         }
-        if self.edit_whole_model(targets, edit, analysis) {
+        let plans: BTreeMap<LinearId, LayerPlan> = targets
+            .iter()
+            .map(|&id| {
+                // The layer's own rule, even when invalid (its knobs are what the user sees
+                // and fixes); else whatever rule applies now.
+                let name = id.to_string();
+                let own = self
+                    .recipe
+                    .layers
+                    .iter()
+                    .find(|r| r.blocks.is_none() && r.pattern == name)
+                    .map(raw_plan);
+                let mut plan = own
+                    .or_else(|| analysis.plan.get(&id).map(|(_, p)| p.clone()))
+                    .unwrap_or_default();
+                match edit {
+                    CellEdit::Quant(q) => plan.quant = q.clone(),
+                    CellEdit::Prune(p) => plan.prune = p.clone(),
+                    CellEdit::Rps(r) => plan.rps = r.clone(),
+                }
+                (id, plan)
+            })
+            .collect();
+        if let Some(model) = model
+            && let Some(recipe) = self.as_pattern_rules(&plans, analysis, model)
+        {
+            self.recipe = recipe;
             return;
         }
-        for &id in targets {
-            // The layer's own rule, even when invalid (its knobs are what the user sees and
-            // fixes); else whatever rule applies now.
-            let name = id.to_string();
-            let own = self
-                .recipe
-                .layers
-                .iter()
-                .find(|r| r.blocks.is_none() && r.pattern == name)
-                .map(raw_plan);
-            let mut plan = own
-                .or_else(|| analysis.plan.get(&id).map(|(_, p)| p.clone()))
-                .unwrap_or_default();
-            match edit {
-                CellEdit::Quant(q) => plan.quant = q.clone(),
-                CellEdit::Prune(p) => plan.prune = p.clone(),
-                CellEdit::Rps(r) => plan.rps = r.clone(),
-            }
+        for (id, plan) in plans {
             self.write_exact_rule(id, &plan);
         }
     }
 
-    /// An edit of every linear of a recipe with no per-layer rules is one `blk.*.*` rule, not a
-    /// rule per layer (and an invalid knob is one error, not one per layer). Returns whether
-    /// the edit was made that way.
-    fn edit_whole_model(
-        &mut self,
-        targets: &[LinearId],
-        edit: &CellEdit,
+    /// The recipe with `plans` written as pattern rules, when the selection is a pattern, its
+    /// layers get one plan, and the result checks out: every selected layer shows its new plan
+    /// and every other layer what it showed before.
+    fn as_pattern_rules(
+        &self,
+        plans: &BTreeMap<LinearId, LayerPlan>,
         analysis: &Analysis,
-    ) -> bool {
-        const ALL: &str = "blk.*.*";
-        let everything = !analysis.linears.is_empty()
-            && targets.len() == analysis.linears.len()
-            && analysis.linears.iter().all(|id| targets.contains(id));
-        let only_all = self
-            .recipe
-            .layers
-            .iter()
-            .all(|r| r.pattern == ALL && r.blocks.is_none());
-        if !everything || !only_all || self.recipe.layers.len() > 1 {
-            return false;
+        (t, summary): (&Transformer, &ModelSummary),
+    ) -> Option<Recipe> {
+        let targets: Vec<LinearId> = plans.keys().copied().collect();
+        let mut values = plans.values();
+        let plan = values.next()?;
+        if values.any(|p| p != plan) {
+            return None;
         }
-        let mut plan = self.recipe.layers.first().map(raw_plan).unwrap_or_default();
-        match edit {
-            CellEdit::Quant(q) => plan.quant = q.clone(),
-            CellEdit::Prune(p) => plan.prune = p.clone(),
-            CellEdit::Rps(r) => plan.rps = r.clone(),
+        let patterns = selection_patterns(&targets, &analysis.linears, t.blocks.len())?;
+        let chosen: BTreeSet<LinearId> = targets.iter().copied().collect();
+        let mut recipe = self.recipe.clone();
+        // Rules that only reach selected layers are replaced by the new ones.
+        recipe.layers.retain(|r| {
+            rule_matches(r, t).map_or(true, |ids| !ids.iter().all(|id| chosen.contains(id)))
+        });
+        for (pattern, blocks) in patterns {
+            let mut rule = rule_from_plan(pattern, plan);
+            rule.blocks = blocks;
+            recipe.layers.push(rule);
         }
-        self.recipe.layers.clear();
-        if plan != LayerPlan::default() {
-            self.recipe
-                .layers
-                .push(rule_from_plan(ALL.to_string(), &plan));
-        }
-        true
+        let after = analyse(&recipe, Some((t, summary)));
+        let empty = LayerPlan::default();
+        let holds = analysis.linears.iter().all(|id| {
+            let want = plans.get(id).or_else(|| analysis.shown_plan(id));
+            after.shown_plan(id).unwrap_or(&empty) == want.unwrap_or(&empty)
+        });
+        holds.then_some(recipe)
     }
 
     /// Sets the exact-name rule of `id` to `plan`, creating or removing it as needed.
@@ -376,6 +398,66 @@ fn rule_matches(rule: &LayerRule, t: &Transformer) -> Result<Vec<LinearId>, Stri
     }
 }
 
+/// The pattern rules (`match`, `blocks`) that select exactly `targets` among `linears`, when
+/// the selection is a product of a contiguous block range and a set of kinds (and more than
+/// one layer): one rule for every kind, the attention or the FFN group, else one per kind.
+pub fn selection_patterns(
+    targets: &[LinearId],
+    linears: &[LinearId],
+    n_blocks: usize,
+) -> Option<Vec<(String, Option<String>)>> {
+    if targets.len() < 2 {
+        return None;
+    }
+    let blocks: BTreeSet<usize> = targets.iter().map(|id| id.block).collect();
+    let kinds: BTreeSet<LinearKind> = targets.iter().map(|id| id.kind).collect();
+    let (first, last) = (*blocks.first()?, *blocks.last()?);
+    let product = last - first + 1 == blocks.len()
+        && targets.len() == blocks.len() * kinds.len()
+        && blocks.iter().all(|b| {
+            kinds
+                .iter()
+                .all(|k| linears.contains(&LinearId::new(*b, *k)))
+        });
+    if !product {
+        return None;
+    }
+    let range = match (first, last) {
+        (0, l) if l + 1 == n_blocks => None,
+        (f, l) if f == l => Some(f.to_string()),
+        (f, l) => Some(format!("{f}-{l}")),
+    };
+    let present: BTreeSet<LinearKind> = linears.iter().map(|id| id.kind).collect();
+    let group = |prefix: &str| {
+        present
+            .iter()
+            .filter(|k| k.gguf_name().starts_with(prefix))
+            .copied()
+            .collect::<BTreeSet<_>>()
+    };
+    let names: Vec<String> = if kinds == present {
+        vec!["blk.*.*".into()]
+    } else if kinds == group("attn_") {
+        vec!["blk.*.attn_*".into()]
+    } else if kinds == group("ffn_") {
+        vec!["blk.*.ffn_*".into()]
+    } else {
+        kinds
+            .iter()
+            .map(|k| format!("blk.*.{}", k.gguf_name()))
+            .collect()
+    };
+    Some(names.into_iter().map(|n| (n, range.clone())).collect())
+}
+
+/// How a rule is named in messages: its pattern and block range.
+pub fn rule_label(rule: &LayerRule) -> String {
+    match &rule.blocks {
+        Some(b) => format!("{} in blocks {b}", rule.pattern),
+        None => rule.pattern.clone(),
+    }
+}
+
 /// See [`RecipeEditor::analyse`].
 pub fn analyse(recipe: &Recipe, model: Option<(&Transformer, &ModelSummary)>) -> Analysis {
     let mut a = Analysis {
@@ -390,7 +472,8 @@ pub fn analyse(recipe: &Recipe, model: Option<(&Transformer, &ModelSummary)>) ->
         match (&knobs, &matches) {
             (Err(e), Some(Ok(ids))) => {
                 for id in ids {
-                    a.cell_errors.insert(*id, format!("rule {i}: {e}"));
+                    a.cell_errors
+                        .insert(*id, format!("rule {i} ({}): {e}", rule_label(rule)));
                     a.invalid_plans.insert(*id, raw_plan(rule));
                 }
                 a.rule_errors[i] = Some(e.clone());

@@ -200,85 +200,95 @@ fn table_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         "recipe" => 260.0,
         _ => 90.0,
     };
-    ui.horizontal(|ui| {
-        for c in FIXED
-            .iter()
-            .map(|c| c.to_string())
-            .chain(metric_cols.iter().cloned())
-        {
-            let arrow = if h.sort == c {
-                if h.descending { " v" } else { " ^" }
-            } else {
-                ""
-            };
-            let resp = ui.add_sized(
-                [widths(&c), ROW_HEIGHT],
-                egui::Button::new(format!("{c}{arrow}")),
-            );
-            if resp.clicked() {
-                if h.sort == c {
-                    h.descending = !h.descending;
+    let header = |ui: &mut egui::Ui, h: &mut super::state::HistoryPrefs| {
+        ui.horizontal(|ui| {
+            for c in FIXED
+                .iter()
+                .map(|c| c.to_string())
+                .chain(metric_cols.iter().cloned())
+            {
+                let arrow = if h.sort == c {
+                    if h.descending { " v" } else { " ^" }
                 } else {
-                    h.sort = c.clone();
-                    h.descending = c == "created_at";
+                    ""
+                };
+                let resp = ui.add_sized(
+                    [widths(&c), ROW_HEIGHT],
+                    egui::Button::new(format!("{c}{arrow}")),
+                );
+                if resp.clicked() {
+                    if h.sort == c {
+                        h.descending = !h.descending;
+                    } else {
+                        h.sort = c.clone();
+                        h.descending = c == "created_at";
+                    }
                 }
             }
-        }
-    });
+        });
+    };
     let order = &s.views.history_cache.order;
     let selected = s.state.selected_run.clone();
-    egui::ScrollArea::both()
+    // The header scrolls sideways with the rows, so columns stay under their names.
+    egui::ScrollArea::horizontal()
+        .id_salt("history-table-h")
         .auto_shrink([false, false])
-        .show_rows(ui, ROW_HEIGHT, order.len(), |ui, range| {
-            for &i in &order[range] {
-                let row = &s.runs.rows[i];
-                let r = &row.record;
-                let is_sel = selected.as_deref() == Some(r.id.as_str());
-                ui.horizontal(|ui| {
-                    let resp = ui.add_sized(
-                        [widths("id"), ROW_HEIGHT],
-                        egui::Button::selectable(is_sel, r.id.as_str()),
-                    );
-                    if resp.clicked() {
-                        out.push(Command::SelectRun(Some(r.id.clone())));
-                    }
-                    let status_color = match row.status_label() {
-                        "ok" => theme::OK,
-                        "failed" => theme::ERROR,
-                        _ => theme::WARN,
-                    };
-                    ui.add_sized(
-                        [widths("created_at"), ROW_HEIGHT],
-                        egui::Label::new(&r.created_at).truncate(),
-                    );
-                    ui.add_sized(
-                        [widths("model"), ROW_HEIGHT],
-                        egui::Label::new(&r.model_name).truncate(),
-                    );
-                    ui.add_sized(
-                        [widths("status"), ROW_HEIGHT],
-                        egui::Label::new(
-                            egui::RichText::new(row.status_label()).color(status_color),
-                        ),
-                    );
-                    let tags = if r.tags.is_empty() {
-                        String::new()
-                    } else {
-                        format!("[{}] ", r.tags.join(", "))
-                    };
-                    ui.add_sized(
-                        [widths("recipe"), ROW_HEIGHT],
-                        egui::Label::new(format!("{tags}{}", row.summary)).truncate(),
-                    )
-                    .on_hover_text(r.error.clone().unwrap_or_else(|| row.summary.clone()));
-                    for c in &metric_cols {
-                        ui.add_sized(
-                            [90.0, ROW_HEIGHT],
-                            egui::Label::new(format_metric(c, s.runs.value(c, i))),
-                        );
+        .show(ui, |ui| {
+            header(ui, h);
+            egui::ScrollArea::vertical()
+                .id_salt("history-table-v")
+                .auto_shrink([false, false])
+                .show_rows(ui, ROW_HEIGHT, order.len(), |ui, range| {
+                    for &i in &order[range] {
+                        let row = &s.runs.rows[i];
+                        let r = &row.record;
+                        let is_sel = selected.as_deref() == Some(r.id.as_str());
+                        ui.horizontal(|ui| {
+                            let resp = ui.add_sized(
+                                [widths("id"), ROW_HEIGHT],
+                                egui::Button::selectable(is_sel, r.id.as_str()),
+                            );
+                            if resp.clicked() {
+                                out.push(Command::SelectRun(Some(r.id.clone())));
+                            }
+                            let status_color = match row.status_label() {
+                                "ok" => theme::OK,
+                                "failed" => theme::ERROR,
+                                _ => theme::WARN,
+                            };
+                            ui.add_sized(
+                                [widths("created_at"), ROW_HEIGHT],
+                                egui::Label::new(&r.created_at).truncate(),
+                            );
+                            ui.add_sized(
+                                [widths("model"), ROW_HEIGHT],
+                                egui::Label::new(&r.model_name).truncate(),
+                            );
+                            ui.add_sized(
+                                [widths("status"), ROW_HEIGHT],
+                                egui::Label::new(
+                                    egui::RichText::new(row.status_label()).color(status_color),
+                                ),
+                            );
+                            let tags = if r.tags.is_empty() {
+                                String::new()
+                            } else {
+                                format!("[{}] ", r.tags.join(", "))
+                            };
+                            ui.add_sized(
+                                [widths("recipe"), ROW_HEIGHT],
+                                egui::Label::new(format!("{tags}{}", row.summary)).truncate(),
+                            )
+                            .on_hover_text(r.error.clone().unwrap_or_else(|| row.summary.clone()));
+                            for c in &metric_cols {
+                                ui.add_sized(
+                                    [90.0, ROW_HEIGHT],
+                                    egui::Label::new(format_metric(c, s.runs.value(c, i))),
+                                );
+                            }
+                        });
                     }
                 });
-            }
         });
 }
 
@@ -331,7 +341,7 @@ fn details_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         );
     });
     run_actions_ui(ui, &id, out);
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         if ui.button("Compare as A").clicked() {
             out.push(Command::SetCompareRun {
                 side_b: false,
@@ -434,7 +444,7 @@ fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
     let tags: Vec<String> = s.runs.facets().tags.iter().cloned().collect();
     let (x, y) = (s.state.pareto.x.clone(), s.state.pareto.y.clone());
     let h = &mut s.state.history;
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         for (label, value) in [("Set A", &mut h.tag_a), ("Set B", &mut h.tag_b)] {
             ui.label(format!("{label} tag"));
             let resp = egui::ComboBox::from_id_salt(label)
@@ -457,7 +467,7 @@ fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
         let a = set_view(&s.runs, &h.tag_a, &x, &y);
         let b = set_view(&s.runs, &h.tag_b, &x, &y);
         let (hva, hvb) = hypervolumes(&a.points, &b.points, &x, &y);
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.colored_label(
                 theme::SET_A,
                 format!(
@@ -470,7 +480,7 @@ fn compare_ui(ui: &mut egui::Ui, s: &mut Studio, _out: &mut [Command]) {
             )
             .on_hover_text(HYPERVOLUME_HELP);
         });
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.colored_label(
                 theme::SET_B,
                 format!(

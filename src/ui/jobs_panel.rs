@@ -26,7 +26,7 @@ const KEY_METRICS: [(&str, &str); 6] = [
 
 pub fn jobs_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     settings_ui(ui, s);
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         let can = s.model.loaded.is_some();
         if ui
             .add_enabled(can, egui::Button::new("Run recipe"))
@@ -65,7 +65,7 @@ fn settings_ui(ui: &mut egui::Ui, s: &mut Studio) {
         .default_open(true)
         .show(ui, |ui| {
             let e = &mut prefs.settings;
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 // The app always names both; a run without them takes the CLI's defaults.
                 let mut chunks = e.chunks.unwrap_or(8);
                 let mut ctx = e.ctx.unwrap_or(128);
@@ -81,9 +81,9 @@ fn settings_ui(ui: &mut egui::Ui, s: &mut Studio) {
                 ui.label("length");
                 ui.add(egui::DragValue::new(&mut e.calib.seq_len).range(8..=8192));
             });
-            ui.horizontal(|ui| evaluation_text_picker(ui, e));
-            ui.horizontal(|ui| device_picker(ui, &mut e.device));
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| evaluation_text_picker(ui, e));
+            ui.horizontal_wrapped(|ui| device_picker(ui, &mut e.device));
+            ui.horizontal_wrapped(|ui| {
                 ui.label("Tags for new runs");
                 ui.add(egui::TextEdit::singleline(&mut prefs.tags).hint_text("comma-separated"));
             });
@@ -195,7 +195,7 @@ fn latency_label(
 }
 
 fn job_ui(ui: &mut egui::Ui, e: &JobEntry, out: &mut Vec<Command>) {
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         let color = match e.status_label() {
             "ok" => theme::OK,
             "failed" => theme::ERROR,
@@ -206,7 +206,7 @@ fn job_ui(ui: &mut egui::Ui, e: &JobEntry, out: &mut Vec<Command>) {
         ui.label(format!("{} ·", e.id));
         ui.label(&e.label);
     });
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         if e.from_store {
             ui.label("from the store").on_hover_text(
                 "This recipe was already measured with these settings on this model: the stored \

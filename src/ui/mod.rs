@@ -19,6 +19,7 @@ pub mod history_panel;
 pub mod history_query;
 pub mod jobs;
 pub mod jobs_panel;
+pub mod layer_map;
 pub mod model_info;
 pub mod model_panel;
 pub mod pareto_panel;

@@ -110,7 +110,7 @@ pub fn model_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
 
 /// The sensitivity pass: start, default setting, progress and cancel, and what was measured.
 fn sensitivity_controls_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         let running = s.sensitivity.running.is_some();
         if ui
             .add_enabled(!running, egui::Button::new("Run sensitivity pass"))
@@ -205,7 +205,7 @@ fn sensitivity_controls_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Comm
 }
 
 fn open_row_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         ui.label("Zoo");
         for z in ZOO {
             let spec = format!("zoo:{z}");
@@ -223,7 +223,7 @@ fn open_row_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         }
     });
     if let Some((spec, since)) = &s.model.loading {
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.label(format!("Loading {spec}"));
             match s.model.progress {
                 Some(p) if p.bytes_total > 0 => {

@@ -733,7 +733,7 @@ fn selection_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         run_actions_ui(ui, &id, out);
     }
     if !s.views.box_selection.is_empty() {
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.label(format!("{} runs in the box", s.views.box_selection.len()));
             let ids = s.views.box_selection.clone();
             tag_entry_ui(ui, &mut s.views.tag_input, &ids, "Tag them", out);
@@ -746,7 +746,7 @@ fn selection_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
 
 /// Load / export buttons for one run.
 pub fn run_actions_ui(ui: &mut egui::Ui, id: &str, out: &mut Vec<Command>) {
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         if ui.button("Load recipe into editor").clicked() {
             out.push(Command::LoadRunRecipe(id.to_string()));
         }

@@ -125,7 +125,15 @@ pub fn recipe_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     ui.separator();
     egui::ScrollArea::vertical().show(ui, |ui| {
         match s.summary().cloned() {
-            Some(sum) => grid_ui(ui, s, &sum, &analysis, out),
+            Some(sum) => {
+                egui::CollapsingHeader::new("Layer map")
+                    .id_salt("layer-map-section")
+                    .default_open(true)
+                    .show(ui, |ui| {
+                        super::layer_map::layer_map_ui(ui, s, &sum, &analysis, out);
+                    });
+                grid_ui(ui, s, &sum, &analysis, out);
+            }
             None => {
                 ui.label(
                     "Open a model to edit per layer; pattern rules and merging work without one.",
@@ -142,7 +150,7 @@ pub fn recipe_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
 }
 
 fn toolbar_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         if ui.button("Load recipe…").clicked() {
             out.push(Command::LoadRecipeDialog);
         }
@@ -283,7 +291,7 @@ fn estimate_ui(ui: &mut egui::Ui, s: &Studio, a: &Analysis) {
         return;
     }
     let e = &a.estimate;
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         ui.strong("Estimate");
         let ratio = if e.total_bytes > 0 {
             e.base_bytes as f64 / e.total_bytes as f64
@@ -465,7 +473,7 @@ fn grid_ui(
 
 /// The bits, prune, method and RPS cells of one row. `shown` decides the displayed value,
 /// `targets` receive edits (the selection when the row is selected).
-fn cells_ui(
+pub(super) fn cells_ui(
     ui: &mut egui::Ui,
     row: &str,
     shown: &[LinearId],
@@ -625,7 +633,7 @@ fn merge_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             }
         }
     });
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         for z in ZOO {
             let spec = format!("zoo:{z}");
             if ui.small_button(format!("+ {spec}")).clicked() {
@@ -635,7 +643,7 @@ fn merge_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             }
         }
     });
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         ui.label("Path");
         ui.text_edit_singleline(&mut s.recipe.rule_form.merge_model);
         if ui.button("Add model").clicked() && !s.recipe.rule_form.merge_model.trim().is_empty() {
@@ -646,7 +654,7 @@ fn merge_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             out.push(Command::SetMerge(Some(n)));
         }
     });
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         ui.label("Method");
         for meth in [
             MergeMethod::Opcm,
@@ -681,7 +689,7 @@ fn merge_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
 fn rule_form_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     ui.strong("Add a pattern rule");
     let f = &mut s.recipe.rule_form;
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         ui.label("Match");
         ui.add(egui::TextEdit::singleline(&mut f.pattern).desired_width(160.0))
             .on_hover_text("Glob over layer names (blk.*.ffn_*), re:REGEX, or an exact name");

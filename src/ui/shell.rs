@@ -41,7 +41,7 @@ impl Studio {
     }
 
     fn top_bar_ui(&mut self, ui: &mut egui::Ui, out: &mut Vec<Command>) {
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.strong("Reparam Studio");
             ui.separator();
             for p in Panel::ALL {
@@ -104,7 +104,7 @@ impl Studio {
     }
 
     fn status_bar_ui(&mut self, ui: &mut egui::Ui, out: &mut Vec<Command>) {
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             let active = self.jobs.active().count();
             let runs = self.runs.rows.len();
             ui.label(format!(
@@ -138,7 +138,7 @@ impl Studio {
             ui.weak(SHORTCUT_HINT);
         });
         if let Some(n) = self.notices.last() {
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 let color = if n.is_error {
                     theme::ERROR
                 } else {
@@ -178,7 +178,7 @@ fn path_prompt_ui(
                     prompt.text = c;
                 }
             }
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 if ui.button("OK").clicked() || entered {
                     out.push(Command::AnswerPathPrompt(Some(prompt.text.clone())));
                 }

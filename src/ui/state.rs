@@ -167,6 +167,8 @@ pub struct AppState {
     pub eval: EvalPrefs,
     /// Sensitivity pass: shift-add bits for layers the recipe leaves alone (0 = skip them).
     pub sensitivity_bits: usize,
+    /// What the layer map's colours show.
+    pub map_quantity: super::layer_map::MapQuantity,
 }
 
 impl Default for AppState {
@@ -182,6 +184,7 @@ impl Default for AppState {
             history: HistoryPrefs::default(),
             eval: EvalPrefs::default(),
             sensitivity_bits: 3,
+            map_quantity: Default::default(),
         }
     }
 }

@@ -239,7 +239,11 @@ impl Studio {
             // Recipe editing.
             Command::EditCells { targets, edit } => {
                 let analysis = self.analysis().clone();
-                self.recipe.editor.edit_cells(&targets, &edit, &analysis);
+                let model = self.model.loaded.as_ref();
+                let model = model.map(|m| (&m.model.transformer, m.summary.as_ref()));
+                self.recipe
+                    .editor
+                    .edit_cells(&targets, &edit, &analysis, model);
             }
             Command::ToggleFlatten(b) => self.recipe.editor.toggle_flatten(b),
             Command::SetMerge(m) => self.recipe.editor.set_merge(m),

@@ -3,16 +3,18 @@
 //! and "measure K points", which queues points of the front as ordinary jobs.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::{Activity, Studio};
+use crate::model::LinearId;
 use crate::search::{
     CandidateFile, DEFAULT_CANDIDATES, Goal, MeasureRequest, Prediction, search_model, spread,
 };
-use crate::technique::recipe::Recipe;
+use crate::technique::measure::Measured;
+use crate::technique::recipe::{LayerPlan, Recipe};
 use crate::ui::runs::RunTable;
 use crate::ui::tasks::TaskEvent;
 
@@ -48,11 +50,24 @@ pub struct SearchPoint {
     pub summary: String,
 }
 
+/// What the search's table measured for one layer at one setting.
+#[derive(Debug, Clone)]
+pub struct MeasuredSetting {
+    pub plan: LayerPlan,
+    /// KLD from the base with only this layer at this setting.
+    pub kld: f64,
+    pub bytes: usize,
+    /// The layer's product time in the decode engine (seconds; NaN when untimed).
+    pub seconds: f64,
+}
+
 /// A finished search.
 #[derive(Debug, Clone)]
 pub struct SearchResult {
     pub model_id: String,
     pub points: Vec<SearchPoint>,
+    /// The measurement table by layer, for the layer map.
+    pub layers: BTreeMap<LinearId, Vec<MeasuredSetting>>,
     /// Table rows measured by this search and found stored.
     pub measured_now: usize,
     pub reused: usize,
@@ -103,6 +118,37 @@ impl SearchPass {
         *self.measured.borrow_mut() = Some((runs.generation, rows.clone()));
         rows
     }
+}
+
+/// The table's rows by layer and setting (the candidates' plans, dense included).
+fn measured_settings(
+    file: &CandidateFile,
+    model: &crate::model::Model,
+    rows: &[Measured],
+) -> BTreeMap<LinearId, Vec<MeasuredSetting>> {
+    let index: HashMap<(&str, &str), &Measured> = rows
+        .iter()
+        .map(|r| ((r.layer.as_str(), r.candidate.as_str()), r))
+        .collect();
+    let work = file.work(&model.transformer).unwrap_or_default();
+    work.into_iter()
+        .map(|(id, candidates)| {
+            let layer = id.to_string();
+            let settings = candidates
+                .into_iter()
+                .filter_map(|c| {
+                    let r = index.get(&(layer.as_str(), c.key.as_str()))?;
+                    Some(MeasuredSetting {
+                        plan: c.plan,
+                        kld: r.kld,
+                        bytes: r.bytes,
+                        seconds: r.seconds,
+                    })
+                })
+                .collect();
+            (id, settings)
+        })
+        .collect()
 }
 
 impl Studio {
@@ -170,6 +216,7 @@ impl Studio {
                     },
                 )
                 .map(|out| SearchResult {
+                    layers: measured_settings(&file, model, &out.table.rows),
                     model_id: model.id.clone(),
                     points: out
                         .front
