@@ -883,3 +883,92 @@ fn a_failed_store_write_keeps_the_result() {
     assert_eq!(rec.id, outcome.record.id);
     assert!(rec.metrics.get("ppl").is_some_and(|p| p.is_finite()));
 }
+
+/// A symmetric RTN 4-bit g32 run on the zoo exports to GGUF as Q4_0 tensors at the size the run
+/// counted, and `--verify` has llama.cpp measure the file (against the base, same text and
+/// positions) and stores that as a run tagged `deployed` whose llama.cpp perplexity is the
+/// run's own within llama.cpp's Q8_0 activation rounding. Needs llama.cpp's tools
+/// (`scripts/llamacpp-peer.sh`); without them it says SKIPPED.
+#[test]
+fn a_gguf_export_is_measured_as_deployed() {
+    let Some(bin) = reparam::export::deployed::default_llamacpp_dir()
+        .filter(|d| d.join("llama-perplexity").is_file())
+    else {
+        eprintln!("SKIPPED: llama.cpp's tools are not built (scripts/llamacpp-peer.sh)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("q4_0.toml");
+    std::fs::write(
+        &recipe,
+        "[[layers]]\nmatch = \"blk.*.*\"\n[layers.rtn]\nbits = 4\ngroup = 32\nsymmetric = true\n",
+    )
+    .unwrap();
+    let text = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/text/suite/prose.txt");
+    let store = dir.path().join("store");
+    let run = run_recipe_text(&recipe, &store, text);
+    let id = run["run_id"].as_str().unwrap().to_string();
+    let gguf = dir.path().join("m.gguf");
+    let out = reparam()
+        .args(["export", &id, "--model"])
+        .arg(&gguf)
+        .args(["--format", "gguf", "--verify", "--verify-text", text])
+        .args([
+            "--verify-ctx",
+            "64",
+            "--verify-chunks",
+            "4",
+            "--json",
+            "--peer-bin",
+        ])
+        .arg(&bin)
+        .arg("--store")
+        .arg(&store)
+        .output()
+        .unwrap();
+    let v = common::ok_json(&out);
+    let exact = v["gguf"]["exact"].as_array().unwrap();
+    assert!(
+        exact.iter().all(|e| e[1] == "Q4_0") && exact.len() == 42,
+        "{v}"
+    );
+    let deployed_ppl = v["deployed"]["ppl"].as_f64().unwrap();
+    let ours = run["ppl"].as_f64().unwrap();
+    assert!(
+        (deployed_ppl / ours - 1.0).abs() < 0.02,
+        "{deployed_ppl} vs {ours}"
+    );
+    let snap = Store::open(&store).unwrap().load().unwrap();
+    let row = snap
+        .records
+        .iter()
+        .find(|r| r.tags.iter().any(|t| t == "deployed"))
+        .expect("the deployed row");
+    assert!(row.notes[0].contains(&id), "{:?}", row.notes);
+    assert_eq!(
+        row.metrics["bytes"] as u64,
+        v["gguf"]["file_bytes"].as_u64().unwrap()
+    );
+}
+
+/// `run --json` of `recipe` on zoo:multi on `text` (ctx 64, 4 chunks).
+fn run_recipe_text(recipe: &Path, store: &Path, text: &str) -> serde_json::Value {
+    let out = reparam()
+        .args(["run", "zoo:multi", "--recipe"])
+        .arg(recipe)
+        .args([
+            "--text",
+            text,
+            "--ctx",
+            "64",
+            "--chunks",
+            "4",
+            "--prompts",
+            "0",
+        ])
+        .args(["--json", "--store"])
+        .arg(store)
+        .output()
+        .unwrap();
+    common::ok_json(&out)
+}

@@ -338,3 +338,99 @@ fn load_reports_progress_to_completion() {
         assert!(last.bytes_total > 0 && (last.fraction() - 1.0).abs() < 1e-12);
     }
 }
+
+/// Symmetric RTN at group 32 exports to GGUF as llama.cpp's own Q4_0/Q5_0/Q8_0, exactly: the
+/// file's tensors have those types and the sizes we count, and reading the file back gives
+/// every weight bit for bit; layers no type holds exactly are written dense (or, with the
+/// `nearest` fallback, re-quantized and reported as approximated).
+#[test]
+fn symmetric_rtn_exports_to_gguf_block_types_exactly() {
+    use reparam::export::experiment::{GgufFallback, write_gguf};
+    use reparam::technique::recipe::Recipe;
+    let dir = tempfile::tempdir().unwrap();
+    TinySpec::default().write_hf(dir.path(), 1);
+    let base = Model::load(dir.path()).unwrap();
+    let recipe = Recipe::from_toml(
+        "[[layers]]\nmatch = \"blk.*.attn_*\"\n[layers.rtn]\nbits = 4\ngroup = 32\nsymmetric = true\n\
+         [[layers]]\nmatch = \"blk.0.ffn_*\"\n[layers.rtn]\nbits = 8\ngroup = 32\nsymmetric = true\n\
+         [[layers]]\nmatch = \"blk.1.ffn_*\"\n[layers.rtn]\nbits = 5\ngroup = 32\nsymmetric = true\n\
+         [[layers]]\nmatch = \"blk.1.attn_output\"\n[layers.prune]\nratio = 0.5\n",
+    )
+    .unwrap();
+    let compressed = reparam::technique::apply(
+        &base,
+        &recipe,
+        &[],
+        reparam::technique::CalibOptions::default(),
+        &mut |_, _, _| true,
+    )
+    .unwrap();
+    let t = &compressed.model.transformer;
+    let out = dir.path().join("rtn.gguf");
+    let meta = Default::default();
+    let report = write_gguf(
+        &base,
+        t,
+        &out,
+        candle_core::DType::F32,
+        GgufFallback::Dense,
+        &meta,
+    )
+    .unwrap();
+    // ffn_down's rows are 48 inputs long, not a multiple of 32: no block type holds them.
+    let types: std::collections::BTreeMap<String, String> = report.exact.iter().cloned().collect();
+    assert_eq!(types.len(), 2 * 4 - 1 + 2 * 2, "{report:?}");
+    assert_eq!(types["blk.0.attn_v.weight"], "Q4_0");
+    assert_eq!(types["blk.0.ffn_up.weight"], "Q8_0");
+    assert_eq!(types["blk.1.ffn_gate.weight"], "Q5_0");
+    assert_eq!(
+        report.dense,
+        [
+            "blk.0.ffn_down.weight",
+            "blk.1.attn_output.weight",
+            "blk.1.ffn_down.weight"
+        ]
+    );
+
+    let file = reparam::model::gguf::GgufFile::open(&out).unwrap();
+    let back = Model::load(&out).unwrap();
+    for id in t.linear_ids() {
+        let ours = t.linear(id).unwrap();
+        let read = back.transformer.linear(id).unwrap();
+        let (a, b) = (
+            ours.to_dense()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            read.to_dense()
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+        let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{id}: weights differ after the round trip");
+        let info = file.tensor_info(&format!("{id}.weight")).unwrap();
+        if types.contains_key(&format!("{id}.weight")) {
+            assert_eq!(info.size_bytes as usize, ours.size_bytes(), "{id}: bytes");
+        }
+    }
+
+    let report = write_gguf(
+        &base,
+        t,
+        &out,
+        candle_core::DType::F32,
+        GgufFallback::Nearest,
+        &meta,
+    )
+    .unwrap();
+    // The pruned layer re-quantized; no type holds a 48-long row.
+    assert_eq!(report.approximated.len(), 1, "{report:?}");
+    assert_eq!(report.dense.len(), 2, "{report:?}");
+}

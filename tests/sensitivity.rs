@@ -11,7 +11,11 @@ use reparam::technique::sensitivity::{SensitivityOptions, eval_tokens, layer_sen
 
 fn rtn(bits: usize) -> LayerPlan {
     LayerPlan {
-        quant: Some(Quant::Rtn(RtnKnobs { bits, group: 32 })),
+        quant: Some(Quant::Rtn(RtnKnobs {
+            bits,
+            group: 32,
+            symmetric: false,
+        })),
         ..LayerPlan::default()
     }
 }

@@ -149,6 +149,7 @@ fn editing_every_layer_writes_one_pattern_rule() {
         &CellEdit::Quant(Some(Quant::Rtn(RtnKnobs {
             bits: 4,
             group: 128,
+            symmetric: false,
         }))),
         &a,
         Some((&m.transformer, &s)),
@@ -162,6 +163,7 @@ fn editing_every_layer_writes_one_pattern_rule() {
         &CellEdit::Quant(Some(Quant::Rtn(RtnKnobs {
             bits: 3,
             group: 128,
+            symmetric: false,
         }))),
         &a,
         Some((&m.transformer, &s)),
@@ -178,6 +180,7 @@ fn editing_every_layer_writes_one_pattern_rule() {
         &CellEdit::Quant(Some(Quant::Rtn(RtnKnobs {
             bits: 8,
             group: 128,
+            symmetric: false,
         }))),
         &a,
         Some((&m.transformer, &s)),
@@ -232,7 +235,13 @@ fn the_sweep_moves_every_bit_width() {
 fn pattern_selections_write_pattern_rules() {
     let (_d, m, s) = tiny();
     let model = Some((&m.transformer, &s));
-    let rtn = |bits| CellEdit::Quant(Some(Quant::Rtn(RtnKnobs { bits, group: 128 })));
+    let rtn = |bits| {
+        CellEdit::Quant(Some(Quant::Rtn(RtnKnobs {
+            bits,
+            group: 128,
+            symmetric: false,
+        })))
+    };
     let select = |f: &dyn Fn(&LinearId) -> bool| -> Vec<LinearId> {
         s.linears.iter().map(|l| l.id).filter(|id| f(id)).collect()
     };

@@ -2,6 +2,7 @@
 //! and the store side of `run`. Each parses arguments, calls the store/jobs/export library and
 //! prints; nothing here computes.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -12,7 +13,8 @@ use clap::{Args, Subcommand};
 use polars::prelude::{col, lit};
 
 use crate::export::experiment::{
-    ExportFormat, export_metadata, llama_quantize_types, reapply, recipe_toml, write_gguf, write_hf,
+    ExportFormat, GgufFallback, export_metadata, llama_quantize_types, reapply, recipe_toml,
+    write_gguf, write_hf,
 };
 use crate::jobs::{JobEventKind, JobRunner, JobSpec, ModelCache, execute};
 use crate::progress::TermProgress;
@@ -550,6 +552,35 @@ pub struct ExportArgs {
     /// The calibration text, when the run used its own.
     #[arg(long)]
     pub calib_text: Option<PathBuf>,
+    /// GGUF: how compressed linears without an exact llama.cpp type are written — `dense`
+    /// (exact values, dense size) or `nearest` (re-quantized to the nearest llama.cpp type:
+    /// deployable size, approximate weights). Symmetric RTN at group 32 and 4, 5 or 8 bits is
+    /// always written exactly as Q4_0/Q5_0/Q8_0.
+    #[arg(long, default_value = "dense")]
+    pub gguf_fallback: String,
+    /// GGUF: print what each linear was written as (and, with --verify, what llama.cpp
+    /// measured), as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// GGUF: measure the file as deployed — llama.cpp's llama-perplexity against the base with
+    /// --kl-divergence on the same texts and positions as our evaluation, llama-bench for
+    /// decode speed — and store it as a run tagged `deployed`.
+    #[arg(long)]
+    pub verify: bool,
+    /// --verify on this text (else the suite).
+    #[arg(long)]
+    pub verify_text: Option<PathBuf>,
+    /// --verify on this suite (`held-out` or a directory of .txt files).
+    #[arg(long, default_value = "held-out")]
+    pub verify_suite: String,
+    #[arg(long, default_value_t = 512)]
+    pub verify_ctx: usize,
+    #[arg(long, default_value_t = 16)]
+    pub verify_chunks: usize,
+    /// Directory holding llama.cpp's tools; default `~/.cache/reparam/llamacpp/build/bin`
+    /// (what `scripts/llamacpp-peer.sh` builds).
+    #[arg(long)]
+    pub peer_bin: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArg,
 }
@@ -600,11 +631,131 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
         let meta = export_metadata(&rec, &plan);
         match format {
             ExportFormat::Safetensors => write_hf(&base, &t, out, dtype, &meta)?,
-            ExportFormat::Gguf => write_gguf(&base, &t, out, dtype, &meta)?,
+            ExportFormat::Gguf => {
+                let fallback: GgufFallback =
+                    args.gguf_fallback.parse().map_err(anyhow::Error::msg)?;
+                // Checked before the export, so a missing tool costs no work.
+                let tools = args
+                    .verify
+                    .then(|| crate::export::deployed::LlamaCpp::find(args.peer_bin.as_deref()))
+                    .transpose()?;
+                let report = write_gguf(&base, &t, out, dtype, fallback, &meta)?;
+                let mut types: BTreeMap<&str, usize> = BTreeMap::new();
+                for (_, ty) in report.exact.iter().chain(&report.approximated) {
+                    *types.entry(ty.as_str()).or_default() += 1;
+                }
+                eprintln!(
+                    "GGUF: {} bytes; {} linears exact in llama.cpp types, {} re-quantized to the \
+                     nearest type, {} dense; types {types:?}",
+                    report.file_bytes,
+                    report.exact.len(),
+                    report.approximated.len(),
+                    report.dense.len()
+                );
+                let deployed = match tools {
+                    Some(tools) => Some(verify_deployed(
+                        args, &store, &rec, &base, &report, out, &tools,
+                    )?),
+                    None => None,
+                };
+                if args.json {
+                    let obj = serde_json::json!({ "gguf": report, "deployed": deployed });
+                    crate::outln!("{}", serde_json::to_string_pretty(&obj)?);
+                }
+            }
         }
         eprintln!("model of run {} written to {}", rec.id, out.display());
     }
     Ok(())
+}
+
+/// `export --verify`: llama.cpp measures the exported file against an F32 GGUF of the base on
+/// the chosen texts; the result is stored as a run tagged `deployed` and returned.
+fn verify_deployed(
+    args: &ExportArgs,
+    store: &Store,
+    run: &ExperimentRecord,
+    base: &crate::model::Model,
+    report: &crate::export::experiment::GgufReport,
+    exported: &std::path::Path,
+    tools: &crate::export::deployed::LlamaCpp,
+) -> anyhow::Result<crate::export::deployed::Deployed> {
+    let started = std::time::Instant::now();
+    let work = tempfile_dir()?;
+    let result = (|| {
+        // The base as llama.cpp reads it, in F32: the reference our KLD is taken against.
+        let base_gguf = work.join("base-f32.gguf");
+        write_gguf(
+            base,
+            &base.transformer,
+            &base_gguf,
+            candle_core::DType::F32,
+            GgufFallback::Dense,
+            &BTreeMap::new(),
+        )?;
+        let texts = crate::eval::text::evaluation_texts(
+            base,
+            args.verify_text.as_deref(),
+            args.verify_text
+                .is_none()
+                .then_some(args.verify_suite.as_str()),
+        )?;
+        let mut files = Vec::new();
+        for d in &texts.domains {
+            let f = work.join(format!("{}.txt", d.name));
+            std::fs::write(&f, &d.text).with_context(|| format!("writing {}", f.display()))?;
+            files.push((d.name.clone(), f));
+        }
+        eprintln!("measuring the export in llama.cpp on {} …", texts.label);
+        let deployed = crate::export::deployed::measure(
+            tools,
+            &base_gguf,
+            exported,
+            &files,
+            args.verify_ctx,
+            args.verify_chunks,
+            rayon::current_num_threads(),
+            &work,
+        )?;
+        let on = format!(
+            "{} (ctx {}, {} chunks)",
+            texts.label, args.verify_ctx, args.verify_chunks
+        );
+        let rec = crate::export::experiment::deployed_record(
+            run,
+            report,
+            &deployed,
+            &on,
+            started.elapsed().as_secs_f64(),
+        );
+        store.append(&rec)?;
+        eprintln!(
+            "as deployed: {} bytes, ppl {:.4}, KLD {:.5}, top-1 {:.1} %{}; stored as run {} \
+             (tagged deployed)",
+            report.file_bytes,
+            deployed.ppl,
+            deployed.kld_mean,
+            100.0 * deployed.top1_agree,
+            deployed
+                .decode_tok_s
+                .map_or(String::new(), |t| format!(", llama-bench {t:.1} tok/s")),
+            rec.id
+        );
+        Ok(deployed)
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+/// A fresh directory under the system's temporary directory.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "reparam-verify-{}-{}",
+        std::process::id(),
+        crate::store::record::new_id("verify")
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// The store side of `reparam run`.

@@ -50,10 +50,11 @@ impl Linear {
                 dequantized,
                 bits,
                 group,
+                symmetric,
                 ..
             } => {
                 let w = to_f32(dequantized)?;
-                match RtnPacked::from_dequantized(&w, rows, cols, *bits, *group) {
+                match RtnPacked::from_dequantized(&w, rows, cols, *bits, *group, *symmetric) {
                     Some(p) => Kernel::Rtn(p),
                     None => Kernel::Dense(w),
                 }

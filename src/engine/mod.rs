@@ -11,7 +11,7 @@
 
 mod linear;
 pub mod pool;
-mod rtn;
+pub mod rtn;
 
 use std::cell::RefCell;
 

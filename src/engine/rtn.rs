@@ -22,6 +22,8 @@ pub struct RtnPacked {
     scale: Vec<f16>,
     /// The integer the smallest code stands for (`−zero` of the quantizer), in f16.
     offset: Vec<f16>,
+    /// Symmetric layers: every offset is `−2^(bits−1)`, implied rather than stored.
+    symmetric: bool,
 }
 
 impl RtnPacked {
@@ -30,20 +32,24 @@ impl RtnPacked {
         self.cols.div_ceil(self.group)
     }
 
-    /// Bytes as stored: codes, scales and offsets.
+    /// Bytes as stored: codes, scales and (asymmetric layers) offsets.
     pub fn size_bytes(&self) -> usize {
-        self.codes.len() + 2 * (self.scale.len() + self.offset.len())
+        let offsets = if self.symmetric { 0 } else { self.offset.len() };
+        self.codes.len() + 2 * (self.scale.len() + offsets)
     }
 
     /// Recovers the codes of an RTN matrix from its dequantized values, or `None` when some
     /// group is not `f16 scale × integer` with at most `2^bits` levels (a matrix quantized
-    /// before scales were f16, or not RTN at all).
+    /// before scales were f16, or not RTN at all). `symmetric`: every group is `scale·k` with
+    /// `k ∈ [−2^(bits−1), 2^(bits−1) − 1]` (the scale may be negative) and its codes are
+    /// `k + 2^(bits−1)`, the offset implied.
     pub fn from_dequantized(
         w: &[f32],
         rows: usize,
         cols: usize,
         bits: usize,
         group: usize,
+        symmetric: bool,
     ) -> Option<Self> {
         if bits == 0 || bits > 8 || w.len() != rows * cols {
             return None;
@@ -58,8 +64,22 @@ impl RtnPacked {
         for r in 0..rows {
             for g in 0..groups {
                 let vals = &w[r * cols + g * group..r * cols + ((g + 1) * group).min(cols)];
-                let s = group_scale(vals, bits, &mut ks)?;
-                let kmin = ks.iter().copied().min().unwrap_or(0);
+                let mut s = group_scale(vals, bits, &mut ks)?;
+                let kmin = if symmetric {
+                    let half = 1i32 << (bits - 1);
+                    // The level without a positive twin is −half: a group reaching +half has
+                    // a negative scale.
+                    if ks.contains(&half) {
+                        s = -s;
+                        ks.iter_mut().for_each(|k| *k = -*k);
+                    }
+                    if ks.iter().any(|&k| k < -half || k >= half) {
+                        return None;
+                    }
+                    -half
+                } else {
+                    ks.iter().copied().min().unwrap_or(0)
+                };
                 let out = &mut codes[(r * groups + g) * group_bytes..][..group_bytes];
                 for (i, &k) in ks.iter().enumerate() {
                     let code = (k - kmin) as u32;
@@ -83,7 +103,23 @@ impl RtnPacked {
             codes,
             scale,
             offset,
+            symmetric,
         })
+    }
+
+    /// The codes (`bits` each, least significant bit first, each (row, group) starting on a
+    /// byte) and the f16 scale of every (row, group), row-major: what an exporter writes.
+    pub fn parts(&self) -> (&[u8], &[f16], &[f16]) {
+        (&self.codes, &self.scale, &self.offset)
+    }
+
+    /// The code of weight `j` of (row, group) `i`.
+    pub fn code(&self, i: usize, j: usize) -> u32 {
+        code_at(
+            &self.codes[i * self.group_bytes..][..self.group_bytes],
+            j,
+            self.bits,
+        )
     }
 
     /// Row `r`, dequantized into `out` (`cols` values): the embedding lookup of a tied,
@@ -443,8 +479,11 @@ mod tests {
             let w: Vec<f32> = (0..rows * cols)
                 .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.4) * 0.3)
                 .collect();
-            let dq = rtn_quantize(&w, rows, cols, bits, group);
-            let p = RtnPacked::from_dequantized(&dq, rows, cols, bits, group).unwrap();
+            // Symmetric layers (bits ≥ 2) pack with the implied offset and count no offsets.
+            let symmetric = bits >= 2 && rows % 2 == 1;
+            let dq = rtn_quantize(&w, rows, cols, bits, group, symmetric);
+            let p = RtnPacked::from_dequantized(&dq, rows, cols, bits, group, symmetric)
+                .unwrap_or_else(|| panic!("{bits}b g{group} symmetric {symmetric}"));
             let mut row = vec![0.0f32; cols];
             for r in 0..rows {
                 p.row_into(r, &mut row);
@@ -471,7 +510,7 @@ mod tests {
             assert_eq!(
                 p.size_bytes(),
                 rows * groups * (if group == 0 { cols } else { group } * bits).div_ceil(8)
-                    + rows * groups * 4
+                    + rows * groups * if symmetric { 2 } else { 4 }
             );
         }
     }
@@ -479,6 +518,6 @@ mod tests {
     #[test]
     fn values_that_are_not_rtn_are_refused() {
         let w = [0.1f32, 0.2, 0.30001, 0.7];
-        assert!(RtnPacked::from_dequantized(&w, 1, 4, 2, 4).is_none());
+        assert!(RtnPacked::from_dequantized(&w, 1, 4, 2, 4, false).is_none());
     }
 }

@@ -18,7 +18,7 @@ use candle_core::{DType, Device};
 use crate::device::DeviceChoice;
 use crate::eval::PerplexityOptions;
 use crate::model::gguf::{GgufFile, GgufWriter, MetaValue};
-use crate::model::{LinearKind, Model, ModelFormat, Transformer};
+use crate::model::{LinearKind, LinearWeight, Model, ModelFormat, Transformer};
 use crate::store::ExperimentRecord;
 use crate::technique::recipe::{Plan, Quant, Recipe};
 use crate::technique::{CalibOptions, Progress, apply};
@@ -244,18 +244,125 @@ fn permute_qk(w: &candle_core::Tensor, heads: usize) -> anyhow::Result<candle_co
         .reshape((rows, cols))?)
 }
 
+/// How a GGUF export stores a compressed linear that no llama.cpp type holds exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GgufFallback {
+    /// Dense, in the export's float type: the weights exactly, at a dense size.
+    #[default]
+    Dense,
+    /// Re-quantized from our weights to the nearest llama.cpp type by bits (K types where the
+    /// row length allows, else Q4_0/Q5_0/Q8_0): deployable size, approximate weights.
+    Nearest,
+}
+
+impl std::str::FromStr for GgufFallback {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dense" => Ok(Self::Dense),
+            "nearest" => Ok(Self::Nearest),
+            other => Err(format!("unknown GGUF fallback `{other}` (dense, nearest)")),
+        }
+    }
+}
+
+/// How each linear of a GGUF export was stored.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GgufReport {
+    /// (tensor, llama.cpp type) held exactly: symmetric RTN at group 32 as Q4_0/Q5_0/Q8_0.
+    pub exact: Vec<(String, String)>,
+    /// (tensor, llama.cpp type) re-quantized from our weights (`--gguf-fallback nearest`).
+    pub approximated: Vec<(String, String)>,
+    /// Compressed tensors written dense (exact values, dense size).
+    pub dense: Vec<String>,
+    /// Bytes of the file.
+    pub file_bytes: u64,
+}
+
+/// The llama.cpp block type that holds a symmetric RTN layer of `bits` bits at group 32
+/// exactly, with `q − code` (llama.cpp's offset minus ours).
+fn exact_block_type(bits: usize) -> Option<(GgmlDType, i32)> {
+    match bits {
+        4 => Some((GgmlDType::Q4_0, 0)),
+        5 => Some((GgmlDType::Q5_0, 0)),
+        8 => Some((GgmlDType::Q8_0, -128)),
+        _ => None,
+    }
+}
+
+/// A symmetric RTN matrix (rows already in GGUF order) as `dtype` blocks, or `None` when its
+/// values are not codes of that form.
+fn rtn_blocks(w: &[f32], rows: usize, cols: usize, bits: usize) -> Option<(GgmlDType, Vec<u8>)> {
+    let (dtype, shift) = exact_block_type(bits)?;
+    if !cols.is_multiple_of(32) {
+        return None;
+    }
+    let packed = crate::engine::rtn::RtnPacked::from_dequantized(w, rows, cols, bits, 32, true)?;
+    let (_, scales, _) = packed.parts();
+    let mut out = Vec::new();
+    for (i, d) in scales.iter().enumerate() {
+        out.extend_from_slice(&d.to_le_bytes());
+        let q = |j: usize| (packed.code(i, j) as i32 + shift) as u32;
+        match dtype {
+            GgmlDType::Q8_0 => out.extend((0..32).map(|j| q(j) as i32 as i8 as u8)),
+            GgmlDType::Q5_0 => {
+                let qh: u32 = (0..16)
+                    .map(|j| ((q(j) >> 4) & 1) << j | ((q(j + 16) >> 4) & 1) << (j + 16))
+                    .sum();
+                out.extend_from_slice(&qh.to_le_bytes());
+                out.extend((0..16).map(|j| ((q(j) & 0xf) | (q(j + 16) & 0xf) << 4) as u8));
+            }
+            _ => out.extend((0..16).map(|j| (q(j) | q(j + 16) << 4) as u8)),
+        }
+    }
+    Some((dtype, out))
+}
+
+/// The nearest llama.cpp type for a layer stored at `bits_per_weight`, and its quantized bytes.
+/// `None` when no llama.cpp type fits the row length (a multiple of 32 at least).
+fn nearest_blocks(
+    dense: &candle_core::Tensor,
+    bits_per_weight: f64,
+) -> anyhow::Result<Option<(GgmlDType, Vec<u8>)>> {
+    let cols = dense.dims2()?.1;
+    if !cols.is_multiple_of(32) {
+        return Ok(None);
+    }
+    let k = cols.is_multiple_of(256);
+    let dtype = match bits_per_weight.round() as usize {
+        0..=2 if k => GgmlDType::Q2K,
+        3 if k => GgmlDType::Q3K,
+        4 if k => GgmlDType::Q4K,
+        5 if k => GgmlDType::Q5K,
+        6 | 7 if k => GgmlDType::Q6K,
+        0..=4 => GgmlDType::Q4_0,
+        5 => GgmlDType::Q5_0,
+        _ => GgmlDType::Q8_0,
+    };
+    let q = candle_core::quantized::QTensor::quantize(&dense.to_dtype(DType::F32)?, dtype)?;
+    Ok(Some((dtype, q.data()?.to_vec())))
+}
+
+fn type_name(d: GgmlDType) -> String {
+    format!("{d:?}").to_uppercase()
+}
+
 /// Writes `t` as a GGUF file. From a GGUF base, the tokenizer and architecture metadata are
 /// copied (block count rewritten); from an HF or zoo base they are built from the config and
 /// `tokenizer.json` (see [`super::gguf_meta`], which refuses tokenizers llama.cpp cannot run
-/// the same way).
+/// the same way). Symmetric RTN linears at group 32 and 4, 5 or 8 bits are written as
+/// llama.cpp's Q4_0/Q5_0/Q8_0, exactly; other compressed linears dense in `dtype` or, with
+/// [`GgufFallback::Nearest`], re-quantized to the nearest llama.cpp type. The report says which.
 pub fn write_gguf(
     base: &Model,
     t: &Transformer,
     out: &Path,
     dtype: DType,
+    fallback: GgufFallback,
     metadata: &BTreeMap<String, String>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<GgufReport> {
     let mut w = GgufWriter::default();
+    let mut report = GgufReport::default();
     if base.format == ModelFormat::Gguf {
         let src = GgufFile::open(&base.path)?;
         let arch = src.get_str("general.architecture")?.to_string();
@@ -286,61 +393,137 @@ pub fn write_gguf(
         DType::F16 => (GgmlDType::F16, DType::F16),
         _ => (GgmlDType::F32, DType::F32),
     };
-    let mut put =
-        |name: &str, tensor: &candle_core::Tensor, keep_f32: bool| -> anyhow::Result<()> {
-            let (g, d) = if keep_f32 {
-                (GgmlDType::F32, DType::F32)
-            } else {
-                (ggml, dt)
-            };
-            let x = tensor.to_dtype(d)?.flatten_all()?;
-            let bytes: Vec<u8> = match d {
-                DType::F16 => x
-                    .to_vec1::<half::f16>()?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-                _ => x
-                    .to_vec1::<f32>()?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-            };
-            w.tensor(name, tensor.dims(), g, bytes);
-            Ok(())
+    let put = |w: &mut GgufWriter,
+               name: &str,
+               tensor: &candle_core::Tensor,
+               keep_f32: bool|
+     -> anyhow::Result<()> {
+        let (g, d) = if keep_f32 {
+            (GgmlDType::F32, DType::F32)
+        } else {
+            (ggml, dt)
         };
+        let x = tensor.to_dtype(d)?.flatten_all()?;
+        let bytes: Vec<u8> = match d {
+            DType::F16 => x
+                .to_vec1::<half::f16>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            _ => x
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        };
+        w.tensor(name, tensor.dims(), g, bytes);
+        Ok(())
+    };
     let (_, permuted) = super::gguf_meta::gguf_arch(t);
-    put("token_embd.weight", &t.token_embd, false)?;
+    // A tied head quantized by the embedding step holds the embedding's values.
+    let embedding_blocks = match &t.output {
+        LinearWeight::Rtn {
+            bits,
+            group: 32,
+            symmetric: true,
+            ..
+        } if t.config.tie_word_embeddings => {
+            let (rows, cols) = t.token_embd.dims2()?;
+            let values = t
+                .token_embd
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            rtn_blocks(&values, rows, cols, *bits)
+        }
+        _ => None,
+    };
+    match embedding_blocks {
+        Some((g, bytes)) => {
+            report
+                .exact
+                .push(("token_embd.weight".into(), type_name(g)));
+            w.tensor("token_embd.weight", t.token_embd.dims(), g, bytes);
+        }
+        None => put(&mut w, "token_embd.weight", &t.token_embd, false)?,
+    }
     for (i, b) in t.blocks.iter().enumerate() {
-        put(&format!("blk.{i}.attn_norm.weight"), &b.attn_norm, true)?;
-        put(&format!("blk.{i}.ffn_norm.weight"), &b.ffn_norm, true)?;
+        put(
+            &mut w,
+            &format!("blk.{i}.attn_norm.weight"),
+            &b.attn_norm,
+            true,
+        )?;
+        put(
+            &mut w,
+            &format!("blk.{i}.ffn_norm.weight"),
+            &b.ffn_norm,
+            true,
+        )?;
         for kind in LinearKind::ALL {
             let lw = b.linear(kind);
+            let name = format!("blk.{i}.{}.weight", kind.gguf_name());
             let mut dense = lw.to_dense()?;
             if permuted && kind == LinearKind::AttnQ {
                 dense = permute_qk(&dense, t.config.num_heads)?;
             } else if permuted && kind == LinearKind::AttnK {
                 dense = permute_qk(&dense, t.config.num_kv_heads)?;
             }
-            put(
-                &format!("blk.{i}.{}.weight", kind.gguf_name()),
-                &dense,
-                false,
-            )?;
+            let (rows, cols) = dense.dims2()?;
+            let exact = match lw {
+                LinearWeight::Rtn {
+                    bits,
+                    group: 32,
+                    symmetric: true,
+                    ..
+                } => {
+                    let values = dense
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?;
+                    rtn_blocks(&values, rows, cols, *bits)
+                }
+                _ => None,
+            };
+            if let Some((g, bytes)) = exact {
+                report.exact.push((name.clone(), type_name(g)));
+                w.tensor(&name, dense.dims(), g, bytes);
+            } else if matches!(lw, LinearWeight::Dense { .. }) {
+                put(&mut w, &name, &dense, false)?;
+            } else if fallback == GgufFallback::Nearest
+                && let Some((g, bytes)) = nearest_blocks(
+                    &dense,
+                    lw.size_bytes() as f64 * 8.0 / lw.weight_count().max(1) as f64,
+                )?
+            {
+                report.approximated.push((name.clone(), type_name(g)));
+                w.tensor(&name, dense.dims(), g, bytes);
+            } else {
+                report.dense.push(name.clone());
+                put(&mut w, &name, &dense, false)?;
+            }
             if let Some(bias) = lw.bias() {
-                put(&format!("blk.{i}.{}.bias", kind.gguf_name()), bias, true)?;
+                put(
+                    &mut w,
+                    &format!("blk.{i}.{}.bias", kind.gguf_name()),
+                    bias,
+                    true,
+                )?;
             }
         }
     }
-    put("output_norm.weight", &t.output_norm, true)?;
+    put(&mut w, "output_norm.weight", &t.output_norm, true)?;
     if !t.config.tie_word_embeddings {
-        put("output.weight", &t.output.to_dense()?, false)?;
+        put(&mut w, "output.weight", &t.output.to_dense()?, false)?;
     }
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    std::fs::write(out, w.to_bytes()).with_context(|| format!("writing {}", out.display()))
+    let bytes = w.to_bytes();
+    report.file_bytes = bytes.len() as u64;
+    std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
+    Ok(report)
 }
 
 /// The closest llama.cpp type for `bits` bits per weight.
@@ -386,3 +569,63 @@ pub fn llama_quantize_types(plan: &Plan) -> String {
     }
     out
 }
+
+/// The store row of an export measured as deployed: the run's recipe and model, the file's
+/// bytes and llama.cpp's numbers as its metrics, tagged `deployed` and linked to the run by a
+/// note, so the Pareto plot and History show the run as measured here and as shipped.
+pub fn deployed_record(
+    run: &ExperimentRecord,
+    report: &GgufReport,
+    deployed: &super::deployed::Deployed,
+    measured_on: &str,
+    seconds: f64,
+) -> ExperimentRecord {
+    let mut rec = run.clone();
+    let what = format!(
+        "{} gguf {} {} {}",
+        run.id,
+        report.file_bytes,
+        report.approximated.len(),
+        measured_on
+    );
+    rec.id = crate::store::record::new_id(&what);
+    rec.run_key = blake3::hash(format!("deployed {what}").as_bytes())
+        .to_hex()
+        .to_string();
+    rec.created_at = crate::store::record::rfc3339(std::time::SystemTime::now());
+    rec.duration_s = seconds;
+    rec.status = crate::store::Status::Ok;
+    rec.error = None;
+    rec.steps_json = None;
+    if !rec.tags.iter().any(|t| t == DEPLOYED_TAG) {
+        rec.tags.push(DEPLOYED_TAG.into());
+    }
+    rec.notes = vec![format!(
+        "as deployed: GGUF export of run {} measured by llama.cpp on {measured_on} ({} linears \
+         in llama.cpp types exactly, {} re-quantized to the nearest type, {} dense)",
+        run.id,
+        report.exact.len(),
+        report.approximated.len(),
+        report.dense.len()
+    )];
+    rec.metrics = BTreeMap::from([
+        ("bytes".to_string(), report.file_bytes as f64),
+        ("ppl".to_string(), deployed.ppl),
+        ("kld_mean".to_string(), deployed.kld_mean),
+        ("top1_agree".to_string(), deployed.top1_agree),
+    ]);
+    if let Some(v) = deployed.decode_tok_s {
+        rec.metrics.insert("decode_tok_s".into(), v);
+    }
+    if deployed.domains.len() > 1 {
+        for d in &deployed.domains {
+            rec.metrics.insert(format!("ppl@{}", d.name), d.ppl);
+            rec.metrics
+                .insert(format!("kld_mean@{}", d.name), d.kld_mean);
+        }
+    }
+    rec
+}
+
+/// The tag of export rows measured as deployed.
+pub const DEPLOYED_TAG: &str = "deployed";

@@ -46,6 +46,8 @@ pub enum LinearWeight {
         dequantized: Tensor,
         bits: usize,
         group: usize,
+        /// No zero point (see [`crate::quant::rtn::rtn_quantize`]): one f16 scale per group.
+        symmetric: bool,
         bias: Option<Tensor>,
     },
     /// Unstructured-pruned weights in compressed sparse rows, multiplied by the CSR kernel.
@@ -103,7 +105,12 @@ impl LinearWeight {
         let weight_bytes = match self {
             Self::Dense { weight, .. } => weight.elem_count() * weight.dtype().size_in_bytes(),
             Self::Bcq { packed, .. } => packed.size_bytes(),
-            Self::Rtn { bits, group, .. } => Self::rtn_size_for(rows, cols, *bits, *group),
+            Self::Rtn {
+                bits,
+                group,
+                symmetric,
+                ..
+            } => Self::rtn_size_for(rows, cols, *bits, *group, *symmetric),
             Self::Csr { csr, .. } => csr.size_bytes(),
             Self::Bitmask { mask, .. } => mask.size_bytes(),
             Self::Nm { packed, .. } => packed.size_bytes(),
@@ -114,8 +121,15 @@ impl LinearWeight {
 
     /// The bytes an RTN layer stands for: `bits` per weight plus an f16 scale and zero per
     /// `group` inputs of a row.
-    pub fn rtn_size_for(rows: usize, cols: usize, bits: usize, group: usize) -> usize {
-        (rows * cols * bits).div_ceil(8) + rows * cols.div_ceil(group.max(1)) * 2 * 2
+    pub fn rtn_size_for(
+        rows: usize,
+        cols: usize,
+        bits: usize,
+        group: usize,
+        symmetric: bool,
+    ) -> usize {
+        let per_group = if symmetric { 2 } else { 2 * 2 };
+        (rows * cols * bits).div_ceil(8) + rows * cols.div_ceil(group.max(1)) * per_group
     }
 
     /// Number of weights (bias excluded), for bits-per-weight figures.
@@ -192,11 +206,13 @@ impl LinearWeight {
                 dequantized,
                 bits,
                 group,
+                symmetric,
                 ..
             } => Self::Rtn {
                 dequantized: dequantized.to_device(device)?,
                 bits: *bits,
                 group: *group,
+                symmetric: *symmetric,
                 bias,
             },
             Self::Bcq { packed, .. } => Self::Bcq {

@@ -171,6 +171,7 @@ fn layer_parts(id: &str, lw: &LinearWeight) -> anyhow::Result<Option<(Value, Vec
             dequantized,
             bits,
             group,
+            symmetric,
             ..
         } => {
             let w = dequantized
@@ -179,7 +180,7 @@ fn layer_parts(id: &str, lw: &LinearWeight) -> anyhow::Result<Option<(Value, Vec
                 .to_vec1::<f32>()?;
             match rtn_codes(&w, rows, cols, *bits, *group) {
                 Some((codes, table)) => (
-                    json!({"form": "rtn", "bits": bits, "group": group}),
+                    json!({"form": "rtn", "bits": bits, "group": group, "symmetric": symmetric}),
                     vec![u8_part(p("codes"), &codes), f32_part(p("table"), &table)],
                 ),
                 None => anyhow::bail!(
@@ -430,6 +431,11 @@ fn layer_from(file: &PackedFile, id: &str, info: &Value) -> Result<LinearWeight,
         "rtn" => {
             let bits = usize_of(info, "bits", id)?;
             let group = usize_of(info, "group", id)?;
+            // Files written before the knob existed hold asymmetric layers.
+            let symmetric = info
+                .get("symmetric")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             if bits == 0 || bits > 8 {
                 return Err(format!(
                     "layer {id}: {bits}-bit RTN codes are not supported"
@@ -462,6 +468,7 @@ fn layer_from(file: &PackedFile, id: &str, info: &Value) -> Result<LinearWeight,
                     .map_err(|e| e.to_string())?,
                 bits,
                 group,
+                symmetric,
                 bias,
             }
         }
@@ -591,7 +598,7 @@ mod tests {
             .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.3)
             .collect();
         for bits in [2, 3, 4, 8] {
-            let q = crate::quant::rtn::rtn_quantize(&w, rows, cols, bits, 32);
+            let q = crate::quant::rtn::rtn_quantize(&w, rows, cols, bits, 32, false);
             let (codes, table) = rtn_codes(&q, rows, cols, bits, 32).unwrap();
             let levels = 1 << bits;
             let groups = cols.div_ceil(32);

@@ -1325,7 +1325,7 @@ mod tests {
         let w = rng.normals(rows * cols);
         let mut last = f64::INFINITY;
         for bits in 2..=8 {
-            let q = rtn_quantize(&w, rows, cols, bits, 128);
+            let q = rtn_quantize(&w, rows, cols, bits, 128, false);
             let e = sq(&w, &q);
             assert!(e < last);
             last = e;
@@ -1342,7 +1342,7 @@ mod tests {
             }
         }
         assert!(
-            rtn_quantize(&[0.0; 8], 2, 4, 3, 128)
+            rtn_quantize(&[0.0; 8], 2, 4, 3, 128, false)
                 .iter()
                 .all(|&v| v == 0.0)
         );

@@ -538,7 +538,11 @@ impl Predictor {
                     .embedding
                     .iter()
                     .find(|&&b| embedding_key(b) == *key)
-                    .map(|&bits| EmbeddingStep { bits });
+                    .map(|&bits| EmbeddingStep {
+                        bits,
+                        group: 0,
+                        symmetric: false,
+                    });
                 continue;
             }
             if let Ok(id) = g.layer.parse::<LinearId>() {

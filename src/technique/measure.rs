@@ -348,7 +348,11 @@ pub fn measure_embedding(
         seconds: cold_seconds(timer.as_mut(), &t.output),
     }];
     for &b in bits {
-        let step = EmbeddingStep { bits: b };
+        let step = EmbeddingStep {
+            bits: b,
+            group: 0,
+            symmetric: false,
+        };
         let mut model = base.clone();
         super::quantize_embedding(&mut model, &step)?;
         let (kld, nll_delta) = scorer.score(&model, None)?;

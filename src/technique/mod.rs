@@ -277,13 +277,15 @@ pub(crate) fn quantize_embedding(
         .to_dtype(candle_core::DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
-    let q = crate::quant::rtn::rtn_quantize(&w, rows, cols, step.bits, cols);
+    let group = if step.group == 0 { cols } else { step.group };
+    let q = crate::quant::rtn::rtn_quantize(&w, rows, cols, step.bits, group, step.symmetric);
     let dq = candle_core::Tensor::from_vec(q, (rows, cols), t.token_embd.device())?;
     t.token_embd = dq.clone();
     t.output = LinearWeight::Rtn {
         dequantized: dq,
         bits: step.bits,
-        group: cols,
+        group,
+        symmetric: step.symmetric,
         bias: None,
     };
     Ok(())
@@ -331,7 +333,9 @@ pub fn estimated_layer_bytes(
             let apot = (1..=crate::quant::apot::CODE_TERMS).contains(&k.apot_terms);
             return BcqPacked::size_for(rows, cols, k.bits, shiftadd::scale_layout(k), apot);
         }
-        Some(Quant::Rtn(k)) => return LinearWeight::rtn_size_for(rows, cols, k.bits, k.group),
+        Some(Quant::Rtn(k)) => {
+            return LinearWeight::rtn_size_for(rows, cols, k.bits, k.group, k.symmetric);
+        }
         None => {}
     }
     let Some(p) = &plan.prune else {

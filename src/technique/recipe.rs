@@ -48,6 +48,11 @@ pub struct RtnKnobs {
     /// Inputs per (scale, zero) pair.
     #[serde(default = "default_group")]
     pub group: usize,
+    /// Symmetric around zero: an f16 scale per group and no zero point (llama.cpp's Q4_0 rule:
+    /// the weight of largest magnitude maps to level −2^(bits−1)), so 4, 5 and 8 bits at group
+    /// 32 are exactly llama.cpp's Q4_0, Q5_0 and Q8_0 and export to GGUF without requantizing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub symmetric: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -287,6 +292,17 @@ pub struct Recipe {
 pub struct EmbeddingStep {
     /// Bits per weight, 2–8.
     pub bits: usize,
+    /// Inputs per scale (0, the default: the whole row).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub group: usize,
+    /// Symmetric RTN (see [`RtnKnobs::symmetric`]): at 8 bits and group 32 exactly llama.cpp's
+    /// Q8_0, the type its own files give the embedding.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub symmetric: bool,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl EmbeddingStep {

@@ -60,11 +60,12 @@ pub fn compress_linear(
     let bias = weight.bias().cloned();
     match technique {
         Quant::Rtn(k) => {
-            let q = rtn_quantize(&w, rows, cols, k.bits, k.group);
+            let q = rtn_quantize(&w, rows, cols, k.bits, k.group, k.symmetric);
             Ok(LinearWeight::Rtn {
                 dequantized: candle_core::Tensor::from_vec(q, (rows, cols), &weight.device())?,
                 bits: k.bits,
                 group: k.group,
+                symmetric: k.symmetric,
                 bias,
             })
         }

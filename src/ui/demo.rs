@@ -151,6 +151,7 @@ impl DemoScript {
                     "rtn" => Some(Quant::Rtn(RtnKnobs {
                         bits: arg(0)?.parse()?,
                         group: 128,
+                        symmetric: false,
                     })),
                     _ => Some(Quant::ShiftAdd(ShiftAddKnobs::with_bits(arg(0)?.parse()?))),
                 };

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::export::experiment::{
-    export_metadata, llama_quantize_types, reapply, write_gguf, write_hf,
+    GgufFallback, export_metadata, llama_quantize_types, reapply, write_gguf, write_hf,
 };
 use crate::model::load_spec_with_progress;
 use crate::store::ExperimentRecord;
@@ -68,10 +68,21 @@ pub fn export_run(
     let meta = export_metadata(rec, &plan);
     match kind {
         ExportKind::Gguf => {
-            write_gguf(&base, &t, out, candle_core::DType::F32, &meta)?;
+            let report = write_gguf(
+                &base,
+                &t,
+                out,
+                candle_core::DType::F32,
+                GgufFallback::Dense,
+                &meta,
+            )?;
             Ok(format!(
-                "saved the compressed model as GGUF {}",
-                out.display()
+                "saved the compressed model as GGUF {} ({}; {} linears in llama.cpp types \
+                 exactly, {} dense)",
+                out.display(),
+                super::runs::human_bytes(report.file_bytes as usize),
+                report.exact.len(),
+                report.dense.len()
             ))
         }
         _ => {

@@ -95,7 +95,15 @@ impl ModelSummary {
 fn form_name(w: &LinearWeight) -> String {
     match w {
         LinearWeight::Dense { .. } => "dense f32".into(),
-        LinearWeight::Rtn { bits, group, .. } => format!("RTN {bits}-bit g{group}"),
+        LinearWeight::Rtn {
+            bits,
+            group,
+            symmetric,
+            ..
+        } => format!(
+            "RTN {bits}-bit g{group}{}",
+            if *symmetric { " symmetric" } else { "" }
+        ),
         LinearWeight::Bcq { packed, .. } => format!("shift-add {}-bit", packed.bits),
         LinearWeight::Csr { csr, .. } => format!(
             "CSR {:.0}% zero",

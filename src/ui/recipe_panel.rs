@@ -111,7 +111,11 @@ fn quant_choices(current: &Option<Quant>) -> Vec<Option<Quant>> {
         })));
     }
     for bits in 2..=8 {
-        v.push(Some(Quant::Rtn(RtnKnobs { bits, group: 128 })));
+        v.push(Some(Quant::Rtn(RtnKnobs {
+            bits,
+            group: 128,
+            symmetric: false,
+        })));
     }
     v
 }
