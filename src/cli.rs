@@ -2,7 +2,7 @@
 //! request, hands it to the library and prints the result. No model maths lives here.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -103,6 +103,19 @@ enum Command {
     /// KLD (and decode speed) from the measurement table, and `--measure K` of its points run
     /// as real jobs to check the prediction.
     Search(search::SearchArgs),
+    /// A recipe from a llama.cpp `--tensor-type` list (PATTERN=TYPE lines): RTN rules, exact
+    /// for Q4_0/Q5_0/Q8_0, approximate (noted) for the others.
+    Import {
+        /// The tensor-type list.
+        #[arg(long)]
+        tensor_types: PathBuf,
+        /// Where the recipe goes (TOML).
+        #[arg(long)]
+        out: PathBuf,
+        /// Check the recipe against this model (every rule must match a layer).
+        #[arg(long)]
+        model: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,6 +335,11 @@ pub fn run() -> anyhow::Result<()> {
         Command::Sensitivity(args) => sensitivity::sensitivity(&args),
         Command::Measure(args) => search::measure(&args),
         Command::Search(args) => search::search(&args),
+        Command::Import {
+            tensor_types,
+            out,
+            model,
+        } => import(&tensor_types, &out, model.as_deref()),
         Command::Zoo(ZooCommand::Train {
             out,
             seed,
@@ -614,6 +632,28 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn import(list: &Path, out: &Path, model: Option<&str>) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(list).with_context(|| format!("reading {}", list.display()))?;
+    let (recipe, notes) = crate::export::import::recipe_from_tensor_types(&text)
+        .with_context(|| list.display().to_string())?;
+    if let Some(spec) = model {
+        let base = load(spec)?;
+        let plan = recipe.resolve(&base.transformer)?;
+        eprintln!(
+            "{} of {} linears set",
+            plan.layers.len(),
+            base.transformer.linear_ids().count()
+        );
+    }
+    for note in &notes {
+        eprintln!("note: {note}");
+    }
+    std::fs::write(out, recipe.to_toml()?).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("recipe written to {}", out.display());
+    Ok(())
+}
+
 fn allocate(args: &AllocateArgs) -> anyhow::Result<()> {
     let Some(avg_bits) = args.avg_bits else {
         return allocate_prune(args);
@@ -682,7 +722,7 @@ fn allocate(args: &AllocateArgs) -> anyhow::Result<()> {
 }
 
 /// Writes an allocated recipe to `out`, or prints it.
-fn write_recipe(out: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {
+fn write_recipe(out: Option<&Path>, text: &str) -> anyhow::Result<()> {
     match out {
         Some(path) => {
             std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -809,7 +849,7 @@ mod tests {
     fn the_app_options_work_without_the_gui_subcommand() {
         let cli = Cli::try_parse_from(["reparam", "--store", "runs", "--workers", "2"]).unwrap();
         assert!(cli.command.is_none());
-        assert_eq!(cli.gui.store.as_deref(), Some(std::path::Path::new("runs")));
+        assert_eq!(cli.gui.store.as_deref(), Some(Path::new("runs")));
         assert_eq!(cli.gui.workers, 2);
         let cli = Cli::try_parse_from(["reparam", "gui", "--store", "runs"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Gui(g)) if g.store.is_some()));
