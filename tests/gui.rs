@@ -929,3 +929,29 @@ fn every_panel_fits_a_640x480_window() {
         "the buttons moved"
     );
 }
+
+/// A run and its export measured as deployed are joined on the Pareto plot, and the plot says
+/// so.
+#[test]
+fn a_run_is_joined_to_its_deployed_export_on_the_pareto_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let run = synthetic(0, "q4", 9.0e7, 0.268);
+    let mut file = synthetic(1, "q4", 9.17e7, 0.272);
+    file.tags = vec!["deployed".into(), format!("export-of-{}", run.id)];
+    store.append(&run).unwrap();
+    store.append(&file).unwrap();
+    let dialogs = ScriptedDialogs::default();
+    let mut s = studio(dir.path(), &dialogs);
+    s.state.model_spec = String::new();
+    s.state.panel = Panel::Pareto;
+    let mut h = harness(s);
+    run_until(&mut h, "the store", |s| {
+        !s.store.loading && s.runs.rows.len() == 2
+    });
+    settle(&mut h);
+    assert!(
+        h.query_by_label_contains("1 run joined to its file as deployed")
+            .is_some()
+    );
+}

@@ -945,6 +945,11 @@ fn a_gguf_export_is_measured_as_deployed() {
         .find(|r| r.tags.iter().any(|t| t == "deployed"))
         .expect("the deployed row");
     assert!(row.notes[0].contains(&id), "{:?}", row.notes);
+    assert!(
+        row.tags.contains(&format!("export-of-{id}")),
+        "{:?}",
+        row.tags
+    );
     assert_eq!(
         row.metrics["bytes"] as u64,
         v["gguf"]["file_bytes"].as_u64().unwrap()

@@ -597,9 +597,10 @@ pub fn deployed_record(
     rec.status = crate::store::Status::Ok;
     rec.error = None;
     rec.steps_json = None;
-    if !rec.tags.iter().any(|t| t == DEPLOYED_TAG) {
-        rec.tags.push(DEPLOYED_TAG.into());
-    }
+    rec.tags
+        .retain(|t| t != DEPLOYED_TAG && !t.starts_with(EXPORT_OF_TAG));
+    rec.tags.push(DEPLOYED_TAG.into());
+    rec.tags.push(format!("{EXPORT_OF_TAG}{}", run.id));
     rec.notes = vec![format!(
         "as deployed: GGUF export of run {} measured by llama.cpp on {measured_on} ({} linears \
          in llama.cpp types exactly, {} re-quantized to the nearest type, {} dense)",
@@ -629,3 +630,5 @@ pub fn deployed_record(
 
 /// The tag of export rows measured as deployed.
 pub const DEPLOYED_TAG: &str = "deployed";
+/// The tag that links an export row to its run: `export-of-<run id>`.
+pub const EXPORT_OF_TAG: &str = "export-of-";

@@ -18,6 +18,7 @@ use super::shell::{a11y_label, tag_entry_ui};
 use super::state::ColorBy;
 use super::studio::Studio;
 use super::theme;
+use crate::export::experiment::EXPORT_OF_TAG;
 use crate::store::record::split_domain_metric;
 
 /// Hover/click pick radius in screen points.
@@ -177,6 +178,15 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     if let Some(o) = &overlay {
         ui.label(o.caption());
     }
+    let deployed = deployed_links(s, &cache.rows, &prefs.x, &prefs.y);
+    if !deployed.is_empty() {
+        ui.label(format!(
+            "{} run{} joined to {} file as deployed (dotted; tag `deployed`: measured by llama.cpp)",
+            deployed.len(),
+            if deployed.len() == 1 { "" } else { "s" },
+            if deployed.len() == 1 { "its" } else { "their" }
+        ));
+    }
     let selected = prefs.selected_row(&s.runs, s.state.selected_run.as_deref());
     let height = (ui.available_height() - 150.0).max(200.0);
     // The legend goes in the corner where the worst runs are, away from the front.
@@ -254,6 +264,15 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         }
         if let Some(o) = &overlay {
             o.draw(pu);
+        }
+        for (run, file) in &deployed {
+            pu.line(
+                Line::new("as measured here to as deployed", vec![*run, *file])
+                    .color(theme::DEPLOYED)
+                    .style(LineStyle::dotted_dense())
+                    .width(1.5)
+                    .allow_band(false),
+            );
         }
         for (g, (c, pts)) in groups {
             pu.points(
@@ -407,6 +426,21 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         out.push(Command::SetBoxSelection(ids));
     }
     selection_ui(ui, s, out);
+}
+
+/// Each plotted export row measured as deployed (tagged `export-of-RUN`) joined to its run,
+/// when both have the plot's two metrics: (run, export) points.
+fn deployed_links(s: &Studio, rows: &[usize], x: &str, y: &str) -> Vec<([f64; 2], [f64; 2])> {
+    let at = |i: usize| [s.runs.value(x, i), s.runs.value(y, i)];
+    rows.iter()
+        .filter_map(|&i| {
+            let tags = &s.runs.rows[i].record.tags;
+            let run = tags.iter().find_map(|t| t.strip_prefix(EXPORT_OF_TAG))?;
+            let j = s.runs.index_of(run)?;
+            let (a, b) = (at(j), at(i));
+            a.iter().chain(&b).all(|v| v.is_finite()).then_some((a, b))
+        })
+        .collect()
 }
 
 /// The search's predicted front over the plot's axes, each prediction joined to the stored

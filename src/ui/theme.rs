@@ -12,6 +12,8 @@ pub const OK: Color32 = Color32::from_rgb(0x50, 0xb0, 0x60);
 pub const FRONT: Color32 = Color32::from_rgb(0xff, 0x79, 0xc6);
 /// The search's predicted front and its links to measured runs.
 pub const PREDICTED: Color32 = Color32::from_rgb(0xc0, 0x90, 0xf0);
+/// A run joined to its export as deployed.
+pub const DEPLOYED: Color32 = Color32::from_rgb(0xf0, 0xa0, 0x50);
 /// The selected run's marker.
 pub const SELECTED: Color32 = Color32::from_rgb(0xff, 0xff, 0xff);
 /// Plain run markers when nothing colours them.
