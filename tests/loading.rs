@@ -434,3 +434,72 @@ fn symmetric_rtn_exports_to_gguf_block_types_exactly() {
     assert_eq!(report.approximated.len(), 1, "{report:?}");
     assert_eq!(report.dense.len(), 2, "{report:?}");
 }
+
+/// A compressed-tensors export holds each symmetric RTN linear as `weight_packed` (codes offset
+/// by 2^(bits−1), packed densely along the row into int32 words, least significant bit first),
+/// f32 `weight_scale` per (row, group) and `weight_shape`, the config names the scheme, and the
+/// other linears are dense and ignored. Unpacked here by the format's rule, every packed weight
+/// equals ours (`scripts/check-compressed-tensors.py` checks the same with the package itself).
+#[test]
+fn compressed_tensors_export_packs_symmetric_rtn_exactly() {
+    use reparam::export::compressed_tensors::write_compressed_tensors;
+    use reparam::technique::recipe::Recipe;
+    let dir = tempfile::tempdir().unwrap();
+    TinySpec::default().write_hf(&dir.path().join("base"), 1);
+    let base = Model::load(&dir.path().join("base")).unwrap();
+    let recipe = Recipe::from_toml(
+        "[[layers]]\nmatch = \"blk.*.attn_*\"\n[layers.rtn]\nbits = 4\ngroup = 32\nsymmetric = true\n\
+         [[layers]]\nmatch = \"blk.*.ffn_up\"\n[layers.rtn]\nbits = 3\ngroup = 16\nsymmetric = true\n",
+    )
+    .unwrap();
+    let c = reparam::technique::apply(
+        &base,
+        &recipe,
+        &[],
+        reparam::technique::CalibOptions::default(),
+        &mut |_, _, _| true,
+    )
+    .unwrap();
+    let t = &c.model.transformer;
+    let out = dir.path().join("ct");
+    let report = write_compressed_tensors(&base, t, &out, &Default::default()).unwrap();
+    assert_eq!(report.packed.len(), 2 * 4 + 2);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let q = &config["quantization_config"];
+    assert_eq!(q["format"], "pack-quantized");
+    // gate and down of both blocks, and the untied head.
+    assert_eq!(q["ignore"].as_array().unwrap().len(), 2 * 2 + 1, "{q}");
+    let path = out.join("model.safetensors");
+    let file = reparam::model::safetensors::SafeTensorsFile::open(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let raw = |name: &str| {
+        let info = &file.tensors[name];
+        &bytes[info.offset as usize..(info.offset + info.size_bytes) as usize]
+    };
+    for (module, bits, group) in &report.packed {
+        let id = t.linear_ids().find(|id| id.hf_name() == *module).unwrap();
+        let ours = t.linear(id).unwrap().to_dense().unwrap();
+        let (rows, cols) = ours.dims2().unwrap();
+        let ours = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let words = raw(&format!("{module}.weight_packed"));
+        let scales = raw(&format!("{module}.weight_scale"));
+        let per_row = (cols * bits).div_ceil(32);
+        let groups = cols.div_ceil(*group);
+        for r in 0..rows {
+            for col in 0..cols {
+                let mut code = 0u64;
+                for b in 0..*bits {
+                    let bit = col * bits + b;
+                    let w = r * per_row + bit / 32;
+                    let word = u32::from_le_bytes(words[4 * w..4 * w + 4].try_into().unwrap());
+                    code |= u64::from((word >> (bit % 32)) & 1) << b;
+                }
+                let k = code as i64 - (1 << (bits - 1));
+                let si = 4 * (r * groups + col / group);
+                let s = f32::from_le_bytes(scales[si..si + 4].try_into().unwrap());
+                assert_eq!(k as f32 * s, ours[r * cols + col], "{module} [{r}, {col}]");
+            }
+        }
+    }
+}

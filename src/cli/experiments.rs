@@ -537,7 +537,8 @@ pub struct ExportArgs {
     /// Write the compressed model (the recipe re-applied to the base).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// `safetensors` (an HF directory) or `gguf` (a file, from any base).
+    /// `safetensors` (an HF directory), `gguf` (a file, from any base) or
+    /// `compressed-tensors` (an HF directory in llm-compressor's layout, for vLLM).
     #[arg(long, default_value = "safetensors")]
     pub format: String,
     /// Weights dtype of the exported model: `f32` (exact) or `f16`.
@@ -631,6 +632,19 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
         let meta = export_metadata(&rec, &plan);
         match format {
             ExportFormat::Safetensors => write_hf(&base, &t, out, dtype, &meta)?,
+            ExportFormat::CompressedTensors => {
+                let report = crate::export::compressed_tensors::write_compressed_tensors(
+                    &base, &t, out, &meta,
+                )?;
+                eprintln!(
+                    "compressed-tensors: {} linears packed (pack-quantized), {} dense",
+                    report.packed.len(),
+                    report.dense.len()
+                );
+                if args.json {
+                    crate::outln!("{}", serde_json::to_string_pretty(&report)?);
+                }
+            }
             ExportFormat::Gguf => {
                 let fallback: GgufFallback =
                     args.gguf_fallback.parse().map_err(anyhow::Error::msg)?;

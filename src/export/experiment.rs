@@ -31,6 +31,8 @@ use crate::model::{TokenizerFiles, save_hf_dir};
 pub enum ExportFormat {
     Safetensors,
     Gguf,
+    /// An HF directory in the compressed-tensors layout (llm-compressor, vLLM).
+    CompressedTensors,
 }
 
 impl std::str::FromStr for ExportFormat {
@@ -39,8 +41,9 @@ impl std::str::FromStr for ExportFormat {
         match s {
             "safetensors" | "hf" => Ok(Self::Safetensors),
             "gguf" => Ok(Self::Gguf),
+            "compressed-tensors" => Ok(Self::CompressedTensors),
             other => Err(format!(
-                "format `{other}`: expected `safetensors` or `gguf`"
+                "format `{other}`: expected `safetensors`, `gguf` or `compressed-tensors`"
             )),
         }
     }

@@ -58,7 +58,7 @@ pub fn hf_config_json(
 }
 
 /// Every weight under its Hugging Face name, converted to `dtype`.
-fn hf_tensors(t: &Transformer, dtype: DType) -> anyhow::Result<Vec<(String, Tensor)>> {
+pub fn hf_tensors(t: &Transformer, dtype: DType) -> anyhow::Result<Vec<(String, Tensor)>> {
     let conv = |x: &Tensor| x.to_dtype(dtype);
     let mut out = vec![(
         "model.embed_tokens.weight".to_string(),

@@ -36,6 +36,8 @@ pub enum StDType {
     U32,
     U16,
     U8,
+    /// Signed 32-bit integers (compressed-tensors' packed codes and shapes).
+    I32,
 }
 
 impl StDType {
@@ -48,6 +50,7 @@ impl StDType {
             "U32" => Self::U32,
             "U16" => Self::U16,
             "U8" => Self::U8,
+            "I32" => Self::I32,
             _ => return None,
         })
     }
@@ -62,13 +65,14 @@ impl StDType {
             Self::U32 => "U32",
             Self::U16 => "U16",
             Self::U8 => "U8",
+            Self::I32 => "I32",
         }
     }
 
     pub fn size_in_bytes(self) -> usize {
         match self {
             Self::F64 => 8,
-            Self::F32 | Self::U32 => 4,
+            Self::F32 | Self::U32 | Self::I32 => 4,
             Self::F16 | Self::BF16 | Self::U16 => 2,
             Self::U8 => 1,
         }
@@ -81,7 +85,7 @@ impl StDType {
             Self::F32 => Some(DType::F32),
             Self::F16 => Some(DType::F16),
             Self::BF16 => Some(DType::BF16),
-            Self::U32 | Self::U16 | Self::U8 => None,
+            Self::U32 | Self::U16 | Self::U8 | Self::I32 => None,
         }
     }
 }

@@ -1,0 +1,174 @@
+//! The compressed-tensors layout (what llm-compressor writes and vLLM loads) for RTN layers: an
+//! HF directory whose `model.safetensors` holds each symmetric RTN linear as
+//! `weight_packed` (its integer codes, `bits` each, packed densely into int32 words along the
+//! row, least significant bit first, offset by `2^(bits−1)`), `weight_scale` (one scale per row
+//! and group, in f32 so that `code · scale` is exactly our weight) and `weight_shape`, and a
+//! `quantization_config` in `config.json` (format `pack-quantized`, one config group per bit
+//! width and group size, every other linear in `ignore` and written dense).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+use candle_core::DType;
+
+use crate::engine::rtn::RtnPacked;
+use crate::model::safetensors::{RawTensor, StDType, write_raw};
+use crate::model::{LinearWeight, Model, Transformer};
+
+/// What a compressed-tensors export did with each linear.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CompressedTensorsReport {
+    /// (module, bits, group) written packed: exact.
+    pub packed: Vec<(String, usize, usize)>,
+    /// Modules written dense (listed in `ignore`).
+    pub dense: Vec<String>,
+}
+
+/// Codes (`k + 2^(bits−1)`) of a symmetric RTN layer packed as compressed-tensors does: each
+/// row a stream of `bits`-bit values, least significant bit first, in int32 words.
+fn pack_rows(p: &RtnPacked, rows: usize, cols: usize, bits: usize, group: usize) -> Vec<u8> {
+    let words_per_row = (cols * bits).div_ceil(32);
+    let groups = cols.div_ceil(group);
+    let mut out = vec![0u32; rows * words_per_row];
+    for r in 0..rows {
+        let row = &mut out[r * words_per_row..][..words_per_row];
+        for c in 0..cols {
+            let code = p.code(r * groups + c / group, c % group);
+            let bit = c * bits;
+            row[bit / 32] |= code << (bit % 32);
+            if bit % 32 + bits > 32 {
+                row[bit / 32 + 1] |= code >> (32 - bit % 32);
+            }
+        }
+    }
+    out.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// Writes `t` (from `base`) as a compressed-tensors HF directory at `out`.
+pub fn write_compressed_tensors(
+    base: &Model,
+    t: &Transformer,
+    out: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> anyhow::Result<CompressedTensorsReport> {
+    // Config, tokenizer and the dense tensors first; the quantized linears replace theirs.
+    super::experiment::write_hf(base, t, out, DType::F32, metadata)?;
+    let _ = std::fs::remove_file(out.join(crate::model::packed::PACKED_FILE));
+    let mut report = CompressedTensorsReport::default();
+    let mut packed: BTreeMap<String, Vec<RawTensor>> = BTreeMap::new();
+    let mut groups: BTreeMap<(usize, usize), Vec<String>> = BTreeMap::new();
+    for id in t.linear_ids() {
+        let module = id.hf_name();
+        let Some(lw) = t.linear(id) else { continue };
+        let form = match lw {
+            LinearWeight::Rtn {
+                dequantized,
+                bits,
+                group,
+                symmetric: true,
+                ..
+            } => {
+                let (rows, cols) = dequantized.dims2()?;
+                let w = dequantized
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                RtnPacked::from_dequantized(&w, rows, cols, *bits, *group, true)
+                    .map(|p| (p, rows, cols, *bits, *group))
+            }
+            _ => None,
+        };
+        let Some((p, rows, cols, bits, group)) = form else {
+            report.dense.push(module);
+            continue;
+        };
+        let (_, scales, _) = p.parts();
+        let scale_bytes: Vec<u8> = scales
+            .iter()
+            .flat_map(|s| s.to_f32().to_le_bytes())
+            .collect();
+        let shape: Vec<u8> = [rows as i32, cols as i32]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        packed.insert(
+            format!("{module}.weight"),
+            vec![
+                RawTensor {
+                    name: format!("{module}.weight_packed"),
+                    dtype: StDType::I32,
+                    shape: vec![rows, (cols * bits).div_ceil(32)],
+                    bytes: pack_rows(&p, rows, cols, bits, group),
+                },
+                RawTensor {
+                    name: format!("{module}.weight_scale"),
+                    dtype: StDType::F32,
+                    shape: vec![rows, cols.div_ceil(group)],
+                    bytes: scale_bytes,
+                },
+                RawTensor {
+                    name: format!("{module}.weight_shape"),
+                    dtype: StDType::I32,
+                    shape: vec![2],
+                    bytes: shape,
+                },
+            ],
+        );
+        report.packed.push((module.clone(), bits, group));
+        groups.entry((bits, group)).or_default().push(module);
+    }
+    let mut raw = Vec::new();
+    for (name, tensor) in crate::model::hf_writer::hf_tensors(t, DType::F32)? {
+        match packed.remove(&name) {
+            Some(parts) => raw.extend(parts),
+            None => raw.push(RawTensor {
+                dtype: StDType::F32,
+                shape: tensor.dims().to_vec(),
+                bytes: tensor
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+                name,
+            }),
+        }
+    }
+    write_raw(&out.join("model.safetensors"), &raw, metadata)?;
+
+    let config_groups: serde_json::Map<String, serde_json::Value> = groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, ((bits, group), targets))| {
+            let weights = serde_json::json!({
+                "num_bits": bits, "type": "int", "symmetric": true, "strategy": "group",
+                "group_size": group, "dynamic": false, "actorder": null, "observer": "minmax",
+            });
+            let g = serde_json::json!({
+                "targets": targets, "weights": weights,
+                "input_activations": null, "output_activations": null,
+            });
+            (format!("group_{i}"), g)
+        })
+        .collect();
+    let mut ignore = report.dense.clone();
+    if !t.config.tie_word_embeddings {
+        ignore.push("lm_head".into());
+    }
+    let config_path = out.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?,
+    )?;
+    config["quantization_config"] = serde_json::json!({
+        "quant_method": "compressed-tensors",
+        "format": "pack-quantized",
+        "quantization_status": "compressed",
+        "config_groups": config_groups,
+        "ignore": ignore,
+    });
+    std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    Ok(report)
+}
