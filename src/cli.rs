@@ -103,12 +103,20 @@ enum Command {
     /// KLD (and decode speed) from the measurement table, and `--measure K` of its points run
     /// as real jobs to check the prediction.
     Search(search::SearchArgs),
-    /// A recipe from a llama.cpp `--tensor-type` list (PATTERN=TYPE lines): RTN rules, exact
-    /// for Q4_0/Q5_0/Q8_0, approximate (noted) for the others.
+    /// A recipe from what another tool was given: a llama.cpp `--tensor-type` list
+    /// (PATTERN=TYPE lines; RTN rules, exact for Q4_0/Q5_0/Q8_0, approximate and noted for the
+    /// others), or a mergekit config (YAML; linear and task_arithmetic).
     Import {
         /// The tensor-type list.
+        #[arg(
+            long,
+            conflicts_with = "mergekit",
+            required_unless_present = "mergekit"
+        )]
+        tensor_types: Option<PathBuf>,
+        /// The mergekit config.
         #[arg(long)]
-        tensor_types: PathBuf,
+        mergekit: Option<PathBuf>,
         /// Where the recipe goes (TOML).
         #[arg(long)]
         out: PathBuf,
@@ -337,9 +345,15 @@ pub fn run() -> anyhow::Result<()> {
         Command::Search(args) => search::search(&args),
         Command::Import {
             tensor_types,
+            mergekit,
             out,
             model,
-        } => import(&tensor_types, &out, model.as_deref()),
+        } => import(
+            tensor_types.as_deref(),
+            mergekit.as_deref(),
+            &out,
+            model.as_deref(),
+        ),
         Command::Zoo(ZooCommand::Train {
             out,
             seed,
@@ -632,12 +646,23 @@ fn run_recipe(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn import(list: &Path, out: &Path, model: Option<&str>) -> anyhow::Result<()> {
+fn import(
+    tensor_types: Option<&Path>,
+    mergekit: Option<&Path>,
+    out: &Path,
+    model: Option<&str>,
+) -> anyhow::Result<()> {
+    let (path, parse): (&Path, fn(&str) -> anyhow::Result<_>) = match (tensor_types, mergekit) {
+        (Some(p), _) => (p, crate::export::import::recipe_from_tensor_types),
+        (None, Some(p)) => (p, crate::export::import::recipe_from_mergekit),
+        (None, None) => anyhow::bail!("give --tensor-types LIST or --mergekit CONFIG"),
+    };
     let text =
-        std::fs::read_to_string(list).with_context(|| format!("reading {}", list.display()))?;
-    let (recipe, notes) = crate::export::import::recipe_from_tensor_types(&text)
-        .with_context(|| list.display().to_string())?;
-    if let Some(spec) = model {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (recipe, notes) = parse(&text).with_context(|| path.display().to_string())?;
+    if let Some(spec) = model
+        && recipe.merge.is_none()
+    {
         let base = load(spec)?;
         let plan = recipe.resolve(&base.transformer)?;
         eprintln!(

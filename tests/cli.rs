@@ -499,3 +499,73 @@ fn zero_prompts_measure_no_task() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--prompts 0"));
 }
+
+/// What users bring from other tools becomes a recipe that runs: a mergekit config (task
+/// arithmetic over two zoo fine-tunes) and a llama.cpp `--tensor-type` list.
+#[test]
+fn imported_mergekit_and_tensor_type_recipes_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("merge.yml");
+    std::fs::write(
+        &config,
+        "merge_method: task_arithmetic\nbase_model: zoo:base\nmodels:\n  - model: zoo:arith\n    \
+         parameters:\n      weight: 0.3\n  - model: zoo:reverse\n    parameters:\n      \
+         weight: 0.3\ndtype: float32\n",
+    )
+    .unwrap();
+    let merge = dir.path().join("merge.toml");
+    let out = reparam(&[
+        "import",
+        "--mergekit",
+        config.to_str().unwrap(),
+        "--out",
+        merge.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = ok_json(&reparam(&[
+        "run",
+        "zoo:base",
+        "--recipe",
+        merge.to_str().unwrap(),
+        "--chunks",
+        "1",
+        "--prompts",
+        "4",
+        "--json",
+    ]));
+    assert_eq!(r["merged_models"], 2, "{r}");
+
+    let list = dir.path().join("types.txt");
+    std::fs::write(&list, "--tensor-type attn_v=q8_0\nblk\\.\\d+\\..*=q4_0\n").unwrap();
+    let rtn = dir.path().join("rtn.toml");
+    let out = reparam(&[
+        "import",
+        "--tensor-types",
+        list.to_str().unwrap(),
+        "--out",
+        rtn.to_str().unwrap(),
+        "--model",
+        "zoo:multi",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("42 of 42 linears set"),
+        "{err}"
+    );
+    let r = ok_json(&reparam(&[
+        "run",
+        "zoo:multi",
+        "--recipe",
+        rtn.to_str().unwrap(),
+        "--chunks",
+        "1",
+        "--prompts",
+        "0",
+        "--json",
+    ]));
+    assert!(r["kld_mean"].as_f64().is_some_and(|k| k.is_finite()), "{r}");
+}

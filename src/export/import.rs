@@ -1,5 +1,6 @@
 //! Recipes from what users already have: a llama.cpp `--tensor-type` list (the per-tensor
-//! types a `llama-quantize` call was given) as a per-layer RTN recipe.
+//! types a `llama-quantize` call was given) as a per-layer RTN recipe, and a mergekit merge
+//! config (YAML) as a merge recipe.
 //!
 //! Each line is `PATTERN=TYPE` (optionally after `--tensor-type`; `#` starts a comment).
 //! llama.cpp searches each tensor name for PATTERN as a regular expression and the first
@@ -10,7 +11,9 @@
 //! scales in 256-weight super-blocks), F16/F32/BF16 as dense layers. A pattern on the token
 //! embedding becomes the `[embedding]` step.
 
-use crate::technique::recipe::{EmbeddingStep, LayerRule, Recipe, RtnKnobs};
+use crate::technique::recipe::{
+    EmbeddingStep, LayerRule, MergeMethod, MergeStep, Recipe, RtnKnobs,
+};
 
 /// What an imported type becomes, and whether exactly.
 fn rtn_for(ty: &str) -> Option<(Option<RtnKnobs>, bool)> {
@@ -103,6 +106,102 @@ pub fn recipe_from_tensor_types(text: &str) -> anyhow::Result<(Recipe, Vec<Strin
     Ok((recipe, notes))
 }
 
+/// A mergekit config, as far as the methods we have read it.
+#[derive(Debug, serde::Deserialize)]
+struct MergekitConfig {
+    merge_method: String,
+    #[serde(default)]
+    base_model: Option<String>,
+    #[serde(default)]
+    models: Vec<MergekitModel>,
+    #[serde(default)]
+    parameters: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct MergekitModel {
+    model: String,
+    #[serde(default)]
+    parameters: Option<serde_yaml_ng::Value>,
+}
+
+fn number(params: Option<&serde_yaml_ng::Value>, key: &str) -> Option<f64> {
+    params?.get(key)?.as_f64()
+}
+
+/// A merge recipe from a mergekit config: `linear` with equal weights is averaging,
+/// `task_arithmetic` with one weight λ for every model (divided by their sum under
+/// `normalize: true`) is task arithmetic; the base model is the model the recipe runs on (a
+/// note says which one the config named). Methods and per-model weights we cannot reproduce
+/// exactly are errors naming them.
+pub fn recipe_from_mergekit(text: &str) -> anyhow::Result<(Recipe, Vec<String>)> {
+    let config: MergekitConfig =
+        serde_yaml_ng::from_str(text).map_err(|e| anyhow::anyhow!("mergekit config: {e}"))?;
+    let mut notes = Vec::new();
+    let base = config.base_model.clone();
+    let models: Vec<&MergekitModel> = config
+        .models
+        .iter()
+        .filter(|m| Some(&m.model) != base.as_ref())
+        .collect();
+    anyhow::ensure!(
+        !models.is_empty(),
+        "mergekit config: no model to merge besides the base"
+    );
+    let weights: Vec<f64> = models
+        .iter()
+        .map(|m| number(m.parameters.as_ref(), "weight").unwrap_or(1.0))
+        .collect();
+    let equal = weights.windows(2).all(|w| (w[0] - w[1]).abs() < 1e-12);
+    let normalize = config
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get("normalize"))
+        .and_then(serde_yaml_ng::Value::as_bool);
+    let (method, alpha) = match config.merge_method.as_str() {
+        "linear" => {
+            anyhow::ensure!(
+                equal,
+                "mergekit `linear` with unequal weights {weights:?}: only the plain average is \
+                 supported"
+            );
+            (MergeMethod::Average, 0.5)
+        }
+        "task_arithmetic" => {
+            anyhow::ensure!(
+                equal,
+                "mergekit `task_arithmetic` with unequal weights {weights:?}: one λ for every \
+                 model is supported"
+            );
+            let sum: f64 = weights.iter().sum();
+            let lambda = if normalize == Some(true) {
+                weights[0] / sum
+            } else {
+                weights[0]
+            };
+            (MergeMethod::TaskArithmetic, lambda)
+        }
+        other => anyhow::bail!(
+            "mergekit method `{other}` is not one we run (linear with equal weights, \
+             task_arithmetic with one weight; TIES and DARE are not implemented yet)"
+        ),
+    };
+    if let Some(b) = &base {
+        notes.push(format!(
+            "the config's base_model is {b}: run the recipe on that model (reparam run {b} …)"
+        ));
+    }
+    let recipe = Recipe {
+        merge: Some(MergeStep {
+            models: models.iter().map(|m| m.model.clone()).collect(),
+            method,
+            alpha,
+        }),
+        ..Recipe::default()
+    };
+    Ok((recipe, notes))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -127,5 +226,37 @@ mod tests {
         assert!(recipe_from_tensor_types("attn_v=iq2_xxs").is_err());
         assert!(recipe_from_tensor_types("attn_v").is_err());
         assert!(recipe_from_tensor_types("(=q4_0").is_err());
+    }
+
+    #[test]
+    fn mergekit_configs_become_merge_recipes() {
+        let ta = "merge_method: task_arithmetic\nbase_model: zoo:base\nmodels:\n  - model: zoo:base\n  \
+                  - model: zoo:arith\n    parameters:\n      weight: 0.4\n  - model: zoo:reverse\n    \
+                  parameters:\n      weight: 0.4\ndtype: float16\n";
+        let (r, notes) = recipe_from_mergekit(ta).unwrap();
+        let m = r.merge.unwrap();
+        assert_eq!(m.models, ["zoo:arith", "zoo:reverse"]);
+        assert_eq!((m.method, m.alpha), (MergeMethod::TaskArithmetic, 0.4));
+        assert!(notes[0].contains("zoo:base"));
+        let avg = "merge_method: linear\nmodels:\n  - model: a\n  - model: b\n";
+        assert_eq!(
+            recipe_from_mergekit(avg).unwrap().0.merge.unwrap().method,
+            MergeMethod::Average
+        );
+        let uneven = "merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 0.7}\n  - model: b\n    parameters: {weight: 0.3}\n";
+        assert!(
+            recipe_from_mergekit(uneven)
+                .unwrap_err()
+                .to_string()
+                .contains("unequal")
+        );
+        let ties = "merge_method: ties\nmodels:\n  - model: a\n";
+        assert!(
+            recipe_from_mergekit(ties)
+                .unwrap_err()
+                .to_string()
+                .contains("ties")
+        );
+        assert!(recipe_from_mergekit("merge_method: [").is_err());
     }
 }
