@@ -22,7 +22,6 @@ use candle_core::quantized::GgmlDType;
 use common::TinySpec;
 use reparam::model::Model;
 use reparam::rng::Rng;
-use reparam::run::EvalSettings;
 use reparam::store::{ExperimentRecord, Status, Store};
 use reparam::technique::recipe::Recipe;
 
@@ -208,18 +207,6 @@ fn mutate(text: &str, rng: &mut Rng) -> String {
     out.join("\n")
 }
 
-fn tiny_eval() -> EvalSettings {
-    let mut e = EvalSettings {
-        ctx: Some(64),
-        chunks: Some(2),
-        task_prompts: 2,
-        ..EvalSettings::default()
-    };
-    e.calib.samples = 2;
-    e.calib.seq_len = 64;
-    e
-}
-
 /// Seeded mutants of every shipped recipe: each is refused with a clear error, or accepted and
 /// then (the first `APPLIED` of them) applied to the zoo and measured with finite metrics or a
 /// failed run with its reason; none panics or hangs.
@@ -266,7 +253,7 @@ fn fuzzed_recipes_end_in_clear_errors_or_runs() {
                 if !apply {
                     return (Ending::Accepted, String::new(), false);
                 }
-                match reparam::run::run(&b, &recipe, &tiny_eval(), &mut |_, _, _| true) {
+                match reparam::run::run(&b, &recipe, &common::tiny_eval(), &mut |_, _, _| true) {
                     Ok(r) if r.ppl.is_finite() && r.kld_mean.is_finite() => {
                         (Ending::Accepted, String::new(), true)
                     }

@@ -13,7 +13,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use reparam::jobs::{JobEventKind, JobRunner, JobSpec, Outcome};
-use reparam::run::EvalSettings;
 use reparam::store::{ExperimentRecord, Status, Store};
 use reparam::technique::recipe::Recipe;
 
@@ -31,20 +30,8 @@ fn spec(label: &str, bits: usize) -> JobSpec {
         recipe: recipe(bits),
         tags: vec![],
         force: false,
-        eval: tiny_eval(),
+        eval: common::tiny_eval(),
     }
-}
-
-fn tiny_eval() -> EvalSettings {
-    let mut e = EvalSettings {
-        ctx: Some(64),
-        chunks: Some(2),
-        task_prompts: 2,
-        ..EvalSettings::default()
-    };
-    e.calib.samples = 2;
-    e.calib.seq_len = 64;
-    e
 }
 
 /// Collects events until every job in `n` has finished (or the deadline passes).

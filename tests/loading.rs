@@ -339,24 +339,13 @@ fn load_reports_progress_to_completion() {
     }
 }
 
-/// Symmetric RTN at group 32 exports to GGUF as llama.cpp's own Q4_0/Q5_0/Q8_0, exactly: the
-/// file's tensors have those types and the sizes we count, and reading the file back gives
-/// every weight bit for bit; layers no type holds exactly are written dense (or, with the
-/// `nearest` fallback, re-quantized and reported as approximated).
-#[test]
-fn symmetric_rtn_exports_to_gguf_block_types_exactly() {
-    use reparam::export::experiment::{GgufFallback, write_gguf};
-    use reparam::technique::recipe::Recipe;
+/// A tiny HF checkpoint in a temporary directory (`base/`), and that model compressed by the
+/// recipe `toml` (no calibration: RTN and magnitude pruning only).
+fn compress_tiny(toml: &str) -> (tempfile::TempDir, Model, Model) {
     let dir = tempfile::tempdir().unwrap();
-    TinySpec::default().write_hf(dir.path(), 1);
-    let base = Model::load(dir.path()).unwrap();
-    let recipe = Recipe::from_toml(
-        "[[layers]]\nmatch = \"blk.*.attn_*\"\n[layers.rtn]\nbits = 4\ngroup = 32\nsymmetric = true\n\
-         [[layers]]\nmatch = \"blk.0.ffn_*\"\n[layers.rtn]\nbits = 8\ngroup = 32\nsymmetric = true\n\
-         [[layers]]\nmatch = \"blk.1.ffn_*\"\n[layers.rtn]\nbits = 5\ngroup = 32\nsymmetric = true\n\
-         [[layers]]\nmatch = \"blk.1.attn_output\"\n[layers.prune]\nratio = 0.5\n",
-    )
-    .unwrap();
+    TinySpec::default().write_hf(&dir.path().join("base"), 1);
+    let base = Model::load(&dir.path().join("base")).unwrap();
+    let recipe = reparam::technique::recipe::Recipe::from_toml(toml).unwrap();
     let compressed = reparam::technique::apply(
         &base,
         &recipe,
@@ -365,7 +354,23 @@ fn symmetric_rtn_exports_to_gguf_block_types_exactly() {
         &mut |_, _, _| true,
     )
     .unwrap();
-    let t = &compressed.model.transformer;
+    (dir, base, compressed.model)
+}
+
+/// Symmetric RTN at group 32 exports to GGUF as llama.cpp's own Q4_0/Q5_0/Q8_0, exactly: the
+/// file's tensors have those types and the sizes we count, and reading the file back gives
+/// every weight bit for bit; layers no type holds exactly are written dense (or, with the
+/// `nearest` fallback, re-quantized and reported as approximated).
+#[test]
+fn symmetric_rtn_exports_to_gguf_block_types_exactly() {
+    use reparam::export::experiment::{GgufFallback, write_gguf};
+    let (dir, base, compressed) = compress_tiny(
+        "[[layers]]\nmatch = \"blk.*.attn_*\"\n[layers.rtn]\nbits = 4\ngroup = 32\nsymmetric = true\n\
+         [[layers]]\nmatch = \"blk.0.ffn_*\"\n[layers.rtn]\nbits = 8\ngroup = 32\nsymmetric = true\n\
+         [[layers]]\nmatch = \"blk.1.ffn_*\"\n[layers.rtn]\nbits = 5\ngroup = 32\nsymmetric = true\n\
+         [[layers]]\nmatch = \"blk.1.attn_output\"\n[layers.prune]\nratio = 0.5\n",
+    );
+    let t = &compressed.transformer;
     let out = dir.path().join("rtn.gguf");
     let meta = Default::default();
     let report = write_gguf(
@@ -443,24 +448,11 @@ fn symmetric_rtn_exports_to_gguf_block_types_exactly() {
 #[test]
 fn compressed_tensors_export_packs_symmetric_rtn_exactly() {
     use reparam::export::compressed_tensors::write_compressed_tensors;
-    use reparam::technique::recipe::Recipe;
-    let dir = tempfile::tempdir().unwrap();
-    TinySpec::default().write_hf(&dir.path().join("base"), 1);
-    let base = Model::load(&dir.path().join("base")).unwrap();
-    let recipe = Recipe::from_toml(
+    let (dir, base, compressed) = compress_tiny(
         "[[layers]]\nmatch = \"blk.*.attn_*\"\n[layers.rtn]\nbits = 4\ngroup = 32\nsymmetric = true\n\
          [[layers]]\nmatch = \"blk.*.ffn_up\"\n[layers.rtn]\nbits = 3\ngroup = 16\nsymmetric = true\n",
-    )
-    .unwrap();
-    let c = reparam::technique::apply(
-        &base,
-        &recipe,
-        &[],
-        reparam::technique::CalibOptions::default(),
-        &mut |_, _, _| true,
-    )
-    .unwrap();
-    let t = &c.model.transformer;
+    );
+    let t = &compressed.transformer;
     let out = dir.path().join("ct");
     let report = write_compressed_tensors(&base, t, &out, &Default::default()).unwrap();
     assert_eq!(report.packed.len(), 2 * 4 + 2);

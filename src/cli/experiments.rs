@@ -726,9 +726,11 @@ fn verify_deployed(
             &base_gguf,
             exported,
             &files,
-            args.verify_ctx,
-            args.verify_chunks,
-            rayon::current_num_threads(),
+            crate::export::deployed::Positions {
+                ctx: args.verify_ctx,
+                chunks: args.verify_chunks,
+                threads: rayon::current_num_threads(),
+            },
             &work,
         )?;
         let on = format!(

@@ -88,20 +88,29 @@ fn stat(log: &str, label: &str) -> Option<f64> {
     })
 }
 
-/// Scores `exported` against `base` on each `(name, text file)` (`ctx` × `chunks` positions, as
-/// our evaluation scores them), then times it with `llama-bench`. `work` holds the base's
-/// logits between the two passes.
-#[allow(clippy::too_many_arguments)]
+/// Which positions llama.cpp scores, as our evaluation does, and on how many threads.
+#[derive(Debug, Clone, Copy)]
+pub struct Positions {
+    pub ctx: usize,
+    pub chunks: usize,
+    pub threads: usize,
+}
+
+/// Scores `exported` against `base` on each `(name, text file)` at `at`, then times it with
+/// `llama-bench`. `work` holds the base's logits between the two passes.
 pub fn measure(
     tools: &LlamaCpp,
     base: &Path,
     exported: &Path,
     texts: &[(String, PathBuf)],
-    ctx: usize,
-    chunks: usize,
-    threads: usize,
+    at: Positions,
     work: &Path,
 ) -> anyhow::Result<Deployed> {
+    let Positions {
+        ctx,
+        chunks,
+        threads,
+    } = at;
     let mut domains = Vec::new();
     for (name, text) in texts {
         let logits = work.join(format!("base-{name}.kld"));

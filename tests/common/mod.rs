@@ -285,3 +285,17 @@ pub fn ok_json(out: &std::process::Output) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The smallest evaluation that still measures everything (ctx 64, 2 chunks, 2 task prompts,
+/// 2 calibration windows of 64 tokens).
+pub fn tiny_eval() -> reparam::run::EvalSettings {
+    let mut e = reparam::run::EvalSettings {
+        ctx: Some(64),
+        chunks: Some(2),
+        task_prompts: 2,
+        ..reparam::run::EvalSettings::default()
+    };
+    e.calib.samples = 2;
+    e.calib.seq_len = 64;
+    e
+}
