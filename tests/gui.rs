@@ -846,6 +846,18 @@ fn the_layer_map_selects_a_pattern_and_writes_one_rule() {
     let selected = h.state().selected_cells();
     assert_eq!(selected.len(), n_blocks);
     assert!(selected.iter().all(|id| id.kind.gguf_name() == "attn_q"));
+    // llama.cpp's own Q4_0 from the same list: symmetric RTN at group 32.
+    h.get_by_label("Selection bits").click();
+    settle(&mut h);
+    h.get_by_label("Q4_0").click_accesskit();
+    settle(&mut h);
+    let layers = &h.state().recipe.editor.recipe.layers;
+    let q4 = layers
+        .iter()
+        .find(|r| r.pattern == "blk.*.attn_q")
+        .unwrap_or_else(|| panic!("{layers:?}"));
+    let k = q4.rtn.as_ref().unwrap();
+    assert!(k.symmetric && k.group == 32 && k.bits == 4, "{k:?}");
 
     h.get_by_label("Layer map cells").hover();
     h.event(egui::Event::PointerMoved(cell(1, 2)));

@@ -592,6 +592,11 @@ pub fn quant_label(q: &Option<Quant>) -> String {
     match q {
         None => "—".into(),
         Some(Quant::ShiftAdd(k)) => format!("SA {}", k.bits),
+        // Symmetric at group 32, 4/5/8 bits: llama.cpp's own types, exported as they are.
+        Some(Quant::Rtn(k)) if k.symmetric && k.group == 32 && matches!(k.bits, 4 | 5 | 8) => {
+            format!("Q{}_0", k.bits)
+        }
+        Some(Quant::Rtn(k)) if k.symmetric => format!("RTN {}s", k.bits),
         Some(Quant::Rtn(k)) => format!("RTN {}", k.bits),
     }
 }

@@ -78,7 +78,9 @@ const GRID_HEADERS: [(&str, &str); 9] = [
         "Bits",
         "SA n: shift-add (ShiftAddLLM) binary-coding quantization, n bit planes with \
          power-of-two scales, fitted to calibration data. RTN n: round-to-nearest n-bit \
-         integers with an f16 scale and zero per group of 128 inputs (the baseline).",
+         integers with an f16 scale and zero per group of 128 inputs (the baseline). Q4_0, \
+         Q5_0, Q8_0: symmetric RTN at group 32, exactly llama.cpp's types, so a GGUF export \
+         ships them without requantizing.",
     ),
     (
         "Prune",
@@ -115,6 +117,14 @@ fn quant_choices(current: &Option<Quant>) -> Vec<Option<Quant>> {
             bits,
             group: 128,
             symmetric: false,
+        })));
+    }
+    // llama.cpp's Q4_0/Q5_0/Q8_0: a GGUF export writes them as they are, at the deployed size.
+    for bits in [4, 5, 8] {
+        v.push(Some(Quant::Rtn(RtnKnobs {
+            bits,
+            group: 32,
+            symmetric: true,
         })));
     }
     v
@@ -505,6 +515,10 @@ pub(super) fn cells_ui(
                     Some(Quant::Rtn(k)) if k.bits == 2 => {
                         ui.separator();
                         ui.weak("RTN");
+                    }
+                    Some(Quant::Rtn(k)) if k.symmetric && k.bits == 4 => {
+                        ui.separator();
+                        ui.weak("llama.cpp types (exact in GGUF)");
                     }
                     _ => {}
                 }
