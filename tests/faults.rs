@@ -19,15 +19,11 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::GgmlDType;
-use common::TinySpec;
+use common::{TinySpec, reparam, sweep};
 use reparam::model::Model;
 use reparam::rng::Rng;
 use reparam::store::{ExperimentRecord, Status, Store};
 use reparam::technique::recipe::Recipe;
-
-fn reparam() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_reparam"))
-}
 
 /// The smallest evaluation that still measures everything, as `run` flags.
 const TINY_EVAL: [&str; 10] = [
@@ -53,18 +49,6 @@ fn write_space(dir: &Path, ffn_bits: &[usize]) -> PathBuf {
     );
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn sweep(space: &Path, store: &Path, extra: &[&str]) -> Command {
-    let mut c = reparam();
-    c.args(["sweep", "zoo:multi", "--space"])
-        .arg(space)
-        .arg("--store")
-        .arg(store)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    c
 }
 
 /// The store's records: (run keys of ok runs, records in all); no file may be unreadable.

@@ -5,13 +5,16 @@
 //! about a second, and an exported model reloads with the same metrics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::{reparam, sweep};
 use reparam::jobs::{JobEventKind, JobRunner, JobSpec, Outcome};
 use reparam::store::{ExperimentRecord, Status, Store};
 use reparam::technique::recipe::Recipe;
@@ -150,10 +153,6 @@ fn panics_are_caught_and_the_runner_goes_on() {
     assert_eq!(store.load().unwrap().records.len(), 4);
 }
 
-fn reparam() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_reparam"))
-}
-
 fn write_space(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("space.toml");
     std::fs::write(
@@ -183,16 +182,6 @@ group = 32
 }
 
 const POINTS: usize = 8;
-
-fn sweep(space: &Path, store: &Path, extra: &[&str]) -> Command {
-    let mut c = reparam();
-    c.args(["sweep", "zoo:multi", "--space"])
-        .arg(space)
-        .arg("--store")
-        .arg(store)
-        .args(extra);
-    c
-}
 
 fn keys(store: &Path) -> (Vec<String>, usize) {
     let snap = Store::open(store).unwrap().load().unwrap();
@@ -558,8 +547,6 @@ fn assert_same_metrics(
         );
     }
 }
-
-mod common;
 
 #[test]
 fn gguf_export_reloads_with_the_same_metrics() {

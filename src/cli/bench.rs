@@ -3,7 +3,6 @@
 //! shift-add LUT kernel against dense f32 GEMV (candle's and a plain loop).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -42,11 +41,6 @@ struct PeerResult {
     seconds: f64,
 }
 
-fn default_peer_bin() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME")?;
-    Some(Path::new(&home).join(".cache/reparam/llamacpp/build/bin"))
-}
-
 /// Runs the evaluation both ways and prints throughput and the ratio.
 pub fn eval_bench(args: &EvalBenchArgs) -> anyhow::Result<()> {
     let threads = candle_core::utils::get_num_threads();
@@ -61,7 +55,10 @@ pub fn eval_bench(args: &EvalBenchArgs) -> anyhow::Result<()> {
     let ours = perplexity(&model, &tokens, opts, None, &mut |_, _| true)?;
     let our_tok_s = (ours.chunks * ours.ctx) as f64 / ours.seconds;
 
-    let peer_bin = args.peer_bin.clone().or_else(default_peer_bin);
+    let peer_bin = args
+        .peer_bin
+        .clone()
+        .or_else(crate::export::deployed::default_llamacpp_dir);
     let peer_exe = peer_bin
         .map(|b| b.join("llama-perplexity"))
         .filter(|p| p.is_file());
@@ -129,21 +126,18 @@ fn run_peer(
     chunks: usize,
     threads: usize,
 ) -> anyhow::Result<PeerResult> {
-    let out = Command::new(exe)
-        .arg("-m")
-        .arg(model)
-        .arg("-f")
-        .arg(text)
-        .args(["-c", &ctx.to_string(), "--chunks", &chunks.to_string()])
-        .args(["-t", &threads.to_string(), "-b", &ctx.to_string()])
-        .output()
-        .with_context(|| format!("running {}", exe.display()))?;
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    anyhow::ensure!(out.status.success(), "{} failed:\n{log}", exe.display());
+    let (c, n, t) = (ctx.to_string(), chunks.to_string(), threads.to_string());
+    let log = crate::export::deployed::run_tool(
+        exe,
+        [
+            "-m".as_ref(),
+            model.as_os_str(),
+            "-f".as_ref(),
+            text.as_os_str(),
+        ]
+        .into_iter()
+        .chain(["-c", &c, "--chunks", &n, "-t", &t, "-b", &c].map(std::ffi::OsStr::new)),
+    )?;
     let eval_seconds = parse_eval_seconds(&log).with_context(|| {
         format!(
             "no timestamped start and final estimate in the output of {}",

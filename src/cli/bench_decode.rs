@@ -69,11 +69,6 @@ struct FormBytes {
     bytes: usize,
 }
 
-fn default_peer_bin() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME")?;
-    Some(Path::new(&home).join(".cache/reparam/llamacpp/build/bin"))
-}
-
 pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
     let threads = rayon::current_num_threads();
     let base = load_spec(&args.model)?;
@@ -136,7 +131,7 @@ pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
     let peer_exe = args
         .peer_bin
         .clone()
-        .or_else(default_peer_bin)
+        .or_else(crate::export::deployed::default_llamacpp_dir)
         .map(|b| b.join("llama-bench"))
         .filter(|p| p.is_file());
     let peer = match (&peer_exe, &args.peer_model) {

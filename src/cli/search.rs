@@ -225,6 +225,8 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
     }
     // Real runs of points spread along the front.
     let mut measured = Vec::new();
+    // Points whose record the store could not take: measured, printed, and a failure at the end.
+    let mut not_stored = 0;
     if args.measure_k > 0 {
         let store = crate::store::Store::open(&args.measure.store.dir)?;
         let models = ModelCache::default();
@@ -264,6 +266,10 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
                 },
             )?;
             bar.finish();
+            if let Some(why) = &out.unstored {
+                not_stored += 1;
+                eprintln!("search point {}: not stored: {why}", n + 1);
+            }
             let rec = out.record;
             anyhow::ensure!(
                 rec.status == Status::Ok,
@@ -277,6 +283,7 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
             measured.push(serde_json::json!({
                 "run_id": rec.id,
                 "cached": out.cached,
+                "stored": out.unstored.is_none(),
                 "predicted_kld": point.predicted.kld_mean,
                 "predicted_bytes": point.predicted.bytes,
                 "predicted_tok_s": finite(point.predicted.decode_tok_s),
@@ -322,7 +329,7 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
             },
         });
         crate::outln!("{}", serde_json::to_string_pretty(&obj)?);
-        return Ok(());
+        return all_stored(not_stored);
     }
     crate::outln!(
         "measurement table {}: {} rows measured now, {} reused",
@@ -375,6 +382,16 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<()> {
              (geometric mean; the predictor scores the measurement text, the runs their own)"
         );
     }
+    all_stored(not_stored)
+}
+
+/// A search whose measured points could not all be stored fails, after printing them.
+fn all_stored(not_stored: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        not_stored == 0,
+        "{not_stored} measured search points could not be stored; each record was kept in the \
+         file named above"
+    );
     Ok(())
 }
 

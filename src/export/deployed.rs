@@ -60,7 +60,12 @@ pub struct Deployed {
     pub domains: Vec<DeployedDomain>,
 }
 
-fn run(exe: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<String> {
+/// Runs one of llama.cpp's tools; its output (stdout then stderr), or an error with the log's
+/// end when it fails.
+pub fn run_tool<S: AsRef<std::ffi::OsStr>>(
+    exe: &Path,
+    args: impl IntoIterator<Item = S>,
+) -> anyhow::Result<String> {
     let out = Command::new(exe)
         .args(args)
         .output()
@@ -131,12 +136,10 @@ pub fn measure(
             a
         };
         let args = common(base);
-        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        run(&tools.perplexity, &refs)?;
+        run_tool(&tools.perplexity, &args)?;
         let mut args = common(exported);
         args.push("--kl-divergence".into());
-        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        let log = run(&tools.perplexity, &refs)?;
+        let log = run_tool(&tools.perplexity, &args)?;
         let _ = std::fs::remove_file(&logits);
         let missing = || {
             let tail: Vec<&str> = log.lines().rev().take(12).collect();
@@ -157,23 +160,14 @@ pub fn measure(
     let decode_tok_s = match &tools.bench {
         Some(bench) => {
             let t = threads.to_string();
-            let args: Vec<&std::ffi::OsStr> = [
+            let args = [
+                "-m".as_ref(),
                 exported.as_os_str(),
                 "-t".as_ref(),
                 t.as_ref(),
-                "-n".as_ref(),
-                "64".as_ref(),
-                "-p".as_ref(),
-                "0".as_ref(),
-                "-r".as_ref(),
-                "3".as_ref(),
-                "-o".as_ref(),
-                "json".as_ref(),
-            ]
-            .to_vec();
-            let mut full = vec!["-m".as_ref()];
-            full.extend(args);
-            let log = run(bench, &full)?;
+            ];
+            let fixed = ["-n", "64", "-p", "0", "-r", "3", "-o", "json"].map(std::ffi::OsStr::new);
+            let log = run_tool(bench, args.into_iter().chain(fixed))?;
             let json_start = log.find('[').context("llama-bench printed no JSON")?;
             let end = log.rfind(']').context("llama-bench printed no JSON")?;
             let rows: Vec<serde_json::Value> = serde_json::from_str(&log[json_start..=end])

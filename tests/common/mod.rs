@@ -299,3 +299,22 @@ pub fn tiny_eval() -> reparam::run::EvalSettings {
     e.calib.seq_len = 64;
     e
 }
+
+/// The `reparam` binary the tests built.
+pub fn reparam() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_reparam"))
+}
+
+/// `reparam sweep zoo:multi --space SPACE --store STORE EXTRA…`, its stderr (the progress and
+/// the summary) captured and its stdout dropped.
+pub fn sweep(space: &Path, store: &Path, extra: &[&str]) -> std::process::Command {
+    let mut c = reparam();
+    c.args(["sweep", "zoo:multi", "--space"])
+        .arg(space)
+        .arg("--store")
+        .arg(store)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    c
+}
