@@ -43,21 +43,31 @@ fn reference_logits(m: &Model, toks: &[u32]) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// Panics unless `got` is within [`TOLERANCE`] of `want`, relative to its largest logit.
-fn assert_close(got: &[f32], want: &[f32], what: &str) {
+/// With int8 activations: an input the two sides compute a hair apart can round to
+/// neighbouring int8 levels (one step is 1/127 of its block's largest value), and the KV cache
+/// carries that difference on. The kernel itself is checked exactly in its unit tests.
+const INT8_TOLERANCE: f32 = 2e-2;
+
+/// Panics unless `got` is within `tolerance` of `want`, relative to its largest logit.
+fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
     let scale = want.iter().fold(1e-3f32, |a, v| a.max(v.abs()));
     let diff = got
         .iter()
         .zip(want)
         .fold(0f32, |a, (g, r)| a.max((g - r).abs()));
     assert!(
-        diff <= TOLERANCE * scale,
+        diff <= tolerance * scale,
         "{what}: max diff {diff} (scale {scale})"
     );
 }
 
 fn assert_engine_matches(m: &Model, toks: &[u32], what: &str) {
     let want = reference_logits(m, toks);
+    let tolerance = if what.contains("int8_activations = true") {
+        INT8_TOLERANCE
+    } else {
+        TOLERANCE
+    };
     for pool in [PoolKind::Spin, PoolKind::Rayon] {
         for threads in [1, 2] {
             let e = Engine::new(&m.transformer, EngineOptions { threads, pool }).unwrap();
@@ -67,6 +77,7 @@ fn assert_engine_matches(m: &Model, toks: &[u32], what: &str) {
                 assert_close(
                     got,
                     w,
+                    tolerance,
                     &format!("{what}, {pool:?} ×{threads}, position {pos}"),
                 );
             }
@@ -166,6 +177,20 @@ fn every_compressed_form_matches_the_reference() {
         ("rtn", "[layers.rtn]\nbits = 4\ngroup = 32\n"),
         ("rtn", "[layers.rtn]\nbits = 3\ngroup = 16\n"),
         ("rtn", "[layers.rtn]\nbits = 8\ngroup = 64\n"),
+        // Int8 activations: the VNNI kernel (4 and 8 bits on whole blocks) and the scalar
+        // loop (3 bits, 16-wide groups).
+        (
+            "rtn",
+            "[layers.rtn]\nbits = 4\ngroup = 32\nsymmetric = true\nint8_activations = true\n",
+        ),
+        (
+            "rtn",
+            "[layers.rtn]\nbits = 8\ngroup = 64\nint8_activations = true\n",
+        ),
+        (
+            "rtn",
+            "[layers.rtn]\nbits = 3\ngroup = 16\nint8_activations = true\n",
+        ),
         (
             "csr",
             "[layers.prune]\nmethod = \"magnitude\"\nratio = 0.9\nform = \"csr\"\n",
@@ -187,7 +212,11 @@ fn every_compressed_form_matches_the_reference() {
             "[layers.rps]\nratio = 2.0\nmapping = \"uniform\"\nrefit = false\n",
         ),
     ] {
-        for embedding in ["", "[embedding]\nbits = 8\n"] {
+        for embedding in [
+            "",
+            "[embedding]\nbits = 8\n",
+            "[embedding]\nbits = 8\ngroup = 32\nsymmetric = true\nint8_activations = true\n",
+        ] {
             let text = format!("{embedding}[[layers]]\nmatch = \"blk.*.*\"\n{body}");
             let r = Recipe::from_toml(&text).unwrap();
             let c = apply(&base, &r, &calib, calib_opts, &mut |_, _, _| true).unwrap();
@@ -244,6 +273,6 @@ fn smollm2_greedy_continuations_are_identical() {
     let e = Engine::new(&m.transformer, EngineOptions::default()).unwrap();
     let mut d = e.decoder();
     for (&t, w) in prompt.iter().zip(&want) {
-        assert_close(d.step(t).unwrap(), w, "SmolLM2");
+        assert_close(d.step(t).unwrap(), w, TOLERANCE, "SmolLM2");
     }
 }

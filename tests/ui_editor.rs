@@ -150,6 +150,7 @@ fn editing_every_layer_writes_one_pattern_rule() {
             bits: 4,
             group: 128,
             symmetric: false,
+            int8_activations: false,
         }))),
         &a,
         Some((&m.transformer, &s)),
@@ -164,6 +165,7 @@ fn editing_every_layer_writes_one_pattern_rule() {
             bits: 3,
             group: 128,
             symmetric: false,
+            int8_activations: false,
         }))),
         &a,
         Some((&m.transformer, &s)),
@@ -181,6 +183,7 @@ fn editing_every_layer_writes_one_pattern_rule() {
             bits: 8,
             group: 128,
             symmetric: false,
+            int8_activations: false,
         }))),
         &a,
         Some((&m.transformer, &s)),
@@ -240,6 +243,7 @@ fn pattern_selections_write_pattern_rules() {
             bits,
             group: 128,
             symmetric: false,
+            int8_activations: false,
         })))
     };
     let select = |f: &dyn Fn(&LinearId) -> bool| -> Vec<LinearId> {

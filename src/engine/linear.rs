@@ -12,6 +12,8 @@ use crate::model::nm::NmPacked;
 use crate::model::sparse::CsrMatrix;
 use crate::quant::lut::BcqPacked;
 
+use crate::quant::act8::Int8Blocks;
+
 use super::rtn::RtnPacked;
 
 /// The weight of a linear layer as the engine multiplies it.
@@ -24,6 +26,15 @@ pub enum Kernel {
     Bitmask(Arc<BitmaskMatrix>),
     Nm(Arc<NmPacked>),
     Hashed(Arc<HashedWeight>),
+}
+
+/// Work every row of one product shares, computed once per input vector.
+#[derive(Default)]
+pub struct Prepared {
+    /// Shift-add lookup tables, or an RTN layer's per-group input sums.
+    pub f32s: Vec<f32>,
+    /// The input as int8 blocks (RTN layers with int8 activations).
+    pub int8: Int8Blocks,
 }
 
 /// `y = W x + b` for one activation row.
@@ -51,11 +62,12 @@ impl Linear {
                 bits,
                 group,
                 symmetric,
+                int8_activations,
                 ..
             } => {
                 let w = to_f32(dequantized)?;
                 match RtnPacked::from_dequantized(&w, rows, cols, *bits, *group, *symmetric) {
-                    Some(p) => Kernel::Rtn(p),
+                    Some(p) => Kernel::Rtn(p.with_int8_activations(*int8_activations)),
                     None => Kernel::Dense(w),
                 }
             }
@@ -114,11 +126,11 @@ impl Linear {
     }
 
     /// Work every row of one product shares, into `shared`.
-    pub fn prepare(&self, x: &[f32], shared: &mut Vec<f32>) {
+    pub fn prepare(&self, x: &[f32], shared: &mut Prepared) {
         match &self.kernel {
-            Kernel::Bcq(p) => p.prepare(x, shared),
+            Kernel::Bcq(p) => p.prepare(x, &mut shared.f32s),
             Kernel::Rtn(p) => p.prepare(x, shared),
-            _ => shared.clear(),
+            _ => {}
         }
     }
 
@@ -126,7 +138,7 @@ impl Linear {
     pub fn rows_into(
         &self,
         x: &[f32],
-        shared: &[f32],
+        shared: &Prepared,
         r0: usize,
         y: &mut [f32],
         scratch: &mut Vec<f32>,
@@ -138,7 +150,7 @@ impl Linear {
                     *yr = dot(&w[r * self.cols..(r + 1) * self.cols], x);
                 }
             }
-            Kernel::Bcq(p) => p.rows_into(x, shared, r0, y, scratch),
+            Kernel::Bcq(p) => p.rows_into(x, &shared.f32s, r0, y, scratch),
             Kernel::Rtn(p) => p.rows_into(x, shared, r0, y, scratch),
             Kernel::Csr(c) => {
                 for (yr, r) in y.iter_mut().zip(rows.clone()) {

@@ -19,7 +19,7 @@ use anyhow::{Context as _, bail};
 
 use crate::model::{LinearWeight, Transformer};
 
-pub use linear::{Kernel, Linear};
+pub use linear::{Kernel, Linear, Prepared};
 pub use pool::{Pool, PoolKind};
 
 /// How the engine runs.
@@ -264,7 +264,7 @@ impl ProductTimer {
             .map(|i| ((i % 7) as f32 - 3.0) * 0.1)
             .collect();
         let mut y = vec![0.0f32; linear.rows];
-        let mut shared = Vec::new();
+        let mut shared = Prepared::default();
         let mut times = Vec::with_capacity(reps.max(1));
         for _ in 0..reps.max(1) {
             self.evict_caches();
@@ -294,7 +294,7 @@ struct Part<'a> {
     linear: &'a Linear,
     x: &'a [f32],
     y: OutPtr,
-    shared: &'a mut Vec<f32>,
+    shared: &'a mut Prepared,
 }
 
 /// An output buffer several tasks write disjoint ranges of.
@@ -341,7 +341,7 @@ pub struct Decoder<'e> {
     logits: Vec<f32>,
     sin: Vec<f32>,
     cos: Vec<f32>,
-    shared: [Vec<f32>; 3],
+    shared: [Prepared; 3],
     tasks: Vec<(usize, usize, usize)>,
 }
 

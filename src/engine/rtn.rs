@@ -9,6 +9,10 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt as _;
 
+use crate::quant::act8::{BLOCK, Int8Blocks};
+
+use super::linear::Prepared;
+
 /// An RTN matrix as codes: `w[r, c] = scale[r, g] · (code[r, c] + offset[r, g])`.
 #[derive(Debug, Clone)]
 pub struct RtnPacked {
@@ -24,6 +28,8 @@ pub struct RtnPacked {
     offset: Vec<f16>,
     /// Symmetric layers: every offset is `−2^(bits−1)`, implied rather than stored.
     symmetric: bool,
+    /// Inputs rounded to int8 blocks first ([`crate::quant::act8`]); products in integers.
+    int8_activations: bool,
 }
 
 impl RtnPacked {
@@ -104,7 +110,14 @@ impl RtnPacked {
             scale,
             offset,
             symmetric,
+            int8_activations: false,
         })
+    }
+
+    /// The same layer multiplying int8-rounded inputs (`on`) or the inputs as they are.
+    pub fn with_int8_activations(mut self, on: bool) -> Self {
+        self.int8_activations = on;
+        self
     }
 
     /// The codes (`bits` each, least significant bit first, each (row, group) starting on a
@@ -139,21 +152,32 @@ impl RtnPacked {
         }
     }
 
-    /// Per-group sums of `x`, which the offsets multiply: `shared[g]`.
-    pub fn prepare(&self, x: &[f32], shared: &mut Vec<f32>) {
-        shared.clear();
-        shared.extend(x.chunks(self.group).map(|c| c.iter().sum::<f32>()));
+    /// Per-group sums of `x`, which the offsets multiply (`shared.f32s[g]`), or with int8
+    /// activations `x` as int8 blocks.
+    pub fn prepare(&self, x: &[f32], shared: &mut Prepared) {
+        if self.int8_activations {
+            shared.int8.quantize(x);
+            return;
+        }
+        let sums = &mut shared.f32s;
+        sums.clear();
+        sums.extend(x.chunks(self.group).map(|c| c.iter().sum::<f32>()));
     }
 
     /// Rows `r0..r0 + y.len()` of `W·x`; `scratch` holds a row's decoded scales and offsets.
     pub fn rows_into(
         &self,
         x: &[f32],
-        sums: &[f32],
+        shared: &Prepared,
         r0: usize,
         y: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
+        if self.int8_activations {
+            self.int8_rows_into(&shared.int8, r0, y, scratch);
+            return;
+        }
+        let sums = &shared.f32s[..];
         let groups = self.groups();
         scratch.resize(2 * groups, 0.0);
         let (scales, offsets) = scratch.split_at_mut(groups);
@@ -203,6 +227,48 @@ impl RtnPacked {
                 acc
             };
             *yr = codes_dot + base;
+        }
+    }
+}
+
+impl RtnPacked {
+    /// [`Self::rows_into`] on int8 activations: `Σ_b s_g·d_b·(Σ_j code_j·q_j + k0_g·Σ_j q_j)`
+    /// over the activation blocks `b` of each group `g`, the inner sums in integers.
+    fn int8_rows_into(&self, xq: &Int8Blocks, r0: usize, y: &mut [f32], scratch: &mut Vec<f32>) {
+        let groups = self.groups();
+        scratch.resize(2 * groups, 0.0);
+        let (scales, offsets) = scratch.split_at_mut(groups);
+        let direct = simd::int8_available()
+            && matches!(self.bits, 4 | 8)
+            && self.group.is_multiple_of(BLOCK)
+            && self.cols.is_multiple_of(BLOCK);
+        for (i, yr) in y.iter_mut().enumerate() {
+            let r = r0 + i;
+            self.scale[r * groups..][..groups].convert_to_f32_slice(scales);
+            self.offset[r * groups..][..groups].convert_to_f32_slice(offsets);
+            let codes = &self.codes[r * groups * self.group_bytes..][..groups * self.group_bytes];
+            if direct {
+                let row = simd::Int8Row {
+                    codes,
+                    bits: self.bits,
+                    gbytes: self.group_bytes,
+                    group: self.group,
+                    scales,
+                    offsets,
+                };
+                *yr = row.dot(xq);
+                continue;
+            }
+            let mut acc = 0.0f32;
+            for (g, (s, k0)) in scales.iter().zip(offsets.iter()).enumerate() {
+                let gc = &codes[g * self.group_bytes..][..self.group_bytes];
+                let lo = g * self.group;
+                for c in lo..(lo + self.group).min(self.cols) {
+                    let w = s * (code_at(gc, c - lo, self.bits) as f32 + k0);
+                    acc += w * xq.value(c);
+                }
+            }
+            *yr = acc;
         }
     }
 }
@@ -266,8 +332,102 @@ fn group_scale(vals: &[f32], bits: usize, ks: &mut Vec<i32>) -> Option<f32> {
 /// group's partial vector scaled once, one horizontal sum per row.
 #[allow(unsafe_code)]
 mod simd {
+    use crate::quant::act8::{BLOCK, Int8Blocks};
+
     pub fn available() -> bool {
         crate::cpu::has_avx512_bw_vl()
+    }
+
+    /// The integer dot products of [`Int8Row`]: AVX-512 VNNI on 256-bit vectors.
+    pub fn int8_available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            crate::cpu::has_avx512_bw_vl() && std::arch::is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// One row of 4- or 8-bit codes against int8 activations; groups are whole activation
+    /// blocks. Scales and offsets decoded to f32 (offsets are integers).
+    pub struct Int8Row<'a> {
+        pub codes: &'a [u8],
+        pub bits: usize,
+        pub gbytes: usize,
+        pub group: usize,
+        pub scales: &'a [f32],
+        pub offsets: &'a [f32],
+    }
+
+    impl Int8Row<'_> {
+        pub fn dot(&self, xq: &Int8Blocks) -> f32 {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let groups = self.scales.len();
+                let cols = xq.q.len();
+                assert!(int8_available() && matches!(self.bits, 4 | 8));
+                assert!(self.group.is_multiple_of(BLOCK) && cols.is_multiple_of(BLOCK));
+                assert!(groups == cols.div_ceil(self.group) && self.offsets.len() == groups);
+                assert!(self.codes.len() >= groups * self.gbytes);
+                assert!(xq.scales.len() == cols / BLOCK && xq.sums.len() == cols / BLOCK);
+                // SAFETY: AVX-512 VNNI/VL are present; every load stays within the lengths
+                // asserted above.
+                unsafe { int8_row_dot(self, xq) }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = xq;
+                unreachable!("the VNNI kernel is only dispatched on x86_64");
+            }
+        }
+    }
+
+    /// Per activation block: 32 codes widened to bytes (in order), one `vpdpbusd` against the
+    /// int8 activations, the offset's share `k0·Σq` added to lane 0, and the eight lanes
+    /// scaled by `s·d` into a float accumulator; one horizontal sum per row.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+    unsafe fn int8_row_dot(row: &Int8Row<'_>, xq: &Int8Blocks) -> f32 {
+        use std::arch::x86_64::*;
+        let low = _mm_set1_epi8(0x0f);
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let per_group = row.group / BLOCK;
+        let blocks = xq.scales.len();
+        for (g, (&s, &k0)) in row.scales.iter().zip(row.offsets).enumerate() {
+            let c = row.codes.as_ptr().wrapping_add(g * row.gbytes);
+            let k0 = k0 as i32;
+            for j in 0..per_group.min(blocks - g * per_group) {
+                let b = g * per_group + j;
+                // SAFETY: block `j` of group `g` lies within the row's codes (32·bits/8 bytes)
+                // and block `b` within the activations (asserted by the caller).
+                let (w, a) = unsafe {
+                    let w = if row.bits == 4 {
+                        let k = _mm_loadu_si128(c.add(j * 16).cast::<__m128i>());
+                        let lo = _mm_and_si128(k, low);
+                        let hi = _mm_and_si128(_mm_srli_epi16::<4>(k), low);
+                        // Byte i holds codes 2i (low nibble) and 2i + 1 (high nibble).
+                        _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi))
+                    } else {
+                        _mm256_loadu_si256(c.add(j * 32).cast::<__m256i>())
+                    };
+                    (w, _mm256_loadu_si256(xq.q.as_ptr().add(b * BLOCK).cast::<__m256i>()))
+                };
+                let offset = _mm256_zextsi128_si256(_mm_cvtsi32_si128(k0 * xq.sums[b]));
+                let dot = _mm256_dpbusd_epi32(offset, w, a);
+                let f = _mm256_set1_ps(s * xq.scales[b]);
+                if b & 1 == 0 {
+                    acc0 = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(dot), acc0);
+                } else {
+                    acc1 = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(dot), acc1);
+                }
+            }
+        }
+        let acc = _mm256_add_ps(acc0, acc1);
+        let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(quad, _mm_movehdup_ps(quad)))
     }
 
     /// One row in the kernel's terms: groups of `group` codes of `bits` (1–8) bits (`gbytes`
@@ -458,6 +618,8 @@ mod tests {
     fn codes_recovered_exactly_and_products_match() {
         for (bits, group, rows, cols) in [
             (4, 32, 5, 96),
+            (4, 64, 4, 160),
+            (8, 32, 5, 64),
             (8, 64, 3, 128),
             (8, 0, 4, 40),
             (3, 16, 6, 50),
@@ -494,15 +656,33 @@ mod tests {
                 );
             }
             let x: Vec<f32> = (0..cols).map(|i| (i % 11) as f32 / 5.0 - 1.0).collect();
-            let mut sums = Vec::new();
-            p.prepare(&x, &mut sums);
+            let mut shared = Prepared::default();
+            p.prepare(&x, &mut shared);
             let mut y = vec![0.0f32; rows];
-            p.rows_into(&x, &sums, 0, &mut y, &mut Vec::new());
+            p.rows_into(&x, &shared, 0, &mut y, &mut Vec::new());
             for r in 0..rows {
                 let want: f32 = (0..cols).map(|c| dq[r * cols + c] * x[c]).sum();
                 assert!(
                     (y[r] - want).abs() < 1e-4,
                     "{bits}b g{group} row {r}: {} vs {want}",
+                    y[r]
+                );
+            }
+            // With int8 activations (the VNNI kernel at 4 and 8 bits on whole blocks, else
+            // the scalar loop): the product of the weights with the rounded inputs.
+            let p = p.with_int8_activations(true);
+            let mut shared = Prepared::default();
+            p.prepare(&x, &mut shared);
+            let mut rounded = x.clone();
+            crate::quant::act8::round_rows(&mut rounded, cols);
+            p.rows_into(&x, &shared, 0, &mut y, &mut Vec::new());
+            for r in 0..rows {
+                let want: f64 = (0..cols)
+                    .map(|c| f64::from(dq[r * cols + c]) * f64::from(rounded[c]))
+                    .sum();
+                assert!(
+                    (f64::from(y[r]) - want).abs() < 1e-4,
+                    "int8 activations, {bits}b g{group} row {r}: {} vs {want}",
                     y[r]
                 );
             }

@@ -18,10 +18,12 @@ use crate::technique::recipe::{
 /// What an imported type becomes, and whether exactly.
 fn rtn_for(ty: &str) -> Option<(Option<RtnKnobs>, bool)> {
     let rtn = |bits, symmetric| {
+        // llama.cpp multiplies every quantized type with int8 activations.
         Some(RtnKnobs {
             bits,
             group: 32,
             symmetric,
+            int8_activations: true,
         })
     };
     Some(match ty {
@@ -80,6 +82,7 @@ pub fn recipe_from_tensor_types(text: &str) -> anyhow::Result<(Recipe, Vec<Strin
                 bits: k.bits,
                 group: k.group,
                 symmetric: k.symmetric,
+                int8_activations: k.int8_activations,
             }));
             continue;
         }

@@ -48,6 +48,9 @@ pub enum LinearWeight {
         group: usize,
         /// No zero point (see [`crate::quant::rtn::rtn_quantize`]): one f16 scale per group.
         symmetric: bool,
+        /// Inputs rounded to int8 in blocks of 32 before the product, as llama.cpp's CPU
+        /// backend does for quantized weights ([`crate::quant::act8`]).
+        int8_activations: bool,
         bias: Option<Tensor>,
     },
     /// Unstructured-pruned weights in compressed sparse rows, multiplied by the CSR kernel.
@@ -207,12 +210,14 @@ impl LinearWeight {
                 bits,
                 group,
                 symmetric,
+                int8_activations,
                 ..
             } => Self::Rtn {
                 dequantized: dequantized.to_device(device)?,
                 bits: *bits,
                 group: *group,
                 symmetric: *symmetric,
+                int8_activations: *int8_activations,
                 bias,
             },
             Self::Bcq { packed, .. } => Self::Bcq {
@@ -322,15 +327,26 @@ fn hashed_forward(hashed: &HashedWeight, x: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(y, (n, hashed.rows), x.device())
 }
 
+/// `x [rows, in]` with each row rounded to int8 blocks ([`crate::quant::act8::round_rows`]).
+fn int8_rows(x: &Tensor) -> Result<Tensor> {
+    let (_, k) = x.dims2()?;
+    let mut xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    crate::quant::act8::round_rows(&mut xs, k);
+    Tensor::from_vec(xs, x.dims(), x.device())?.to_dtype(x.dtype())
+}
+
 impl Module for LinearWeight {
     /// `x` is `[tokens, in]`; returns `[tokens, out]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match self {
-            Self::Dense { weight, .. }
-            | Self::Rtn {
+            Self::Rtn {
                 dequantized: weight,
+                int8_activations: true,
                 ..
-            } => x.matmul(&weight.t()?)?,
+            } => int8_rows(x)?.matmul(&weight.t()?)?,
+            Self::Dense { weight, .. } | Self::Rtn { dequantized: weight, .. } => {
+                x.matmul(&weight.t()?)?
+            }
             Self::Bcq { packed, .. } => bcq_forward(packed, x)?,
             Self::Csr { csr, .. } => sparse_forward(
                 x,

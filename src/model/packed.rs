@@ -172,6 +172,7 @@ fn layer_parts(id: &str, lw: &LinearWeight) -> anyhow::Result<Option<(Value, Vec
             bits,
             group,
             symmetric,
+            int8_activations,
             ..
         } => {
             let w = dequantized
@@ -180,7 +181,8 @@ fn layer_parts(id: &str, lw: &LinearWeight) -> anyhow::Result<Option<(Value, Vec
                 .to_vec1::<f32>()?;
             match rtn_codes(&w, rows, cols, *bits, *group) {
                 Some((codes, table)) => (
-                    json!({"form": "rtn", "bits": bits, "group": group, "symmetric": symmetric}),
+                    json!({"form": "rtn", "bits": bits, "group": group, "symmetric": symmetric,
+                           "int8_activations": int8_activations}),
                     vec![u8_part(p("codes"), &codes), f32_part(p("table"), &table)],
                 ),
                 None => anyhow::bail!(
@@ -432,10 +434,8 @@ fn layer_from(file: &PackedFile, id: &str, info: &Value) -> Result<LinearWeight,
             let bits = usize_of(info, "bits", id)?;
             let group = usize_of(info, "group", id)?;
             // Files written before the knob existed hold asymmetric layers.
-            let symmetric = info
-                .get("symmetric")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
+            let flag = |key: &str| info.get(key).and_then(Value::as_bool).unwrap_or(false);
+            let (symmetric, int8_activations) = (flag("symmetric"), flag("int8_activations"));
             if bits == 0 || bits > 8 {
                 return Err(format!(
                     "layer {id}: {bits}-bit RTN codes are not supported"
@@ -469,6 +469,7 @@ fn layer_from(file: &PackedFile, id: &str, info: &Value) -> Result<LinearWeight,
                 bits,
                 group,
                 symmetric,
+                int8_activations,
                 bias,
             }
         }

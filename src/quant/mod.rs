@@ -4,6 +4,7 @@
 //! packed inference form with its LUT kernel (`lut`). Spec: `docs/techniques.md`, "Shift-add
 //! quantization (ShiftAddLLM)"; tests cite its numbered list as "Shift-add property N".
 
+pub mod act8;
 pub mod apot;
 pub mod bcq;
 pub mod gptq;

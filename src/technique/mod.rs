@@ -286,6 +286,7 @@ pub(crate) fn quantize_embedding(
         bits: step.bits,
         group,
         symmetric: step.symmetric,
+        int8_activations: step.int8_activations,
         bias: None,
     };
     Ok(())

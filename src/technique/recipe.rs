@@ -53,6 +53,11 @@ pub struct RtnKnobs {
     /// 32 are exactly llama.cpp's Q4_0, Q5_0 and Q8_0 and export to GGUF without requantizing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub symmetric: bool,
+    /// Round each input vector to int8 in blocks of 32 (an f16 scale each) before the
+    /// product: how llama.cpp's CPU backend multiplies its quantized types, so the measured
+    /// accuracy is the deployed one, and the engine's kernel multiplies in integers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub int8_activations: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -299,6 +304,9 @@ pub struct EmbeddingStep {
     /// Q8_0, the type its own files give the embedding.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub symmetric: bool,
+    /// The tied LM head's inputs rounded to int8 (see [`RtnKnobs::int8_activations`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub int8_activations: bool,
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -480,6 +488,12 @@ impl ShiftAddKnobs {
 }
 
 impl RtnKnobs {
+    /// llama.cpp's Q4_0/Q5_0/Q8_0 as llama.cpp computes them: symmetric, group 32, int8
+    /// activations.
+    pub fn is_llama_cpp_type(&self) -> bool {
+        self.symmetric && self.int8_activations && self.group == 32 && matches!(self.bits, 4 | 5 | 8)
+    }
+
     fn validate(&self) -> Result<(), String> {
         if !(2..=8).contains(&self.bits) {
             return Err(format!("rtn.bits = {} is outside 2..=8", self.bits));
@@ -713,7 +727,13 @@ impl LayerPlan {
         }
         match &self.quant {
             Some(Quant::ShiftAdd(k)) => parts.push(format!("shiftadd {}b g{}", k.bits, k.group)),
-            Some(Quant::Rtn(k)) => parts.push(format!("rtn {}b g{}", k.bits, k.group)),
+            Some(Quant::Rtn(k)) => parts.push(format!(
+                "rtn {}b g{}{}{}",
+                k.bits,
+                k.group,
+                if k.symmetric { " sym" } else { "" },
+                if k.int8_activations { " a8" } else { "" }
+            )),
             None => {}
         }
         if let Some(r) = &self.rps {

@@ -66,6 +66,7 @@ pub fn compress_linear(
                 bits: k.bits,
                 group: k.group,
                 symmetric: k.symmetric,
+                int8_activations: k.int8_activations,
                 bias,
             })
         }

@@ -99,10 +99,16 @@ fn form_name(w: &LinearWeight) -> String {
             bits,
             group,
             symmetric,
+            int8_activations,
             ..
         } => format!(
-            "RTN {bits}-bit g{group}{}",
-            if *symmetric { " symmetric" } else { "" }
+            "RTN {bits}-bit g{group}{}{}",
+            if *symmetric { " symmetric" } else { "" },
+            if *int8_activations {
+                ", int8 activations"
+            } else {
+                ""
+            }
         ),
         LinearWeight::Bcq { packed, .. } => format!("shift-add {}-bit", packed.bits),
         LinearWeight::Csr { csr, .. } => format!(

@@ -117,14 +117,17 @@ fn quant_choices(current: &Option<Quant>) -> Vec<Option<Quant>> {
             bits,
             group: 128,
             symmetric: false,
+            int8_activations: false,
         })));
     }
-    // llama.cpp's Q4_0/Q5_0/Q8_0: a GGUF export writes them as they are, at the deployed size.
+    // llama.cpp's Q4_0/Q5_0/Q8_0 as llama.cpp computes them (int8 activations): a GGUF export
+    // writes them as they are, at the deployed size.
     for bits in [4, 5, 8] {
         v.push(Some(Quant::Rtn(RtnKnobs {
             bits,
             group: 32,
             symmetric: true,
+            int8_activations: true,
         })));
     }
     v
