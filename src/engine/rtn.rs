@@ -156,7 +156,7 @@ impl RtnPacked {
     /// activations `x` as int8 blocks.
     pub fn prepare(&self, x: &[f32], shared: &mut Prepared) {
         if self.int8_activations {
-            shared.int8.quantize(x);
+            self.prepare_int8(x, &mut shared.int8);
             return;
         }
         let sums = &mut shared.f32s;
@@ -232,20 +232,42 @@ impl RtnPacked {
 }
 
 impl RtnPacked {
+    /// Whether products on int8 activations run the VNNI kernel (4- and 8-bit codes, groups
+    /// of whole activation blocks).
+    fn int8_direct(&self) -> bool {
+        simd::int8_available()
+            && matches!(self.bits, 4 | 8)
+            && self.group.is_multiple_of(BLOCK)
+            && self.cols.is_multiple_of(BLOCK)
+    }
+
+    /// `x` as int8 blocks; for the 4-bit VNNI kernel each block's values are reordered to
+    /// the even positions then the odd ones, the order its codes come out of their nibbles.
+    fn prepare_int8(&self, x: &[f32], xq: &mut Int8Blocks) {
+        xq.quantize(x);
+        if self.bits == 4 && self.int8_direct() {
+            for block in xq.q.chunks_exact_mut(BLOCK) {
+                let mut b = [0i8; BLOCK];
+                for (i, v) in block.iter().enumerate() {
+                    b[i / 2 + (i % 2) * (BLOCK / 2)] = *v;
+                }
+                block.copy_from_slice(&b);
+            }
+        }
+    }
+
     /// [`Self::rows_into`] on int8 activations: `Σ_b s_g·d_b·(Σ_j code_j·q_j + k0_g·Σ_j q_j)`
     /// over the activation blocks `b` of each group `g`, the inner sums in integers.
     fn int8_rows_into(&self, xq: &Int8Blocks, r0: usize, y: &mut [f32], scratch: &mut Vec<f32>) {
         let groups = self.groups();
-        scratch.resize(2 * groups, 0.0);
-        let (scales, offsets) = scratch.split_at_mut(groups);
-        let direct = simd::int8_available()
-            && matches!(self.bits, 4 | 8)
-            && self.group.is_multiple_of(BLOCK)
-            && self.cols.is_multiple_of(BLOCK);
+        let direct = self.int8_direct();
+        scratch.resize(if direct { xq.scales.len() } else { 2 * groups }, 0.0);
         for (i, yr) in y.iter_mut().enumerate() {
             let r = r0 + i;
-            self.scale[r * groups..][..groups].convert_to_f32_slice(scales);
-            self.offset[r * groups..][..groups].convert_to_f32_slice(offsets);
+            let (scale, offset) = (
+                &self.scale[r * groups..][..groups],
+                &self.offset[r * groups..][..groups],
+            );
             let codes = &self.codes[r * groups * self.group_bytes..][..groups * self.group_bytes];
             if direct {
                 let row = simd::Int8Row {
@@ -253,12 +275,16 @@ impl RtnPacked {
                     bits: self.bits,
                     gbytes: self.group_bytes,
                     group: self.group,
-                    scales,
-                    offsets,
+                    scale: scale.reinterpret_cast(),
+                    offset: offset.reinterpret_cast(),
+                    symmetric: self.symmetric,
                 };
-                *yr = row.dot(xq);
+                *yr = row.dot(xq, scratch);
                 continue;
             }
+            let (scales, offsets) = scratch.split_at_mut(groups);
+            scale.convert_to_f32_slice(scales);
+            offset.convert_to_f32_slice(offsets);
             let mut acc = 0.0f32;
             for (g, (s, k0)) in scales.iter().zip(offsets.iter()).enumerate() {
                 let gc = &codes[g * self.group_bytes..][..self.group_bytes];
@@ -351,83 +377,141 @@ mod simd {
     }
 
     /// One row of 4- or 8-bit codes against int8 activations; groups are whole activation
-    /// blocks. Scales and offsets decoded to f32 (offsets are integers).
+    /// blocks. f16 scales and offsets as bits (offsets are integers).
     pub struct Int8Row<'a> {
         pub codes: &'a [u8],
         pub bits: usize,
         pub gbytes: usize,
         pub group: usize,
-        pub scales: &'a [f32],
-        pub offsets: &'a [f32],
+        pub scale: &'a [u16],
+        pub offset: &'a [u16],
+        /// Every offset is `−2^(bits−1)`: not read.
+        pub symmetric: bool,
     }
 
     impl Int8Row<'_> {
-        pub fn dot(&self, xq: &Int8Blocks) -> f32 {
+        /// The row's product with `xq` (4-bit rows: `xq` in the kernel's order, see
+        /// `RtnPacked::prepare_int8`); `buf` holds one factor per activation block.
+        pub fn dot(&self, xq: &Int8Blocks, buf: &mut [f32]) -> f32 {
             #[cfg(target_arch = "x86_64")]
             {
-                let groups = self.scales.len();
-                let cols = xq.q.len();
+                let groups = self.scale.len();
+                let (cols, blocks) = (xq.q.len(), xq.scales.len());
                 assert!(int8_available() && matches!(self.bits, 4 | 8));
-                assert!(self.group.is_multiple_of(BLOCK) && cols.is_multiple_of(BLOCK));
-                assert!(groups == cols.div_ceil(self.group) && self.offsets.len() == groups);
+                assert!(self.group.is_multiple_of(BLOCK) && cols == blocks * BLOCK);
+                assert!(groups == cols.div_ceil(self.group) && self.offset.len() == groups);
                 assert!(self.codes.len() >= groups * self.gbytes);
-                assert!(xq.scales.len() == cols / BLOCK && xq.sums.len() == cols / BLOCK);
-                // SAFETY: AVX-512 VNNI/VL are present; every load stays within the lengths
-                // asserted above.
-                unsafe { int8_row_dot(self, xq) }
+                assert!(xq.sums.len() == blocks && buf.len() >= blocks);
+                // SAFETY: AVX-512 VNNI/VL and F16C are present; every load stays within the
+                // lengths asserted above.
+                unsafe { int8_row_dot(self, xq, buf) }
             }
             #[cfg(not(target_arch = "x86_64"))]
             {
-                let _ = xq;
+                let _ = (xq, buf);
                 unreachable!("the VNNI kernel is only dispatched on x86_64");
             }
         }
     }
 
-    /// Per activation block: 32 codes widened to bytes (in order), one `vpdpbusd` against the
-    /// int8 activations, the offset's share `k0·Σq` added to lane 0, and the eight lanes
-    /// scaled by `s·d` into a float accumulator; one horizontal sum per row.
+    /// Two passes. First, per activation block `b`, the factor `f_b = s_g·d_b` into `buf` and
+    /// the offsets' share `Σ_b f_b·k0_g·Σq_b` (16 blocks at a time when a group is one block).
+    /// Then per block: 32 codes widened to bytes, one `vpdpbusd` against the int8 activations,
+    /// the eight lanes scaled by `f_b` into a float accumulator; one horizontal sum per row.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-    unsafe fn int8_row_dot(row: &Int8Row<'_>, xq: &Int8Blocks) -> f32 {
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn int8_row_dot(row: &Int8Row<'_>, xq: &Int8Blocks, buf: &mut [f32]) -> f32 {
         use std::arch::x86_64::*;
-        let low = _mm_set1_epi8(0x0f);
-        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let per_group = row.group / BLOCK;
         let blocks = xq.scales.len();
-        for (g, (&s, &k0)) in row.scales.iter().zip(row.offsets).enumerate() {
-            let c = row.codes.as_ptr().wrapping_add(g * row.gbytes);
-            let k0 = k0 as i32;
-            for j in 0..per_group.min(blocks - g * per_group) {
-                let b = g * per_group + j;
-                // SAFETY: block `j` of group `g` lies within the row's codes (32·bits/8 bytes)
-                // and block `b` within the activations (asserted by the caller).
-                let (w, a) = unsafe {
-                    let w = if row.bits == 4 {
-                        let k = _mm_loadu_si128(c.add(j * 16).cast::<__m128i>());
-                        let lo = _mm_and_si128(k, low);
-                        let hi = _mm_and_si128(_mm_srli_epi16::<4>(k), low);
-                        // Byte i holds codes 2i (low nibble) and 2i + 1 (high nibble).
-                        _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi))
+        let symmetric_k0 = -((1i32 << (row.bits - 1)) as f32);
+        let base = if per_group == 1 {
+            let mut acc = _mm512_setzero_ps();
+            for b in (0..blocks).step_by(16) {
+                let n = (blocks - b).min(16);
+                let m: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+                // SAFETY: masked to the `n` blocks that exist.
+                unsafe {
+                    let s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                        m,
+                        row.scale.as_ptr().add(b).cast(),
+                    ));
+                    let d = _mm512_maskz_loadu_ps(m, xq.scales.as_ptr().add(b));
+                    let sq =
+                        _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, xq.sums.as_ptr().add(b)));
+                    let f = _mm512_mul_ps(s, d);
+                    _mm512_mask_storeu_ps(buf.as_mut_ptr().add(b), m, f);
+                    let fk = if row.symmetric {
+                        f
                     } else {
-                        _mm256_loadu_si256(c.add(j * 32).cast::<__m256i>())
+                        _mm512_mul_ps(
+                            f,
+                            _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                                m,
+                                row.offset.as_ptr().add(b).cast(),
+                            )),
+                        )
                     };
-                    (w, _mm256_loadu_si256(xq.q.as_ptr().add(b * BLOCK).cast::<__m256i>()))
-                };
-                let offset = _mm256_zextsi128_si256(_mm_cvtsi32_si128(k0 * xq.sums[b]));
-                let dot = _mm256_dpbusd_epi32(offset, w, a);
-                let f = _mm256_set1_ps(s * xq.scales[b]);
-                if b & 1 == 0 {
-                    acc0 = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(dot), acc0);
-                } else {
-                    acc1 = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(dot), acc1);
+                    acc = _mm512_fmadd_ps(fk, sq, acc);
                 }
+            }
+            let sum = _mm512_reduce_add_ps(acc);
+            if row.symmetric { symmetric_k0 * sum } else { sum }
+        } else {
+            let f16_to_f32 = |h: u16| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))));
+            let mut base = 0.0f32;
+            for (g, (&s, &k0)) in row.scale.iter().zip(row.offset).enumerate() {
+                let (s, k0) = (f16_to_f32(s), f16_to_f32(k0));
+                for b in g * per_group..((g + 1) * per_group).min(blocks) {
+                    buf[b] = s * xq.scales[b];
+                    base += buf[b] * k0 * xq.sums[b] as f32;
+                }
+            }
+            base
+        };
+        // Groups are whole blocks, so block `b`'s codes start at byte `b·block_bytes`.
+        let block_bytes = BLOCK * row.bits / 8;
+        let (c, q) = (row.codes.as_ptr(), xq.q.as_ptr());
+        let low = _mm_set1_epi8(0x0f);
+        // SAFETY (both loops): block `b` lies within the row's codes and the activations
+        // (asserted by the caller).
+        let codes4 = |b: usize| unsafe {
+            // Low nibbles are the even positions, high nibbles the odd ones: the order
+            // `prepare_int8` put the activations in.
+            let k = _mm_loadu_si128(c.add(b * block_bytes).cast::<__m128i>());
+            let lo = _mm_and_si128(k, low);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(k), low);
+            _mm256_set_m128i(hi, lo)
+        };
+        let codes8 = |b: usize| unsafe { _mm256_loadu_si256(c.add(b * block_bytes).cast::<__m256i>()) };
+        let acts = |b: usize| unsafe { _mm256_loadu_si256(q.add(b * BLOCK).cast::<__m256i>()) };
+        let scaled = |b: usize, w: __m256i, acc: __m256| {
+            let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, acts(b));
+            _mm256_fmadd_ps(_mm256_set1_ps(buf[b]), _mm256_cvtepi32_ps(dot), acc)
+        };
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let pairs = blocks / 2;
+        if row.bits == 4 {
+            for p in 0..pairs {
+                acc0 = scaled(2 * p, codes4(2 * p), acc0);
+                acc1 = scaled(2 * p + 1, codes4(2 * p + 1), acc1);
+            }
+            if blocks % 2 == 1 {
+                acc0 = scaled(blocks - 1, codes4(blocks - 1), acc0);
+            }
+        } else {
+            for p in 0..pairs {
+                acc0 = scaled(2 * p, codes8(2 * p), acc0);
+                acc1 = scaled(2 * p + 1, codes8(2 * p + 1), acc1);
+            }
+            if blocks % 2 == 1 {
+                acc0 = scaled(blocks - 1, codes8(blocks - 1), acc0);
             }
         }
         let acc = _mm256_add_ps(acc0, acc1);
         let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
         let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
-        _mm_cvtss_f32(_mm_add_ss(quad, _mm_movehdup_ps(quad)))
+        _mm_cvtss_f32(_mm_add_ss(quad, _mm_movehdup_ps(quad))) + base
     }
 
     /// One row in the kernel's terms: groups of `group` codes of `bits` (1–8) bits (`gbytes`
