@@ -231,6 +231,9 @@ impl RtnPacked {
     }
 }
 
+/// How many rows ahead the int8 kernel prefetches a row's scales.
+const PREFETCH_ROWS: usize = 4;
+
 impl RtnPacked {
     /// Whether products on int8 activations run the VNNI kernel (4- and 8-bit codes, groups
     /// of whole activation blocks).
@@ -241,17 +244,22 @@ impl RtnPacked {
             && self.cols.is_multiple_of(BLOCK)
     }
 
-    /// `x` as int8 blocks; for the 4-bit VNNI kernel each block's values are reordered to
-    /// the even positions then the odd ones, the order its codes come out of their nibbles.
+    /// `x` as int8 blocks; for the 4-bit VNNI kernel reordered the way its codes come out of
+    /// their nibbles (low nibbles hold the even positions, high nibbles the odd ones). A pair
+    /// of blocks becomes `[even₀, even₁, odd₀, odd₁]` (16 values each), a lone last block
+    /// `[even, odd]`.
     fn prepare_int8(&self, x: &[f32], xq: &mut Int8Blocks) {
         xq.quantize(x);
         if self.bits == 4 && self.int8_direct() {
-            for block in xq.q.chunks_exact_mut(BLOCK) {
-                let mut b = [0i8; BLOCK];
-                for (i, v) in block.iter().enumerate() {
-                    b[i / 2 + (i % 2) * (BLOCK / 2)] = *v;
+            const HALF: usize = BLOCK / 2;
+            for pair in xq.q.chunks_mut(2 * BLOCK) {
+                let blocks = pair.len() / BLOCK;
+                let mut b = [0i8; 2 * BLOCK];
+                for (i, v) in pair.iter().enumerate() {
+                    let (block, j) = (i / BLOCK, i % BLOCK);
+                    b[(j % 2) * blocks * HALF + block * HALF + j / 2] = *v;
                 }
-                block.copy_from_slice(&b);
+                pair.copy_from_slice(&b[..pair.len()]);
             }
         }
     }
@@ -270,6 +278,10 @@ impl RtnPacked {
             );
             let codes = &self.codes[r * groups * self.group_bytes..][..groups * self.group_bytes];
             if direct {
+                // The scales are a stream of their own, a few bytes a row: fetch them ahead.
+                if let Some(ahead) = self.scale.get((r + PREFETCH_ROWS) * groups) {
+                    simd::prefetch(std::ptr::from_ref(ahead).cast());
+                }
                 let row = simd::Int8Row {
                     codes,
                     bits: self.bits,
@@ -362,6 +374,17 @@ mod simd {
 
     pub fn available() -> bool {
         crate::cpu::has_avx512_bw_vl()
+    }
+
+    /// Asks for the cache line at `p` ahead of its use; nothing else happens.
+    pub fn prefetch(p: *const i8) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = p;
     }
 
     /// The integer dot products of [`Int8Row`]: AVX-512 VNNI on 256-bit vectors.
@@ -484,31 +507,49 @@ mod simd {
             _mm256_set_m128i(hi, lo)
         };
         let codes8 = |b: usize| unsafe { _mm256_loadu_si256(c.add(b * block_bytes).cast::<__m256i>()) };
-        let acts = |b: usize| unsafe { _mm256_loadu_si256(q.add(b * BLOCK).cast::<__m256i>()) };
-        let scaled = |b: usize, w: __m256i, acc: __m256| {
-            let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, acts(b));
-            _mm256_fmadd_ps(_mm256_set1_ps(buf[b]), _mm256_cvtepi32_ps(dot), acc)
-        };
-        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        // Two blocks per 512-bit step: their 64 codes against their 64 activations (4-bit: in
+        // the pair order of `prepare_int8`), the lanes of each block scaled by its factor.
         let pairs = blocks / 2;
-        if row.bits == 4 {
-            for p in 0..pairs {
-                acc0 = scaled(2 * p, codes4(2 * p), acc0);
-                acc1 = scaled(2 * p + 1, codes4(2 * p + 1), acc1);
-            }
-            if blocks % 2 == 1 {
-                acc0 = scaled(blocks - 1, codes4(blocks - 1), acc0);
-            }
-        } else {
-            for p in 0..pairs {
-                acc0 = scaled(2 * p, codes8(2 * p), acc0);
-                acc1 = scaled(2 * p + 1, codes8(2 * p + 1), acc1);
-            }
-            if blocks % 2 == 1 {
-                acc0 = scaled(blocks - 1, codes8(blocks - 1), acc0);
+        let low512 = _mm256_set1_epi8(0x0f);
+        // 4-bit lanes: [block 0, block 1, block 0, block 1] by quarter; 8-bit: by half.
+        let (f4, f8) = (
+            _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1),
+            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+        );
+        let mut wide = _mm512_setzero_ps();
+        for p in 0..pairs {
+            let b = 2 * p;
+            // SAFETY: blocks b and b + 1 lie within the codes, activations and factors.
+            unsafe {
+                let (w, spread) = if row.bits == 4 {
+                    let k = _mm256_loadu_si256(c.add(b * block_bytes).cast::<__m256i>());
+                    let lo = _mm256_and_si256(k, low512);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(k), low512);
+                    (_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi), f4)
+                } else {
+                    (_mm512_loadu_si512(c.add(b * block_bytes).cast()), f8)
+                };
+                let a = _mm512_loadu_si512(q.add(b * BLOCK).cast());
+                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a);
+                let f2 = _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(
+                    buf.as_ptr().add(b).cast::<f64>(),
+                )));
+                let f = _mm512_permutexvar_ps(spread, f2);
+                wide = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(dot), wide);
             }
         }
-        let acc = _mm256_add_ps(acc0, acc1);
+        let mut acc = _mm256_add_ps(
+            _mm512_castps512_ps256(wide),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(wide))),
+        );
+        if blocks % 2 == 1 {
+            let b = blocks - 1;
+            let w = if row.bits == 4 { codes4(b) } else { codes8(b) };
+            // SAFETY: block `b` lies within the activations.
+            let a = unsafe { _mm256_loadu_si256(q.add(b * BLOCK).cast::<__m256i>()) };
+            let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(buf[b]), _mm256_cvtepi32_ps(dot), acc);
+        }
         let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
         let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
         _mm_cvtss_f32(_mm_add_ss(quad, _mm_movehdup_ps(quad))) + base
