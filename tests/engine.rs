@@ -189,6 +189,14 @@ fn every_compressed_form_matches_the_reference() {
         ),
         (
             "rtn",
+            "[layers.rtn]\nbits = 4\ngroup = 32\nfloat_min = true\nint8_activations = true\n",
+        ),
+        (
+            "rtn",
+            "[layers.rtn]\nbits = 5\ngroup = 32\nfloat_min = true\n",
+        ),
+        (
+            "rtn",
             "[layers.rtn]\nbits = 3\ngroup = 16\nint8_activations = true\n",
         ),
         (

@@ -362,13 +362,15 @@ fn compress_tiny(toml: &str) -> (tempfile::TempDir, Model, Model) {
 /// every weight bit for bit; layers no type holds exactly are written dense (or, with the
 /// `nearest` fallback, re-quantized and reported as approximated).
 #[test]
-fn symmetric_rtn_exports_to_gguf_block_types_exactly() {
+fn rtn_exports_to_gguf_block_types_exactly() {
     use reparam::export::experiment::{GgufFallback, write_gguf};
     let (dir, base, compressed) = compress_tiny(
         "[[layers]]\nmatch = \"blk.*.attn_*\"\n[layers.rtn]\nbits = 4\ngroup = 32\nsymmetric = true\n\
          [[layers]]\nmatch = \"blk.0.ffn_*\"\n[layers.rtn]\nbits = 8\ngroup = 32\nsymmetric = true\n\
          [[layers]]\nmatch = \"blk.1.ffn_*\"\n[layers.rtn]\nbits = 5\ngroup = 32\nsymmetric = true\n\
-         [[layers]]\nmatch = \"blk.1.attn_output\"\n[layers.prune]\nratio = 0.5\n",
+         [[layers]]\nmatch = \"blk.1.attn_output\"\n[layers.prune]\nratio = 0.5\n\
+         [[layers]]\nmatch = \"blk.1.attn_q\"\n[layers.rtn]\nbits = 4\ngroup = 32\nfloat_min = true\n\
+         [[layers]]\nmatch = \"blk.1.ffn_up\"\n[layers.rtn]\nbits = 5\ngroup = 32\nfloat_min = true\n",
     );
     let t = &compressed.transformer;
     let out = dir.path().join("rtn.gguf");
@@ -388,6 +390,8 @@ fn symmetric_rtn_exports_to_gguf_block_types_exactly() {
     assert_eq!(types["blk.0.attn_v.weight"], "Q4_0");
     assert_eq!(types["blk.0.ffn_up.weight"], "Q8_0");
     assert_eq!(types["blk.1.ffn_gate.weight"], "Q5_0");
+    assert_eq!(types["blk.1.attn_q.weight"], "Q4_1");
+    assert_eq!(types["blk.1.ffn_up.weight"], "Q5_1");
     assert_eq!(
         report.dense,
         [

@@ -15,6 +15,7 @@ fn rtn(bits: usize) -> LayerPlan {
             bits,
             group: 32,
             symmetric: false,
+            float_min: false,
             int8_activations: false,
         })),
         ..LayerPlan::default()

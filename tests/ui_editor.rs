@@ -150,6 +150,7 @@ fn editing_every_layer_writes_one_pattern_rule() {
             bits: 4,
             group: 128,
             symmetric: false,
+            float_min: false,
             int8_activations: false,
         }))),
         &a,
@@ -165,6 +166,7 @@ fn editing_every_layer_writes_one_pattern_rule() {
             bits: 3,
             group: 128,
             symmetric: false,
+            float_min: false,
             int8_activations: false,
         }))),
         &a,
@@ -183,6 +185,7 @@ fn editing_every_layer_writes_one_pattern_rule() {
             bits: 8,
             group: 128,
             symmetric: false,
+            float_min: false,
             int8_activations: false,
         }))),
         &a,
@@ -243,6 +246,7 @@ fn pattern_selections_write_pattern_rules() {
             bits,
             group: 128,
             symmetric: false,
+            float_min: false,
             int8_activations: false,
         })))
     };

@@ -13,6 +13,7 @@ use crate::model::sparse::CsrMatrix;
 use crate::quant::lut::BcqPacked;
 
 use crate::quant::act8::Int8Blocks;
+use crate::quant::rtn::RtnRule;
 
 use super::rtn::RtnPacked;
 
@@ -62,11 +63,13 @@ impl Linear {
                 bits,
                 group,
                 symmetric,
+                float_min,
                 int8_activations,
                 ..
             } => {
                 let w = to_f32(dequantized)?;
-                match RtnPacked::from_dequantized(&w, rows, cols, *bits, *group, *symmetric) {
+                let rule = RtnRule::of(*symmetric, *float_min);
+                match RtnPacked::from_dequantized(&w, rows, cols, *bits, *group, rule) {
                     Some(p) => Kernel::Rtn(p.with_int8_activations(*int8_activations)),
                     None => Kernel::Dense(w),
                 }

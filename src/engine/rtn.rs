@@ -10,10 +10,12 @@ use half::f16;
 use half::slice::HalfFloatSliceExt as _;
 
 use crate::quant::act8::{BLOCK, Int8Blocks};
+use crate::quant::rtn::{RtnRule, float_min_value};
 
 use super::linear::Prepared;
 
-/// An RTN matrix as codes: `w[r, c] = scale[r, g] · (code[r, c] + offset[r, g])`.
+/// An RTN matrix as codes: `w[r, c] = scale[r, g] · (code[r, c] + offset[r, g])`, or with an
+/// f16 minimum `w[r, c] = scale[r, g] · code[r, c] + offset[r, g]`.
 #[derive(Debug, Clone)]
 pub struct RtnPacked {
     pub rows: usize,
@@ -28,6 +30,8 @@ pub struct RtnPacked {
     offset: Vec<f16>,
     /// Symmetric layers: every offset is `−2^(bits−1)`, implied rather than stored.
     symmetric: bool,
+    /// The offset is the group's f16 minimum, added after the scale.
+    float_min: bool,
     /// Inputs rounded to int8 blocks first ([`crate::quant::act8`]); products in integers.
     int8_activations: bool,
 }
@@ -46,17 +50,20 @@ impl RtnPacked {
 
     /// Recovers the codes of an RTN matrix from its dequantized values, or `None` when some
     /// group is not `f16 scale × integer` with at most `2^bits` levels (a matrix quantized
-    /// before scales were f16, or not RTN at all). `symmetric`: every group is `scale·k` with
-    /// `k ∈ [−2^(bits−1), 2^(bits−1) − 1]` (the scale may be negative) and its codes are
-    /// `k + 2^(bits−1)`, the offset implied.
+    /// before scales were f16, or not RTN at all). [`RtnRule::Symmetric`]: every group is
+    /// `scale·k` with `k ∈ [−2^(bits−1), 2^(bits−1) − 1]` (the scale may be negative) and its
+    /// codes are `k + 2^(bits−1)`, the offset implied. [`RtnRule::FloatMin`]: every group is
+    /// `scale·q + min` with its f16 minimum at `q = 0`.
     pub fn from_dequantized(
         w: &[f32],
         rows: usize,
         cols: usize,
         bits: usize,
         group: usize,
-        symmetric: bool,
+        rule: RtnRule,
     ) -> Option<Self> {
+        let symmetric = rule == RtnRule::Symmetric;
+        let float_min = rule == RtnRule::FloatMin;
         if bits == 0 || bits > 8 || w.len() != rows * cols {
             return None;
         }
@@ -70,8 +77,14 @@ impl RtnPacked {
         for r in 0..rows {
             for g in 0..groups {
                 let vals = &w[r * cols + g * group..r * cols + ((g + 1) * group).min(cols)];
-                let mut s = group_scale(vals, bits, &mut ks)?;
-                let kmin = if symmetric {
+                let (mut s, min) = if float_min {
+                    group_scale_min(vals, bits, &mut ks)?
+                } else {
+                    (group_scale(vals, bits, &mut ks)?, 0.0)
+                };
+                let kmin = if float_min {
+                    0
+                } else if symmetric {
                     let half = 1i32 << (bits - 1);
                     // The level without a positive twin is −half: a group reaching +half has
                     // a negative scale.
@@ -97,7 +110,7 @@ impl RtnPacked {
                     }
                 }
                 scale.push(f16::from_f32(s));
-                offset.push(f16::from_f32(kmin as f32));
+                offset.push(f16::from_f32(if float_min { min } else { kmin as f32 }));
             }
         }
         Some(Self {
@@ -110,6 +123,7 @@ impl RtnPacked {
             scale,
             offset,
             symmetric,
+            float_min,
             int8_activations: false,
         })
     }
@@ -147,8 +161,18 @@ impl RtnPacked {
                 .iter_mut()
                 .enumerate()
             {
-                *o = s * (code_at(codes, j, self.bits) as f32 + k0);
+                *o = self.value(code_at(codes, j, self.bits), s, k0);
             }
+        }
+    }
+
+    /// The weight that `code` stands for in a group with scale `s` and offset `k0`.
+    #[inline]
+    fn value(&self, code: u32, s: f32, k0: f32) -> f32 {
+        if self.float_min {
+            float_min_value(code, s, k0)
+        } else {
+            s * (code as f32 + k0)
         }
     }
 
@@ -201,16 +225,17 @@ impl RtnPacked {
                     group: self.group,
                     scale: scale.reinterpret_cast(),
                     offset: offset.reinterpret_cast(),
+                    float_min: self.float_min,
                 };
                 *yr = row.dot(sums, x, scales);
                 continue;
             }
             scale.convert_to_f32_slice(scales);
             offset.convert_to_f32_slice(offsets);
-            // Σ_g s_g·k0_g·Σx_g: the offsets' share, one multiply-add per group.
+            // Σ_g s_g·k0_g·Σx_g (or Σ_g min_g·Σx_g): the offsets' share, one multiply-add a group.
             let mut base = 0.0f32;
             for ((s, k0), sx) in scales.iter().zip(offsets.iter()).zip(sums) {
-                base += s * k0 * sx;
+                base += if self.float_min { *k0 } else { s * k0 } * sx;
             }
             let codes_dot = {
                 let mut acc = 0.0f32;
@@ -290,6 +315,7 @@ impl RtnPacked {
                     scale: scale.reinterpret_cast(),
                     offset: offset.reinterpret_cast(),
                     symmetric: self.symmetric,
+                    float_min: self.float_min,
                 };
                 *yr = row.dot(xq, scratch);
                 continue;
@@ -302,8 +328,7 @@ impl RtnPacked {
                 let gc = &codes[g * self.group_bytes..][..self.group_bytes];
                 let lo = g * self.group;
                 for c in lo..(lo + self.group).min(self.cols) {
-                    let w = s * (code_at(gc, c - lo, self.bits) as f32 + k0);
-                    acc += w * xq.value(c);
+                    acc += self.value(code_at(gc, c - lo, self.bits), *s, *k0) * xq.value(c);
                 }
             }
             *yr = acc;
@@ -319,6 +344,47 @@ fn code_at(bytes: &[u8], i: usize, bits: usize) -> u32 {
         c |= u32::from((bytes[bit / 8] >> (bit % 8)) & 1) << b;
     }
     c
+}
+
+/// The f16 scale and minimum of one [`RtnRule::FloatMin`] group and its codes (`ks`), or
+/// `None` when the values are not `scale·q + min` with `q ∈ [0, 2^bits)` and `min` an f16 at
+/// `q = 0`. Like [`group_scale`], the first divisor of the smallest gap that reproduces every
+/// value bit for bit wins.
+fn group_scale_min(vals: &[f32], bits: usize, ks: &mut Vec<i32>) -> Option<(f32, f32)> {
+    ks.clear();
+    let min = vals.iter().copied().fold(f32::INFINITY, f32::min);
+    if !min.is_finite() || f16::from_f32(min).to_f32() != min {
+        return None;
+    }
+    let mut sorted: Vec<f32> = vals.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    sorted.dedup();
+    let gap = sorted
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(f32::INFINITY, f32::min);
+    if !gap.is_finite() {
+        ks.extend(vals.iter().map(|_| 0));
+        return Some((0.0, min));
+    }
+    let levels = 1i32 << bits;
+    for d in 1..levels {
+        let s = f16::from_f32(gap / d as f32).to_f32();
+        if s <= 0.0 || !s.is_finite() {
+            continue;
+        }
+        ks.clear();
+        let exact = vals.iter().all(|&v| {
+            let q = ((v - min) / s).round();
+            ks.push(q as i32);
+            (0.0..levels as f32).contains(&q)
+                && float_min_value(q as u32, s, min).to_bits() == v.to_bits()
+        });
+        if exact {
+            return Some((s, min));
+        }
+    }
+    None
 }
 
 /// The f16 scale of one group and its values' integers (`ks`), or `None` when the values are
@@ -410,6 +476,8 @@ mod simd {
         pub offset: &'a [u16],
         /// Every offset is `−2^(bits−1)`: not read.
         pub symmetric: bool,
+        /// Offsets are f16 minima, added after the scale.
+        pub float_min: bool,
     }
 
     impl Int8Row<'_> {
@@ -467,27 +535,35 @@ mod simd {
                     let fk = if row.symmetric {
                         f
                     } else {
-                        _mm512_mul_ps(
-                            f,
-                            _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
-                                m,
-                                row.offset.as_ptr().add(b).cast(),
-                            )),
-                        )
+                        let o = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                            m,
+                            row.offset.as_ptr().add(b).cast(),
+                        ));
+                        // A minimum multiplies the block's activation scale, not the scale.
+                        _mm512_mul_ps(if row.float_min { d } else { f }, o)
                     };
                     acc = _mm512_fmadd_ps(fk, sq, acc);
                 }
             }
             let sum = _mm512_reduce_add_ps(acc);
-            if row.symmetric { symmetric_k0 * sum } else { sum }
+            if row.symmetric {
+                symmetric_k0 * sum
+            } else {
+                sum
+            }
         } else {
             let f16_to_f32 = |h: u16| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))));
             let mut base = 0.0f32;
-            for (g, (&s, &k0)) in row.scale.iter().zip(row.offset).enumerate() {
+            let per_block = buf[..blocks]
+                .chunks_mut(per_group)
+                .zip(xq.scales.chunks(per_group))
+                .zip(xq.sums.chunks(per_group));
+            for ((&s, &k0), ((fs, ds), sums)) in row.scale.iter().zip(row.offset).zip(per_block) {
                 let (s, k0) = (f16_to_f32(s), f16_to_f32(k0));
-                for b in g * per_group..((g + 1) * per_group).min(blocks) {
-                    buf[b] = s * xq.scales[b];
-                    base += buf[b] * k0 * xq.sums[b] as f32;
+                for ((f, &d), &sq) in fs.iter_mut().zip(ds).zip(sums) {
+                    *f = s * d;
+                    let share = if row.float_min { d } else { *f };
+                    base += share * k0 * sq as f32;
                 }
             }
             base
@@ -506,7 +582,8 @@ mod simd {
             let hi = _mm_and_si128(_mm_srli_epi16::<4>(k), low);
             _mm256_set_m128i(hi, lo)
         };
-        let codes8 = |b: usize| unsafe { _mm256_loadu_si256(c.add(b * block_bytes).cast::<__m256i>()) };
+        let codes8 =
+            |b: usize| unsafe { _mm256_loadu_si256(c.add(b * block_bytes).cast::<__m256i>()) };
         // Two blocks per 512-bit step: their 64 codes against their 64 activations (4-bit: in
         // the pair order of `prepare_int8`), the lanes of each block scaled by its factor.
         let pairs = blocks / 2;
@@ -565,6 +642,8 @@ mod simd {
         pub group: usize,
         pub scale: &'a [u16],
         pub offset: &'a [u16],
+        /// Offsets are f16 minima, added after the scale.
+        pub float_min: bool,
     }
 
     impl Row<'_> {
@@ -614,7 +693,12 @@ mod simd {
                     row.offset.as_ptr().add(g).cast(),
                 ));
                 let sx = _mm512_maskz_loadu_ps(m, sums.as_ptr().add(g));
-                base = _mm512_fmadd_ps(_mm512_mul_ps(s, o), sx, base);
+                let share = if row.float_min {
+                    o
+                } else {
+                    _mm512_mul_ps(s, o)
+                };
+                base = _mm512_fmadd_ps(share, sx, base);
                 _mm512_mask_storeu_ps(buf.as_mut_ptr().add(g), m, s);
             }
         }
@@ -743,6 +827,9 @@ mod tests {
     fn codes_recovered_exactly_and_products_match() {
         for (bits, group, rows, cols) in [
             (4, 32, 5, 96),
+            (4, 32, 4, 96),
+            (5, 32, 4, 64),
+            (8, 32, 4, 128),
             (4, 64, 4, 160),
             (8, 32, 5, 64),
             (8, 64, 3, 128),
@@ -766,11 +853,17 @@ mod tests {
             let w: Vec<f32> = (0..rows * cols)
                 .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.4) * 0.3)
                 .collect();
-            // Symmetric layers (bits ≥ 2) pack with the implied offset and count no offsets.
+            // Symmetric layers (bits ≥ 2) pack with the implied offset and count no offsets;
+            // every fourth case holds an f16 minimum.
             let symmetric = bits >= 2 && rows % 2 == 1;
-            let dq = rtn_quantize(&w, rows, cols, bits, group, symmetric);
-            let p = RtnPacked::from_dequantized(&dq, rows, cols, bits, group, symmetric)
-                .unwrap_or_else(|| panic!("{bits}b g{group} symmetric {symmetric}"));
+            let rule = match (symmetric, (rows + cols) % 4 == 0) {
+                (true, _) => RtnRule::Symmetric,
+                (false, true) => RtnRule::FloatMin,
+                (false, false) => RtnRule::IntegerZero,
+            };
+            let dq = rtn_quantize(&w, rows, cols, bits, group, rule);
+            let p = RtnPacked::from_dequantized(&dq, rows, cols, bits, group, rule)
+                .unwrap_or_else(|| panic!("{bits}b g{group} {rule:?}"));
             let mut row = vec![0.0f32; cols];
             for r in 0..rows {
                 p.row_into(r, &mut row);
@@ -823,6 +916,6 @@ mod tests {
     #[test]
     fn values_that_are_not_rtn_are_refused() {
         let w = [0.1f32, 0.2, 0.30001, 0.7];
-        assert!(RtnPacked::from_dequantized(&w, 1, 4, 2, 4, false).is_none());
+        assert!(RtnPacked::from_dequantized(&w, 1, 4, 2, 4, RtnRule::IntegerZero).is_none());
     }
 }

@@ -15,6 +15,7 @@ use candle_core::DType;
 use crate::engine::rtn::RtnPacked;
 use crate::model::safetensors::{RawTensor, StDType, write_raw};
 use crate::model::{LinearWeight, Model, Transformer};
+use crate::quant::rtn::RtnRule;
 
 /// What a compressed-tensors export did with each linear.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -74,7 +75,7 @@ pub fn write_compressed_tensors(
                     .to_dtype(DType::F32)?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                RtnPacked::from_dequantized(&w, rows, cols, *bits, *group, true)
+                RtnPacked::from_dequantized(&w, rows, cols, *bits, *group, RtnRule::Symmetric)
                     .map(|p| (p, rows, cols, *bits, *group))
             }
             _ => None,

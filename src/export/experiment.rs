@@ -19,6 +19,7 @@ use crate::device::DeviceChoice;
 use crate::eval::PerplexityOptions;
 use crate::model::gguf::{GgufFile, GgufWriter, MetaValue};
 use crate::model::{LinearKind, LinearWeight, Model, ModelFormat, Transformer};
+use crate::quant::rtn::RtnRule;
 use crate::store::ExperimentRecord;
 use crate::technique::recipe::{Plan, Quant, Recipe};
 use crate::technique::{CalibOptions, Progress, apply};
@@ -272,7 +273,8 @@ impl std::str::FromStr for GgufFallback {
 /// How each linear of a GGUF export was stored.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct GgufReport {
-    /// (tensor, llama.cpp type) held exactly: symmetric RTN at group 32 as Q4_0/Q5_0/Q8_0.
+    /// (tensor, llama.cpp type) held exactly: RTN at group 32 as Q4_0/Q5_0/Q8_0 (symmetric) or
+    /// Q4_1/Q5_1 (f16 minimum).
     pub exact: Vec<(String, String)>,
     /// (tensor, llama.cpp type) re-quantized from our weights (`--gguf-fallback nearest`).
     pub approximated: Vec<(String, String)>,
@@ -282,33 +284,61 @@ pub struct GgufReport {
     pub file_bytes: u64,
 }
 
-/// The llama.cpp block type that holds a symmetric RTN layer of `bits` bits at group 32
-/// exactly, with `q − code` (llama.cpp's offset minus ours).
-fn exact_block_type(bits: usize) -> Option<(GgmlDType, i32)> {
-    match bits {
-        4 => Some((GgmlDType::Q4_0, 0)),
-        5 => Some((GgmlDType::Q5_0, 0)),
-        8 => Some((GgmlDType::Q8_0, -128)),
+/// The llama.cpp block type that holds an RTN layer of `bits` bits at group 32 exactly, with
+/// `q − code` (llama.cpp's offset minus ours): Q4_0/Q5_0/Q8_0 symmetric, Q4_1/Q5_1 with an f16
+/// minimum.
+fn exact_block_type(bits: usize, rule: RtnRule) -> Option<(GgmlDType, i32)> {
+    match (rule, bits) {
+        (RtnRule::Symmetric, 4) => Some((GgmlDType::Q4_0, 0)),
+        (RtnRule::Symmetric, 5) => Some((GgmlDType::Q5_0, 0)),
+        (RtnRule::Symmetric, 8) => Some((GgmlDType::Q8_0, -128)),
+        (RtnRule::FloatMin, 4) => Some((GgmlDType::Q4_1, 0)),
+        (RtnRule::FloatMin, 5) => Some((GgmlDType::Q5_1, 0)),
         _ => None,
     }
 }
 
-/// A symmetric RTN matrix (rows already in GGUF order) as `dtype` blocks, or `None` when its
-/// values are not codes of that form.
-fn rtn_blocks(w: &[f32], rows: usize, cols: usize, bits: usize) -> Option<(GgmlDType, Vec<u8>)> {
-    let (dtype, shift) = exact_block_type(bits)?;
+/// The rule of an RTN layer at group 32, the only group llama.cpp's types hold.
+fn group32_rule(lw: &LinearWeight) -> Option<(usize, RtnRule)> {
+    match lw {
+        LinearWeight::Rtn {
+            bits,
+            group: 32,
+            symmetric,
+            float_min,
+            ..
+        } => Some((*bits, RtnRule::of(*symmetric, *float_min))),
+        _ => None,
+    }
+}
+
+/// An RTN matrix (rows already in GGUF order) as llama.cpp blocks, or `None` when no block type
+/// holds its form or its values are not codes of that form. Each block: the f16 scale, then
+/// (Q4_1/Q5_1) the f16 minimum, (Q5_x) the fifth bits, then the codes (Q4/Q5: weight `j` in
+/// the low nibble of byte `j`, weight `j + 16` in the high one).
+fn rtn_blocks(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    bits: usize,
+    rule: RtnRule,
+) -> Option<(GgmlDType, Vec<u8>)> {
+    let (dtype, shift) = exact_block_type(bits, rule)?;
     if !cols.is_multiple_of(32) {
         return None;
     }
-    let packed = crate::engine::rtn::RtnPacked::from_dequantized(w, rows, cols, bits, 32, true)?;
-    let (_, scales, _) = packed.parts();
+    let packed = crate::engine::rtn::RtnPacked::from_dequantized(w, rows, cols, bits, 32, rule)?;
+    let (_, scales, offsets) = packed.parts();
     let mut out = Vec::new();
     for (i, d) in scales.iter().enumerate() {
         out.extend_from_slice(&d.to_le_bytes());
+        if rule == RtnRule::FloatMin {
+            out.extend_from_slice(&offsets[i].to_le_bytes());
+        }
         let q = |j: usize| (packed.code(i, j) as i32 + shift) as u32;
         match dtype {
             GgmlDType::Q8_0 => out.extend((0..32).map(|j| q(j) as i32 as i8 as u8)),
-            GgmlDType::Q5_0 => {
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
                 let qh: u32 = (0..16)
                     .map(|j| ((q(j) >> 4) & 1) << j | ((q(j + 16) >> 4) & 1) << (j + 16))
                     .sum();
@@ -353,8 +383,9 @@ fn type_name(d: GgmlDType) -> String {
 /// Writes `t` as a GGUF file. From a GGUF base, the tokenizer and architecture metadata are
 /// copied (block count rewritten); from an HF or zoo base they are built from the config and
 /// `tokenizer.json` (see [`super::gguf_meta`], which refuses tokenizers llama.cpp cannot run
-/// the same way). Symmetric RTN linears at group 32 and 4, 5 or 8 bits are written as
-/// llama.cpp's Q4_0/Q5_0/Q8_0, exactly; other compressed linears dense in `dtype` or, with
+/// the same way). RTN linears at group 32 are written as llama.cpp's own types, exactly:
+/// Q4_0/Q5_0/Q8_0 (symmetric) and Q4_1/Q5_1 (f16 minimum); other compressed linears dense in
+/// `dtype` or, with
 /// [`GgufFallback::Nearest`], re-quantized to the nearest llama.cpp type. The report says which.
 pub fn write_gguf(
     base: &Model,
@@ -424,20 +455,15 @@ pub fn write_gguf(
     };
     let (_, permuted) = super::gguf_meta::gguf_arch(t);
     // A tied head quantized by the embedding step holds the embedding's values.
-    let embedding_blocks = match &t.output {
-        LinearWeight::Rtn {
-            bits,
-            group: 32,
-            symmetric: true,
-            ..
-        } if t.config.tie_word_embeddings => {
+    let embedding_blocks = match group32_rule(&t.output) {
+        Some((bits, rule)) if t.config.tie_word_embeddings => {
             let (rows, cols) = t.token_embd.dims2()?;
             let values = t
                 .token_embd
                 .to_dtype(DType::F32)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
-            rtn_blocks(&values, rows, cols, *bits)
+            rtn_blocks(&values, rows, cols, bits, rule)
         }
         _ => None,
     };
@@ -473,20 +499,15 @@ pub fn write_gguf(
                 dense = permute_qk(&dense, t.config.num_kv_heads)?;
             }
             let (rows, cols) = dense.dims2()?;
-            let exact = match lw {
-                LinearWeight::Rtn {
-                    bits,
-                    group: 32,
-                    symmetric: true,
-                    ..
-                } => {
+            let exact = match group32_rule(lw) {
+                Some((bits, rule)) => {
                     let values = dense
                         .to_dtype(DType::F32)?
                         .flatten_all()?
                         .to_vec1::<f32>()?;
-                    rtn_blocks(&values, rows, cols, *bits)
+                    rtn_blocks(&values, rows, cols, bits, rule)
                 }
-                _ => None,
+                None => None,
             };
             if let Some((g, bytes)) = exact {
                 report.exact.push((name.clone(), type_name(g)));
@@ -561,7 +582,12 @@ pub fn llama_quantize_types(plan: &Plan) -> String {
             ));
         }
         match &p.quant {
-            Some(Quant::Rtn(k)) => out.push_str(&format!("{name}={}\n", llama_type(k.bits))),
+            Some(Quant::Rtn(k)) => {
+                let ty = k
+                    .llama_cpp_type()
+                    .map_or_else(|| llama_type(k.bits).to_string(), str::to_lowercase);
+                out.push_str(&format!("{name}={ty}\n"));
+            }
             Some(Quant::ShiftAdd(k)) => out.push_str(&format!(
                 "# {name}: shift-add {}b; nearest llama.cpp type by bits\n{name}={}\n",
                 k.bits,

@@ -17,12 +17,14 @@ use crate::technique::recipe::{
 
 /// What an imported type becomes, and whether exactly.
 fn rtn_for(ty: &str) -> Option<(Option<RtnKnobs>, bool)> {
+    // Symmetric, or with an f16 minimum; llama.cpp multiplies every quantized type with int8
+    // activations.
     let rtn = |bits, symmetric| {
-        // llama.cpp multiplies every quantized type with int8 activations.
         Some(RtnKnobs {
             bits,
             group: 32,
             symmetric,
+            float_min: !symmetric,
             int8_activations: true,
         })
     };
@@ -30,8 +32,10 @@ fn rtn_for(ty: &str) -> Option<(Option<RtnKnobs>, bool)> {
         "q4_0" => (rtn(4, true), true),
         "q5_0" => (rtn(5, true), true),
         "q8_0" => (rtn(8, true), true),
-        "q4_1" | "q4_k" => (rtn(4, false), false),
-        "q5_1" | "q5_k" => (rtn(5, false), false),
+        "q4_1" => (rtn(4, false), true),
+        "q5_1" => (rtn(5, false), true),
+        "q4_k" => (rtn(4, false), false),
+        "q5_k" => (rtn(5, false), false),
         "q2_k" => (rtn(2, false), false),
         "q3_k" => (rtn(3, false), false),
         "q6_k" => (rtn(6, false), false),
@@ -82,6 +86,7 @@ pub fn recipe_from_tensor_types(text: &str) -> anyhow::Result<(Recipe, Vec<Strin
                 bits: k.bits,
                 group: k.group,
                 symmetric: k.symmetric,
+                float_min: k.float_min,
                 int8_activations: k.int8_activations,
             }));
             continue;

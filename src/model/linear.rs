@@ -48,6 +48,9 @@ pub enum LinearWeight {
         group: usize,
         /// No zero point (see [`crate::quant::rtn::rtn_quantize`]): one f16 scale per group.
         symmetric: bool,
+        /// The zero offset is an f16 minimum (`w = scale·q + min`; see
+        /// [`crate::quant::rtn::RtnRule::FloatMin`]).
+        float_min: bool,
         /// Inputs rounded to int8 in blocks of 32 before the product, as llama.cpp's CPU
         /// backend does for quantized weights ([`crate::quant::act8`]).
         int8_activations: bool,
@@ -210,6 +213,7 @@ impl LinearWeight {
                 bits,
                 group,
                 symmetric,
+                float_min,
                 int8_activations,
                 ..
             } => Self::Rtn {
@@ -217,6 +221,7 @@ impl LinearWeight {
                 bits: *bits,
                 group: *group,
                 symmetric: *symmetric,
+                float_min: *float_min,
                 int8_activations: *int8_activations,
                 bias,
             },
@@ -344,9 +349,11 @@ impl Module for LinearWeight {
                 int8_activations: true,
                 ..
             } => int8_rows(x)?.matmul(&weight.t()?)?,
-            Self::Dense { weight, .. } | Self::Rtn { dequantized: weight, .. } => {
-                x.matmul(&weight.t()?)?
-            }
+            Self::Dense { weight, .. }
+            | Self::Rtn {
+                dequantized: weight,
+                ..
+            } => x.matmul(&weight.t()?)?,
             Self::Bcq { packed, .. } => bcq_forward(packed, x)?,
             Self::Csr { csr, .. } => sparse_forward(
                 x,

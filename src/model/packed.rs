@@ -172,6 +172,7 @@ fn layer_parts(id: &str, lw: &LinearWeight) -> anyhow::Result<Option<(Value, Vec
             bits,
             group,
             symmetric,
+            float_min,
             int8_activations,
             ..
         } => {
@@ -182,7 +183,7 @@ fn layer_parts(id: &str, lw: &LinearWeight) -> anyhow::Result<Option<(Value, Vec
             match rtn_codes(&w, rows, cols, *bits, *group) {
                 Some((codes, table)) => (
                     json!({"form": "rtn", "bits": bits, "group": group, "symmetric": symmetric,
-                           "int8_activations": int8_activations}),
+                           "float_min": float_min, "int8_activations": int8_activations}),
                     vec![u8_part(p("codes"), &codes), f32_part(p("table"), &table)],
                 ),
                 None => anyhow::bail!(
@@ -435,7 +436,8 @@ fn layer_from(file: &PackedFile, id: &str, info: &Value) -> Result<LinearWeight,
             let group = usize_of(info, "group", id)?;
             // Files written before the knob existed hold asymmetric layers.
             let flag = |key: &str| info.get(key).and_then(Value::as_bool).unwrap_or(false);
-            let (symmetric, int8_activations) = (flag("symmetric"), flag("int8_activations"));
+            let (symmetric, float_min) = (flag("symmetric"), flag("float_min"));
+            let int8_activations = flag("int8_activations");
             if bits == 0 || bits > 8 {
                 return Err(format!(
                     "layer {id}: {bits}-bit RTN codes are not supported"
@@ -469,6 +471,7 @@ fn layer_from(file: &PackedFile, id: &str, info: &Value) -> Result<LinearWeight,
                 bits,
                 group,
                 symmetric,
+                float_min,
                 int8_activations,
                 bias,
             }
@@ -599,7 +602,14 @@ mod tests {
             .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.3)
             .collect();
         for bits in [2, 3, 4, 8] {
-            let q = crate::quant::rtn::rtn_quantize(&w, rows, cols, bits, 32, false);
+            let q = crate::quant::rtn::rtn_quantize(
+                &w,
+                rows,
+                cols,
+                bits,
+                32,
+                crate::quant::rtn::RtnRule::IntegerZero,
+            );
             let (codes, table) = rtn_codes(&q, rows, cols, bits, 32).unwrap();
             let levels = 1 << bits;
             let groups = cols.div_ceil(32);

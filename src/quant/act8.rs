@@ -30,7 +30,8 @@ impl Int8Blocks {
             // even as its AVX path does.
             let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
             let start = self.q.len();
-            self.q.extend(block.iter().map(|v| round_even(v * inv) as i8));
+            self.q
+                .extend(block.iter().map(|v| round_even(v * inv) as i8));
             let sum = self.q[start..].iter().map(|&k| i32::from(k)).sum();
             self.scales.push(f16::from_f32(amax / 127.0).to_f32());
             self.sums.push(sum);
@@ -83,13 +84,19 @@ mod tests {
         assert_eq!(q[63], 127);
         assert_eq!(scales[2], 0.0);
         assert!(q[64..].iter().all(|&k| k == 0));
-        assert_eq!(sums[1], q[32..64].iter().map(|&k| i32::from(k)).sum::<i32>());
+        assert_eq!(
+            sums[1],
+            q[32..64].iter().map(|&k| i32::from(k)).sum::<i32>()
+        );
         let mut r = x.clone();
         round_rows(&mut r, x.len());
         for (i, (a, b)) in x.iter().zip(&r).enumerate() {
             // Within half a step of the block's scale (plus the f16 rounding of the scale).
             let s = scales[i / BLOCK];
-            assert!((a - b).abs() <= 0.5 * s + 127.0 * s * 1e-3, "{i}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 0.5 * s + 127.0 * s * 1e-3,
+                "{i}: {a} vs {b}"
+            );
         }
     }
 
@@ -99,7 +106,10 @@ mod tests {
             let v = i as f32 * 0.05;
             assert_eq!(round_even(v), v.round_ties_even(), "{v}");
         }
-        assert_eq!((round_even(2.5), round_even(-3.5), round_even(0.5)), (2.0, -4.0, 0.0));
+        assert_eq!(
+            (round_even(2.5), round_even(-3.5), round_even(0.5)),
+            (2.0, -4.0, 0.0)
+        );
     }
 
     #[test]

@@ -788,7 +788,7 @@ pub fn hessian_error(w: &[f32], wq: &[f32], rows: usize, cols: usize, h: &[f64])
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::super::bcq::test_rng::Rng;
-    use super::super::rtn::rtn_quantize;
+    use super::super::rtn::{RtnRule, rtn_quantize};
     use super::*;
 
     /// The sweep's trailing updates as one GEMM per block on a candle device compute what the
@@ -1325,7 +1325,7 @@ mod tests {
         let w = rng.normals(rows * cols);
         let mut last = f64::INFINITY;
         for bits in 2..=8 {
-            let q = rtn_quantize(&w, rows, cols, bits, 128, false);
+            let q = rtn_quantize(&w, rows, cols, bits, 128, RtnRule::IntegerZero);
             let e = sq(&w, &q);
             assert!(e < last);
             last = e;
@@ -1342,7 +1342,7 @@ mod tests {
             }
         }
         assert!(
-            rtn_quantize(&[0.0; 8], 2, 4, 3, 128, false)
+            rtn_quantize(&[0.0; 8], 2, 4, 3, 128, RtnRule::IntegerZero)
                 .iter()
                 .all(|&v| v == 0.0)
         );

@@ -542,6 +542,7 @@ impl Predictor {
                         bits,
                         group: 0,
                         symmetric: false,
+                        float_min: false,
                         int8_activations: false,
                     });
                 continue;

@@ -352,6 +352,7 @@ pub fn measure_embedding(
             bits: b,
             group: 0,
             symmetric: false,
+            float_min: false,
             int8_activations: false,
         };
         let mut model = base.clone();

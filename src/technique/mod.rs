@@ -278,7 +278,14 @@ pub(crate) fn quantize_embedding(
         .flatten_all()?
         .to_vec1::<f32>()?;
     let group = if step.group == 0 { cols } else { step.group };
-    let q = crate::quant::rtn::rtn_quantize(&w, rows, cols, step.bits, group, step.symmetric);
+    let q = crate::quant::rtn::rtn_quantize(
+        &w,
+        rows,
+        cols,
+        step.bits,
+        group,
+        crate::quant::rtn::RtnRule::of(step.symmetric, step.float_min),
+    );
     let dq = candle_core::Tensor::from_vec(q, (rows, cols), t.token_embd.device())?;
     t.token_embd = dq.clone();
     t.output = LinearWeight::Rtn {
@@ -286,6 +293,7 @@ pub(crate) fn quantize_embedding(
         bits: step.bits,
         group,
         symmetric: step.symmetric,
+        float_min: step.float_min,
         int8_activations: step.int8_activations,
         bias: None,
     };

@@ -53,6 +53,11 @@ pub struct RtnKnobs {
     /// 32 are exactly llama.cpp's Q4_0, Q5_0 and Q8_0 and export to GGUF without requantizing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub symmetric: bool,
+    /// The zero offset as the group's minimum in f16 (`w = scale·q + min`, the group's own
+    /// range) instead of an integer zero point: llama.cpp's Q4_1 rule, so 4 and 5 bits at group
+    /// 32 are exactly its Q4_1 and Q5_1. Not with `symmetric`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub float_min: bool,
     /// Round each input vector to int8 in blocks of 32 (an f16 scale each) before the
     /// product: how llama.cpp's CPU backend multiplies its quantized types, so the measured
     /// accuracy is the deployed one, and the engine's kernel multiplies in integers.
@@ -304,6 +309,9 @@ pub struct EmbeddingStep {
     /// Q8_0, the type its own files give the embedding.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub symmetric: bool,
+    /// The zero offset as an f16 minimum (see [`RtnKnobs::float_min`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub float_min: bool,
     /// The tied LM head's inputs rounded to int8 (see [`RtnKnobs::int8_activations`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub int8_activations: bool,
@@ -319,6 +327,9 @@ impl EmbeddingStep {
     pub fn validate(&self, model: &Transformer) -> Result<(), String> {
         if !(2..=8).contains(&self.bits) {
             return Err(format!("embedding.bits = {} is outside 2..=8", self.bits));
+        }
+        if self.symmetric && self.float_min {
+            return Err("embedding: `symmetric` and `float_min` exclude each other".into());
         }
         if !model.config.tie_word_embeddings {
             return Err(
@@ -488,13 +499,31 @@ impl ShiftAddKnobs {
 }
 
 impl RtnKnobs {
-    /// llama.cpp's Q4_0/Q5_0/Q8_0 as llama.cpp computes them: symmetric, group 32, int8
-    /// activations.
-    pub fn is_llama_cpp_type(&self) -> bool {
-        self.symmetric && self.int8_activations && self.group == 32 && matches!(self.bits, 4 | 5 | 8)
+    /// The quantizer's rule for the zero offset.
+    pub fn rule(&self) -> crate::quant::rtn::RtnRule {
+        crate::quant::rtn::RtnRule::of(self.symmetric, self.float_min)
+    }
+
+    /// The llama.cpp type this layer is, as llama.cpp computes it (group 32, int8
+    /// activations): `Q4_0`/`Q5_0`/`Q8_0` symmetric, `Q4_1`/`Q5_1` with an f16 minimum.
+    pub fn llama_cpp_type(&self) -> Option<&'static str> {
+        if self.group != 32 || !self.int8_activations {
+            return None;
+        }
+        match (self.bits, self.symmetric, self.float_min) {
+            (4, true, _) => Some("Q4_0"),
+            (5, true, _) => Some("Q5_0"),
+            (8, true, _) => Some("Q8_0"),
+            (4, false, true) => Some("Q4_1"),
+            (5, false, true) => Some("Q5_1"),
+            _ => None,
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.symmetric && self.float_min {
+            return Err("rtn: `symmetric` and `float_min` exclude each other".into());
+        }
         if !(2..=8).contains(&self.bits) {
             return Err(format!("rtn.bits = {} is outside 2..=8", self.bits));
         }
@@ -731,7 +760,13 @@ impl LayerPlan {
                 "rtn {}b g{}{}{}",
                 k.bits,
                 k.group,
-                if k.symmetric { " sym" } else { "" },
+                if k.symmetric {
+                    " sym"
+                } else if k.float_min {
+                    " min"
+                } else {
+                    ""
+                },
                 if k.int8_activations { " a8" } else { "" }
             )),
             None => {}

@@ -60,12 +60,13 @@ pub fn compress_linear(
     let bias = weight.bias().cloned();
     match technique {
         Quant::Rtn(k) => {
-            let q = rtn_quantize(&w, rows, cols, k.bits, k.group, k.symmetric);
+            let q = rtn_quantize(&w, rows, cols, k.bits, k.group, k.rule());
             Ok(LinearWeight::Rtn {
                 dequantized: candle_core::Tensor::from_vec(q, (rows, cols), &weight.device())?,
                 bits: k.bits,
                 group: k.group,
                 symmetric: k.symmetric,
+                float_min: k.float_min,
                 int8_activations: k.int8_activations,
                 bias,
             })

@@ -152,6 +152,7 @@ impl DemoScript {
                         bits: arg(0)?.parse()?,
                         group: 128,
                         symmetric: false,
+                        float_min: false,
                         int8_activations: false,
                     })),
                     _ => Some(Quant::ShiftAdd(ShiftAddKnobs::with_bits(arg(0)?.parse()?))),

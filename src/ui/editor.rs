@@ -594,7 +594,7 @@ pub fn quant_label(q: &Option<Quant>) -> String {
         Some(Quant::ShiftAdd(k)) => format!("SA {}", k.bits),
         // Symmetric at group 32, 4/5/8 bits, int8 activations: llama.cpp's own types, exported
         // as they are and computed as llama.cpp computes them.
-        Some(Quant::Rtn(k)) if k.is_llama_cpp_type() => format!("Q{}_0", k.bits),
+        Some(Quant::Rtn(k)) if let Some(ty) = k.llama_cpp_type() => ty.into(),
         Some(Quant::Rtn(k)) if k.symmetric => format!("RTN {}s", k.bits),
         Some(Quant::Rtn(k)) => format!("RTN {}", k.bits),
     }

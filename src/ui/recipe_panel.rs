@@ -79,8 +79,9 @@ const GRID_HEADERS: [(&str, &str); 9] = [
         "SA n: shift-add (ShiftAddLLM) binary-coding quantization, n bit planes with \
          power-of-two scales, fitted to calibration data. RTN n: round-to-nearest n-bit \
          integers with an f16 scale and zero per group of 128 inputs (the baseline). Q4_0, \
-         Q5_0, Q8_0: symmetric RTN at group 32, exactly llama.cpp's types, so a GGUF export \
-         ships them without requantizing.",
+         Q4_1, Q5_0, Q5_1, Q8_0: RTN at group 32 in llama.cpp's own layouts (symmetric, or \
+         with an f16 minimum), multiplied with int8 activations as llama.cpp does, so a GGUF \
+         export ships them without requantizing and measures as deployed.",
     ),
     (
         "Prune",
@@ -117,16 +118,18 @@ fn quant_choices(current: &Option<Quant>) -> Vec<Option<Quant>> {
             bits,
             group: 128,
             symmetric: false,
+            float_min: false,
             int8_activations: false,
         })));
     }
-    // llama.cpp's Q4_0/Q5_0/Q8_0 as llama.cpp computes them (int8 activations): a GGUF export
-    // writes them as they are, at the deployed size.
-    for bits in [4, 5, 8] {
+    // llama.cpp's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 as llama.cpp computes them (int8 activations): a
+    // GGUF export writes them as they are, at the deployed size.
+    for (bits, symmetric) in [(4, true), (4, false), (5, true), (5, false), (8, true)] {
         v.push(Some(Quant::Rtn(RtnKnobs {
             bits,
             group: 32,
-            symmetric: true,
+            symmetric,
+            float_min: !symmetric,
             int8_activations: true,
         })));
     }
@@ -519,7 +522,7 @@ pub(super) fn cells_ui(
                         ui.separator();
                         ui.weak("RTN");
                     }
-                    Some(Quant::Rtn(k)) if k.symmetric && k.bits == 4 => {
+                    Some(Quant::Rtn(k)) if k.llama_cpp_type() == Some("Q4_0") => {
                         ui.separator();
                         ui.weak("llama.cpp types (exact in GGUF)");
                     }
