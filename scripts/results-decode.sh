@@ -12,7 +12,7 @@ gguf=${SMOLLM2:-$HOME/.cache/reparam/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 work=${WORK:-$HOME/.cache/reparam/suite}
 bin=$(scripts/llamacpp-peer.sh | tail -n 1)
 [ -f "$work/F32.gguf" ] || "$bin/llama-quantize" --allow-requantize "$gguf" "$work/F32.gguf" F32 >/dev/null 2>&1
-for q in Q3_K_S Q4_0; do
+for q in Q3_K_S Q4_0 Q4_1; do
   [ -f "$work/$q.gguf" ] || "$bin/llama-quantize" "$work/F32.gguf" "$work/$q.gguf" "$q" >/dev/null 2>&1
 done
 runs=(
@@ -20,10 +20,14 @@ runs=(
   "shiftadd-3bit-column-g64-q8embd:Q3_K_S"
   "shiftadd-3bit-q8embd:Q4_0"
   "rtn-4bit-g32-q8embd:Q4_0"
+  "rtn-4bit-sym-g32-q8embd:Q4_0"
+  "rtn-4bit-min-g32-q8embd:Q4_1"
   "wanda-50:F32"
   "nm-2of4:F32"
   "rps-2x:F32"
 )
+# RUNS="recipe:PEER …" measures those rows only.
+[ -z "${RUNS:-}" ] || read -ra runs <<<"$RUNS"
 echo "| model | forms (MB read per token) | ours decode tok/s (spin / rayon pool) | GB/s | % of bound | llama.cpp | tg tok/s | pp tok/s |"
 echo "|---|---|---|---|---|---|---|---|"
 for r in "${runs[@]}"; do

@@ -3,6 +3,7 @@
 # calibration mixture, and the llama.cpp peer on the same six domain texts and positions.
 #   scripts/results-suite.sh peer                 llama.cpp F32 → Q3_K_S / Q4_0, each without and
 #                                                 with an importance matrix from our calibration mixture
+#                                                 (PEER_TYPES="Q4_1 Q4_0-imat …" picks others)
 #   scripts/results-suite.sh ours RECIPE...       `reparam run MODEL --recipe R --suite held-out`
 # Both print one markdown row per model: the token-weighted suite values, then per domain.
 # Needs a release build (cargo build --release) and the peer (scripts/llamacpp-peer.sh).
@@ -22,21 +23,25 @@ peer() {
   [ -f "$f32" ] || "$bin/llama-quantize" --allow-requantize "$gguf" "$f32" F32 >/dev/null 2>&1
   [ -f "$work/imatrix.dat" ] || "$bin/llama-imatrix" -m "$f32" -f assets/text/calib-mix.txt \
     -c 512 --chunks 32 -t 2 -o "$work/imatrix.dat" >"$work/imatrix.log" 2>&1
-  for q in Q3_K_S Q4_0; do
-    [ -f "$work/$q.gguf" ] || "$bin/llama-quantize" "$f32" "$work/$q.gguf" "$q" >/dev/null 2>&1
-    [ -f "$work/$q-imat.gguf" ] || "$bin/llama-quantize" --imatrix "$work/imatrix.dat" "$f32" \
-      "$work/$q-imat.gguf" "$q" >/dev/null 2>&1
+  local types=(${PEER_TYPES:-Q3_K_S Q3_K_S-imat Q4_0 Q4_0-imat})
+  for q in "${types[@]}"; do
+    if [ "${q%-imat}" = "$q" ]; then
+      [ -f "$work/$q.gguf" ] || "$bin/llama-quantize" "$f32" "$work/$q.gguf" "$q" >/dev/null 2>&1
+    else
+      [ -f "$work/$q.gguf" ] || "$bin/llama-quantize" --imatrix "$work/imatrix.dat" "$f32" \
+        "$work/$q.gguf" "${q%-imat}" >/dev/null 2>&1
+    fi
   done
   for d in "${domains[@]}"; do
     "$bin/llama-perplexity" -m "$f32" -f "$(domain_file "$d")" -c 512 --chunks 16 -t 2 \
       --kl-divergence-base "$work/base-$d.kld" >"$work/f32-$d.log" 2>&1
-    for q in Q3_K_S Q3_K_S-imat Q4_0 Q4_0-imat; do
+    for q in "${types[@]}"; do
       "$bin/llama-perplexity" -m "$work/$q.gguf" -f "$(domain_file "$d")" -c 512 --chunks 16 -t 2 \
         --kl-divergence-base "$work/base-$d.kld" --kl-divergence >"$work/$q-$d.log" 2>&1
     done
     rm -f "$work/base-$d.kld"
   done
-  for q in Q3_K_S Q3_K_S-imat Q4_0 Q4_0-imat; do
+  for q in "${types[@]}"; do
     python3 - "$work" "$q" "$(stat -c %s "$work/$q.gguf")" "${domains[@]}" <<'PY'
 import re, sys
 work, q, size, domains = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
@@ -67,7 +72,7 @@ ours() {
     python3 - "$out" "$(basename "$r" .toml)" "${domains[@]}" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); name = sys.argv[2]; domains = sys.argv[3:]
-per = " | ".join(f"{d['domains'][x]['kld_mean']:.4f}" for x in domains)
+per = " | ".join(f"{d[f'kld_mean@{x}']:.4f}" for x in domains)
 print(f"| {name} | {d['bytes']:,} | {d['ppl']:.3f} | {d['kld_mean']:.4f} | {100*d['top1_agree']:.1f} % | {per} |")
 PY
   done

@@ -447,14 +447,16 @@ fn rtn_exports_to_gguf_block_types_exactly() {
 /// A compressed-tensors export holds each symmetric RTN linear as `weight_packed` (codes offset
 /// by 2^(bits−1), packed densely along the row into int32 words, least significant bit first),
 /// f32 `weight_scale` per (row, group) and `weight_shape`, the config names the scheme, and the
-/// other linears are dense and ignored. Unpacked here by the format's rule, every packed weight
+/// other linears are dense and ignored; 2:4 linears are `compressed` values + `bitmask` under
+/// the `sparsity_config`. Unpacked here by the format's rule, every packed and every 2:4 weight
 /// equals ours (`scripts/check-compressed-tensors.py` checks the same with the package itself).
 #[test]
-fn compressed_tensors_export_packs_symmetric_rtn_exactly() {
+fn compressed_tensors_export_packs_symmetric_rtn_and_2_4_exactly() {
     use reparam::export::compressed_tensors::write_compressed_tensors;
     let (dir, base, compressed) = compress_tiny(
         "[[layers]]\nmatch = \"blk.*.attn_*\"\n[layers.rtn]\nbits = 4\ngroup = 32\nsymmetric = true\n\
-         [[layers]]\nmatch = \"blk.*.ffn_up\"\n[layers.rtn]\nbits = 3\ngroup = 16\nsymmetric = true\n",
+         [[layers]]\nmatch = \"blk.*.ffn_up\"\n[layers.rtn]\nbits = 3\ngroup = 16\nsymmetric = true\n\
+         [[layers]]\nmatch = \"blk.*.ffn_down\"\n[layers.prune]\nmethod = \"nm\"\nn = 2\nm = 4\nscore = \"magnitude\"\n",
     );
     let t = &compressed.transformer;
     let out = dir.path().join("ct");
@@ -464,8 +466,11 @@ fn compressed_tensors_export_packs_symmetric_rtn_exactly() {
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     let q = &config["quantization_config"];
     assert_eq!(q["format"], "pack-quantized");
-    // gate and down of both blocks, and the untied head.
-    assert_eq!(q["ignore"].as_array().unwrap().len(), 2 * 2 + 1, "{q}");
+    // gate of both blocks, and the untied head.
+    assert_eq!(q["ignore"].as_array().unwrap().len(), 2 + 1, "{q}");
+    assert_eq!(report.sparse_24.len(), 2, "{report:?}");
+    assert_eq!(q["sparsity_config"]["format"], "sparse-24-bitmask");
+    assert_eq!(q["sparsity_config"]["targets"].as_array().unwrap().len(), 2);
     let path = out.join("model.safetensors");
     let file = reparam::model::safetensors::SafeTensorsFile::open(&path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
@@ -495,6 +500,31 @@ fn compressed_tensors_export_packs_symmetric_rtn_exactly() {
                 let si = 4 * (r * groups + col / group);
                 let s = f32::from_le_bytes(scales[si..si + 4].try_into().unwrap());
                 assert_eq!(k as f32 * s, ours[r * cols + col], "{module} [{r}, {col}]");
+            }
+        }
+    }
+    for module in &report.sparse_24 {
+        let id = t.linear_ids().find(|id| id.hf_name() == *module).unwrap();
+        let ours = t.linear(id).unwrap().to_dense().unwrap();
+        let (rows, cols) = ours.dims2().unwrap();
+        let ours = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let values = raw(&format!("{module}.compressed"));
+        let mask = raw(&format!("{module}.bitmask"));
+        assert_eq!(
+            values.len(),
+            4 * rows * cols / 2,
+            "{module}: two values of every four"
+        );
+        let mut next = values.chunks_exact(4);
+        for r in 0..rows {
+            for col in 0..cols {
+                let kept = mask[r * cols.div_ceil(8) + col / 8] >> (col % 8) & 1 == 1;
+                let v = if kept {
+                    f32::from_le_bytes(next.next().unwrap().try_into().unwrap())
+                } else {
+                    0.0
+                };
+                assert_eq!(v, ours[r * cols + col], "{module} [{r}, {col}]");
             }
         }
     }

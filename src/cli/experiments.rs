@@ -637,8 +637,10 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
                     &base, &t, out, &meta,
                 )?;
                 eprintln!(
-                    "compressed-tensors: {} linears packed (pack-quantized), {} dense",
+                    "compressed-tensors: {} linears packed (pack-quantized), {} 2:4 sparse \
+                     (sparse-24-bitmask), {} dense",
                     report.packed.len(),
+                    report.sparse_24.len(),
                     report.dense.len()
                 );
                 if args.json {

@@ -4,7 +4,11 @@
 //! row, least significant bit first, offset by `2^(bits−1)`), `weight_scale` (one scale per row
 //! and group, in f32 so that `code · scale` is exactly our weight) and `weight_shape`, and a
 //! `quantization_config` in `config.json` (format `pack-quantized`, one config group per bit
-//! width and group size, every other linear in `ignore` and written dense).
+//! width and group size, every other linear in `ignore` and written dense). 2:4-pruned linears
+//! go in its `sparsity_config` (format `sparse-24-bitmask`): `compressed` (the two kept values
+//! of every four, f32, `[rows, cols/2]`), `bitmask` (one bit per weight, least significant bit
+//! first, `[rows, ⌈cols/8⌉]`) and `shape`. compressed-tensors reads that format up to 0.14 (it
+//! and vLLM's 2:4 kernels were retired after); the check script decompresses it with 0.14.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,6 +26,8 @@ use crate::quant::rtn::RtnRule;
 pub struct CompressedTensorsReport {
     /// (module, bits, group) written packed: exact.
     pub packed: Vec<(String, usize, usize)>,
+    /// Modules written as 2:4 sparse (values + bitmask): exact.
+    pub sparse_24: Vec<String>,
     /// Modules written dense (listed in `ignore`).
     pub dense: Vec<String>,
 }
@@ -44,6 +50,36 @@ fn pack_rows(p: &RtnPacked, rows: usize, cols: usize, bits: usize, group: usize)
         }
     }
     out.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// A 2:4 layer's parts: the two kept values of every four (a group with fewer non-zeros keeps
+/// zeros at its first free positions) and the bitmask of kept positions, or `None` when some
+/// group of four has more than two non-zeros.
+fn sparse_24_parts(w: &[f32], rows: usize, cols: usize) -> Option<(Vec<u8>, Vec<u8>)> {
+    if !cols.is_multiple_of(4) {
+        return None;
+    }
+    let mask_row = cols.div_ceil(8);
+    let (mut values, mut mask) = (
+        Vec::with_capacity(rows * cols / 2 * 4),
+        vec![0u8; rows * mask_row],
+    );
+    for (r, row) in w.chunks_exact(cols).enumerate() {
+        for (g, four) in row.chunks_exact(4).enumerate() {
+            let mut keep: Vec<usize> = (0..4).filter(|&j| four[j] != 0.0).collect();
+            if keep.len() > 2 {
+                return None;
+            }
+            keep.extend((0..4).filter(|j| four[*j] == 0.0).take(2 - keep.len()));
+            keep.sort_unstable();
+            for j in keep {
+                values.extend_from_slice(&four[j].to_le_bytes());
+                let c = 4 * g + j;
+                mask[r * mask_row + c / 8] |= 1 << (c % 8);
+            }
+        }
+    }
+    Some((values, mask))
 }
 
 /// Writes `t` (from `base`) as a compressed-tensors HF directory at `out`.
@@ -81,6 +117,32 @@ pub fn write_compressed_tensors(
             _ => None,
         };
         let Some((p, rows, cols, bits, group)) = form else {
+            if let LinearWeight::Nm { packed: nm, .. } = lw
+                && (nm.n, nm.m) == (2, 4)
+                && let Some((values, mask)) = sparse_24_parts(&nm.to_dense(), nm.rows, nm.cols)
+            {
+                let (rows, cols) = (nm.rows, nm.cols);
+                let shape: Vec<u8> = [rows as i32, cols as i32]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
+                let part = |name: &str, dtype, shape: Vec<usize>, bytes| RawTensor {
+                    name: format!("{module}.{name}"),
+                    dtype,
+                    shape,
+                    bytes,
+                };
+                packed.insert(
+                    format!("{module}.weight"),
+                    vec![
+                        part("compressed", StDType::F32, vec![rows, cols / 2], values),
+                        part("bitmask", StDType::U8, vec![rows, cols.div_ceil(8)], mask),
+                        part("shape", StDType::I32, vec![2, 1], shape),
+                    ],
+                );
+                report.sparse_24.push(module);
+                continue;
+            }
             report.dense.push(module);
             continue;
         };
@@ -162,13 +224,30 @@ pub fn write_compressed_tensors(
         &std::fs::read_to_string(&config_path)
             .with_context(|| format!("reading {}", config_path.display()))?,
     )?;
-    config["quantization_config"] = serde_json::json!({
+    let mut quantization = serde_json::json!({
         "quant_method": "compressed-tensors",
         "format": "pack-quantized",
         "quantization_status": "compressed",
         "config_groups": config_groups,
         "ignore": ignore,
     });
+    if !report.sparse_24.is_empty() {
+        // Quantized and dense linears are the sparsity compressor's `ignore`.
+        let sparse_ignore: Vec<String> = t
+            .linear_ids()
+            .map(|id| id.hf_name())
+            .filter(|m| !report.sparse_24.contains(m))
+            .collect();
+        quantization["sparsity_config"] = serde_json::json!({
+            "format": "sparse-24-bitmask",
+            "sparsity_structure": "2:4",
+            "targets": report.sparse_24,
+            "ignore": sparse_ignore,
+            "global_sparsity": null,
+            "registry_requires_subclass": false,
+        });
+    }
+    config["quantization_config"] = quantization;
     std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)
         .with_context(|| format!("writing {}", config_path.display()))?;
     Ok(report)
