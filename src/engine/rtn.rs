@@ -295,6 +295,21 @@ impl RtnPacked {
         let groups = self.groups();
         let direct = self.int8_direct();
         scratch.resize(if direct { xq.scales.len() } else { 2 * groups }, 0.0);
+        if direct {
+            let m = simd::Int8Matrix {
+                codes: &self.codes,
+                bits: self.bits,
+                gbytes: self.group_bytes,
+                group: self.group,
+                groups,
+                scale: self.scale.reinterpret_cast(),
+                offset: self.offset.reinterpret_cast(),
+                symmetric: self.symmetric,
+                float_min: self.float_min,
+            };
+            m.rows_into(r0, y, xq, scratch);
+            return;
+        }
         for (i, yr) in y.iter_mut().enumerate() {
             let r = r0 + i;
             let (scale, offset) = (
@@ -302,24 +317,6 @@ impl RtnPacked {
                 &self.offset[r * groups..][..groups],
             );
             let codes = &self.codes[r * groups * self.group_bytes..][..groups * self.group_bytes];
-            if direct {
-                // The scales are a stream of their own, a few bytes a row: fetch them ahead.
-                if let Some(ahead) = self.scale.get((r + PREFETCH_ROWS) * groups) {
-                    simd::prefetch(std::ptr::from_ref(ahead).cast());
-                }
-                let row = simd::Int8Row {
-                    codes,
-                    bits: self.bits,
-                    gbytes: self.group_bytes,
-                    group: self.group,
-                    scale: scale.reinterpret_cast(),
-                    offset: offset.reinterpret_cast(),
-                    symmetric: self.symmetric,
-                    float_min: self.float_min,
-                };
-                *yr = row.dot(xq, scratch);
-                continue;
-            }
             let (scales, offsets) = scratch.split_at_mut(groups);
             scale.convert_to_f32_slice(scales);
             offset.convert_to_f32_slice(offsets);
@@ -465,13 +462,15 @@ mod simd {
         }
     }
 
-    /// One row of 4- or 8-bit codes against int8 activations; groups are whole activation
-    /// blocks. f16 scales and offsets as bits (offsets are integers).
-    pub struct Int8Row<'a> {
+    /// A matrix of 4- or 8-bit codes, rows of `groups` groups of `gbytes` bytes, multiplied
+    /// with int8 activations; groups are whole activation blocks. f16 scales and offsets as
+    /// bits (offsets are integers, or minima).
+    pub struct Int8Matrix<'a> {
         pub codes: &'a [u8],
         pub bits: usize,
         pub gbytes: usize,
         pub group: usize,
+        pub groups: usize,
         pub scale: &'a [u16],
         pub offset: &'a [u16],
         /// Every offset is `−2^(bits−1)`: not read.
@@ -480,28 +479,73 @@ mod simd {
         pub float_min: bool,
     }
 
-    impl Int8Row<'_> {
-        /// The row's product with `xq` (4-bit rows: `xq` in the kernel's order, see
-        /// `RtnPacked::prepare_int8`); `buf` holds one factor per activation block.
-        pub fn dot(&self, xq: &Int8Blocks, buf: &mut [f32]) -> f32 {
+    impl Int8Matrix<'_> {
+        /// Rows `r0..r0 + y.len()` of the product with `xq` (4-bit rows: `xq` in the kernel's
+        /// order, see `RtnPacked::prepare_int8`); `buf` holds one factor per activation block.
+        pub fn rows_into(&self, r0: usize, y: &mut [f32], xq: &Int8Blocks, buf: &mut [f32]) {
             #[cfg(target_arch = "x86_64")]
             {
-                let groups = self.scale.len();
                 let (cols, blocks) = (xq.q.len(), xq.scales.len());
+                let end = r0 + y.len();
                 assert!(int8_available() && matches!(self.bits, 4 | 8));
                 assert!(self.group.is_multiple_of(BLOCK) && cols == blocks * BLOCK);
-                assert!(groups == cols.div_ceil(self.group) && self.offset.len() == groups);
-                assert!(self.codes.len() >= groups * self.gbytes);
+                assert!(self.groups == cols.div_ceil(self.group));
+                assert!(self.gbytes == self.group * self.bits / 8);
+                assert!(self.codes.len() >= end * self.groups * self.gbytes);
+                assert!(self.scale.len() >= end * self.groups);
+                assert!(self.offset.len() >= end * self.groups);
                 assert!(xq.sums.len() == blocks && buf.len() >= blocks);
                 // SAFETY: AVX-512 VNNI/VL and F16C are present; every load stays within the
                 // lengths asserted above.
-                unsafe { int8_row_dot(self, xq, buf) }
+                unsafe { int8_rows(self, r0, y, xq, buf) }
             }
             #[cfg(not(target_arch = "x86_64"))]
             {
-                let _ = (xq, buf);
+                let _ = (r0, y, xq, buf);
                 unreachable!("the VNNI kernel is only dispatched on x86_64");
             }
+        }
+    }
+
+    /// One row's view of an [`Int8Matrix`].
+    struct Int8Row<'a> {
+        codes: &'a [u8],
+        bits: usize,
+        group: usize,
+        scale: &'a [u16],
+        offset: &'a [u16],
+        symmetric: bool,
+        float_min: bool,
+    }
+
+    /// [`Int8Matrix::rows_into`] row by row; the scales, a stream of their own and a few bytes a
+    /// row, are fetched a few rows ahead.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn int8_rows(
+        m: &Int8Matrix<'_>,
+        r0: usize,
+        y: &mut [f32],
+        xq: &Int8Blocks,
+        buf: &mut [f32],
+    ) {
+        let (groups, row_bytes) = (m.groups, m.groups * m.gbytes);
+        for (i, yr) in y.iter_mut().enumerate() {
+            let r = r0 + i;
+            if let Some(ahead) = m.scale.get((r + super::PREFETCH_ROWS) * groups) {
+                prefetch(std::ptr::from_ref(ahead).cast());
+            }
+            let row = Int8Row {
+                codes: &m.codes[r * row_bytes..][..row_bytes],
+                bits: m.bits,
+                group: m.group,
+                scale: &m.scale[r * groups..][..groups],
+                offset: &m.offset[r * groups..][..groups],
+                symmetric: m.symmetric,
+                float_min: m.float_min,
+            };
+            // SAFETY: as asserted by `rows_into`, and the features are this function's.
+            *yr = unsafe { int8_row_dot(&row, xq, buf) };
         }
     }
 
@@ -511,6 +555,7 @@ mod simd {
     /// the eight lanes scaled by `f_b` into a float accumulator; one horizontal sum per row.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
     unsafe fn int8_row_dot(row: &Int8Row<'_>, xq: &Int8Blocks, buf: &mut [f32]) -> f32 {
         use std::arch::x86_64::*;
         let per_group = row.group / BLOCK;
