@@ -208,8 +208,20 @@ impl RtnPacked {
         // The AVX-512 kernel takes groups of whole 16-code steps (32 at 4 bits; a shorter last
         // group included), every width from the packed codes.
         let step = if self.bits == 4 { 32 } else { 16 };
-        let direct =
-            simd::available() && self.group.is_multiple_of(step) && self.cols.is_multiple_of(step);
+        if simd::available() && self.group.is_multiple_of(step) && self.cols.is_multiple_of(step) {
+            let m = simd::Matrix {
+                codes: &self.codes,
+                bits: self.bits,
+                gbytes: self.group_bytes,
+                group: self.group,
+                groups,
+                scale: self.scale.reinterpret_cast(),
+                offset: self.offset.reinterpret_cast(),
+                float_min: self.float_min,
+            };
+            m.rows_into(r0, y, sums, x, scales);
+            return;
+        }
         for (i, yr) in y.iter_mut().enumerate() {
             let r = r0 + i;
             let (scale, offset) = (
@@ -217,19 +229,6 @@ impl RtnPacked {
                 &self.offset[r * groups..][..groups],
             );
             let codes = &self.codes[r * groups * self.group_bytes..][..groups * self.group_bytes];
-            if direct {
-                let row = simd::Row {
-                    codes,
-                    bits: self.bits,
-                    gbytes: self.group_bytes,
-                    group: self.group,
-                    scale: scale.reinterpret_cast(),
-                    offset: offset.reinterpret_cast(),
-                    float_min: self.float_min,
-                };
-                *yr = row.dot(sums, x, scales);
-                continue;
-            }
             scale.convert_to_f32_slice(scales);
             offset.convert_to_f32_slice(offsets);
             // Σ_g s_g·k0_g·Σx_g (or Σ_g min_g·Σx_g): the offsets' share, one multiply-add a group.
@@ -677,42 +676,93 @@ mod simd {
         _mm_cvtss_f32(_mm_add_ss(quad, _mm_movehdup_ps(quad))) + base
     }
 
-    /// One row in the kernel's terms: groups of `group` codes of `bits` (1–8) bits (`gbytes`
-    /// bytes apart; the last may be shorter), every group a multiple of 16 codes (32 at 4
-    /// bits); f16 scales and offsets as bits.
-    pub struct Row<'a> {
+    /// A matrix in the kernel's terms: rows of `groups` groups of `group` codes of `bits` (1–8)
+    /// bits (`gbytes` bytes apart; the last may be shorter), every group a multiple of 16
+    /// codes (32 at 4 bits); f16 scales and offsets as bits.
+    pub struct Matrix<'a> {
         pub codes: &'a [u8],
         pub bits: usize,
         pub gbytes: usize,
         pub group: usize,
+        pub groups: usize,
         pub scale: &'a [u16],
         pub offset: &'a [u16],
         /// Offsets are f16 minima, added after the scale.
         pub float_min: bool,
     }
 
-    impl Row<'_> {
-        /// `Σ_g s_g·(Σ_j code_{g,j}·x_{g,j} + k0_g·Σx_g)`; `buf` holds the decoded scales.
-        pub fn dot(&self, sums: &[f32], x: &[f32], buf: &mut [f32]) -> f32 {
+    impl Matrix<'_> {
+        /// Rows `r0..r0 + y.len()` of `W·x`, each `Σ_g s_g·(Σ_j code_{g,j}·x_{g,j} +
+        /// k0_g·Σx_g)`; `buf` holds a row's decoded scales.
+        pub fn rows_into(
+            &self,
+            r0: usize,
+            y: &mut [f32],
+            sums: &[f32],
+            x: &[f32],
+            buf: &mut [f32],
+        ) {
             #[cfg(target_arch = "x86_64")]
             {
-                let (bits, group, groups) = (self.bits, self.group, self.scale.len());
+                let (bits, group, groups) = (self.bits, self.group, self.groups);
+                let end = r0 + y.len();
                 assert!(available() && (1..=8).contains(&bits));
                 let step = if bits == 4 { 32 } else { 16 };
                 assert!(group.is_multiple_of(step) && x.len().is_multiple_of(step));
                 assert!(x.len().div_ceil(group) == groups && groups > 0);
-                assert!(self.offset.len() == groups && sums.len() >= groups && buf.len() >= groups);
-                let last = x.len() - (groups - 1) * group;
-                assert!(self.codes.len() >= (groups - 1) * self.gbytes + last * bits / 8);
+                assert!(self.gbytes == (group * bits).div_ceil(8));
+                assert!(self.scale.len() >= end * groups && self.offset.len() >= end * groups);
+                assert!(sums.len() >= groups && buf.len() >= groups);
+                assert!(self.codes.len() >= end * groups * self.gbytes);
                 // SAFETY: AVX-512F/BW are present; the loads stay within the lengths asserted
                 // above.
-                unsafe { row_dot_avx512(self, sums, x, buf) }
+                unsafe { rows_avx512(self, r0, y, sums, x, buf) }
             }
             #[cfg(not(target_arch = "x86_64"))]
             {
-                let _ = (sums, x, buf);
+                let _ = (r0, y, sums, x, buf);
                 unreachable!("the AVX-512 kernel is only dispatched on x86_64");
             }
+        }
+    }
+
+    /// One row's view of a [`Matrix`].
+    struct Row<'a> {
+        codes: &'a [u8],
+        bits: usize,
+        gbytes: usize,
+        group: usize,
+        scale: &'a [u16],
+        offset: &'a [u16],
+        float_min: bool,
+    }
+
+    /// [`Matrix::rows_into`] row by row, in one call (per-row checks cost as much as a short
+    /// row's products).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn rows_avx512(
+        m: &Matrix<'_>,
+        r0: usize,
+        y: &mut [f32],
+        sums: &[f32],
+        x: &[f32],
+        buf: &mut [f32],
+    ) {
+        let (groups, row_bytes) = (m.groups, m.groups * m.gbytes);
+        for (i, yr) in y.iter_mut().enumerate() {
+            let r = r0 + i;
+            let row = Row {
+                codes: &m.codes[r * row_bytes..][..row_bytes],
+                bits: m.bits,
+                gbytes: m.gbytes,
+                group: m.group,
+                scale: &m.scale[r * groups..][..groups],
+                offset: &m.offset[r * groups..][..groups],
+                float_min: m.float_min,
+            };
+            // SAFETY: as asserted by `rows_into`, and the features are this function's.
+            *yr = unsafe { row_dot_avx512(&row, sums, x, buf) };
         }
     }
 
@@ -720,6 +770,7 @@ mod simd {
     /// the way), then the codes' dot products group by group.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
     unsafe fn row_dot_avx512(row: &Row<'_>, sums: &[f32], x: &[f32], buf: &mut [f32]) -> f32 {
         use std::arch::x86_64::*;
         let groups = row.scale.len();
