@@ -166,6 +166,20 @@ pub fn recipe_from_mergekit(text: &str) -> anyhow::Result<(Recipe, Vec<String>)>
         .as_ref()
         .and_then(|p| p.get("normalize"))
         .and_then(serde_yaml_ng::Value::as_bool);
+    let densities: Vec<f64> = models
+        .iter()
+        .map(|m| number(m.parameters.as_ref(), "density").unwrap_or(1.0))
+        .collect();
+    let density = || -> anyhow::Result<Option<f64>> {
+        anyhow::ensure!(
+            densities.windows(2).all(|w| (w[0] - w[1]).abs() < 1e-12),
+            "mergekit densities {densities:?} differ between models: one density is supported"
+        );
+        Ok(Some(densities[0]))
+    };
+    // TIES and DARE divide by the weights' sum unless `normalize: false`.
+    let normalized = normalize != Some(false);
+    let mut merge_density = None;
     let (method, alpha) = match config.merge_method.as_str() {
         "linear" => {
             anyhow::ensure!(
@@ -189,9 +203,36 @@ pub fn recipe_from_mergekit(text: &str) -> anyhow::Result<(Recipe, Vec<String>)>
             };
             (MergeMethod::TaskArithmetic, lambda)
         }
+        "ties" => {
+            anyhow::ensure!(
+                equal && normalized,
+                "mergekit `ties` with unequal weights {weights:?} or `normalize: false`: the \
+                 mean of the agreeing entries (equal weights, normalized) is supported"
+            );
+            merge_density = density()?;
+            (MergeMethod::Ties, 1.0)
+        }
+        "dare_linear" => {
+            anyhow::ensure!(
+                equal,
+                "mergekit `dare_linear` with unequal weights {weights:?}: one weight for every \
+                 model is supported"
+            );
+            merge_density = density()?;
+            let sum: f64 = weights.iter().sum();
+            let lambda = if normalized {
+                weights[0] / sum
+            } else {
+                weights[0]
+            };
+            notes
+                .push("DARE's random masks are ours (seeded by the recipe), not mergekit's".into());
+            (MergeMethod::Dare, lambda)
+        }
         other => anyhow::bail!(
             "mergekit method `{other}` is not one we run (linear with equal weights, \
-             task_arithmetic with one weight; TIES and DARE are not implemented yet)"
+             task_arithmetic with one weight, ties with equal weights, dare_linear with one \
+             weight)"
         ),
     };
     if let Some(b) = &base {
@@ -204,6 +245,7 @@ pub fn recipe_from_mergekit(text: &str) -> anyhow::Result<(Recipe, Vec<String>)>
             models: models.iter().map(|m| m.model.clone()).collect(),
             method,
             alpha,
+            density: merge_density,
         }),
         ..Recipe::default()
     };
@@ -258,12 +300,26 @@ mod tests {
                 .to_string()
                 .contains("unequal")
         );
-        let ties = "merge_method: ties\nmodels:\n  - model: a\n";
+        let ties = "merge_method: ties\nbase_model: base\nmodels:\n  - model: a\n    parameters: {weight: 1.0, density: 0.3}\n  - model: b\n    parameters: {weight: 1.0, density: 0.3}\n";
+        let m = recipe_from_mergekit(ties).unwrap().0.merge.unwrap();
+        assert_eq!(
+            (m.method, m.alpha, m.density),
+            (MergeMethod::Ties, 1.0, Some(0.3))
+        );
+        let unnormalized = format!("{ties}parameters: {{normalize: false}}\n");
+        assert!(recipe_from_mergekit(&unnormalized).is_err());
+        let dare = "merge_method: dare_linear\nmodels:\n  - model: a\n    parameters: {weight: 1.0, density: 0.5}\n  - model: b\n    parameters: {weight: 1.0, density: 0.5}\n";
+        let m = recipe_from_mergekit(dare).unwrap().0.merge.unwrap();
+        assert_eq!(
+            (m.method, m.alpha, m.density),
+            (MergeMethod::Dare, 0.5, Some(0.5))
+        );
+        let slerp = "merge_method: slerp\nmodels:\n  - model: a\n";
         assert!(
-            recipe_from_mergekit(ties)
+            recipe_from_mergekit(slerp)
                 .unwrap_err()
                 .to_string()
-                .contains("ties")
+                .contains("slerp")
         );
         assert!(recipe_from_mergekit("merge_method: [").is_err());
     }

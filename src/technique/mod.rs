@@ -143,7 +143,7 @@ pub fn apply_with_merge_hook(
         ..TechniqueSummary::default()
     };
     if let Some(step) = &recipe.merge {
-        model = merge::apply_merge(&model, step, progress, on_merge_step)?;
+        model = merge::apply_merge(&model, step, recipe.seed, progress, on_merge_step)?;
         summary.merged_models = step.models.len();
     }
     if let Some(step) = &recipe.flatten {

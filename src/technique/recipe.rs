@@ -209,9 +209,24 @@ pub struct MergeStep {
     pub models: Vec<String>,
     #[serde(default)]
     pub method: MergeMethod,
-    /// OPCM's α or task arithmetic's λ.
+    /// OPCM's α; the λ that scales the merged task vector of task arithmetic, TIES and DARE.
     #[serde(default = "default_alpha")]
     pub alpha: f64,
+    /// TIES: the fraction of each task vector kept, its largest magnitudes (default 0.2);
+    /// DARE: the fraction kept at random, the survivors scaled by its inverse (default 0.5).
+    /// mergekit's `density`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub density: Option<f64>,
+}
+
+impl MergeStep {
+    /// The density the method uses (see [`Self::density`]).
+    pub fn density(&self) -> f64 {
+        self.density.unwrap_or(match self.method {
+            MergeMethod::Ties => 0.2,
+            _ => 0.5,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -221,6 +236,11 @@ pub enum MergeMethod {
     Opcm,
     TaskArithmetic,
     Average,
+    /// TIES-merging: trim each task vector to its largest entries, elect each parameter's sign
+    /// by the sum, average the entries that agree with it.
+    Ties,
+    /// DARE: drop task-vector entries at random and rescale the rest, then task arithmetic.
+    Dare,
 }
 
 fn default_alpha() -> f64 {

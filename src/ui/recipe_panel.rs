@@ -643,6 +643,7 @@ fn merge_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             models: Vec::new(),
             method: MergeMethod::Opcm,
             alpha: 0.5,
+            density: None,
         })));
     }
     let Some(m) = merge else { return };
@@ -684,6 +685,8 @@ fn merge_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             MergeMethod::Opcm,
             MergeMethod::TaskArithmetic,
             MergeMethod::Average,
+            MergeMethod::Ties,
+            MergeMethod::Dare,
         ] {
             if ui
                 .selectable_label(m.method == meth, format!("{meth:?}"))
@@ -706,6 +709,27 @@ fn merge_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             .changed()
         {
             out.push(Command::SetMerge(Some(MergeStep { alpha, ..m.clone() })));
+        }
+        if matches!(m.method, MergeMethod::Ties | MergeMethod::Dare) {
+            ui.label("density");
+            let mut density = m.density();
+            if ui
+                .add(
+                    egui::DragValue::new(&mut density)
+                        .range(0.01..=1.0)
+                        .speed(0.01),
+                )
+                .on_hover_text(
+                    "TIES: fraction of each task vector kept, its largest entries. DARE: \
+                     fraction kept at random, the rest scaled up to make up for it.",
+                )
+                .changed()
+            {
+                out.push(Command::SetMerge(Some(MergeStep {
+                    density: Some(density),
+                    ..m.clone()
+                })));
+            }
         }
     });
 }
