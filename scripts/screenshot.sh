@@ -89,6 +89,16 @@ panel pareto
 screenshot $out/small-pareto.png
 panel history
 screenshot $out/small-history.png
+window 1280 800
+open zoo:base
+eval 2 64 20
+recipe experiments/recipes/merge-avg.toml
+run
+wait-jobs
+select-last
+panel history
+frames 10
+screenshot $out/merge-timeline.png
 quit
 DEMO
 
@@ -105,6 +115,7 @@ for panel in model recipe jobs pareto history; do
     test -s "$out/$size$panel.png" || { echo "missing $out/$size$panel.png" >&2; exit 1; }
   done
 done
+test -s "$out/merge-timeline.png" || { echo "missing $out/merge-timeline.png" >&2; exit 1; }
 # The Pareto panel's own exports: a PNG cropped to the plot, and an SVG with every point.
 for f in plot.png plot.svg; do
   test -s "$work/$f" || { echo "the plot export $f was not written" >&2; exit 1; }

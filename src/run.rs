@@ -146,11 +146,13 @@ pub struct RunReport {
     pub notes: Vec<String>,
 }
 
-/// The merge after one step: what was folded in and, on zoo models, every task's accuracy.
+/// The merge after one step: what was folded in, its perplexity on the evaluation text and, on
+/// zoo models, every task's accuracy.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MergeTimelineStep {
     #[serde(flatten)]
     pub info: MergeStepInfo,
+    pub ppl: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tasks: Option<BTreeMap<String, f64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -187,6 +189,10 @@ pub fn run(
     let calib_tokens = base.tokenizer.encode(&calib_text, true)?;
     let ctx = PerplexityOptions::ctx_or_default(req.ctx, base.config().max_position_embeddings);
     let calib = req.calib.within_ctx(ctx);
+    let opts = PerplexityOptions {
+        ctx,
+        chunks: req.chunks,
+    };
     let mut steps = Vec::new();
     let compressed = apply_with_merge_hook(
         base,
@@ -205,18 +211,16 @@ pub fn run(
             } else {
                 None
             };
+            let (step_report, _) = score(merged, &domains, opts, None, &mut |_, _| true)?;
             steps.push(MergeTimelineStep {
                 info: info.clone(),
+                ppl: step_report.ppl,
                 task_acc_mean: tasks.as_ref().map(mean),
                 tasks,
             });
             Ok(())
         },
     )?;
-    let opts = PerplexityOptions {
-        ctx,
-        chunks: req.chunks,
-    };
     let (base_report, _) = score(base, &domains, opts, None, &mut |d, t| {
         progress("evaluating base", d, t)
     })?;

@@ -199,6 +199,15 @@ impl DemoScript {
                     })),
                 });
             }
+            "recipe" => {
+                let path = arg(0)?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("demo: reading {path}: {e}"))?;
+                s.apply(Command::SetRecipe(
+                    crate::technique::recipe::Recipe::from_toml(&text)
+                        .map_err(|e| anyhow::anyhow!("demo: {path}: {e}"))?,
+                ));
+            }
             "clear" => s.apply(Command::SetRecipe(
                 crate::technique::recipe::Recipe::default(),
             )),

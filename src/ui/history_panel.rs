@@ -13,8 +13,8 @@ use super::command::Command;
 use super::history_query::query_rows;
 use super::pareto_panel::{filters_ui, run_actions_ui};
 use super::runs::{
-    RunFilter, RunTable, format_metric, format_value, front_2d, maximize, metric_deltas,
-    steps_table,
+    RunFilter, RunTable, TimelineSeries, format_metric, format_value, front_2d, maximize,
+    metric_deltas, steps_table, timeline_series,
 };
 use super::shell::{a11y_label, tag_entry_ui};
 use super::studio::Studio;
@@ -317,6 +317,14 @@ fn details_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     if let Some(e) = &r.error {
         ui.colored_label(theme::ERROR, e);
     }
+    // A merge's timeline first: it is what such a run is opened for.
+    if let Some(series) = r
+        .steps_json
+        .as_deref()
+        .and_then(|j| timeline_series(j).ok())
+    {
+        timeline_chart(ui, &r.id, &series);
+    }
     ui.horizontal_wrapped(|ui| {
         ui.label("Tags");
         for t in &r.tags {
@@ -394,6 +402,48 @@ fn details_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             }
         }
     }
+}
+
+/// Task accuracy (each task, and their mean in bold) and perplexity after each merge step,
+/// side by side: where a method starts forgetting.
+fn timeline_chart(ui: &mut egui::Ui, run_id: &str, series: &TimelineSeries) {
+    let height = 120.0;
+    ui.horizontal(|ui| {
+        let width = (ui.available_width() / 2.0 - 8.0).max(120.0);
+        if !series.accuracy.is_empty() {
+            Plot::new(format!("timeline-acc-{run_id}"))
+                .width(width)
+                .height(height)
+                .x_axis_label("models merged")
+                .y_axis_label("task accuracy")
+                .include_y(0.0)
+                .include_y(1.0)
+                .legend(Legend::default())
+                .show(ui, |plot| {
+                    for (name, pts) in &series.accuracy {
+                        let line = Line::new(name.clone(), pts.clone());
+                        let line = if name == "mean" {
+                            line.width(3.0)
+                        } else {
+                            line
+                        };
+                        plot.line(line);
+                        plot.points(Points::new(name.clone(), pts.clone()).radius(3.0));
+                    }
+                });
+        }
+        if !series.ppl.is_empty() {
+            Plot::new(format!("timeline-ppl-{run_id}"))
+                .width(width)
+                .height(height)
+                .x_axis_label("models merged")
+                .y_axis_label("perplexity")
+                .show(ui, |plot| {
+                    plot.line(Line::new("ppl", series.ppl.clone()));
+                    plot.points(Points::new("ppl", series.ppl.clone()).radius(3.0));
+                });
+        }
+    });
 }
 
 /// A tagged set's points on the Pareto axes, its front and (for the hypervolume) its points.

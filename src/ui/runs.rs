@@ -396,6 +396,50 @@ pub fn steps_table(steps_json: &str) -> Result<(Vec<String>, Vec<Vec<String>>), 
     Ok((cols, rows))
 }
 
+/// A continual-merge run's timeline as chart series: each task's accuracy and their mean
+/// against the step, and the perplexity after each step (absent in runs stored before it was
+/// recorded).
+#[derive(Debug, Default, PartialEq)]
+pub struct TimelineSeries {
+    /// (name, points) per task, then `mean`.
+    pub accuracy: Vec<(String, Vec<[f64; 2]>)>,
+    pub ppl: Vec<[f64; 2]>,
+}
+
+pub fn timeline_series(steps_json: &str) -> Result<TimelineSeries, String> {
+    let v: serde_json::Value = serde_json::from_str(steps_json).map_err(|e| e.to_string())?;
+    let serde_json::Value::Array(steps) = v else {
+        return Err("a timeline is a list of steps".into());
+    };
+    let mut out = TimelineSeries::default();
+    let mut mean = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        let step = s
+            .get("step")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or((i + 1) as f64);
+        if let Some(serde_json::Value::Object(tasks)) = s.get("tasks") {
+            for (task, acc) in tasks {
+                let Some(acc) = acc.as_f64() else { continue };
+                match out.accuracy.iter_mut().find(|(n, _)| n == task) {
+                    Some((_, pts)) => pts.push([step, acc]),
+                    None => out.accuracy.push((task.clone(), vec![[step, acc]])),
+                }
+            }
+        }
+        if let Some(m) = s.get("task_acc_mean").and_then(serde_json::Value::as_f64) {
+            mean.push([step, m]);
+        }
+        if let Some(p) = s.get("ppl").and_then(serde_json::Value::as_f64) {
+            out.ppl.push([step, p]);
+        }
+    }
+    if !mean.is_empty() {
+        out.accuracy.push(("mean".into(), mean));
+    }
+    Ok(out)
+}
+
 fn cell_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
@@ -481,6 +525,23 @@ pub fn human_bytes(b: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeline_becomes_one_series_per_task_their_mean_and_the_perplexity() {
+        let json = r#"[
+            {"step": 1, "model": "zoo:a", "ppl": 3.5, "tasks": {"a": 0.9, "b": 0.1}, "task_acc_mean": 0.5},
+            {"step": 2, "model": "zoo:b", "ppl": 4.0, "tasks": {"a": 0.6, "b": 0.8}, "task_acc_mean": 0.7}
+        ]"#;
+        let t = timeline_series(json).unwrap();
+        let names: Vec<&str> = t.accuracy.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b", "mean"]);
+        assert_eq!(t.accuracy[1].1, [[1.0, 0.1], [2.0, 0.8]]);
+        assert_eq!(t.ppl, [[1.0, 3.5], [2.0, 4.0]]);
+        // A run stored before per-step perplexity, without tasks: no series, no error.
+        let old = timeline_series(r#"[{"step": 1, "model": "m", "lambda": 1.0}]"#).unwrap();
+        assert_eq!(old, TimelineSeries::default());
+        assert!(timeline_series("{").is_err());
+    }
 
     #[test]
     fn the_evaluated_text_is_named_from_the_stored_settings() {
