@@ -139,20 +139,36 @@ pub fn measure(
         run_tool(&tools.perplexity, &args)?;
         let mut args = common(exported);
         args.push("--kl-divergence".into());
-        let log = run_tool(&tools.perplexity, &args)?;
+        // llama.cpp prints through a logging thread, and on a loaded machine its last lines
+        // (the statistics) are sometimes lost at exit although the run succeeded: ask again.
+        let mut log = String::new();
+        let mut parsed = None;
+        for _ in 0..3 {
+            log = run_tool(&tools.perplexity, &args)?;
+            parsed = (|| {
+                Some((
+                    stat(&log, "Mean PPL(Q)")?,
+                    stat(&log, "Mean    KLD")?,
+                    stat(&log, "Same top p")? / 100.0,
+                ))
+            })();
+            if parsed.is_some() {
+                break;
+            }
+        }
         let _ = std::fs::remove_file(&logits);
-        let missing = || {
+        let Some((ppl, kld_mean, top1_agree)) = parsed else {
             let tail: Vec<&str> = log.lines().rev().take(12).collect();
-            format!(
-                "llama-perplexity printed no KL-divergence statistics for {name}:\n{}",
+            anyhow::bail!(
+                "llama-perplexity printed no KL-divergence statistics for {name} (3 tries):\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )
+            );
         };
         domains.push(DeployedDomain {
             name: name.clone(),
-            ppl: stat(&log, "Mean PPL(Q)").with_context(missing)?,
-            kld_mean: stat(&log, "Mean    KLD").with_context(missing)?,
-            top1_agree: stat(&log, "Same top p").with_context(missing)? / 100.0,
+            ppl,
+            kld_mean,
+            top1_agree,
         });
     }
     anyhow::ensure!(!domains.is_empty(), "no text to measure the export on");
