@@ -209,17 +209,7 @@ impl RtnPacked {
         // group included), every width from the packed codes.
         let step = if self.bits == 4 { 32 } else { 16 };
         if simd::available() && self.group.is_multiple_of(step) && self.cols.is_multiple_of(step) {
-            let m = simd::Matrix {
-                codes: &self.codes,
-                bits: self.bits,
-                gbytes: self.group_bytes,
-                group: self.group,
-                groups,
-                scale: self.scale.reinterpret_cast(),
-                offset: self.offset.reinterpret_cast(),
-                float_min: self.float_min,
-            };
-            m.rows_into(r0, y, sums, x, scales);
+            self.matrix().rows_into(r0, y, sums, x, scales);
             return;
         }
         for (i, yr) in y.iter_mut().enumerate() {
@@ -259,6 +249,21 @@ impl RtnPacked {
 const PREFETCH_ROWS: usize = 4;
 
 impl RtnPacked {
+    /// The matrix in the vector kernels' terms.
+    fn matrix(&self) -> simd::Matrix<'_> {
+        simd::Matrix {
+            codes: &self.codes,
+            bits: self.bits,
+            gbytes: self.group_bytes,
+            group: self.group,
+            groups: self.groups(),
+            scale: self.scale.reinterpret_cast(),
+            offset: self.offset.reinterpret_cast(),
+            symmetric: self.symmetric,
+            float_min: self.float_min,
+        }
+    }
+
     /// Whether products on int8 activations run the VNNI kernel (4- and 8-bit codes, groups
     /// of whole activation blocks).
     fn int8_direct(&self) -> bool {
@@ -295,18 +300,7 @@ impl RtnPacked {
         let direct = self.int8_direct();
         scratch.resize(if direct { xq.scales.len() } else { 2 * groups }, 0.0);
         if direct {
-            let m = simd::Int8Matrix {
-                codes: &self.codes,
-                bits: self.bits,
-                gbytes: self.group_bytes,
-                group: self.group,
-                groups,
-                scale: self.scale.reinterpret_cast(),
-                offset: self.offset.reinterpret_cast(),
-                symmetric: self.symmetric,
-                float_min: self.float_min,
-            };
-            m.rows_into(r0, y, xq, scratch);
+            self.matrix().int8_rows_into(r0, y, xq, scratch);
             return;
         }
         for (i, yr) in y.iter_mut().enumerate() {
@@ -461,27 +455,11 @@ mod simd {
         }
     }
 
-    /// A matrix of 4- or 8-bit codes, rows of `groups` groups of `gbytes` bytes, multiplied
-    /// with int8 activations; groups are whole activation blocks. f16 scales and offsets as
-    /// bits (offsets are integers, or minima).
-    pub struct Int8Matrix<'a> {
-        pub codes: &'a [u8],
-        pub bits: usize,
-        pub gbytes: usize,
-        pub group: usize,
-        pub groups: usize,
-        pub scale: &'a [u16],
-        pub offset: &'a [u16],
-        /// Every offset is `−2^(bits−1)`: not read.
-        pub symmetric: bool,
-        /// Offsets are f16 minima, added after the scale.
-        pub float_min: bool,
-    }
-
-    impl Int8Matrix<'_> {
-        /// Rows `r0..r0 + y.len()` of the product with `xq` (4-bit rows: `xq` in the kernel's
+    impl Matrix<'_> {
+        /// Rows `r0..r0 + y.len()` of the product with int8 activations `xq` (4- or 8-bit
+        /// codes, groups of whole activation blocks; 4-bit rows take `xq` in the kernel's
         /// order, see `RtnPacked::prepare_int8`); `buf` holds one factor per activation block.
-        pub fn rows_into(&self, r0: usize, y: &mut [f32], xq: &Int8Blocks, buf: &mut [f32]) {
+        pub fn int8_rows_into(&self, r0: usize, y: &mut [f32], xq: &Int8Blocks, buf: &mut [f32]) {
             #[cfg(target_arch = "x86_64")]
             {
                 let (cols, blocks) = (xq.q.len(), xq.scales.len());
@@ -506,45 +484,24 @@ mod simd {
         }
     }
 
-    /// One row's view of an [`Int8Matrix`].
-    struct Int8Row<'a> {
-        codes: &'a [u8],
-        bits: usize,
-        group: usize,
-        scale: &'a [u16],
-        offset: &'a [u16],
-        symmetric: bool,
-        float_min: bool,
-    }
-
-    /// [`Int8Matrix::rows_into`] row by row; the scales, a stream of their own and a few bytes a
-    /// row, are fetched a few rows ahead.
+    /// [`Matrix::int8_rows_into`] row by row; the scales, a stream of their own and a few bytes
+    /// a row, are fetched a few rows ahead.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn int8_rows(
-        m: &Int8Matrix<'_>,
+        m: &Matrix<'_>,
         r0: usize,
         y: &mut [f32],
         xq: &Int8Blocks,
         buf: &mut [f32],
     ) {
-        let (groups, row_bytes) = (m.groups, m.groups * m.gbytes);
         for (i, yr) in y.iter_mut().enumerate() {
             let r = r0 + i;
-            if let Some(ahead) = m.scale.get((r + super::PREFETCH_ROWS) * groups) {
+            if let Some(ahead) = m.scale.get((r + super::PREFETCH_ROWS) * m.groups) {
                 prefetch(std::ptr::from_ref(ahead).cast());
             }
-            let row = Int8Row {
-                codes: &m.codes[r * row_bytes..][..row_bytes],
-                bits: m.bits,
-                group: m.group,
-                scale: &m.scale[r * groups..][..groups],
-                offset: &m.offset[r * groups..][..groups],
-                symmetric: m.symmetric,
-                float_min: m.float_min,
-            };
-            // SAFETY: as asserted by `rows_into`, and the features are this function's.
-            *yr = unsafe { int8_row_dot(&row, xq, buf) };
+            // SAFETY: as asserted by `int8_rows_into`, and the features are this function's.
+            *yr = unsafe { int8_row_dot(&m.row(r), xq, buf) };
         }
     }
 
@@ -555,7 +512,7 @@ mod simd {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    unsafe fn int8_row_dot(row: &Int8Row<'_>, xq: &Int8Blocks, buf: &mut [f32]) -> f32 {
+    unsafe fn int8_row_dot(row: &Row<'_>, xq: &Int8Blocks, buf: &mut [f32]) -> f32 {
         use std::arch::x86_64::*;
         let per_group = row.group / BLOCK;
         let blocks = xq.scales.len();
@@ -676,9 +633,9 @@ mod simd {
         _mm_cvtss_f32(_mm_add_ss(quad, _mm_movehdup_ps(quad))) + base
     }
 
-    /// A matrix in the kernel's terms: rows of `groups` groups of `group` codes of `bits` (1–8)
-    /// bits (`gbytes` bytes apart; the last may be shorter), every group a multiple of 16
-    /// codes (32 at 4 bits); f16 scales and offsets as bits.
+    /// A matrix in the kernels' terms: rows of `groups` groups of `group` codes of `bits` (1–8)
+    /// bits (`gbytes` bytes apart; the last may be shorter); f16 scales and offsets as bits
+    /// (offsets are integers, or minima).
     pub struct Matrix<'a> {
         pub codes: &'a [u8],
         pub bits: usize,
@@ -687,13 +644,33 @@ mod simd {
         pub groups: usize,
         pub scale: &'a [u16],
         pub offset: &'a [u16],
+        /// Every offset is `−2^(bits−1)`: the int8 kernel does not read them.
+        pub symmetric: bool,
         /// Offsets are f16 minima, added after the scale.
         pub float_min: bool,
     }
 
+    impl<'a> Matrix<'a> {
+        /// Row `r`'s view.
+        fn row(&self, r: usize) -> Row<'a> {
+            let (groups, row_bytes) = (self.groups, self.groups * self.gbytes);
+            Row {
+                codes: &self.codes[r * row_bytes..][..row_bytes],
+                bits: self.bits,
+                gbytes: self.gbytes,
+                group: self.group,
+                scale: &self.scale[r * groups..][..groups],
+                offset: &self.offset[r * groups..][..groups],
+                symmetric: self.symmetric,
+                float_min: self.float_min,
+            }
+        }
+    }
+
     impl Matrix<'_> {
         /// Rows `r0..r0 + y.len()` of `W·x`, each `Σ_g s_g·(Σ_j code_{g,j}·x_{g,j} +
-        /// k0_g·Σx_g)`; `buf` holds a row's decoded scales.
+        /// k0_g·Σx_g)`, every group a multiple of 16 codes (32 at 4 bits); `buf` holds a row's
+        /// decoded scales.
         pub fn rows_into(
             &self,
             r0: usize,
@@ -734,6 +711,7 @@ mod simd {
         group: usize,
         scale: &'a [u16],
         offset: &'a [u16],
+        symmetric: bool,
         float_min: bool,
     }
 
@@ -749,20 +727,9 @@ mod simd {
         x: &[f32],
         buf: &mut [f32],
     ) {
-        let (groups, row_bytes) = (m.groups, m.groups * m.gbytes);
         for (i, yr) in y.iter_mut().enumerate() {
-            let r = r0 + i;
-            let row = Row {
-                codes: &m.codes[r * row_bytes..][..row_bytes],
-                bits: m.bits,
-                gbytes: m.gbytes,
-                group: m.group,
-                scale: &m.scale[r * groups..][..groups],
-                offset: &m.offset[r * groups..][..groups],
-                float_min: m.float_min,
-            };
             // SAFETY: as asserted by `rows_into`, and the features are this function's.
-            *yr = unsafe { row_dot_avx512(&row, sums, x, buf) };
+            *yr = unsafe { row_dot_avx512(&m.row(r0 + i), sums, x, buf) };
         }
     }
 
