@@ -73,6 +73,12 @@ pub enum Command {
     SetBoxSelection(Vec<String>),
     /// Load a run's recipe into the editor.
     LoadRunRecipe(String),
+    /// Load a merge run's recipe stopped after its `step`-th model (1-based) into the editor:
+    /// the intermediate model of its timeline, to run or build on.
+    LoadMergeStep {
+        id: String,
+        step: usize,
+    },
     AddTag {
         ids: Vec<String>,
         tag: String,

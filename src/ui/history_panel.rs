@@ -323,7 +323,7 @@ fn details_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         .as_deref()
         .and_then(|j| timeline_series(j).ok())
     {
-        timeline_chart(ui, &r.id, &series);
+        timeline_chart(ui, &r.id, &series, out);
     }
     ui.horizontal_wrapped(|ui| {
         ui.label("Tags");
@@ -405,13 +405,36 @@ fn details_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
 }
 
 /// Task accuracy (each task, and their mean in bold) and perplexity after each merge step,
-/// side by side: where a method starts forgetting.
-fn timeline_chart(ui: &mut egui::Ui, run_id: &str, series: &TimelineSeries) {
+/// side by side: where a method starts forgetting. Clicking a step loads the merge up to it.
+fn timeline_chart(
+    ui: &mut egui::Ui,
+    run_id: &str,
+    series: &TimelineSeries,
+    out: &mut Vec<Command>,
+) {
     let height = 120.0;
+    let steps = series
+        .accuracy
+        .iter()
+        .flat_map(|(_, p)| p)
+        .chain(&series.ppl)
+        .fold(0.0f64, |m, p| m.max(p[0]));
+    let mut clicked = |resp: egui_plot::PlotResponse<()>| {
+        let pos = resp.response.interact_pointer_pos();
+        if let (true, Some(pos)) = (resp.response.clicked(), pos) {
+            let step = resp.transform.value_from_position(pos).x.round();
+            if step >= 1.0 && step <= steps {
+                out.push(Command::LoadMergeStep {
+                    id: run_id.to_string(),
+                    step: step as usize,
+                });
+            }
+        }
+    };
     ui.horizontal(|ui| {
         let width = (ui.available_width() / 2.0 - 8.0).max(120.0);
         if !series.accuracy.is_empty() {
-            Plot::new(format!("timeline-acc-{run_id}"))
+            let resp = Plot::new(format!("timeline-acc-{run_id}"))
                 .width(width)
                 .height(height)
                 .x_axis_label("models merged")
@@ -431,9 +454,10 @@ fn timeline_chart(ui: &mut egui::Ui, run_id: &str, series: &TimelineSeries) {
                         plot.points(Points::new(name.clone(), pts.clone()).radius(3.0));
                     }
                 });
+            clicked(resp);
         }
         if !series.ppl.is_empty() {
-            Plot::new(format!("timeline-ppl-{run_id}"))
+            let resp = Plot::new(format!("timeline-ppl-{run_id}"))
                 .width(width)
                 .height(height)
                 .x_axis_label("models merged")
@@ -442,6 +466,7 @@ fn timeline_chart(ui: &mut egui::Ui, run_id: &str, series: &TimelineSeries) {
                     plot.line(Line::new("ppl", series.ppl.clone()));
                     plot.points(Points::new("ppl", series.ppl.clone()).radius(3.0));
                 });
+            clicked(resp);
         }
     });
 }

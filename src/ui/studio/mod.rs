@@ -277,7 +277,8 @@ impl Studio {
             // Runs and the views over them.
             Command::SelectRun(id) => self.state.selected_run = id,
             Command::SetBoxSelection(ids) => self.views.box_selection = ids,
-            Command::LoadRunRecipe(id) => self.load_run_recipe(&id),
+            Command::LoadRunRecipe(id) => self.load_run_recipe(&id, None),
+            Command::LoadMergeStep { id, step } => self.load_run_recipe(&id, Some(step)),
             Command::AddTag { ids, tag } => self.change_tags(&ids, &tag, true),
             Command::RemoveTag { id, tag } => self.change_tags(&[id], &tag, false),
             Command::ReloadStore => self.reload_store(),

@@ -150,16 +150,25 @@ impl Studio {
         }
     }
 
-    pub(super) fn load_run_recipe(&mut self, id: &str) {
+    /// Loads run `id`'s recipe into the editor; with `merge_step`, its merge stopped after that
+    /// many models.
+    pub(super) fn load_run_recipe(&mut self, id: &str, merge_step: Option<usize>) {
         let Some(i) = self.runs.index_of(id) else {
             self.notice_error(format!("no run {id}"));
             return;
         };
         match self.runs.rows[i].recipe() {
-            Ok(r) => {
+            Ok(mut r) => {
+                let what = match (merge_step, r.merge.as_mut()) {
+                    (Some(step), Some(m)) => {
+                        m.models.truncate(step.max(1));
+                        format!("the merge of run {id} up to step {}", m.models.len())
+                    }
+                    _ => format!("the recipe of run {id}"),
+                };
                 self.recipe.editor.set(r);
                 self.state.panel = Panel::Recipe;
-                self.notice(format!("loaded the recipe of run {id} into the editor"));
+                self.notice(format!("loaded {what} into the editor"));
             }
             Err(e) => self.notice_error(format!("run {id}: {e}")),
         }
