@@ -72,7 +72,10 @@ ours() {
     python3 - "$out" "$(basename "$r" .toml)" "${domains[@]}" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); name = sys.argv[2]; domains = sys.argv[3:]
-per = " | ".join(f"{d[f'kld_mean@{x}']:.4f}" for x in domains)
+# `--no-store` prints the run's report (per-domain values under `domains`); a stored run's
+# record has them as `kld_mean@DOMAIN`.
+kld = lambda x: d["domains"][x]["kld_mean"] if "domains" in d else d[f"kld_mean@{x}"]
+per = " | ".join(f"{kld(x):.4f}" for x in domains)
 print(f"| {name} | {d['bytes']:,} | {d['ppl']:.3f} | {d['kld_mean']:.4f} | {100*d['top1_agree']:.1f} % | {per} |")
 PY
   done
