@@ -177,8 +177,16 @@ pub fn recipe_from_mergekit(text: &str) -> anyhow::Result<(Recipe, Vec<String>)>
         );
         Ok(Some(densities[0]))
     };
-    // TIES and DARE divide by the weights' sum unless `normalize: false`.
-    let normalized = normalize != Some(false);
+    // One weight for every model is one λ: divided by the weights' sum when the method
+    // normalizes (`normalize`, which defaults to true for `ties` only).
+    let lambda = |normalized: bool| {
+        let sum: f64 = weights.iter().sum();
+        if normalized {
+            weights[0] / sum
+        } else {
+            weights[0]
+        }
+    };
     let mut merge_density = None;
     let (method, alpha) = match config.merge_method.as_str() {
         "linear" => {
@@ -195,17 +203,11 @@ pub fn recipe_from_mergekit(text: &str) -> anyhow::Result<(Recipe, Vec<String>)>
                 "mergekit `task_arithmetic` with unequal weights {weights:?}: one λ for every \
                  model is supported"
             );
-            let sum: f64 = weights.iter().sum();
-            let lambda = if normalize == Some(true) {
-                weights[0] / sum
-            } else {
-                weights[0]
-            };
-            (MergeMethod::TaskArithmetic, lambda)
+            (MergeMethod::TaskArithmetic, lambda(normalize == Some(true)))
         }
         "ties" => {
             anyhow::ensure!(
-                equal && normalized,
+                equal && normalize != Some(false),
                 "mergekit `ties` with unequal weights {weights:?} or `normalize: false`: the \
                  mean of the agreeing entries (equal weights, normalized) is supported"
             );
@@ -219,15 +221,13 @@ pub fn recipe_from_mergekit(text: &str) -> anyhow::Result<(Recipe, Vec<String>)>
                  model is supported"
             );
             merge_density = density()?;
-            let sum: f64 = weights.iter().sum();
-            let lambda = if normalized {
-                weights[0] / sum
-            } else {
-                weights[0]
-            };
-            notes
-                .push("DARE's random masks are ours (seeded by the recipe), not mergekit's".into());
-            (MergeMethod::Dare, lambda)
+            notes.push(
+                "DARE's random masks are ours (seeded by the recipe), not mergekit's, and we \
+                 scale the kept entries by 1/density where mergekit keeps each tensor's L1 \
+                 norm (the same on average)"
+                    .into(),
+            );
+            (MergeMethod::Dare, lambda(normalize == Some(true)))
         }
         other => anyhow::bail!(
             "mergekit method `{other}` is not one we run (linear with equal weights, \
@@ -310,9 +310,10 @@ mod tests {
         assert!(recipe_from_mergekit(&unnormalized).is_err());
         let dare = "merge_method: dare_linear\nmodels:\n  - model: a\n    parameters: {weight: 1.0, density: 0.5}\n  - model: b\n    parameters: {weight: 1.0, density: 0.5}\n";
         let m = recipe_from_mergekit(dare).unwrap().0.merge.unwrap();
+        // mergekit's `dare_linear` does not divide by the weights' sum unless told to.
         assert_eq!(
             (m.method, m.alpha, m.density),
-            (MergeMethod::Dare, 0.5, Some(0.5))
+            (MergeMethod::Dare, 1.0, Some(0.5))
         );
         let slerp = "merge_method: slerp\nmodels:\n  - model: a\n";
         assert!(
