@@ -214,11 +214,7 @@ impl RtnPacked {
         }
         for (i, yr) in y.iter_mut().enumerate() {
             let r = r0 + i;
-            let (scale, offset) = (
-                &self.scale[r * groups..][..groups],
-                &self.offset[r * groups..][..groups],
-            );
-            let codes = &self.codes[r * groups * self.group_bytes..][..groups * self.group_bytes];
+            let (scale, offset, codes) = self.row_parts(r);
             scale.convert_to_f32_slice(scales);
             offset.convert_to_f32_slice(offsets);
             // Σ_g s_g·k0_g·Σx_g (or Σ_g min_g·Σx_g): the offsets' share, one multiply-add a group.
@@ -249,6 +245,16 @@ impl RtnPacked {
 const PREFETCH_ROWS: usize = 4;
 
 impl RtnPacked {
+    /// Row `r`'s scales, offsets and codes.
+    fn row_parts(&self, r: usize) -> (&[f16], &[f16], &[u8]) {
+        let groups = self.groups();
+        (
+            &self.scale[r * groups..][..groups],
+            &self.offset[r * groups..][..groups],
+            &self.codes[r * groups * self.group_bytes..][..groups * self.group_bytes],
+        )
+    }
+
     /// The matrix in the vector kernels' terms.
     fn matrix(&self) -> simd::Matrix<'_> {
         simd::Matrix {
@@ -305,11 +311,7 @@ impl RtnPacked {
         }
         for (i, yr) in y.iter_mut().enumerate() {
             let r = r0 + i;
-            let (scale, offset) = (
-                &self.scale[r * groups..][..groups],
-                &self.offset[r * groups..][..groups],
-            );
-            let codes = &self.codes[r * groups * self.group_bytes..][..groups * self.group_bytes];
+            let (scale, offset, codes) = self.row_parts(r);
             let (scales, offsets) = scratch.split_at_mut(groups);
             scale.convert_to_f32_slice(scales);
             offset.convert_to_f32_slice(offsets);
