@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::calib::calibration_ids;
 use crate::model::{Block, ForwardHook, LinearId, LinearKind, LinearWeight, Model, Transformer};
-use crate::technique::recipe::{FlattenMethod, FlattenStep};
+use crate::technique::recipe::{ChannelScore, FlattenMethod, FlattenStep};
 use crate::technique::{CalibOptions, Progress};
 
 /// Calibration windows run through a block at once while gathering statistics (bounds the
@@ -26,7 +26,7 @@ use crate::technique::{CalibOptions, Progress};
 const SAMPLES_PER_BATCH: usize = 4;
 
 /// Ridge intensity as a multiple of the mean eigenvalue of `C = ψᵀψ` (FlattenGPT's "10 × the
-/// mean singular value"; `docs/techniques.md`, Flatten §4).
+/// mean singular value"; `docs/techniques.md`, Flatten §4), unless the recipe sets `ridge`.
 const RIDGE_FACTOR: f64 = 10.0;
 
 /// Removes blocks from `model` as `step` says (flatten groups, or drop blocks); returns how
@@ -81,7 +81,12 @@ pub fn apply_flatten(
         }
         FlattenMethod::Flatten => {
             let ids = calibration_ids(calib_tokens, calib.samples, calib.seq_len, seed)?;
-            flatten_groups(t, &groups, &ids, progress)?;
+            let ridge = step.ridge.unwrap_or(RIDGE_FACTOR);
+            anyhow::ensure!(
+                ridge.is_finite() && ridge > 0.0,
+                "flatten: ridge = {ridge} must be a positive number"
+            );
+            flatten_groups(t, &groups, &ids, (ridge, step.channels), progress)?;
         }
     }
     t.config.num_layers = t.blocks.len();
@@ -348,10 +353,12 @@ fn run_wide(
 /// Flattens each group (half-open block ranges, disjoint) and prunes it back to the original
 /// width, in depth order; each group's statistics come from the calibration windows run through
 /// the model as compressed so far.
+/// `(ridge, score)`: the ridge factor and the channel ranking of the prune-back.
 fn flatten_groups(
     t: &mut Transformer,
     groups: &[(usize, usize)],
     ids: &Tensor,
+    (ridge, score): (f64, ChannelScore),
     progress: &mut Progress<'_>,
 ) -> anyhow::Result<()> {
     let (_, seq) = ids.dims2()?;
@@ -397,9 +404,12 @@ fn flatten_groups(
                 let down = dense(&wide.ffn_down)?;
                 let scale = 1.0 / stats.tokens.max(1) as f64;
                 let c: Vec<f64> = stats.c.iter().map(|v| v * scale).collect();
-                let lambda = ridge_lambda(&c, stats.channels);
-                let lev = ridge_leverage(&c, stats.channels, lambda)?;
-                let channels = select_channels(&lev, &down, cfg.intermediate_size)?;
+                let lambda = ridge_lambda(&c, stats.channels, ridge);
+                let rank = match score {
+                    ChannelScore::Leverage => ridge_leverage(&c, stats.channels, lambda)?,
+                    ChannelScore::Energy => channel_energy(&c, stats.channels, &down)?,
+                };
+                let channels = select_channels(&rank, &down, cfg.intermediate_size)?;
                 b = e;
                 prune_back(&wide, &cfg, &kv, &channels, &c, lambda)?
             }
@@ -433,9 +443,23 @@ pub fn select_kv_groups(head_score: &[f64], rep: usize, keep: usize) -> Vec<usiz
     kept
 }
 
-/// The `keep` MLP channels with the highest ridge leverage (ties to the lower index), in
-/// ascending order. A channel whose down_proj column is all zero contributes nothing and is
-/// dropped first, whatever its leverage.
+/// Each MLP channel's output energy `C_ii · ‖W_down[:, i]‖²`: its mean squared activation
+/// times the squared norm of the column it writes through.
+fn channel_energy(c: &[f64], n: usize, down: &Tensor) -> anyhow::Result<Vec<f64>> {
+    let (d, cols) = down.dims2()?;
+    anyhow::ensure!(cols == n, "down_proj has {cols} columns for {n} channels");
+    let w = down.flatten_all()?.to_vec1::<f32>()?;
+    Ok((0..n)
+        .map(|i| {
+            let col: f64 = (0..d).map(|r| f64::from(w[r * n + i]).powi(2)).sum();
+            c[i * n + i] * col
+        })
+        .collect())
+}
+
+/// The `keep` MLP channels with the highest score (ties to the lower index), in ascending
+/// order. A channel whose down_proj column is all zero contributes nothing and is dropped
+/// first, whatever its score.
 fn select_channels(leverage: &[f64], down: &Tensor, keep: usize) -> anyhow::Result<Vec<usize>> {
     let (d, n) = down.dims2()?;
     let w = down.flatten_all()?.to_vec1::<f32>()?;
@@ -458,10 +482,10 @@ fn select_channels(leverage: &[f64], down: &Tensor, keep: usize) -> anyhow::Resu
     Ok(kept)
 }
 
-/// `RIDGE_FACTOR ×` the mean eigenvalue of `C` (its trace over its size); 1 if `C` is zero.
-pub fn ridge_lambda(c: &[f64], n: usize) -> f64 {
+/// `factor ×` the mean eigenvalue of `C` (its trace over its size); 1 if `C` is zero.
+pub fn ridge_lambda(c: &[f64], n: usize, factor: f64) -> f64 {
     let trace: f64 = (0..n).map(|i| c[i * n + i]).sum();
-    let l = RIDGE_FACTOR * trace / n.max(1) as f64;
+    let l = factor * trace / n.max(1) as f64;
     if l > 0.0 && l.is_finite() { l } else { 1.0 }
 }
 
@@ -700,13 +724,32 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        let mut flat = t.clone();
-        flatten_groups(&mut flat, &[(0, 2)], &ids, &mut |_, _, _| true).unwrap();
-        assert_eq!(flat.blocks.len(), 2);
         let h = hidden(8);
         let want = t.run_block(0, &h, 1, 8, &mut NoHook).unwrap();
-        let got = flat.run_block(0, &h, 1, 8, &mut NoHook).unwrap();
-        assert!(max_diff(&want, &got) < TOL, "{}", max_diff(&want, &got));
+        // Whatever the channel ranking and ridge, the silent block's heads and channels go.
+        for knobs in [
+            (RIDGE_FACTOR, ChannelScore::Leverage),
+            (0.5, ChannelScore::Energy),
+        ] {
+            let mut flat = t.clone();
+            flatten_groups(&mut flat, &[(0, 2)], &ids, knobs, &mut |_, _, _| true).unwrap();
+            assert_eq!(flat.blocks.len(), 2);
+            let got = flat.run_block(0, &h, 1, 8, &mut NoHook).unwrap();
+            assert!(
+                max_diff(&want, &got) < TOL,
+                "{knobs:?}: {}",
+                max_diff(&want, &got)
+            );
+        }
+        let mut flat = t.clone();
+        flatten_groups(
+            &mut flat,
+            &[(0, 2)],
+            &ids,
+            (RIDGE_FACTOR, ChannelScore::Leverage),
+            &mut |_, _, _| true,
+        )
+        .unwrap();
         // The block after the group is untouched.
         assert_eq!(
             dense(&flat.blocks[1].attn_q)

@@ -260,6 +260,26 @@ pub struct FlattenStep {
     pub auto: Option<usize>,
     #[serde(default)]
     pub method: FlattenMethod,
+    /// The MLP prune-back's ridge `λ`, as a multiple of the mean eigenvalue of the channels'
+    /// second moment (default 10, FlattenGPT's setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ridge: Option<f64>,
+    /// How the prune-back ranks MLP channels.
+    #[serde(default, skip_serializing_if = "ChannelScore::is_default")]
+    pub channels: ChannelScore,
+}
+
+impl FlattenStep {
+    /// A step with only the blocks chosen (`pairs` or `auto`) and the method set.
+    pub fn new(pairs: Vec<[usize; 2]>, auto: Option<usize>, method: FlattenMethod) -> Self {
+        Self {
+            pairs,
+            auto,
+            method,
+            ridge: None,
+            channels: ChannelScore::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -268,6 +288,24 @@ pub enum FlattenMethod {
     #[default]
     Flatten,
     Drop,
+}
+
+/// How the flatten prune-back ranks the wide block's MLP channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelScore {
+    /// Ridge leverage of the channels' calibration activations (FlattenGPT).
+    #[default]
+    Leverage,
+    /// The channel's output energy: its mean squared activation times its down_proj column's
+    /// squared norm.
+    Energy,
+}
+
+impl ChannelScore {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// One rule: which linears, and what to do with them.

@@ -305,11 +305,10 @@ impl RecipeEditor {
     /// Toggles "flatten block `block` with the next one".
     pub fn toggle_flatten(&mut self, block: usize) {
         self.push_undo();
-        let step = self.recipe.flatten.get_or_insert_with(|| FlattenStep {
-            pairs: Vec::new(),
-            auto: None,
-            method: Default::default(),
-        });
+        let step = self
+            .recipe
+            .flatten
+            .get_or_insert_with(|| FlattenStep::new(Vec::new(), None, Default::default()));
         let pair = [block, block + 1];
         if let Some(i) = step.pairs.iter().position(|p| *p == pair) {
             step.pairs.remove(i);
