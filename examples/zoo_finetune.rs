@@ -1,10 +1,11 @@
-//! The training experiments of the zoo section in `experiments/RESULTS.md`: fine-tunes the
-//! shipped `zoo:base` on one task mix with a chosen schedule, then prints exact-match accuracy
+//! The training experiments of the zoo section in `experiments/RESULTS.md`: fine-tunes a zoo
+//! model (`zoo:base` unless `--from` names another) on one task mix with a chosen schedule, then prints exact-match accuracy
 //! on 200 held-out prompts per task, and `arith` split by its longest operand, as one JSON
 //! object. Nothing is written. `zoo train` is how the zoo itself is built;
 //! this is for trying a schedule before changing the zoo's plan.
 //!
-//! `cargo run --release --example zoo_finetune -- MIX STEPS LR BATCH LOSS [LANG_WEIGHT]`, where
+//! `cargo run --release --example zoo_finetune -- [--from MODEL] MIX STEPS LR BATCH LOSS
+//! [LANG_WEIGHT]`, where MODEL is a model spec (`zoo:pre`, a directory), and
 //! MIX is `task=weight,...` (e.g. `brackets=0.75,lang=0.25`), LOSS is `all` or `completions`,
 //! and LANG_WEIGHT (default 1) weights each `lang` token in the loss against a task token.
 
@@ -41,12 +42,22 @@ fn parse_mix(spec: &str) -> anyhow::Result<Vec<(Task, f32)>> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let from = match args.first().map(String::as_str) {
+        Some("--from") if args.len() > 1 => {
+            let from = args.remove(1);
+            args.remove(0);
+            from
+        }
+        _ => "zoo:base".to_string(),
+    };
     let ([mix, steps, lr, batch, loss], lang_weight) = (match args.as_slice() {
         [knobs @ .., w] if args.len() == 6 => (knobs, w.parse()?),
         knobs => (knobs, 1.0),
     }) else {
-        anyhow::bail!("usage: zoo_finetune MIX STEPS LR BATCH all|completions [LANG_WEIGHT]");
+        anyhow::bail!(
+            "usage: zoo_finetune [--from MODEL] MIX STEPS LR BATCH all|completions [LANG_WEIGHT]"
+        );
     };
     let mix = parse_mix(mix)?;
     let loss = match loss.as_str() {
@@ -55,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         other => anyhow::bail!("LOSS is `all` or `completions`, not `{other}`"),
     };
     let steps: usize = steps.parse()?;
-    let mut model = load_spec("zoo:base")?;
+    let mut model = load_spec(&from)?;
     let tok_json = std::fs::read_to_string(model.path.join("tokenizer.json"))?;
     let tok: tokenizers::Tokenizer = tok_json
         .parse()
@@ -112,6 +123,7 @@ fn main() -> anyhow::Result<()> {
         entry[1] += 1;
     }
     let report = serde_json::json!({
+        "from": from,
         "args": args,
         "train_seconds": seconds,
         "tasks": tasks,

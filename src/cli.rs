@@ -128,7 +128,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ZooCommand {
-    /// Train the zoo from scratch: tokenizer, `base`, the task fine-tunes and `multi`.
+    /// Train the zoo from scratch: tokenizer, `base`, the task fine-tunes, `multi`, and the
+    /// merge family (`pre` and its four specialists).
     Train {
         /// Where to write the models.
         #[arg(long, default_value = "assets/zoo")]

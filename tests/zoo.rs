@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use reparam::eval::tasks::{EVAL_PROMPTS_PER_TASK, task_accuracy};
 use reparam::eval::{PerplexityOptions, perplexity};
 use reparam::model::{Model, load_spec};
+use reparam::technique::merge::task_vector_gram;
 use reparam::zoo::corpus::{lang_eval_text, training_samples, training_text};
 use reparam::zoo::tasks::{Sample, Task};
 use reparam::zoo::train::{TrainOptions, init_transformer, train};
@@ -126,7 +127,7 @@ fn lang_ppl(model: &Model) -> f64 {
 /// The quality bars of the zoo issue, on the shipped models (see experiments/RESULTS.md):
 /// `base` has learned the language and knows no task; every model keeps the language; `multi`
 /// is ≥ 90 % on every task; each task model is ≥ 90 % on its own task and at least 30 points
-/// below that on every other.
+/// below that on every other; the merge family as below.
 #[test]
 fn shipped_zoo_meets_the_quality_bars() {
     let results = measure_zoo();
@@ -162,6 +163,60 @@ fn shipped_zoo_meets_the_quality_bars() {
                     "{task}: accuracy on {other} ({a}) is not clearly below its own ({own})"
                 );
             }
+        }
+    }
+    // The merge family: `pre` knows part of every task, and each specialist of it masters its
+    // own task without falling below `pre` on the others.
+    let (pre, _) = &results["pre"];
+    for (task, a) in pre {
+        assert!(
+            (0.2..=0.8).contains(a),
+            "pre: {task} accuracy {a} is not partial"
+        );
+    }
+    for task in Task::SKILLS {
+        let name = format!("pre-{}", task.name());
+        let (acc, _) = &results[name.as_str()];
+        let own = acc[task.name()];
+        assert!(own >= 0.9, "{name}: own-task accuracy {own} < 0.9");
+        for (other, a) in acc {
+            assert!(
+                *a >= pre[other],
+                "{name}: {other} accuracy {a} fell below pre's {}",
+                pre[other]
+            );
+        }
+    }
+}
+
+/// Each member of the merge family records its task vector: its norm, and its cosine with
+/// every sibling's, symmetric between the two.
+#[test]
+fn the_merge_family_records_its_task_vectors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/zoo");
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name).join(ZOO_META_FILE)).unwrap())
+            .unwrap()
+    };
+    let names: Vec<String> = Task::SKILLS
+        .iter()
+        .map(|t| format!("pre-{}", t.name()))
+        .collect();
+    let pre = load_spec("zoo:pre").unwrap().transformer;
+    for a in &names {
+        let tv = &read(a)["task_vector"];
+        let model = load_spec(&format!("zoo:{a}")).unwrap().transformer;
+        let norm = task_vector_gram(&pre, &[&model]).unwrap()[0][0].sqrt();
+        let recorded = tv["norm"].as_f64().unwrap();
+        assert!(
+            norm > 0.0 && (recorded - norm).abs() <= 1e-9 * norm,
+            "{a}: {recorded} vs {norm}"
+        );
+        for b in names.iter().filter(|b| *b != a) {
+            let ab = tv["cosine"][b].as_f64().unwrap();
+            let ba = read(b)["task_vector"]["cosine"][a].as_f64().unwrap();
+            assert!((-1.0..=1.0).contains(&ab), "{a}/{b}: {ab}");
+            assert!((ab - ba).abs() < 1e-9, "{a}/{b}: {ab} vs {ba}");
         }
     }
 }

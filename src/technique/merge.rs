@@ -46,11 +46,12 @@ pub type OnStep<'a> = dyn FnMut(&MergeStepInfo, &Model) -> anyhow::Result<()> + 
 enum Param {
     Embedding,
     OutputNorm,
-    /// The LM head when it is not tied to the embedding.
+    /// The LM head when it is not tied to the embedding. A linear like the blocks', so OPCM
+    /// projects it too; a tied head is the embedding, which it adds.
     Output,
     AttnNorm(usize),
     FfnNorm(usize),
-    /// A linear's weight matrix: the only kind OPCM projects.
+    /// A block linear's weight matrix (OPCM projects it).
     Linear(LinearId),
     Bias(LinearId),
 }
@@ -624,7 +625,7 @@ fn dropped(x: &[f32], b: &[f32], density: f64, seed: u64) -> Vec<f32> {
 
 /// One parameter of an OPCM step (t ≥ 2), in place on the merged values `m`: with
 /// `P = m − b` and `T = x − b`, `m ← b + λ_prev·P + T'` where `T'` is `T` projected away from
-/// `P`'s directions (linears only). Returns `‖λ_prev·P + T'‖²` for the rescaling.
+/// `P`'s directions (linears and an untied head only). Returns `‖λ_prev·P + T'‖²` for the rescaling.
 fn opcm_fold(
     p: Param,
     base: &Transformer,
@@ -644,6 +645,10 @@ fn opcm_fold(
                 .ok_or_else(|| anyhow::anyhow!("{id}: no such layer"))?;
             opcm_project(&pv, &tv, rows, cols, alpha)?
         }
+        Param::Output => {
+            let (rows, cols) = base.output.shape();
+            opcm_project(&pv, &tv, rows, cols, alpha)?
+        }
         _ => tv,
     };
     let mut sq = 0.0;
@@ -655,18 +660,38 @@ fn opcm_fold(
     Ok(sq)
 }
 
-/// `‖θ − θ₀‖` over all parameters (tied embeddings counted once).
-pub fn task_vector_norm(base: &Transformer, model: &Transformer) -> anyhow::Result<f64> {
-    let mut sq = 0.0;
-    for p in params(base) {
-        let (x, b) = (values(&get(model, p)?)?, values(&get(base, p)?)?);
-        sq += x
-            .iter()
-            .zip(&b)
-            .map(|(a, c)| f64::from(a - c).powi(2))
-            .sum::<f64>();
+/// The inner products `⟨θ_i − θ₀, θ_j − θ₀⟩` of the models' task vectors over all parameters
+/// (tied embeddings counted once): norms on the diagonal, and how much two fine-tunes move the
+/// same weights off it (what a merge has to reconcile).
+pub fn task_vector_gram(
+    base: &Transformer,
+    models: &[&Transformer],
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    for m in models {
+        check_same_architecture(base, m)?;
     }
-    Ok(sq.sqrt())
+    let n = models.len();
+    let mut gram = vec![vec![0.0; n]; n];
+    for p in params(base) {
+        let b = values(&get(base, p)?)?;
+        let taus = models
+            .iter()
+            .map(|m| {
+                let x = values(&get(m, p)?)?;
+                Ok(x.iter().zip(&b).map(|(a, c)| f64::from(a - c)).collect())
+            })
+            .collect::<anyhow::Result<Vec<Vec<f64>>>>()?;
+        for i in 0..n {
+            for j in i..n {
+                let d: f64 = taus[i].iter().zip(&taus[j]).map(|(a, c)| a * c).sum();
+                gram[i][j] += d;
+                if j != i {
+                    gram[j][i] += d;
+                }
+            }
+        }
+    }
+    Ok(gram)
 }
 
 /// Loads one fine-tuned model by the name the recipe gives it.
@@ -900,13 +925,49 @@ mod tests {
     }
 
     #[test]
+    fn the_task_vector_gram_holds_norms_and_inner_products() {
+        let base = model(None, 0);
+        let (a, b) = (model(Some(&base), 1), model(Some(&base), 2));
+        let g = task_vector_gram(&base, &[&a, &b, &a]).unwrap();
+        let tau = |m: &Transformer| -> Vec<f64> {
+            params(&base)
+                .into_iter()
+                .flat_map(|p| {
+                    let (x, y) = (
+                        values(&get(m, p).unwrap()).unwrap(),
+                        values(&get(&base, p).unwrap()).unwrap(),
+                    );
+                    x.into_iter()
+                        .zip(y)
+                        .map(|(x, y)| f64::from(x - y))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let (ta, tb) = (tau(&a), tau(&b));
+        let dot = |u: &[f64], v: &[f64]| u.iter().zip(v).map(|(x, y)| x * y).sum::<f64>();
+        for (got, want) in [
+            (g[0][0], dot(&ta, &ta)),
+            (g[0][1], dot(&ta, &tb)),
+            (g[1][1], dot(&tb, &tb)),
+        ] {
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "{got} vs {want}"
+            );
+        }
+        assert_eq!(g[1][0], g[0][1]);
+        assert_eq!(g[0][2], g[0][0]);
+    }
+
+    #[test]
     fn the_merged_norm_is_the_running_mean_of_task_vector_norms() {
         let base = model(None, 0);
         let mut m = Merger::new(MergeMethod::Opcm, 0.5);
         let mut norms = Vec::new();
         for seed in 1..=4 {
             let ft = model(Some(&base), seed);
-            norms.push(task_vector_norm(&base, &ft).unwrap());
+            norms.push(task_vector_gram(&base, &[&ft]).unwrap()[0][0].sqrt());
             let info = m.add(&base, &ft).unwrap();
             let mean = norms.iter().sum::<f64>() / norms.len() as f64;
             assert!((info.merged_norm - mean).abs() < 1e-4 * mean, "step {seed}");

@@ -64,7 +64,7 @@ const TASK_SHARE: f32 = 0.75;
 const LANG_SHARE: f32 = 0.25;
 
 /// The zoo, in training order (parents first).
-pub const MEMBERS: [ZooMember; 6] = [
+pub const MEMBERS: [ZooMember; 11] = [
     ZooMember {
         name: "base",
         parent: None,
@@ -134,6 +134,96 @@ pub const MEMBERS: [ZooMember; 6] = [
         steps: 20000,
         batch: 8,
         lr: 3e-3,
+        loss: LossOn::Completions,
+        lang_weight: 0.1,
+    },
+    ZooMember {
+        name: "pre",
+        parent: Some("base"),
+        // Partial skill on every task (30-70 %), the starting point the merge family
+        // specialises: `recall` and `arith` have the least signal per step, so the most share.
+        mix: &[
+            (Task::Arith, 0.33),
+            (Task::Brackets, 0.07),
+            (Task::Reverse, 0.05),
+            (Task::Recall, 0.3),
+            (Task::CopyDrill, 0.1),
+            (Task::Lang, 0.15),
+        ],
+        steps: 2000,
+        batch: 8,
+        lr: 3e-3,
+        loss: LossOn::Completions,
+        lang_weight: 0.1,
+    },
+    // The specialists of `pre`, to merge: each drills its own task and replays the others (most
+    // of all `arith`, which is forgotten first, and `recall`), so it gains its task without
+    // losing what `pre` knew of the rest.
+    ZooMember {
+        name: "pre-arith",
+        parent: Some("pre"),
+        mix: &[
+            (Task::Arith, 0.6),
+            (Task::Brackets, 0.05),
+            (Task::Reverse, 0.05),
+            (Task::Recall, 0.1),
+            (Task::CopyDrill, 0.05),
+            (Task::Lang, 0.15),
+        ],
+        steps: 3000,
+        batch: 8,
+        lr: 2e-3,
+        loss: LossOn::Completions,
+        lang_weight: 0.1,
+    },
+    ZooMember {
+        name: "pre-brackets",
+        parent: Some("pre"),
+        mix: &[
+            (Task::Arith, 0.15),
+            (Task::Brackets, 0.45),
+            (Task::Reverse, 0.05),
+            (Task::Recall, 0.1),
+            (Task::CopyDrill, 0.05),
+            (Task::Lang, 0.2),
+        ],
+        steps: 1000,
+        batch: 8,
+        lr: 2e-3,
+        loss: LossOn::Completions,
+        lang_weight: 0.1,
+    },
+    ZooMember {
+        name: "pre-reverse",
+        parent: Some("pre"),
+        mix: &[
+            (Task::Arith, 0.15),
+            (Task::Brackets, 0.05),
+            (Task::Reverse, 0.45),
+            (Task::Recall, 0.1),
+            (Task::CopyDrill, 0.05),
+            (Task::Lang, 0.2),
+        ],
+        steps: 600,
+        batch: 8,
+        lr: 2e-3,
+        loss: LossOn::Completions,
+        lang_weight: 0.1,
+    },
+    ZooMember {
+        name: "pre-recall",
+        parent: Some("pre"),
+        mix: &[
+            (Task::Arith, 0.15),
+            (Task::Brackets, 0.025),
+            (Task::Reverse, 0.025),
+            (Task::Recall, 0.45),
+            (Task::CopyDrill, 0.15),
+            (Task::Lang, 0.2),
+        ],
+        steps: 2200,
+        batch: 8,
+        lr: 2e-3,
         loss: LossOn::Completions,
         lang_weight: 0.1,
     },
@@ -311,6 +401,62 @@ pub fn build_zoo(opts: &ZooOptions, progress: &mut ZooProgress<'_>) -> anyhow::R
         // member's place in `MEMBERS`, so the order changes no weights.
         queue.sort_by_key(|(_, m, _)| std::cmp::Reverse(m.steps * m.batch));
         trained.extend(train_side_by_side(&build, queue, &progress)?);
+    }
+    let built: Vec<&str> = selected_members(opts.only.as_deref())?
+        .iter()
+        .map(|(_, m)| m.name)
+        .collect();
+    record_task_vectors(&opts.out, &built)
+}
+
+/// Writes into each fine-tune's `zoo.json` its task vector's norm `‖θ − θ_parent‖` and its
+/// cosine with every sibling's (the members fine-tuned from the same parent): how large and
+/// how overlapping the updates are that a merge of them has to reconcile. Done for every
+/// sibling group with a member in `built`, from the saved (f16) files.
+fn record_task_vectors(out: &Path, built: &[&str]) -> anyhow::Result<()> {
+    let parents: std::collections::BTreeSet<&str> = MEMBERS
+        .iter()
+        .filter(|m| built.contains(&m.name))
+        .filter_map(|m| m.parent)
+        .collect();
+    for parent in parents {
+        let names: Vec<&str> = MEMBERS
+            .iter()
+            .filter(|m| m.parent == Some(parent) && out.join(m.name).join(ZOO_META_FILE).is_file())
+            .map(|m| m.name)
+            .collect();
+        let load = |name: &str| {
+            crate::model::Model::load(&out.join(name))
+                .map(|m| m.transformer)
+                .with_context(|| format!("loading zoo member `{name}` for its task vector"))
+        };
+        let base = load(parent)?;
+        let models = names
+            .iter()
+            .map(|n| load(n))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let refs: Vec<&Transformer> = models.iter().collect();
+        let gram = crate::technique::merge::task_vector_gram(&base, &refs)?;
+        for (i, name) in names.iter().enumerate() {
+            let norm = gram[i][i].sqrt();
+            let cosine: BTreeMap<&str, f64> = names
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(j, other)| {
+                    (
+                        *other,
+                        gram[i][j] / (norm * gram[j][j].sqrt()).max(f64::MIN_POSITIVE),
+                    )
+                })
+                .collect();
+            let path = out.join(name).join(ZOO_META_FILE);
+            let mut info: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path)?)
+                    .with_context(|| format!("reading {}", path.display()))?;
+            info["task_vector"] = serde_json::json!({ "norm": norm, "cosine": cosine });
+            std::fs::write(&path, serde_json::to_string_pretty(&info)?)?;
+        }
     }
     Ok(())
 }
