@@ -90,15 +90,19 @@ screenshot $out/small-pareto.png
 panel history
 screenshot $out/small-history.png
 window 1280 800
-open zoo:base
+open zoo:pre
 eval 2 64 20
-recipe experiments/recipes/merge-avg.toml
+recipe experiments/recipes/merge-opcm.toml
 run
 wait-jobs
 select-last
 panel history
 frames 10
 screenshot $out/merge-timeline.png
+panel pareto
+axes merged_models task_acc_mean
+frames 10
+screenshot $out/merge-steps.png
 quit
 DEMO
 
@@ -115,7 +119,9 @@ for panel in model recipe jobs pareto history; do
     test -s "$out/$size$panel.png" || { echo "missing $out/$size$panel.png" >&2; exit 1; }
   done
 done
-test -s "$out/merge-timeline.png" || { echo "missing $out/merge-timeline.png" >&2; exit 1; }
+for f in merge-timeline.png merge-steps.png; do
+  test -s "$out/$f" || { echo "missing $out/$f" >&2; exit 1; }
+done
 # The Pareto panel's own exports: a PNG cropped to the plot, and an SVG with every point.
 for f in plot.png plot.svg; do
   test -s "$work/$f" || { echo "the plot export $f was not written" >&2; exit 1; }

@@ -36,6 +36,10 @@ pub struct MergeStepInfo {
     /// OPCM's `λ_t` (norm of the un-normalised sum over the mean norm); task arithmetic's λ;
     /// for averaging, `t`.
     pub lambda: f64,
+    /// OPCM from step 2: `‖T − T'‖ / ‖T‖`, how much of the incoming task vector the projection
+    /// removed as interfering with what is merged (0: nothing; 1: all of it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projected_out: Option<f64>,
 }
 
 /// Called after every step with its summary and the merged model so far.
@@ -364,10 +368,11 @@ impl Merger {
         }
         let mut ties = std::mem::take(&mut self.ties);
         let mut tv_sq = 0.0;
-        // OPCM: ‖λ_prev·P + T'‖², the norm of the un-rescaled merged task vector.
+        // OPCM: ‖λ_prev·P + T'‖², the norm of the un-rescaled merged task vector, and ‖T − T'‖².
         let mut sum_sq = 0.0;
+        let mut removed_sq = 0.0;
         for group in block_groups(&self.list) {
-            let out: Vec<anyhow::Result<(f64, f64)>> = acc[group.clone()]
+            let out: Vec<anyhow::Result<Folded>> = acc[group.clone()]
                 .par_iter_mut()
                 .zip(&mut ties[group.clone()])
                 .zip(&self.list[group.clone()])
@@ -380,9 +385,10 @@ impl Merger {
                 })
                 .collect();
             for r in out {
-                let (tv, sq) = r?;
-                tv_sq += tv;
-                sum_sq += sq;
+                let f = r?;
+                tv_sq += f.tv_sq;
+                sum_sq += f.merged_sq;
+                removed_sq += f.removed_sq;
             }
         }
         let tv_norm = tv_sq.sqrt();
@@ -425,6 +431,8 @@ impl Merger {
             task_vector_norm: tv_norm,
             merged_norm,
             lambda,
+            projected_out: (method == MergeMethod::Opcm && !first && tv_sq > 0.0)
+                .then(|| (removed_sq / tv_sq).sqrt()),
         })
     }
 
@@ -448,6 +456,17 @@ impl Merger {
     }
 }
 
+/// Squared norms one parameter's fold reports.
+#[derive(Default)]
+struct Folded {
+    /// `‖T‖²` of the incoming task vector.
+    tv_sq: f64,
+    /// OPCM: `‖λ_prev·P + T'‖²`.
+    merged_sq: f64,
+    /// OPCM: `‖T − T'‖²`, what the projection removed.
+    removed_sq: f64,
+}
+
 /// What one step applies to every parameter.
 struct StepCtx {
     method: MergeMethod,
@@ -464,8 +483,8 @@ struct StepCtx {
 
 impl StepCtx {
     /// Folds parameter `p` (the `i`-th; `x` incoming, `b` base) into its merged values `m`
-    /// (and, for TIES, its sums); returns the task vector's squared norm and, for OPCM,
-    /// `‖λ_prev·P + T'‖²`.
+    /// (and, for TIES, its sums); returns the task vector's squared norm and, for OPCM, the
+    /// squared norms of the step's merged and removed parts.
     #[allow(clippy::too_many_arguments)]
     fn fold(
         &self,
@@ -476,9 +495,11 @@ impl StepCtx {
         sums: &mut TiesSums,
         x: &[f32],
         b: &[f32],
-    ) -> anyhow::Result<(f64, f64)> {
-        let tv: f64 = x.iter().zip(b).map(|(a, c)| f64::from(a - c).powi(2)).sum();
-        let mut sq = 0.0;
+    ) -> anyhow::Result<Folded> {
+        let mut out = Folded {
+            tv_sq: x.iter().zip(b).map(|(a, c)| f64::from(a - c).powi(2)).sum(),
+            ..Folded::default()
+        };
         let l = self.alpha as f32;
         match (self.method, self.first) {
             (MergeMethod::Ties, _) => {
@@ -513,10 +534,10 @@ impl StepCtx {
                 }
             }
             (MergeMethod::Opcm, false) => {
-                sq = opcm_fold(p, base, m, x, b, self.alpha, self.lp)?;
+                (out.merged_sq, out.removed_sq) = opcm_fold(p, base, m, x, b, self.alpha, self.lp)?;
             }
         }
-        Ok((tv, sq))
+        Ok(out)
     }
 }
 
@@ -625,7 +646,8 @@ fn dropped(x: &[f32], b: &[f32], density: f64, seed: u64) -> Vec<f32> {
 
 /// One parameter of an OPCM step (t ≥ 2), in place on the merged values `m`: with
 /// `P = m − b` and `T = x − b`, `m ← b + λ_prev·P + T'` where `T'` is `T` projected away from
-/// `P`'s directions (linears and an untied head only). Returns `‖λ_prev·P + T'‖²` for the rescaling.
+/// `P`'s directions (linears and an untied head only). Returns `‖λ_prev·P + T'‖²` for the
+/// rescaling, and `‖T − T'‖²`.
 fn opcm_fold(
     p: Param,
     base: &Transformer,
@@ -634,7 +656,7 @@ fn opcm_fold(
     b: &[f32],
     alpha: f64,
     lp: f64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let pv: Vec<f64> = m.iter().zip(b).map(|(a, c)| f64::from(a - c)).collect();
     let tv: Vec<f64> = x.iter().zip(b).map(|(a, c)| f64::from(a - c)).collect();
     let cleaned = match p {
@@ -649,15 +671,16 @@ fn opcm_fold(
             let (rows, cols) = base.output.shape();
             opcm_project(&pv, &tv, rows, cols, alpha)?
         }
-        _ => tv,
+        _ => tv.clone(),
     };
+    let removed: f64 = tv.iter().zip(&cleaned).map(|(t, c)| (t - c).powi(2)).sum();
     let mut sq = 0.0;
     for ((m, b), (p, c)) in m.iter_mut().zip(b).zip(pv.iter().zip(&cleaned)) {
         let d = lp * p + c;
         sq += d * d;
         *m = b + d as f32;
     }
-    Ok(sq)
+    Ok((sq, removed))
 }
 
 /// The inner products `⟨θ_i − θ₀, θ_j − θ₀⟩` of the models' task vectors over all parameters
@@ -958,6 +981,39 @@ mod tests {
         }
         assert_eq!(g[1][0], g[0][1]);
         assert_eq!(g[0][2], g[0][0]);
+    }
+
+    #[test]
+    fn opcm_reports_the_share_of_the_task_vector_it_projected_out() {
+        let base = model(None, 0);
+        let ft = model(Some(&base), 1);
+        let mut m = Merger::new(MergeMethod::Opcm, 0.5);
+        assert_eq!(m.add(&base, &ft).unwrap().projected_out, None);
+        // The same model again: each linear's task vector lies in the merged one's span and is
+        // removed whole; norms and the embedding are added as they are.
+        let info = m.add(&base, &ft).unwrap();
+        let (mut linear, mut all) = (0.0, 0.0);
+        for p in params(&base) {
+            let (x, b) = (
+                values(&get(&ft, p).unwrap()).unwrap(),
+                values(&get(&base, p).unwrap()).unwrap(),
+            );
+            let sq: f64 = x
+                .iter()
+                .zip(&b)
+                .map(|(x, b)| f64::from(x - b).powi(2))
+                .sum();
+            all += sq;
+            if matches!(p, Param::Linear(_) | Param::Output) {
+                linear += sq;
+            }
+        }
+        let want = (linear / all).sqrt();
+        let got = info.projected_out.unwrap();
+        assert!(want > 0.5 && (got - want).abs() < 1e-6, "{got} vs {want}");
+        let mut ta = Merger::new(MergeMethod::TaskArithmetic, 0.5);
+        ta.add(&base, &ft).unwrap();
+        assert_eq!(ta.add(&base, &ft).unwrap().projected_out, None);
     }
 
     #[test]

@@ -10,9 +10,6 @@ use super::runs::human_bytes;
 use super::studio::Studio;
 use super::theme;
 
-/// The bundled zoo models offered in the picker.
-pub const ZOO: [&str; 6] = ["multi", "base", "arith", "brackets", "reverse", "recall"];
-
 pub fn model_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     open_row_ui(ui, s, out);
     ui.separator();
@@ -207,8 +204,8 @@ fn sensitivity_controls_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Comm
 fn open_row_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     ui.horizontal_wrapped(|ui| {
         ui.label("Zoo");
-        for z in ZOO {
-            let spec = format!("zoo:{z}");
+        for member in &crate::zoo::MEMBERS {
+            let spec = format!("zoo:{}", member.name);
             let current = s.state.model_spec == spec;
             if ui.selectable_label(current, &spec).clicked() {
                 out.push(Command::OpenModel(spec));

@@ -11,8 +11,8 @@ use egui_plot::{
 use super::command::Command;
 use super::editor::FAMILIES;
 use super::runs::{
-    RunFilter, RunTable, data_bounds, decimate, evaluated_on, format_metric, format_value,
-    front_2d, human_bytes, maximize,
+    RunFilter, RunTable, StepPoint, data_bounds, decimate, evaluated_on, format_metric,
+    format_value, front_2d, human_bytes, maximize, step_points,
 };
 use super::shell::{a11y_label, tag_entry_ui};
 use super::state::ColorBy;
@@ -38,6 +38,9 @@ pub struct ParetoCache {
     pub bounds: Option<[f64; 4]>,
     /// Range of the colour metric over `rows`.
     color_range: (f64, f64),
+    /// Each plotted merge run's intermediate models (row, steps), where an axis changes from
+    /// step to step.
+    pub merge_steps: Vec<(usize, Vec<StepPoint>)>,
     /// The rows drawn for the last view (bounds bits, grid), so a still plot does not
     /// re-bin 100 000 points every frame.
     drawn: Option<(DrawKey, Vec<usize>)>,
@@ -71,6 +74,7 @@ impl ParetoCache {
         let (Some(xs), Some(ys)) = (runs.column(x), runs.column(y)) else {
             self.rows.clear();
             self.front.clear();
+            self.merge_steps.clear();
             self.bounds = None;
             return;
         };
@@ -80,6 +84,15 @@ impl ParetoCache {
             .filter(|&i| xs[i].is_finite() && ys[i].is_finite())
             .collect();
         self.front = front_2d(xs, ys, &self.rows, maximize(x), maximize(y));
+        self.merge_steps = self
+            .rows
+            .iter()
+            .filter_map(|&i| {
+                let record = &runs.rows[i].record;
+                let steps = step_points(record.steps_json.as_deref()?, &record.metrics, x, y);
+                (!steps.is_empty()).then_some((i, steps))
+            })
+            .collect();
         self.bounds = data_bounds(xs, ys, &self.rows);
         self.color_range = match color {
             ColorBy::Metric(m) => {
@@ -178,6 +191,17 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     if let Some(o) = &overlay {
         ui.label(o.caption());
     }
+    if !cache.merge_steps.is_empty() {
+        ui.label(format!(
+            "{} merge run{} drawn step by step (squares; click a step to load the merge up to it)",
+            cache.merge_steps.len(),
+            if cache.merge_steps.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        ));
+    }
     let deployed = deployed_links(s, &cache.rows, &prefs.x, &prefs.y);
     if !deployed.is_empty() {
         ui.label(format!(
@@ -274,6 +298,23 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                     .allow_band(false),
             );
         }
+        for (i, steps) in &cache.merge_steps {
+            let c = cache.color_of(runs, &prefs.color, *i).1;
+            let pts: Vec<[f64; 2]> = steps.iter().map(|p| p.at).collect();
+            pu.line(
+                Line::new("merge steps", pts.clone())
+                    .color(c)
+                    .width(1.0)
+                    .allow_band(false),
+            );
+            pu.points(
+                Points::new("merge steps", pts)
+                    .color(c)
+                    .shape(MarkerShape::Square)
+                    .radius(3.5)
+                    .filled(false),
+            );
+        }
         for (g, (c, pts)) in groups {
             pu.points(
                 Points::new(cache.group_name(&prefs.color, g), pts)
@@ -353,7 +394,9 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             (Some(o), Some(p)) => o.nearest(pu.transform(), p),
             _ => None,
         };
-        (nearest, box_rect, fresh, nearest_predicted)
+        let nearest_step =
+            pointer.and_then(|p| nearest_step(&cache.merge_steps, pu.transform(), p));
+        (nearest, box_rect, fresh, nearest_predicted, nearest_step)
     });
     // The PNG export crops to this: the plot frame plus its tick labels and axis titles.
     let r = resp.response.rect;
@@ -363,7 +406,7 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
     ));
     let b = resp.transform.bounds();
     s.views.pareto_view = Some([b.min()[0], b.min()[1], b.max()[0], b.max()[1]]);
-    let (nearest, box_rect, fresh, nearest_predicted) = resp.inner;
+    let (nearest, box_rect, fresh, nearest_predicted, nearest_step) = resp.inner;
     if fresh.is_some() {
         s.views.pareto_cache.drawn = fresh;
     }
@@ -414,6 +457,34 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
             out.push(Command::LoadSearchPoint(i));
         }
     }
+    if nearest.is_none()
+        && nearest_predicted.is_none()
+        && let Some((i, k)) = nearest_step
+        && let Some(p) = s
+            .views
+            .pareto_cache
+            .merge_steps
+            .iter()
+            .find(|(r, _)| *r == i)
+            .and_then(|(_, steps)| steps.get(k))
+    {
+        let id = s.runs.rows[i].record.id.clone();
+        let resp = resp.response.clone().on_hover_ui_at_pointer(|ui| {
+            ui.label(format!(
+                "{id} · merge step {}: after folding in {}\n{} = {} · {} = {}",
+                p.step,
+                p.model,
+                metric_label(&prefs.x),
+                format_metric(&prefs.x, p.at[0]),
+                metric_label(&prefs.y),
+                format_metric(&prefs.y, p.at[1])
+            ));
+            ui.weak("click to load the merge up to this step into the editor");
+        });
+        if resp.clicked() {
+            out.push(Command::LoadMergeStep { id, step: p.step });
+        }
+    }
     if let Some([x0, y0, x1, y1]) = box_rect {
         let ids = s
             .views
@@ -426,6 +497,27 @@ pub fn pareto_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         out.push(Command::SetBoxSelection(ids));
     }
     selection_ui(ui, s, out);
+}
+
+/// The merge step under the pointer, if any: (row, index into its steps).
+fn nearest_step(
+    merge_steps: &[(usize, Vec<StepPoint>)],
+    t: &egui_plot::PlotTransform,
+    p: PlotPoint,
+) -> Option<(usize, usize)> {
+    let at = t.position_from_point(&p);
+    merge_steps
+        .iter()
+        .flat_map(|(i, steps)| steps.iter().enumerate().map(move |(k, q)| (*i, k, q.at)))
+        .map(|(i, k, q)| {
+            let d = t
+                .position_from_point(&PlotPoint::new(q[0], q[1]))
+                .distance(at);
+            (d, (i, k))
+        })
+        .filter(|(d, _)| *d <= PICK_RADIUS)
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, hit)| hit)
 }
 
 /// Each plotted export row measured as deployed (tagged `export-of-RUN`) joined to its run,

@@ -13,7 +13,6 @@ use crate::technique::recipe::{
 use super::command::Command;
 use super::editor::{Analysis, CellEdit, quant_label};
 use super::model_info::ModelSummary;
-use super::model_panel::ZOO;
 use super::runs::human_bytes;
 use super::shell::a11y_label;
 use super::studio::Studio;
@@ -659,8 +658,15 @@ fn merge_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
         }
     });
     ui.horizontal_wrapped(|ui| {
-        for z in ZOO {
-            let spec = format!("zoo:{z}");
+        // The zoo's fine-tunes, those of the open model first (its merge family).
+        let open = s.state.model_spec.strip_prefix("zoo:").unwrap_or_default();
+        let mut tunes: Vec<&crate::zoo::ZooMember> = crate::zoo::MEMBERS
+            .iter()
+            .filter(|z| z.parent.is_some())
+            .collect();
+        tunes.sort_by_key(|z| z.parent != Some(open));
+        for z in tunes {
+            let spec = format!("zoo:{}", z.name);
             if ui.small_button(format!("+ {spec}")).clicked() {
                 let mut n = m.clone();
                 n.models.push(spec);

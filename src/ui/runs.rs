@@ -440,6 +440,65 @@ pub fn timeline_series(steps_json: &str) -> Result<TimelineSeries, String> {
     Ok(out)
 }
 
+/// One intermediate model of a continual-merge run, placed on the Pareto plot's axes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepPoint {
+    /// 1-based merge step (the models merged so far).
+    pub step: usize,
+    /// The model folded in at this step.
+    pub model: String,
+    pub at: [f64; 2],
+}
+
+/// A merge run's steps on the axes `x` and `y`: `merged_models` is the step, `ppl`,
+/// `task_acc_mean` and `task_NAME` are the step's own measurements, and any other metric
+/// (bytes, speed) is the run's, which merging does not change. Empty unless one axis changes
+/// from step to step, or where a step lacks a value.
+pub fn step_points(
+    steps_json: &str,
+    run_metrics: &std::collections::BTreeMap<String, f64>,
+    x: &str,
+    y: &str,
+) -> Vec<StepPoint> {
+    let per_step = |m: &str| m == "merged_models" || m == "ppl" || m.starts_with("task_");
+    if !per_step(x) && !per_step(y) {
+        return Vec::new();
+    }
+    let Ok(serde_json::Value::Array(steps)) = serde_json::from_str(steps_json) else {
+        return Vec::new();
+    };
+    let value = |s: &serde_json::Value, step: usize, m: &str| -> Option<f64> {
+        match m {
+            "merged_models" => Some(step as f64),
+            "ppl" | "task_acc_mean" => s.get(m)?.as_f64(),
+            _ => match m.strip_prefix("task_") {
+                Some(task) => s.get("tasks")?.get(task)?.as_f64(),
+                None => run_metrics.get(m).copied(),
+            },
+        }
+    };
+    let mut out = Vec::with_capacity(steps.len());
+    for (i, s) in steps.iter().enumerate() {
+        let step = s
+            .get("step")
+            .and_then(serde_json::Value::as_u64)
+            .map_or(i + 1, |v| v as usize);
+        let (Some(vx), Some(vy)) = (value(s, step, x), value(s, step, y)) else {
+            return Vec::new();
+        };
+        if !(vx.is_finite() && vy.is_finite()) {
+            return Vec::new();
+        }
+        let model = s.get("model").and_then(serde_json::Value::as_str);
+        out.push(StepPoint {
+            step,
+            model: model.unwrap_or_default().to_string(),
+            at: [vx, vy],
+        });
+    }
+    out
+}
+
 fn cell_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
@@ -541,6 +600,33 @@ mod tests {
         let old = timeline_series(r#"[{"step": 1, "model": "m", "lambda": 1.0}]"#).unwrap();
         assert_eq!(old, TimelineSeries::default());
         assert!(timeline_series("{").is_err());
+    }
+
+    #[test]
+    fn merge_steps_sit_at_their_own_values_and_the_runs_elsewhere() {
+        let json = r#"[
+            {"step": 1, "model": "zoo:a", "ppl": 3.5, "tasks": {"a": 0.9, "b": 0.1}, "task_acc_mean": 0.5},
+            {"step": 2, "model": "zoo:b", "ppl": 4.0, "tasks": {"a": 0.6, "b": 0.8}, "task_acc_mean": 0.7}
+        ]"#;
+        let run = std::collections::BTreeMap::from([("bytes".to_string(), 100.0)]);
+        let pts = step_points(json, &run, "merged_models", "task_acc_mean");
+        let at: Vec<[f64; 2]> = pts.iter().map(|p| p.at).collect();
+        assert_eq!(at, [[1.0, 0.5], [2.0, 0.7]]);
+        assert_eq!(pts[1].model, "zoo:b");
+        let by_bytes = step_points(json, &run, "bytes", "task_b");
+        assert_eq!(
+            by_bytes.iter().map(|p| p.at).collect::<Vec<_>>(),
+            [[100.0, 0.1], [100.0, 0.8]]
+        );
+        assert_eq!(
+            step_points(json, &run, "ppl", "merged_models")[0].at,
+            [3.5, 1.0]
+        );
+        // Neither axis changes over the steps: nothing to draw beyond the run itself.
+        assert!(step_points(json, &run, "bytes", "bytes").is_empty());
+        // A metric the run lacks, or an unreadable timeline: no points.
+        assert!(step_points(json, &run, "decode_tok_s", "ppl").is_empty());
+        assert!(step_points("{", &run, "merged_models", "ppl").is_empty());
     }
 
     #[test]
