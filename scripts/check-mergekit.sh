@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Merges the zoo's four task models into zoo:base with mergekit and with us, method by method,
+# Merges the zoo's four specialists into zoo:pre with mergekit and with us, method by method,
 # and compares the merged tensors one by one (largest |difference| over the tensor's largest
-# |value|): task arithmetic (λ 0.5), linear (the plain average) and TIES (density 0.2, equal
+# |value|): task arithmetic (λ 0.3), linear (the plain average) and TIES (density 0.2, equal
 # weights), each with our recipe of the same models, order and knobs. Needs a release build and
 # mergekit (`pip install mergekit`; it brings torch): MERGEKIT=path/to/mergekit-yaml if not on
 # PATH. Prints one line per method: the worst tensor and its relative difference.
@@ -14,12 +14,12 @@ PYTHON=${PYTHON:-$(dirname "$(command -v "$MERGEKIT")")/python}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 zoo=$PWD/assets/zoo
-models=(arith brackets reverse recall)
+models=(pre-arith pre-brackets pre-reverse pre-recall)
 
 mergekit_config() { # METHOD PARAMS
   echo "merge_method: $1"
   # A linear merge averages the models it lists; the others are relative to the base.
-  [ "$1" = linear ] || echo "base_model: $zoo/base"
+  [ "$1" = linear ] || echo "base_model: $zoo/pre"
   echo "models:"
   for m in "${models[@]}"; do
     echo "  - model: $zoo/$m"
@@ -29,12 +29,12 @@ mergekit_config() { # METHOD PARAMS
   echo "out_dtype: float32"
 }
 
-for case in "task_arithmetic|weight: 0.5|merge-ta" "linear|weight: 1.0|merge-avg" \
+for case in "task_arithmetic|weight: 0.3|merge-ta" "linear|weight: 1.0|merge-avg" \
   "ties|weight: 1.0, density: 0.2|merge-ties"; do
   IFS='|' read -r method params recipe <<<"$case"
   mergekit_config "$method" "$params" >"$work/$method.yml"
   "$MERGEKIT" "$work/$method.yml" "$work/mergekit-$method" --quiet >/dev/null 2>&1
-  run=$("$BIN" run zoo:base --recipe "experiments/recipes/$recipe.toml" --prompts 0 --chunks 1 \
+  run=$("$BIN" run zoo:pre --recipe "experiments/recipes/$recipe.toml" --prompts 0 --chunks 1 \
     --store "$work/store" --json 2>/dev/null | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
   "$BIN" export "$run" --store "$work/store" --model "$work/ours-$method" --format safetensors \
     >/dev/null 2>&1
@@ -61,7 +61,7 @@ if method == "ties":
     # magnitudes common, and where they straddle the cut mergekit's choice is torch's
     # (unstable) argsort; ours keeps the earlier position. The same method with that
     # tie-break, in numpy, is what ours must equal; mergekit may differ at those entries only.
-    base = load_file(f"{zoo}/base/model.safetensors")
+    base = load_file(f"{zoo}/pre/model.safetensors")
     fts = [load_file(f"{zoo}/{m}/model.safetensors") for m in sys.argv[5:]]
     ref, straddling = {}, 0
     for k, b in base.items():

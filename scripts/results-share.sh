@@ -2,7 +2,8 @@
 # Rows of experiments/RESULTS.md for RPS sharing and continual merging.
 #   scripts/results-share.sh rps MODEL [TEXT CTX CHUNKS]   RPS c ∈ {1,1.5,2,4} × refit, and
 #                                                           magnitude pruning at equal bytes
-#   scripts/results-share.sh merge [PROMPTS]               OPCM / TA / average on the zoo, two orders
+#   scripts/results-share.sh merge [PROMPTS]               every merge method on the zoo's merge
+#                                                           family (zoo:pre + pre-*), two orders
 # Needs a release build: cargo build --release --bin reparam --example rps_vs_magnitude
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,21 +40,25 @@ for l in sys.stdin:
 }
 
 merge() {
+  # The merge-ready family: `pre` and its four specialists, every method with its shipped
+  # recipe's knobs (experiments/recipes/merge-*.toml), in two orders.
   local prompts=${1:-200}
   for order in "arith brackets reverse recall" "recall reverse brackets arith"; do
-    for method in opcm task_arithmetic average; do
-      models=$(printf '"zoo:%s", ' $order)
-      printf '[merge]\nmodels = [%s]\nmethod = "%s"\nalpha = 0.5\n' "${models%, }" "$method" >"$tmp/m.toml"
-      echo "### $method, order: $order"
-      "$BIN" run zoo:base --recipe "$tmp/m.toml" --prompts "$prompts" --chunks 4 --force --json 2>/dev/null |
+    for recipe in opcm ta avg ties dare; do
+      models=$(printf '"zoo:pre-%s", ' $order)
+      grep -v '^models' "experiments/recipes/merge-$recipe.toml" >"$tmp/m.toml"
+      sed -i "s|^\[merge\]|[merge]\nmodels = [${models%, }]|" "$tmp/m.toml"
+      echo "#### $(sed -n 's/^method = "\(.*\)"/\1/p' "$tmp/m.toml"), order: $order"
+      "$BIN" run zoo:pre --recipe "$tmp/m.toml" --prompts "$prompts" --chunks 4 --force --json 2>/dev/null |
         python3 -c "
 import json,sys
 d=json.load(sys.stdin)
-print('| step | model | arith | brackets | reverse | recall | mean | λ |')
-print('|---|---|---|---|---|---|---|---|')
+print('| step | model | arith | brackets | reverse | recall | mean | ppl | λ | ‖θ̄−θ₀‖ | removed |')
+print('|---|---|---|---|---|---|---|---|---|---|---|')
 for s in d['steps']:
-    t=s['tasks']; print(f\"| {s['step']} | {s['model']} | {t['arith']:.3f} | {t['brackets']:.3f} | {t['reverse']:.3f} | {t['recall']:.3f} | **{s['task_acc_mean']:.3f}** | {s['lambda']:.3f} |\")
-print(f\"final ppl {d['ppl']:.3f} (base {d['base_ppl']:.3f})\")"
+    t=s['tasks']; out=s.get('projected_out'); out='—' if out is None else f'{out:.3f}'
+    print(f\"| {s['step']} | {s['model']} | {t['arith']:.3f} | {t['brackets']:.3f} | {t['reverse']:.3f} | {t['recall']:.3f} | **{s['task_acc_mean']:.3f}** | {s['ppl']:.3f} | {s['lambda']:.3f} | {s['merged_norm']:.1f} | {out} |\")
+print(f\"final ppl {d['ppl']:.3f} (zoo:pre {d['base_ppl']:.3f})\")"
       echo
     done
   done

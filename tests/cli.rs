@@ -404,7 +404,7 @@ fn run_shares_a_zoo_model_with_rps() {
 fn run_merges_the_zoo_and_reports_a_timeline() {
     let r = ok_json(&reparam(&[
         "run",
-        "zoo:base",
+        "zoo:pre",
         "--recipe",
         &recipe_path("merge-opcm.toml"),
         "--chunks",
@@ -418,7 +418,12 @@ fn run_merges_the_zoo_and_reports_a_timeline() {
     let names: Vec<&str> = steps.iter().map(|s| s["model"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["zoo:arith", "zoo:brackets", "zoo:reverse", "zoo:recall"]
+        [
+            "zoo:pre-arith",
+            "zoo:pre-brackets",
+            "zoo:pre-reverse",
+            "zoo:pre-recall"
+        ]
     );
     for s in steps {
         assert_eq!(s["tasks"].as_object().unwrap().len(), 4, "{s}");
@@ -432,10 +437,10 @@ fn run_merges_the_zoo_and_reports_a_timeline() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        "[merge]\nmodels = [\"zoo:arith\", \"/no/such/model\"]\nmethod = \"average\"\n",
+        "[merge]\nmodels = [\"zoo:pre-arith\", \"/no/such/model\"]\nmethod = \"average\"\n",
     )
     .unwrap();
-    let out = reparam(&["run", "zoo:base", "--recipe", bad.to_str().unwrap()]);
+    let out = reparam(&["run", "zoo:pre", "--recipe", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
