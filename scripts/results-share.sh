@@ -4,6 +4,7 @@
 #                                                           magnitude pruning at equal bytes
 #   scripts/results-share.sh merge [PROMPTS]               every merge method on the zoo's merge
 #                                                           family (zoo:pre + pre-*), two orders
+#   scripts/results-share.sh merge_knobs [PROMPTS]         OPCM's α and task arithmetic's λ swept
 # Needs a release build: cargo build --release --bin reparam --example rps_vs_magnitude
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +62,24 @@ for s in d['steps']:
 print(f\"final ppl {d['ppl']:.3f} (zoo:pre {d['base_ppl']:.3f})\")"
       echo
     done
+  done
+}
+
+merge_knobs() {
+  # The final merged model of OPCM and task arithmetic across their one knob (α, λ), first order.
+  local prompts=${1:-200}
+  local models='"zoo:pre-arith", "zoo:pre-brackets", "zoo:pre-reverse", "zoo:pre-recall"'
+  echo "| method | knob | final mean | arith | brackets | reverse | recall | final ppl |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for run in "opcm 0.1" "opcm 0.3" "opcm 0.5" "opcm 0.7" "opcm 0.9" \
+    "task_arithmetic 0.3" "task_arithmetic 0.5" "task_arithmetic 1.0"; do
+    set -- $run
+    printf '[merge]\nmodels = [%s]\nmethod = "%s"\nalpha = %s\n' "$models" "$1" "$2" >"$tmp/k.toml"
+    "$BIN" run zoo:pre --recipe "$tmp/k.toml" --prompts "$prompts" --chunks 4 --force --json 2>/dev/null |
+      python3 -c "
+import json,sys
+d=json.load(sys.stdin); s=d['steps'][-1]; t=s['tasks']
+print(f\"| $1 | $2 | **{s['task_acc_mean']:.3f}** | {t['arith']:.3f} | {t['brackets']:.3f} | {t['reverse']:.3f} | {t['recall']:.3f} | {d['ppl']:.3f} |\")"
   done
 }
 
