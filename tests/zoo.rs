@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use reparam::eval::tasks::{EVAL_PROMPTS_PER_TASK, task_accuracy};
 use reparam::eval::{PerplexityOptions, perplexity};
+use reparam::model::params::task_vector_gram;
 use reparam::model::{Model, load_spec};
-use reparam::technique::merge::task_vector_gram;
 use reparam::zoo::corpus::{lang_eval_text, training_samples, training_text};
 use reparam::zoo::tasks::{Sample, Task};
 use reparam::zoo::train::{TrainOptions, init_transformer, train};

@@ -14,6 +14,7 @@ pub mod llama;
 pub mod names;
 pub mod nm;
 pub mod packed;
+pub mod params;
 pub mod safetensors;
 pub mod sparse;
 pub mod tokenizer;

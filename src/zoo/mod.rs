@@ -436,7 +436,7 @@ fn record_task_vectors(out: &Path, built: &[&str]) -> anyhow::Result<()> {
             .map(|n| load(n))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let refs: Vec<&Transformer> = models.iter().collect();
-        let gram = crate::technique::merge::task_vector_gram(&base, &refs)?;
+        let gram = crate::model::params::task_vector_gram(&base, &refs)?;
         for (i, name) in names.iter().enumerate() {
             let norm = gram[i][i].sqrt();
             let cosine: BTreeMap<&str, f64> = names
