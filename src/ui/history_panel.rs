@@ -441,6 +441,8 @@ fn timeline_chart(
                 .y_axis_label("task accuracy")
                 .include_y(0.0)
                 .include_y(1.0)
+                // Room past the last step for the legend (top right, where accuracies end).
+                .include_x(steps + 0.9)
                 .legend(Legend::default())
                 .show(ui, |plot| {
                     for (name, pts) in &series.accuracy {
