@@ -96,10 +96,11 @@ impl ParetoCache {
         self.bounds = data_bounds(xs, ys, &self.rows);
         // A merge run's line ends at its last step, usually low and to the right, where the
         // legend sits: leave the legend a column of its own past it.
-        if x == "merged_models" && !self.merge_steps.is_empty() {
-            if let Some(b) = &mut self.bounds {
-                b[2] += 0.25 * (b[2] - b[0]).max(1.0);
-            }
+        if x == "merged_models"
+            && !self.merge_steps.is_empty()
+            && let Some(b) = &mut self.bounds
+        {
+            b[2] += 0.25 * (b[2] - b[0]).max(1.0);
         }
         self.color_range = match color {
             ColorBy::Metric(m) => {
