@@ -5,6 +5,7 @@
 #                                                 with an importance matrix from our calibration mixture
 #                                                 (PEER_TYPES="Q4_1 Q4_0-imat …" picks others)
 #   scripts/results-suite.sh ours RECIPE...       `reparam run MODEL --recipe R --suite held-out`
+#                                                 (RUN_ARGS="--calib-samples 128" adds flags)
 # Both print one markdown row per model: the token-weighted suite values, then per domain.
 # Needs a release build (cargo build --release) and the peer (scripts/llamacpp-peer.sh).
 set -euo pipefail
@@ -68,7 +69,9 @@ ours() {
   local r out
   for r in "$@"; do
     out="$work/ours-$(basename "$r" .toml).json"
-    "$BIN" run "$gguf" --recipe "$r" --suite held-out --ctx 512 --chunks 16 --no-store --json >"$out"
+    # shellcheck disable=SC2086 # RUN_ARGS is a list of flags, e.g. "--calib-samples 128"
+    "$BIN" run "$gguf" --recipe "$r" --suite held-out --ctx 512 --chunks 16 --no-store --json \
+      ${RUN_ARGS:-} >"$out"
     python3 - "$out" "$(basename "$r" .toml)" "${domains[@]}" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); name = sys.argv[2]; domains = sys.argv[3:]
