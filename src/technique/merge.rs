@@ -530,21 +530,23 @@ fn opcm_fold(
 ) -> anyhow::Result<(f64, f64)> {
     let pv: Vec<f64> = m.iter().zip(b).map(|(a, c)| f64::from(a - c)).collect();
     let tv: Vec<f64> = x.iter().zip(b).map(|(a, c)| f64::from(a - c)).collect();
-    let cleaned = match p {
-        Param::Linear(id) => {
-            let (rows, cols) = base
-                .linear(id)
+    let projected_shape = match p {
+        Param::Linear(id) => Some(
+            base.linear(id)
                 .map(LinearWeight::shape)
-                .ok_or_else(|| anyhow::anyhow!("{id}: no such layer"))?;
-            opcm_project(&pv, &tv, rows, cols, alpha)?
-        }
-        Param::Output => {
-            let (rows, cols) = base.output.shape();
-            opcm_project(&pv, &tv, rows, cols, alpha)?
-        }
-        _ => tv.clone(),
+                .ok_or_else(|| anyhow::anyhow!("{id}: no such layer"))?,
+        ),
+        Param::Output => Some(base.output.shape()),
+        _ => None,
     };
-    let removed: f64 = tv.iter().zip(&cleaned).map(|(t, c)| (t - c).powi(2)).sum();
+    let (cleaned, removed) = match projected_shape {
+        Some((rows, cols)) => {
+            let cleaned = opcm_project(&pv, &tv, rows, cols, alpha)?;
+            let removed = tv.iter().zip(&cleaned).map(|(t, c)| (t - c).powi(2)).sum();
+            (cleaned, removed)
+        }
+        None => (tv, 0.0),
+    };
     let mut sq = 0.0;
     for ((m, b), (p, c)) in m.iter_mut().zip(b).zip(pv.iter().zip(&cleaned)) {
         let d = lp * p + c;

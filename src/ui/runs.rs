@@ -585,12 +585,15 @@ pub fn human_bytes(b: usize) -> String {
 mod tests {
     use super::*;
 
+    /// A two-step merge timeline as `run` stores it.
+    const TWO_STEPS: &str = r#"[
+        {"step": 1, "model": "zoo:a", "ppl": 3.5, "tasks": {"a": 0.9, "b": 0.1}, "task_acc_mean": 0.5},
+        {"step": 2, "model": "zoo:b", "ppl": 4.0, "tasks": {"a": 0.6, "b": 0.8}, "task_acc_mean": 0.7}
+    ]"#;
+
     #[test]
     fn a_timeline_becomes_one_series_per_task_their_mean_and_the_perplexity() {
-        let json = r#"[
-            {"step": 1, "model": "zoo:a", "ppl": 3.5, "tasks": {"a": 0.9, "b": 0.1}, "task_acc_mean": 0.5},
-            {"step": 2, "model": "zoo:b", "ppl": 4.0, "tasks": {"a": 0.6, "b": 0.8}, "task_acc_mean": 0.7}
-        ]"#;
+        let json = TWO_STEPS;
         let t = timeline_series(json).unwrap();
         let names: Vec<&str> = t.accuracy.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["a", "b", "mean"]);
@@ -604,10 +607,7 @@ mod tests {
 
     #[test]
     fn merge_steps_sit_at_their_own_values_and_the_runs_elsewhere() {
-        let json = r#"[
-            {"step": 1, "model": "zoo:a", "ppl": 3.5, "tasks": {"a": 0.9, "b": 0.1}, "task_acc_mean": 0.5},
-            {"step": 2, "model": "zoo:b", "ppl": 4.0, "tasks": {"a": 0.6, "b": 0.8}, "task_acc_mean": 0.7}
-        ]"#;
+        let json = TWO_STEPS;
         let run = std::collections::BTreeMap::from([("bytes".to_string(), 100.0)]);
         let pts = step_points(json, &run, "merged_models", "task_acc_mean");
         let at: Vec<[f64; 2]> = pts.iter().map(|p| p.at).collect();
