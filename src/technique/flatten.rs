@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::calib::calibration_ids;
 use crate::model::{Block, ForwardHook, LinearId, LinearKind, LinearWeight, Model, Transformer};
-use crate::technique::recipe::{ChannelScore, FlattenMethod, FlattenStep};
+use crate::technique::recipe::{ChannelScore, FlattenMethod, FlattenStep, GroupPick, HeadPrune};
 use crate::technique::{CalibOptions, Progress};
 
 /// Calibration windows run through a block at once while gathering statistics (bounds the
@@ -41,6 +41,11 @@ pub fn apply_flatten(
 ) -> anyhow::Result<usize> {
     let t = &mut model.transformer;
     let n_blocks = t.blocks.len();
+    anyhow::ensure!(
+        step.pick == GroupPick::default()
+            || (step.auto.is_some() && step.method == FlattenMethod::Flatten),
+        "flatten: `pick` scores the groups `auto` flattens; it does not apply to explicit pairs or to drop"
+    );
     let groups = match (step.auto, step.pairs.is_empty()) {
         (Some(_), false) => anyhow::bail!("flatten: set either `pairs` or `auto`, not both"),
         (None, true) => anyhow::bail!("flatten: set `pairs = [[i, i + 1], …]` or `auto = N`"),
@@ -57,7 +62,7 @@ pub fn apply_flatten(
             let ids = calibration_ids(calib_tokens, calib.samples, calib.seq_len, seed)?;
             let s = input_similarity(t, &ids)?;
             match step.method {
-                FlattenMethod::Flatten => greedy_groups(&s, n_blocks, n),
+                FlattenMethod::Flatten => greedy_groups(&s, n_blocks, n, step.pick),
                 FlattenMethod::Drop => drop_choice(&s, n_blocks, n)
                     .into_iter()
                     .map(|b| (b, b + 1))
@@ -86,7 +91,12 @@ pub fn apply_flatten(
                 ridge.is_finite() && ridge > 0.0,
                 "flatten: ridge = {ridge} must be a positive number"
             );
-            flatten_groups(t, &groups, &ids, (ridge, step.channels), progress)?;
+            let prune = PruneBack {
+                ridge,
+                channels: step.channels,
+                heads: step.heads,
+            };
+            flatten_groups(t, &groups, &ids, prune, progress)?;
         }
     }
     t.config.num_layers = t.blocks.len();
@@ -162,14 +172,24 @@ fn unit_rows(h: &Tensor) -> candle_core::Result<Tensor> {
 
 /// FlattenGPT's greedy merging: start from single blocks; `merges` times, merge the adjacent
 /// pair of groups `[a₁..b₁] [b₁+1..b₂]` with the highest `S[a₁][b₂]` (input of the union's
-/// first block against input of its last; ties to the lowest index). Returns half-open groups
-/// of two or more blocks, in depth order.
-pub fn greedy_groups(s: &[Vec<f64>], n_blocks: usize, merges: usize) -> Vec<(usize, usize)> {
+/// first block against input of its last; ties to the lowest index), or with `GroupPick::Span`
+/// the highest `S[a₁][b₂ + 1]` (against the last block's output). Returns half-open groups of
+/// two or more blocks, in depth order.
+pub fn greedy_groups(
+    s: &[Vec<f64>],
+    n_blocks: usize,
+    merges: usize,
+    pick: GroupPick,
+) -> Vec<(usize, usize)> {
+    let past_last = match pick {
+        GroupPick::Inputs => 0,
+        GroupPick::Span => 1,
+    };
     let mut groups: Vec<(usize, usize)> = (0..n_blocks).map(|b| (b, b + 1)).collect();
     for _ in 0..merges {
         let mut best: Option<(usize, f64)> = None;
         for g in 0..groups.len().saturating_sub(1) {
-            let score = s[groups[g].0][groups[g + 1].1 - 1];
+            let score = s[groups[g].0][groups[g + 1].1 - 1 + past_last];
             if best.is_none_or(|(_, b)| score > b) {
                 best = Some((g, score));
             }
@@ -272,16 +292,27 @@ pub fn flatten_blocks(blocks: &[Block]) -> candle_core::Result<Block> {
 }
 
 /// Calibration statistics of a wide block: each head's summed residual contribution
-/// `Σ_t ‖a_{i,t} W_{O,i}ᵀ‖₂`, and `C = ψᵀψ` of the MLP channels (down_proj's input).
+/// `Σ_t ‖a_{i,t} W_{O,i}ᵀ‖₂`, `C = ψᵀψ` of the MLP channels (down_proj's input), and when the
+/// heads are compensated, `aᵀa` of the heads' outputs (o_proj's input).
 struct WideStats {
     heads: usize,
     head_dim: usize,
     /// o_proj as `[heads, head_dim, hidden]`.
     w_o: Tensor,
     head_score: Vec<f64>,
+    head_gram: Option<Vec<f64>>,
     channels: usize,
     c: Vec<f64>,
     tokens: usize,
+}
+
+/// Adds `xᵀx` of a `[tokens, n]` activation to a row-major `n × n` sum.
+fn add_gram(acc: &mut [f64], x: &Tensor) -> candle_core::Result<()> {
+    let gram = x.t()?.matmul(x)?.flatten_all()?.to_vec1::<f32>()?;
+    for (a, g) in acc.iter_mut().zip(gram) {
+        *a += f64::from(g);
+    }
+    Ok(())
 }
 
 impl ForwardHook for WideStats {
@@ -303,12 +334,12 @@ impl ForwardHook for WideStats {
                 for (acc, v) in self.head_score.iter_mut().zip(norms) {
                     *acc += f64::from(v);
                 }
+                if let Some(gram) = &mut self.head_gram {
+                    add_gram(gram, x)?;
+                }
             }
             LinearKind::FfnDown => {
-                let gram = x.t()?.matmul(x)?.flatten_all()?.to_vec1::<f32>()?;
-                for (acc, g) in self.c.iter_mut().zip(gram) {
-                    *acc += f64::from(g);
-                }
+                add_gram(&mut self.c, x)?;
                 self.tokens += x.dim(0)?;
             }
             _ => {}
@@ -350,15 +381,23 @@ fn run_wide(
     Tensor::cat(&outs, 0)
 }
 
+/// The prune-back's knobs.
+#[derive(Debug, Clone, Copy)]
+struct PruneBack {
+    /// The ridge factor (× the mean eigenvalue of a second moment).
+    ridge: f64,
+    channels: ChannelScore,
+    heads: HeadPrune,
+}
+
 /// Flattens each group (half-open block ranges, disjoint) and prunes it back to the original
 /// width, in depth order; each group's statistics come from the calibration windows run through
 /// the model as compressed so far.
-/// `(ridge, score)`: the ridge factor and the channel ranking of the prune-back.
 fn flatten_groups(
     t: &mut Transformer,
     groups: &[(usize, usize)],
     ids: &Tensor,
-    (ridge, score): (f64, ChannelScore),
+    prune: PruneBack,
     progress: &mut Progress<'_>,
 ) -> anyhow::Result<()> {
     let (_, seq) = ids.dims2()?;
@@ -390,6 +429,8 @@ fn flatten_groups(
                         .permute((1, 2, 0))?
                         .contiguous()?,
                     head_score: vec![0.0; g * cfg.num_heads],
+                    head_gram: (prune.heads == HeadPrune::Compensate)
+                        .then(|| vec![0.0; (g * cfg.num_heads * cfg.head_dim).pow(2)]),
                     channels: g * cfg.intermediate_size,
                     c: vec![0.0; (g * cfg.intermediate_size).pow(2)],
                     tokens: 0,
@@ -404,14 +445,20 @@ fn flatten_groups(
                 let down = dense(&wide.ffn_down)?;
                 let scale = 1.0 / stats.tokens.max(1) as f64;
                 let c: Vec<f64> = stats.c.iter().map(|v| v * scale).collect();
-                let lambda = ridge_lambda(&c, stats.channels, ridge);
-                let rank = match score {
+                let lambda = ridge_lambda(&c, stats.channels, prune.ridge);
+                let rank = match prune.channels {
                     ChannelScore::Leverage => ridge_leverage(&c, stats.channels, lambda)?,
                     ChannelScore::Energy => channel_energy(&c, stats.channels, &down)?,
                 };
                 let channels = select_channels(&rank, &down, cfg.intermediate_size)?;
+                let head_gram = stats.head_gram.map(|gram| {
+                    let gram: Vec<f64> = gram.iter().map(|v| v * scale).collect();
+                    let lambda = ridge_lambda(&gram, stats.heads * stats.head_dim, prune.ridge);
+                    (gram, lambda)
+                });
+                let heads = head_gram.as_ref().map(|(gram, l)| (gram.as_slice(), *l));
                 b = e;
-                prune_back(&wide, &cfg, &kv, &channels, &c, lambda)?
+                prune_back(&wide, &cfg, &kv, heads, &channels, &c, lambda)?
             }
             None => {
                 b += 1;
@@ -506,11 +553,11 @@ pub fn ridge_leverage(c: &[f64], n: usize, lambda: f64) -> anyhow::Result<Vec<f6
     Ok((0..n).map(|i| 1.0 - lambda * inv[(i, i)]).collect())
 }
 
-/// Nyström compensation of the down projection (math layout `W_D`: channels × hidden, i.e.
-/// down_projᵀ): `W' = W_D[K] + (C_KK + λI)⁻¹ C_KD W_D[D]`, the minimiser of
-/// `‖ψW_D − ψ_K W'‖² + λ‖W' − W_D[K]‖²` over the kept channels `K` (dropped `D`). Returns
-/// `|K| × hidden`; with nothing dropped it is `W_D[K]` exactly.
-pub fn nystrom_down(
+/// Nyström compensation of a linear's inputs, e.g. the down projection (math layout `W_D`:
+/// channels × hidden, i.e. down_projᵀ): `W' = W_D[K] + (C_KK + λI)⁻¹ C_KD W_D[D]`, the
+/// minimiser of `‖ψW_D − ψ_K W'‖² + λ‖W' − W_D[K]‖²` over the kept channels `K` (dropped `D`).
+/// Returns `|K| × hidden`; with nothing dropped it is `W_D[K]` exactly.
+pub fn nystrom(
     w_d: &[f32],
     hidden: usize,
     c: &[f64],
@@ -557,6 +604,17 @@ pub fn nystrom_down(
     Ok(out)
 }
 
+/// A linear `[out, n]` reading only the `keep` inputs, compensated for the others by
+/// `nystrom` with the inputs' second moment `c` (`n × n`) and ridge `lambda`.
+fn nystrom_linear(w: &Tensor, c: &[f64], keep: &[usize], lambda: f64) -> anyhow::Result<Tensor> {
+    let (out, n) = w.dims2()?;
+    let w_t = w.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let refit = nystrom(&w_t, out, c, n, keep, lambda)?;
+    Ok(Tensor::from_vec(refit, (keep.len(), out), &Device::Cpu)?
+        .t()?
+        .contiguous()?)
+}
+
 fn index(ix: &[usize]) -> candle_core::Result<Tensor> {
     let v: Vec<u32> = ix.iter().map(|&i| i as u32).collect();
     Tensor::from_vec(v, ix.len(), &Device::Cpu)
@@ -572,12 +630,14 @@ fn take_rows(w: &LinearWeight, rows: &Tensor) -> candle_core::Result<LinearWeigh
 }
 
 /// The wide block pruned back to the original width: the kept KV groups with their query
-/// heads, the kept MLP channels with down_proj compensated (Nyström, ridge `lambda` on
+/// heads (with `head_gram = Some((aᵀa/N, λ))`, o_proj compensated for the dropped heads the
+/// same way), the kept MLP channels with down_proj compensated (Nyström, ridge `lambda` on
 /// `c = ψᵀψ/N`). Keeping everything returns the wide block's weights unchanged.
 pub fn prune_back(
     wide: &Block,
     cfg: &crate::model::LlamaConfig,
     kv_groups: &[usize],
+    head_gram: Option<(&[f64], f64)>,
     channels: &[usize],
     c: &[f64],
     lambda: f64,
@@ -592,16 +652,15 @@ pub fn prune_back(
         .flat_map(|&k| k * rep * hd..(k + 1) * rep * hd)
         .collect();
     let (q_ix, kv_ix, ch_ix) = (index(&q_rows)?, index(&kv_rows)?, index(channels)?);
-    let o = dense(&wide.attn_output)?
-        .index_select(&q_ix, 1)?
-        .contiguous()?;
-    let down = dense(&wide.ffn_down)?;
-    let (hidden, n) = down.dims2()?;
-    let w_d = down.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let new_d = nystrom_down(&w_d, hidden, c, n, channels, lambda)?;
-    let new_down = Tensor::from_vec(new_d, (channels.len(), hidden), &Device::Cpu)?
-        .t()?
-        .contiguous()?;
+    let o = match head_gram {
+        None => dense(&wide.attn_output)?
+            .index_select(&q_ix, 1)?
+            .contiguous()?,
+        Some((gram, head_lambda)) => {
+            nystrom_linear(&dense(&wide.attn_output)?, gram, &q_rows, head_lambda)?
+        }
+    };
+    let new_down = nystrom_linear(&dense(&wide.ffn_down)?, c, channels, lambda)?;
     Ok(Block {
         attn_norm: wide.attn_norm.clone(),
         attn_q: take_rows(&wide.attn_q, &q_ix)?,
@@ -728,8 +787,16 @@ mod tests {
         let want = t.run_block(0, &h, 1, 8, &mut NoHook).unwrap();
         // Whatever the channel ranking and ridge, the silent block's heads and channels go.
         for knobs in [
-            (RIDGE_FACTOR, ChannelScore::Leverage),
-            (0.5, ChannelScore::Energy),
+            PruneBack {
+                ridge: RIDGE_FACTOR,
+                channels: ChannelScore::Leverage,
+                heads: HeadPrune::Select,
+            },
+            PruneBack {
+                ridge: 0.5,
+                channels: ChannelScore::Energy,
+                heads: HeadPrune::Compensate,
+            },
         ] {
             let mut flat = t.clone();
             flatten_groups(&mut flat, &[(0, 2)], &ids, knobs, &mut |_, _, _| true).unwrap();
@@ -742,14 +809,12 @@ mod tests {
             );
         }
         let mut flat = t.clone();
-        flatten_groups(
-            &mut flat,
-            &[(0, 2)],
-            &ids,
-            (RIDGE_FACTOR, ChannelScore::Leverage),
-            &mut |_, _, _| true,
-        )
-        .unwrap();
+        let knobs = PruneBack {
+            ridge: RIDGE_FACTOR,
+            channels: ChannelScore::Leverage,
+            heads: HeadPrune::Select,
+        };
+        flatten_groups(&mut flat, &[(0, 2)], &ids, knobs, &mut |_, _, _| true).unwrap();
         // The block after the group is untouched.
         assert_eq!(
             dense(&flat.blocks[1].attn_q)
@@ -761,6 +826,55 @@ mod tests {
                 .to_vec2::<f32>()
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn compensation_folds_duplicate_heads_into_the_kept_ones() {
+        // Block 1 is block 0 with its attention output halved and no MLP: the wide block
+        // computes x + 1.5·A(x̂). The prune-back keeps block 0's heads (they score higher);
+        // with compensation (ridge → 0) the result must be that wide block exactly, where plain
+        // selection loses a third of the branch.
+        let mut t = tiny();
+        let zero_mlp = |b: &mut Block| {
+            b.ffn_down =
+                LinearWeight::dense(dense(&b.ffn_down).unwrap().zeros_like().unwrap(), None);
+        };
+        zero_mlp(&mut t.blocks[0]);
+        t.blocks[1] = t.blocks[0].clone();
+        let half = (dense(&t.blocks[1].attn_output).unwrap() * 0.5).unwrap();
+        t.blocks[1].attn_output = LinearWeight::dense(half, None);
+        let ids = Tensor::from_vec(
+            (0..4 * 8).map(|i| (i * 11 % 40) as u32).collect(),
+            (4, 8),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let h = t.embed(&ids).unwrap().reshape((32, 16)).unwrap();
+        let wide = flatten_blocks(&t.blocks[0..2]).unwrap();
+        let mut cfg = t.config.clone();
+        cfg.num_heads *= 2;
+        cfg.num_kv_heads *= 2;
+        cfg.num_layers = 1;
+        let wide_t = Transformer {
+            config: cfg,
+            blocks: vec![wide],
+            ..t.clone()
+        };
+        let want = wide_t.run_block(0, &h, 4, 8, &mut NoHook).unwrap();
+        let err = |heads| {
+            let mut flat = t.clone();
+            let knobs = PruneBack {
+                ridge: 1e-7,
+                channels: ChannelScore::Leverage,
+                heads,
+            };
+            flatten_groups(&mut flat, &[(0, 2)], &ids, knobs, &mut |_, _, _| true).unwrap();
+            let got = flat.run_block(0, &h, 4, 8, &mut NoHook).unwrap();
+            max_diff(&want, &got) / max_diff(&want, &h)
+        };
+        let (compensated, selected) = (err(HeadPrune::Compensate), err(HeadPrune::Select));
+        assert!(compensated < 1e-3, "compensated: {compensated}");
+        assert!(selected > 0.1, "selected: {selected}");
     }
 
     #[test]
@@ -776,7 +890,7 @@ mod tests {
             .collect();
         let kv: Vec<usize> = (0..cfg.num_kv_heads).collect();
         let channels: Vec<usize> = (0..n).collect();
-        let back = prune_back(&wide, &cfg, &kv, &channels, &c, 0.5).unwrap();
+        let back = prune_back(&wide, &cfg, &kv, None, &channels, &c, 0.5).unwrap();
         for kind in LinearKind::ALL {
             assert_eq!(
                 dense(back.linear(kind)).unwrap().to_vec2::<f32>().unwrap(),
@@ -810,7 +924,7 @@ mod tests {
         let w_d: Vec<f32> = (0..n * hidden_n)
             .map(|i| ((i * 5 % 7) as f32) - 3.0)
             .collect();
-        let w = nystrom_down(&w_d, hidden_n, &c, n, &[0, 1, 2], 1e-9).unwrap();
+        let w = nystrom(&w_d, hidden_n, &c, n, &[0, 1, 2], 1e-9).unwrap();
         for t in 0..tokens {
             for o in 0..hidden_n {
                 let want: f64 = (0..n)
@@ -823,7 +937,7 @@ mod tests {
             }
         }
         // λ → ∞ is plain selection.
-        let w = nystrom_down(&w_d, hidden_n, &c, n, &[0, 1, 2], 1e12).unwrap();
+        let w = nystrom(&w_d, hidden_n, &c, n, &[0, 1, 2], 1e12).unwrap();
         for (a, b) in w.iter().zip(&w_d[..3 * hidden_n]) {
             assert!((a - b).abs() < 1e-6);
         }
@@ -846,17 +960,27 @@ mod tests {
 
     #[test]
     fn greedy_groups_tie_break_and_span_score() {
+        // Span scoring reads one column further: the last block's output.
+        let mut s = vec![vec![0.0; 5]; 5];
+        s[0][2] = 0.9; // input of 0 against output of 1: pair (0, 1) by span
+        s[1][2] = 0.95; // inputs of 1 and 2: pair (1, 2) by inputs
+        s[2][4] = 0.99; // input of 2 against output of 3: pair (2, 3) by span, the best
+        assert_eq!(greedy_groups(&s, 4, 1, GroupPick::Inputs), vec![(1, 3)]);
+        assert_eq!(greedy_groups(&s, 4, 1, GroupPick::Span), vec![(2, 4)]);
         let ones = vec![vec![1.0; 7]; 7];
-        assert_eq!(greedy_groups(&ones, 6, 1), vec![(0, 2)]);
-        assert_eq!(greedy_groups(&ones, 6, 0), vec![]);
+        assert_eq!(greedy_groups(&ones, 6, 1, GroupPick::Inputs), vec![(0, 2)]);
+        assert_eq!(greedy_groups(&ones, 6, 0, GroupPick::Inputs), vec![]);
         // Pair (2, 3) is the most similar; then merging [2..3] with 4 scores S[2][4].
         let mut s = vec![vec![0.0; 7]; 7];
         s[2][3] = 0.9;
         s[2][4] = 0.8;
         s[0][1] = 0.7;
-        assert_eq!(greedy_groups(&s, 6, 2), vec![(2, 5)]);
+        assert_eq!(greedy_groups(&s, 6, 2, GroupPick::Inputs), vec![(2, 5)]);
         s[2][4] = 0.1;
-        assert_eq!(greedy_groups(&s, 6, 2), vec![(0, 2), (2, 4)]);
+        assert_eq!(
+            greedy_groups(&s, 6, 2, GroupPick::Inputs),
+            vec![(0, 2), (2, 4)]
+        );
         assert_eq!(drop_choice(&s, 6, 2), vec![0, 2]);
     }
 

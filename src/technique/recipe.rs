@@ -267,6 +267,12 @@ pub struct FlattenStep {
     /// How the prune-back ranks MLP channels.
     #[serde(default, skip_serializing_if = "ChannelScore::is_default")]
     pub channels: ChannelScore,
+    /// What the prune-back does with the attention heads it drops.
+    #[serde(default, skip_serializing_if = "HeadPrune::is_default")]
+    pub heads: HeadPrune,
+    /// Which similarity scores a candidate group when `auto` picks the groups to flatten.
+    #[serde(default, skip_serializing_if = "GroupPick::is_default")]
+    pub pick: GroupPick,
 }
 
 impl FlattenStep {
@@ -278,6 +284,8 @@ impl FlattenStep {
             method,
             ridge: None,
             channels: ChannelScore::default(),
+            heads: HeadPrune::default(),
+            pick: GroupPick::default(),
         }
     }
 }
@@ -303,6 +311,42 @@ pub enum ChannelScore {
 }
 
 impl ChannelScore {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What the flatten prune-back does with the wide block's dropped attention heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadPrune {
+    /// Drop them; the kept heads' o_proj columns stay as they were (FlattenGPT).
+    #[default]
+    Select,
+    /// Refit the kept heads' o_proj columns to carry what the dropped heads wrote (Nyström
+    /// compensation on the heads' outputs, as the MLP channels get).
+    Compensate,
+}
+
+impl HeadPrune {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// How `auto` scores merging adjacent groups of blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupPick {
+    /// The input of the span's first block against the input of its last (FlattenGPT).
+    #[default]
+    Inputs,
+    /// The input of the span's first block against the output of its last: how little the
+    /// whole span changes the residual stream (ShortGPT's block influence, for spans).
+    Span,
+}
+
+impl GroupPick {
     fn is_default(&self) -> bool {
         *self == Self::default()
     }
