@@ -14,9 +14,10 @@ out=${OUT:-experiments/results/search}
 mkdir -p "$out"
 eval_args=(--suite held-out --ctx 512 --chunks 16 --store "$store")
 "$BIN" measure "$gguf" --candidates experiments/candidates/all-families.toml --store "$store"
-# At the hand-written recipe's size (shiftadd-3bit-column-g64-q8embd: 78 415 314 bytes) and at
-# llama.cpp Q4_0's (91 726 912 bytes): the least predicted KLD within the budget, measured.
-for budget in 78415314 91726912; do
+# At the hand-written recipe's size (shiftadd-3bit-column-g64-q8embd: 78 415 314 bytes), at
+# llama.cpp Q3_K_S's (88 201 792 bytes; experiments/recipes/searched-shiftadd-88mb.toml is that
+# point) and at Q4_0's (91 726 912 bytes): the least predicted KLD within the budget, measured.
+for budget in 78415314 88201792 91726912; do
   "$BIN" search "$gguf" --candidates experiments/candidates/shiftadd-bits.toml \
     --max-bytes "$budget" --measure 1 "${eval_args[@]}" --out "$out/front-$budget" --json \
     >"$out/search-$budget.json"
@@ -29,7 +30,7 @@ import json, sys
 d = sys.argv[1]
 print("| search | run | predicted bytes | bytes | predicted KLD | suite KLD | predicted tok/s | decode tok/s |")
 print("|---|---|---|---|---|---|---|---|")
-for name in ["search-78415314", "search-91726912", "search-all"]:
+for name in ["search-78415314", "search-88201792", "search-91726912", "search-all"]:
     j = json.load(open(f"{d}/{name}.json"))
     for m in j["measured"]:
         f = lambda v, p: "–" if v is None else f"{v:.{p}f}"
