@@ -65,6 +65,9 @@ enum Command {
         /// Number of tokens to generate.
         #[arg(short = 'n', long, default_value_t = 32)]
         n: usize,
+        /// The KV cache's element type: `f32`, or `f16` (half the cache's memory and reads).
+        #[arg(long, default_value = "f32")]
+        kv: crate::engine::KvType,
     },
     /// Apply a recipe and measure the result against the uncompressed model.
     Run(RunArgs),
@@ -328,7 +331,12 @@ pub fn run() -> anyhow::Result<()> {
         Command::Gui(args) => crate::ui::run_gui(args.options()),
         Command::Info { model, json } => info(&model, json),
         Command::Eval(args) => eval(&args),
-        Command::Generate { model, prompt, n } => generate(&model, &prompt, n),
+        Command::Generate {
+            model,
+            prompt,
+            n,
+            kv,
+        } => generate(&model, &prompt, n, kv),
         Command::Run(args) => run_recipe(&args),
         Command::Allocate(args) => allocate(&args),
         Command::Bench(BenchCommand::Eval(args)) => bench::eval_bench(&args),
@@ -847,11 +855,15 @@ fn zoo_train(opts: &ZooOptions) -> anyhow::Result<()> {
 
 /// Greedy continuation on the decode engine (the tensor forward is the reference it is
 /// tested against).
-fn generate(spec: &str, prompt: &str, n: usize) -> anyhow::Result<()> {
+fn generate(spec: &str, prompt: &str, n: usize, kv: crate::engine::KvType) -> anyhow::Result<()> {
     let model = load(spec)?;
     let ids = model.tokenizer.encode(prompt, true)?;
     anyhow::ensure!(!ids.is_empty(), "generation needs a non-empty prompt");
-    let engine = crate::engine::Engine::new(&model.transformer, Default::default())?;
+    let opts = crate::engine::EngineOptions {
+        kv,
+        ..Default::default()
+    };
+    let engine = crate::engine::Engine::new(&model.transformer, opts)?;
     let mut decoder = engine.decoder();
     decoder.reserve(ids.len() + n);
     let mut next = argmax(decoder.feed(&ids)?);

@@ -6,7 +6,7 @@
 mod common;
 
 use common::TinySpec;
-use reparam::engine::{Engine, EngineOptions, PoolKind};
+use reparam::engine::{Engine, EngineOptions, KvType, PoolKind};
 use reparam::eval::generate::argmax;
 use reparam::model::{KvCache, Model, NoHook};
 use reparam::technique::recipe::Recipe;
@@ -70,7 +70,12 @@ fn assert_engine_matches(m: &Model, toks: &[u32], what: &str) {
     };
     for pool in [PoolKind::Spin, PoolKind::Rayon] {
         for threads in [1, 2] {
-            let e = Engine::new(&m.transformer, EngineOptions { threads, pool }).unwrap();
+            let opts = EngineOptions {
+                threads,
+                pool,
+                ..EngineOptions::default()
+            };
+            let e = Engine::new(&m.transformer, opts).unwrap();
             let mut d = e.decoder();
             for (pos, (&t, w)) in toks.iter().zip(&want).enumerate() {
                 let got = d.step(t).unwrap();
@@ -105,7 +110,11 @@ fn greedy_reference(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
 }
 
 fn greedy_engine(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
-    let e = Engine::new(&m.transformer, EngineOptions::default()).unwrap();
+    greedy_engine_with(m, prompt, n, EngineOptions::default())
+}
+
+fn greedy_engine_with(m: &Model, prompt: &[u32], n: usize, opts: EngineOptions) -> Vec<u32> {
+    let e = Engine::new(&m.transformer, opts).unwrap();
     let mut d = e.decoder();
     let mut t = argmax(d.feed(prompt).unwrap());
     let mut out = vec![t];
@@ -247,6 +256,59 @@ fn every_compressed_form_matches_the_reference() {
     }
 }
 
+/// With the KV cache in f16 each key and value is rounded to 11 significant bits; the logits
+/// move by about that much, relative to the largest.
+const F16_KV_TOLERANCE: f32 = 5e-3;
+
+#[test]
+fn an_f16_kv_cache_stays_within_its_rounding_and_decodes_the_same() {
+    let spec = TinySpec::default();
+    let (_d, m) = tiny(&spec);
+    let toks = tokens(48, spec.vocab() as u32);
+    let want = reference_logits(&m, &toks);
+    let f32_kv = Engine::new(&m.transformer, EngineOptions::default()).unwrap();
+    let mut exact = f32_kv.decoder();
+    let mut moved = 0f32;
+    for pool in [PoolKind::Spin, PoolKind::Rayon] {
+        for threads in [1, 2] {
+            let opts = EngineOptions {
+                threads,
+                pool,
+                kv: KvType::F16,
+            };
+            let e = Engine::new(&m.transformer, opts).unwrap();
+            let mut d = e.decoder();
+            for (pos, (&t, w)) in toks.iter().zip(&want).enumerate() {
+                let got = d.step(t).unwrap();
+                assert_close(
+                    got,
+                    w,
+                    F16_KV_TOLERANCE,
+                    &format!("f16 KV, {pool:?} ×{threads}, position {pos}"),
+                );
+                if pool == PoolKind::Spin && threads == 1 {
+                    let e32 = exact.step(t).unwrap();
+                    moved = got
+                        .iter()
+                        .zip(e32)
+                        .fold(moved, |a, (x, y)| a.max((x - y).abs()));
+                }
+            }
+        }
+    }
+    // The cache really holds f16: the logits differ from the f32 cache's somewhere.
+    assert!(moved > 0.0, "f16 and f32 caches gave identical logits");
+    let prompt = tokens(6, spec.vocab() as u32);
+    let f16 = EngineOptions {
+        kv: KvType::F16,
+        ..EngineOptions::default()
+    };
+    assert_eq!(
+        greedy_engine_with(&m, &prompt, 16, f16),
+        greedy_reference(&m, &prompt, 16)
+    );
+}
+
 #[test]
 fn context_limit_is_an_error_and_bad_tokens_are_refused() {
     let (_d, m) = tiny(&TinySpec::default());
@@ -262,7 +324,7 @@ fn context_limit_is_an_error_and_bad_tokens_are_refused() {
 }
 
 /// SmolLM2 (when present): the engine's greedy continuation equals the reference's token for
-/// token, dense and at 3 bits in the column layout with an 8-bit head.
+/// token, with an f32 and with an f16 KV cache.
 #[test]
 fn smollm2_greedy_continuations_are_identical() {
     let Some(path) = common::smollm2_file() else {
@@ -273,9 +335,16 @@ fn smollm2_greedy_continuations_are_identical() {
         .tokenizer
         .encode("The quick brown fox jumps over the lazy dog. Then it", true)
         .unwrap();
+    let reference = greedy_reference(&m, &prompt, 24);
+    assert_eq!(greedy_engine(&m, &prompt, 24), reference);
+    let f16 = EngineOptions {
+        kv: KvType::F16,
+        ..EngineOptions::default()
+    };
     assert_eq!(
-        greedy_engine(&m, &prompt, 24),
-        greedy_reference(&m, &prompt, 24)
+        greedy_engine_with(&m, &prompt, 24, f16),
+        reference,
+        "f16 KV"
     );
     let want = reference_logits(&m, &prompt[..6]);
     let e = Engine::new(&m.transformer, EngineOptions::default()).unwrap();

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::calib::calibration_tokens;
-use crate::engine::{Engine, EngineOptions, PoolKind, read_bandwidth};
+use crate::engine::{Engine, EngineOptions, KvType, PoolKind, read_bandwidth};
 use crate::eval::latency::measure_decode;
 use crate::model::load_spec;
 use crate::technique::recipe::Recipe;
@@ -37,6 +37,10 @@ pub struct DecodeBenchArgs {
     /// Decode steps per round (three rounds, median reported).
     #[arg(long, default_value_t = 128)]
     pub tokens: usize,
+    /// Tokens in the KV cache before the timed steps (llama-bench's `-d`): how much cache
+    /// each step reads.
+    #[arg(long, default_value_t = 16)]
+    pub prompt: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -53,6 +57,7 @@ struct PeerBench {
 #[derive(Debug, serde::Serialize)]
 struct PoolResult {
     pool: PoolKind,
+    kv: KvType,
     decode_tok_s: f64,
     decode_range: [f64; 2],
     /// Weight bytes read per token × tokens/s.
@@ -92,16 +97,27 @@ pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
         "The history of the city begins with a small settlement on the river, where",
         true,
     )?;
-    let tokens: Vec<u32> = prompt.iter().copied().cycle().take(64).collect();
+    let tokens: Vec<u32> = prompt
+        .iter()
+        .copied()
+        .cycle()
+        .take((args.prompt + 2).max(64))
+        .collect();
     let bound = read_bandwidth(EngineOptions {
         threads,
-        pool: PoolKind::Spin,
+        ..EngineOptions::default()
     });
     let mut pools = Vec::new();
     let mut per_token = 0;
     let mut forms: Vec<FormBytes> = Vec::new();
-    for pool in [PoolKind::Spin, PoolKind::Rayon] {
-        let engine = Engine::new(&model.transformer, EngineOptions { threads, pool })?;
+    // Both pools with an f32 cache, and the spinning pool with an f16 one.
+    let configs = [
+        (PoolKind::Spin, KvType::F32),
+        (PoolKind::Rayon, KvType::F32),
+        (PoolKind::Spin, KvType::F16),
+    ];
+    for (pool, kv) in configs {
+        let engine = Engine::new(&model.transformer, EngineOptions { threads, pool, kv })?;
         per_token = engine.weight_bytes_per_token();
         if forms.is_empty() {
             for (_, l) in engine.linears() {
@@ -118,10 +134,11 @@ pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        let (tok_s, range) = measure_decode(&engine, &tokens, args.tokens, 3)?;
+        let (tok_s, range) = measure_decode(&engine, &tokens, args.prompt, args.tokens, 3)?;
         let gb_s = per_token as f64 * tok_s / 1e9;
         pools.push(PoolResult {
             pool,
+            kv,
             decode_tok_s: tok_s,
             decode_range: range,
             gb_s,
@@ -135,7 +152,7 @@ pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
         .map(|b| b.join("llama-bench"))
         .filter(|p| p.is_file());
     let peer = match (&peer_exe, &args.peer_model) {
-        (Some(exe), Some(m)) => Some(run_llama_bench(exe, m, threads, args.tokens)?),
+        (Some(exe), Some(m)) => Some(run_llama_bench(exe, m, threads, args.tokens, args.prompt)?),
         _ => None,
     };
     if args.json {
@@ -143,6 +160,7 @@ pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
             "model": args.model,
             "recipe": args.recipe,
             "threads": threads,
+            "prompt": args.prompt,
             "read_bandwidth_gb_s": bound,
             "weight_bytes_per_token": per_token,
             "forms": forms,
@@ -164,10 +182,12 @@ pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
             f.bytes as f64 / 1e6
         );
     }
+    crate::outln!("decode after a {}-token prompt:", args.prompt);
     for p in &pools {
         crate::outln!(
-            "reparam decode ({:?} pool) {:>7.1} tok/s  [{:.1}–{:.1}]  {:>5.1} GB/s  {:>3.0}% of bound",
+            "reparam decode ({:?} pool, {:?} KV) {:>7.1} tok/s  [{:.1}–{:.1}]  {:>5.1} GB/s  {:>3.0}% of bound",
             p.pool,
+            p.kv,
             p.decode_tok_s,
             p.decode_range[0],
             p.decode_range[1],
@@ -191,12 +211,14 @@ pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `llama-bench` with one generation test and one prompt test, as JSON.
+/// `llama-bench` with one generation test and one prompt test, both after `depth` tokens in
+/// the context (its KV cache is f16 by default), as JSON.
 fn run_llama_bench(
     exe: &Path,
     model: &Path,
     threads: usize,
     tokens: usize,
+    depth: usize,
 ) -> anyhow::Result<PeerBench> {
     let out = Command::new(exe)
         .arg("-m")
@@ -207,6 +229,8 @@ fn run_llama_bench(
             &tokens.to_string(),
             "-p",
             "512",
+            "-d",
+            &depth.to_string(),
             "-r",
             "3",
             "-o",

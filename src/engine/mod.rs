@@ -9,6 +9,7 @@
 //! runs quantized. The tensor forward (`model::llama`) stays the reference: calibration and
 //! training use it, and the tests hold the engine's logits to it.
 
+mod kv;
 mod linear;
 pub mod pool;
 pub mod rtn;
@@ -19,6 +20,8 @@ use anyhow::{Context as _, bail};
 
 use crate::model::{LinearWeight, Transformer};
 
+use kv::KvElem;
+pub use kv::KvType;
 pub use linear::{Kernel, Linear, Prepared};
 pub use pool::{Pool, PoolKind};
 
@@ -28,6 +31,8 @@ pub struct EngineOptions {
     /// Threads a step is split over (the caller's included).
     pub threads: usize,
     pub pool: PoolKind,
+    /// The KV cache's element type.
+    pub kv: KvType,
 }
 
 impl Default for EngineOptions {
@@ -35,6 +40,7 @@ impl Default for EngineOptions {
         Self {
             threads: rayon::current_num_threads(),
             pool: PoolKind::default(),
+            kv: KvType::default(),
         }
     }
 }
@@ -76,6 +82,7 @@ pub struct Engine {
     output_norm: Vec<f32>,
     head: Linear,
     pool: Pool,
+    kv: KvType,
 }
 
 fn f32s(t: &candle_core::Tensor) -> anyhow::Result<Vec<f32>> {
@@ -147,6 +154,7 @@ impl Engine {
             output_norm: f32s(&t.output_norm)?,
             head,
             pool: Pool::new(opts.pool, opts.threads),
+            kv: opts.kv,
         })
     }
 
@@ -322,13 +330,43 @@ impl OutPtr {
     }
 }
 
+/// Per block, `[position][kv_heads · head_dim]` keys and values.
+struct Cache<T> {
+    keys: Vec<Vec<T>>,
+    values: Vec<Vec<T>>,
+}
+
+impl<T: KvElem> Cache<T> {
+    fn new(blocks: usize) -> Self {
+        Self {
+            keys: vec![Vec::new(); blocks],
+            values: vec![Vec::new(); blocks],
+        }
+    }
+
+    fn reserve(&mut self, n: usize) {
+        for c in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            c.reserve(n.saturating_sub(c.len()));
+        }
+    }
+
+    fn push(&mut self, block: usize, k: &[f32], v: &[f32]) {
+        T::extend(&mut self.keys[block], k);
+        T::extend(&mut self.values[block], v);
+    }
+}
+
+/// The KV cache in the element type the engine was asked for.
+enum KvCache {
+    F32(Cache<f32>),
+    F16(Cache<half::f16>),
+}
+
 /// One sequence being decoded: its KV cache and working buffers.
 pub struct Decoder<'e> {
     engine: &'e Engine,
     pos: usize,
-    /// Per block, `[position][kv_heads · head_dim]` keys and values.
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    cache: KvCache,
     x: Vec<f32>,
     xn: Vec<f32>,
     q: Vec<f32>,
@@ -352,8 +390,10 @@ impl<'e> Decoder<'e> {
         Self {
             engine: e,
             pos: 0,
-            keys: vec![Vec::new(); e.blocks.len()],
-            values: vec![Vec::new(); e.blocks.len()],
+            cache: match e.kv {
+                KvType::F32 => KvCache::F32(Cache::new(e.blocks.len())),
+                KvType::F16 => KvCache::F16(Cache::new(e.blocks.len())),
+            },
             x: vec![0.0; e.hidden],
             xn: vec![0.0; e.hidden],
             q: vec![0.0; e.heads * e.head_dim],
@@ -380,8 +420,9 @@ impl<'e> Decoder<'e> {
     pub fn reserve(&mut self, positions: usize) {
         let kv = self.engine.kv_heads * self.engine.head_dim;
         let n = positions.min(self.engine.ctx) * kv;
-        for c in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            c.reserve(n.saturating_sub(c.len()));
+        match &mut self.cache {
+            KvCache::F32(c) => c.reserve(n),
+            KvCache::F16(c) => c.reserve(n),
         }
     }
 
@@ -489,9 +530,18 @@ impl<'e> Decoder<'e> {
         {
             rope(head, sin, cos);
         }
-        self.keys[index].extend_from_slice(&self.k);
-        self.values[index].extend_from_slice(&self.v);
-        self.attention(index);
+        let out = OutPtr::of(&mut self.attn);
+        let n = self.pos + 1;
+        match &mut self.cache {
+            KvCache::F32(c) => {
+                c.push(index, &self.k, &self.v);
+                attention(e, &c.keys[index], &c.values[index], &self.q, out, n);
+            }
+            KvCache::F16(c) => {
+                c.push(index, &self.k, &self.v);
+                attention(e, &c.keys[index], &c.values[index], &self.q, out, n);
+            }
+        }
         {
             let [s0, ..] = &mut self.shared;
             e.section(
@@ -547,44 +597,24 @@ impl<'e> Decoder<'e> {
             *x += p;
         }
     }
+}
 
-    /// Causal attention of this position's queries over the cache, heads in parallel.
-    #[allow(unsafe_code)]
-    fn attention(&mut self, index: usize) {
-        let e = self.engine;
-        let (hd, kv) = (e.head_dim, e.kv_heads * e.head_dim);
-        let rep = e.heads / e.kv_heads.max(1);
-        let n = self.pos + 1;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let (keys, values) = (&self.keys[index], &self.values[index]);
-        let q = &self.q;
-        let out = OutPtr::of(&mut self.attn);
-        e.pool.run(e.heads, &|h| {
-            let kvh = h / rep;
-            let qh = &q[h * hd..(h + 1) * hd];
-            // SAFETY: each head writes its own `head_dim` slice of the output.
-            let oh = unsafe { out.range(h * hd, (h + 1) * hd) };
-            SCRATCH.with_borrow_mut(|scores| {
-                scores.clear();
-                scores.extend(
-                    (0..n).map(|t| linear::dot(qh, &keys[t * kv + kvh * hd..][..hd]) * scale),
-                );
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                oh.fill(0.0);
-                for (t, p) in scores.iter().enumerate() {
-                    let w = p / sum;
-                    for (o, vv) in oh.iter_mut().zip(&values[t * kv + kvh * hd..][..hd]) {
-                        *o += w * vv;
-                    }
-                }
-            });
+/// Causal attention of one position's queries `q` over a block's first `n` cached keys and
+/// values, heads in parallel, into `out` (`heads · head_dim`).
+#[allow(unsafe_code)]
+fn attention<T: KvElem>(e: &Engine, keys: &[T], values: &[T], q: &[f32], out: OutPtr, n: usize) {
+    let (hd, kv) = (e.head_dim, e.kv_heads * e.head_dim);
+    let rep = e.heads / e.kv_heads.max(1);
+    let scale = 1.0 / (hd as f32).sqrt();
+    e.pool.run(e.heads, &|h| {
+        let kvh = h / rep;
+        let qh = &q[h * hd..(h + 1) * hd];
+        // SAFETY: each head writes its own `head_dim` slice of the output.
+        let oh = unsafe { out.range(h * hd, (h + 1) * hd) };
+        SCRATCH.with_borrow_mut(|scores| {
+            kv::attend(qh, (keys, values), (kv, kvh * hd), n, scale, scores, oh);
         });
-    }
+    });
 }
 
 /// `out = x / rms(x) · gain`.

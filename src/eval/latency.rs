@@ -24,6 +24,8 @@ pub struct Latency {
 pub const ROUNDS: usize = 3;
 /// Decode steps per round (after one untimed step that warms caches and thread pools).
 pub const DECODE_STEPS: usize = 64;
+/// Prompt tokens before a timed decode round.
+pub const DECODE_PROMPT: usize = 16;
 
 /// Median and [min, max] of a few rates.
 fn spread(mut v: Vec<f64>) -> (f64, [f64; 2]) {
@@ -32,23 +34,34 @@ fn spread(mut v: Vec<f64>) -> (f64, [f64; 2]) {
 }
 
 /// Decode throughput measured on the engine: the median of `rounds` runs of `steps` tokens
-/// after a 16-token prompt (each round a fresh sequence), with the slowest and fastest round.
+/// after a `prompt`-token prompt (each round a fresh sequence), with the slowest and fastest
+/// round. The prompt's length is how much KV cache each timed step reads.
 pub fn measure_decode(
     engine: &Engine,
     tokens: &[u32],
+    prompt: usize,
     steps: usize,
     rounds: usize,
 ) -> anyhow::Result<(f64, [f64; 2])> {
-    anyhow::ensure!(tokens.len() > 16, "decode timing needs more than 16 tokens");
+    anyhow::ensure!(
+        prompt >= 1 && tokens.len() > prompt + 1,
+        "decode timing after a {prompt}-token prompt needs more than {} tokens",
+        prompt + 1
+    );
+    anyhow::ensure!(
+        prompt + 1 + steps <= engine.context_length(),
+        "a {prompt}-token prompt and {steps} steps exceed the model's context of {} positions",
+        engine.context_length()
+    );
     let mut rates = Vec::with_capacity(rounds);
     for _ in 0..rounds.max(1) {
         let mut d = engine.decoder();
-        d.reserve(16 + steps + 1);
-        d.feed(&tokens[..16])?;
+        d.reserve(prompt + steps + 1);
+        d.feed(&tokens[..prompt])?;
         // One untimed step warms the caches and wakes the workers.
-        d.step(tokens[16])?;
+        d.step(tokens[prompt])?;
         let start = Instant::now();
-        for &t in tokens[17..].iter().cycle().take(steps) {
+        for &t in tokens[prompt + 1..].iter().cycle().take(steps) {
             d.step(t)?;
         }
         rates.push(steps as f64 / start.elapsed().as_secs_f64());
@@ -77,7 +90,8 @@ pub fn measure_latency(
         prefill.push(prefill_tokens as f64 / start.elapsed().as_secs_f64());
     }
     let engine = Engine::new(t, EngineOptions::default())?;
-    let (decode_tok_s, decode_range) = measure_decode(&engine, tokens, DECODE_STEPS, ROUNDS)?;
+    let (decode_tok_s, decode_range) =
+        measure_decode(&engine, tokens, DECODE_PROMPT, DECODE_STEPS, ROUNDS)?;
     let (prefill_tok_s, prefill_range) = spread(prefill);
     Ok(Latency {
         decode_tok_s,

@@ -391,11 +391,11 @@ pub fn measure_fixed(
     tokens: &[u32],
     timing: Option<EngineOptions>,
 ) -> anyhow::Result<Measured> {
-    use crate::eval::latency::{DECODE_STEPS, ROUNDS, measure_decode};
+    use crate::eval::latency::{DECODE_PROMPT, DECODE_STEPS, ROUNDS, measure_decode};
     let seconds = match timing {
         Some(timing) => {
             let engine = crate::engine::Engine::new(&base.transformer, timing)?;
-            let (tok_s, _) = measure_decode(&engine, tokens, DECODE_STEPS, ROUNDS)?;
+            let (tok_s, _) = measure_decode(&engine, tokens, DECODE_PROMPT, DECODE_STEPS, ROUNDS)?;
             let mut timer = ProductTimer::new(timing);
             let products: f64 = engine
                 .linears()
