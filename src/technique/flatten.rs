@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::calib::calibration_ids;
 use crate::model::{Block, ForwardHook, LinearId, LinearKind, LinearWeight, Model, Transformer};
-use crate::technique::recipe::{ChannelScore, FlattenMethod, FlattenStep, GroupPick, HeadPrune};
+use crate::technique::recipe::{ChannelScore, FlattenMethod, FlattenStep, GroupPick, HeadScore};
 use crate::technique::{CalibOptions, Progress};
 
 /// Calibration windows run through a block at once while gathering statistics (bounds the
@@ -95,6 +95,7 @@ pub fn apply_flatten(
                 ridge,
                 channels: step.channels,
                 heads: step.heads,
+                refit_heads: step.refit_heads,
             };
             flatten_groups(t, &groups, &ids, prune, progress)?;
         }
@@ -293,7 +294,7 @@ pub fn flatten_blocks(blocks: &[Block]) -> candle_core::Result<Block> {
 
 /// Calibration statistics of a wide block: each head's summed residual contribution
 /// `Σ_t ‖a_{i,t} W_{O,i}ᵀ‖₂`, `C = ψᵀψ` of the MLP channels (down_proj's input), and when the
-/// heads are compensated, `aᵀa` of the heads' outputs (o_proj's input).
+/// heads are refit or ranked by leverage, `aᵀa` of the heads' outputs (o_proj's input).
 struct WideStats {
     heads: usize,
     head_dim: usize,
@@ -387,7 +388,8 @@ struct PruneBack {
     /// The ridge factor (× the mean eigenvalue of a second moment).
     ridge: f64,
     channels: ChannelScore,
-    heads: HeadPrune,
+    heads: HeadScore,
+    refit_heads: bool,
 }
 
 /// Flattens each group (half-open block ranges, disjoint) and prunes it back to the original
@@ -429,7 +431,7 @@ fn flatten_groups(
                         .permute((1, 2, 0))?
                         .contiguous()?,
                     head_score: vec![0.0; g * cfg.num_heads],
-                    head_gram: (prune.heads == HeadPrune::Compensate)
+                    head_gram: (prune.refit_heads || prune.heads == HeadScore::Leverage)
                         .then(|| vec![0.0; (g * cfg.num_heads * cfg.head_dim).pow(2)]),
                     channels: g * cfg.intermediate_size,
                     c: vec![0.0; (g * cfg.intermediate_size).pow(2)],
@@ -437,13 +439,32 @@ fn flatten_groups(
                 };
                 let heads = (g * cfg.num_heads, g * cfg.num_kv_heads);
                 run_wide(t, &wide, heads, &h, seq, &mut stats)?;
+                let scale = 1.0 / stats.tokens.max(1) as f64;
+                let head_gram = stats.head_gram.map(|gram| {
+                    let gram: Vec<f64> = gram.iter().map(|v| v * scale).collect();
+                    let lambda = ridge_lambda(&gram, stats.heads * stats.head_dim, prune.ridge);
+                    (gram, lambda)
+                });
+                let head_score = match (prune.heads, &head_gram) {
+                    (HeadScore::Leverage, Some((gram, l))) => {
+                        // A head whose o_proj columns are zero writes nothing, whatever its
+                        // outputs' leverage (as `select_channels` treats channels).
+                        let writes = stats.w_o.sqr()?.sum((1, 2))?.to_vec1::<f32>()?;
+                        let features = stats.heads * stats.head_dim;
+                        ridge_leverage(gram, features, *l)?
+                            .chunks(stats.head_dim)
+                            .zip(writes)
+                            .map(|(head, w)| if w > 0.0 { head.iter().sum() } else { 0.0 })
+                            .collect()
+                    }
+                    _ => stats.head_score,
+                };
                 let kv = select_kv_groups(
-                    &stats.head_score,
+                    &head_score,
                     cfg.num_heads / cfg.num_kv_heads,
                     cfg.num_kv_heads,
                 );
                 let down = dense(&wide.ffn_down)?;
-                let scale = 1.0 / stats.tokens.max(1) as f64;
                 let c: Vec<f64> = stats.c.iter().map(|v| v * scale).collect();
                 let lambda = ridge_lambda(&c, stats.channels, prune.ridge);
                 let rank = match prune.channels {
@@ -451,12 +472,10 @@ fn flatten_groups(
                     ChannelScore::Energy => channel_energy(&c, stats.channels, &down)?,
                 };
                 let channels = select_channels(&rank, &down, cfg.intermediate_size)?;
-                let head_gram = stats.head_gram.map(|gram| {
-                    let gram: Vec<f64> = gram.iter().map(|v| v * scale).collect();
-                    let lambda = ridge_lambda(&gram, stats.heads * stats.head_dim, prune.ridge);
-                    (gram, lambda)
-                });
-                let heads = head_gram.as_ref().map(|(gram, l)| (gram.as_slice(), *l));
+                let heads = head_gram
+                    .as_ref()
+                    .filter(|_| prune.refit_heads)
+                    .map(|(gram, l)| (gram.as_slice(), *l));
                 b = e;
                 prune_back(&wide, &cfg, &kv, heads, &channels, &c, lambda)?
             }
@@ -790,12 +809,14 @@ mod tests {
             PruneBack {
                 ridge: RIDGE_FACTOR,
                 channels: ChannelScore::Leverage,
-                heads: HeadPrune::Select,
+                heads: HeadScore::Contribution,
+                refit_heads: false,
             },
             PruneBack {
                 ridge: 0.5,
                 channels: ChannelScore::Energy,
-                heads: HeadPrune::Compensate,
+                heads: HeadScore::Leverage,
+                refit_heads: true,
             },
         ] {
             let mut flat = t.clone();
@@ -812,7 +833,8 @@ mod tests {
         let knobs = PruneBack {
             ridge: RIDGE_FACTOR,
             channels: ChannelScore::Leverage,
-            heads: HeadPrune::Select,
+            heads: HeadScore::Contribution,
+            refit_heads: false,
         };
         flatten_groups(&mut flat, &[(0, 2)], &ids, knobs, &mut |_, _, _| true).unwrap();
         // The block after the group is untouched.
@@ -861,18 +883,19 @@ mod tests {
             ..t.clone()
         };
         let want = wide_t.run_block(0, &h, 4, 8, &mut NoHook).unwrap();
-        let err = |heads| {
+        let err = |refit_heads| {
             let mut flat = t.clone();
             let knobs = PruneBack {
                 ridge: 1e-7,
                 channels: ChannelScore::Leverage,
-                heads,
+                heads: HeadScore::Contribution,
+                refit_heads,
             };
             flatten_groups(&mut flat, &[(0, 2)], &ids, knobs, &mut |_, _, _| true).unwrap();
             let got = flat.run_block(0, &h, 4, 8, &mut NoHook).unwrap();
             max_diff(&want, &got) / max_diff(&want, &h)
         };
-        let (compensated, selected) = (err(HeadPrune::Compensate), err(HeadPrune::Select));
+        let (compensated, selected) = (err(true), err(false));
         assert!(compensated < 1e-3, "compensated: {compensated}");
         assert!(selected > 0.1, "selected: {selected}");
     }

@@ -267,9 +267,13 @@ pub struct FlattenStep {
     /// How the prune-back ranks MLP channels.
     #[serde(default, skip_serializing_if = "ChannelScore::is_default")]
     pub channels: ChannelScore,
-    /// What the prune-back does with the attention heads it drops.
-    #[serde(default, skip_serializing_if = "HeadPrune::is_default")]
-    pub heads: HeadPrune,
+    /// How the prune-back ranks the KV groups (with their query heads).
+    #[serde(default, skip_serializing_if = "HeadScore::is_default")]
+    pub heads: HeadScore,
+    /// Refit the kept heads' o_proj to carry what the dropped heads wrote (Nyström
+    /// compensation on the heads' outputs, as the MLP channels get).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refit_heads: bool,
     /// Which similarity scores a candidate group when `auto` picks the groups to flatten.
     #[serde(default, skip_serializing_if = "GroupPick::is_default")]
     pub pick: GroupPick,
@@ -284,7 +288,8 @@ impl FlattenStep {
             method,
             ridge: None,
             channels: ChannelScore::default(),
-            heads: HeadPrune::default(),
+            heads: HeadScore::default(),
+            refit_heads: false,
             pick: GroupPick::default(),
         }
     }
@@ -316,19 +321,19 @@ impl ChannelScore {
     }
 }
 
-/// What the flatten prune-back does with the wide block's dropped attention heads.
+/// How the flatten prune-back ranks the wide block's KV groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum HeadPrune {
-    /// Drop them; the kept heads' o_proj columns stay as they were (FlattenGPT).
+pub enum HeadScore {
+    /// The summed norm of the group's heads' contributions to the residual (FlattenGPT).
     #[default]
-    Select,
-    /// Refit the kept heads' o_proj columns to carry what the dropped heads wrote (Nyström
-    /// compensation on the heads' outputs, as the MLP channels get).
-    Compensate,
+    Contribution,
+    /// The summed ridge leverage of the group's heads' output features (as `channels` ranks
+    /// the MLP channels).
+    Leverage,
 }
 
-impl HeadPrune {
+impl HeadScore {
     fn is_default(&self) -> bool {
         *self == Self::default()
     }
