@@ -353,3 +353,46 @@ fn smollm2_greedy_continuations_are_identical() {
         assert_close(d.step(t).unwrap(), w, TOLERANCE, "SmolLM2");
     }
 }
+
+/// At 600 positions (the vector attention's exponentials far below 0, partial chunks of 16)
+/// the last position's logits still match the reference's, with an f32 and an f16 cache
+/// (SmolLM2, when present).
+#[test]
+fn smollm2_long_context_attention_matches_the_reference() {
+    let Some(path) = common::smollm2_file() else {
+        return;
+    };
+    let m = Model::load(&path).unwrap();
+    let sentence = m
+        .tokenizer
+        .encode(
+            "The river town kept its records in a stone tower by the bridge. ",
+            false,
+        )
+        .unwrap();
+    let toks: Vec<u32> = sentence.iter().copied().cycle().take(600).collect();
+    let want = m
+        .transformer
+        .forward(&toks, None, &mut NoHook, toks.len() - 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    for (kv, tolerance) in [(KvType::F32, TOLERANCE), (KvType::F16, F16_KV_TOLERANCE)] {
+        let opts = EngineOptions {
+            threads: 2,
+            pool: PoolKind::Spin,
+            kv,
+        };
+        let e = Engine::new(&m.transformer, opts).unwrap();
+        let mut d = e.decoder();
+        let got = d.feed(&toks).unwrap();
+        assert_close(
+            got,
+            &want,
+            tolerance,
+            &format!("SmolLM2, 600 positions, {kv:?} cache"),
+        );
+    }
+}
