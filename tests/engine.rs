@@ -62,19 +62,20 @@ fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
 }
 
 fn assert_engine_matches(m: &Model, toks: &[u32], what: &str) {
-    let want = reference_logits(m, toks);
     let tolerance = if what.contains("int8_activations = true") {
         INT8_TOLERANCE
     } else {
         TOLERANCE
     };
+    assert_engine_matches_with(m, toks, KvType::F32, tolerance, what);
+}
+
+/// Every position's logits within `tolerance` of the reference's, both pools, 1 and 2 threads.
+fn assert_engine_matches_with(m: &Model, toks: &[u32], kv: KvType, tolerance: f32, what: &str) {
+    let want = reference_logits(m, toks);
     for pool in [PoolKind::Spin, PoolKind::Rayon] {
         for threads in [1, 2] {
-            let opts = EngineOptions {
-                threads,
-                pool,
-                ..EngineOptions::default()
-            };
+            let opts = EngineOptions { threads, pool, kv };
             let e = Engine::new(&m.transformer, opts).unwrap();
             let mut d = e.decoder();
             for (pos, (&t, w)) in toks.iter().zip(&want).enumerate() {
@@ -265,44 +266,28 @@ fn an_f16_kv_cache_stays_within_its_rounding_and_decodes_the_same() {
     let spec = TinySpec::default();
     let (_d, m) = tiny(&spec);
     let toks = tokens(48, spec.vocab() as u32);
-    let want = reference_logits(&m, &toks);
-    let f32_kv = Engine::new(&m.transformer, EngineOptions::default()).unwrap();
-    let mut exact = f32_kv.decoder();
-    let mut moved = 0f32;
-    for pool in [PoolKind::Spin, PoolKind::Rayon] {
-        for threads in [1, 2] {
-            let opts = EngineOptions {
-                threads,
-                pool,
-                kv: KvType::F16,
-            };
-            let e = Engine::new(&m.transformer, opts).unwrap();
-            let mut d = e.decoder();
-            for (pos, (&t, w)) in toks.iter().zip(&want).enumerate() {
-                let got = d.step(t).unwrap();
-                assert_close(
-                    got,
-                    w,
-                    F16_KV_TOLERANCE,
-                    &format!("f16 KV, {pool:?} ×{threads}, position {pos}"),
-                );
-                if pool == PoolKind::Spin && threads == 1 {
-                    let e32 = exact.step(t).unwrap();
-                    moved = got
-                        .iter()
-                        .zip(e32)
-                        .fold(moved, |a, (x, y)| a.max((x - y).abs()));
-                }
-            }
-        }
-    }
-    // The cache really holds f16: the logits differ from the f32 cache's somewhere.
-    assert!(moved > 0.0, "f16 and f32 caches gave identical logits");
-    let prompt = tokens(6, spec.vocab() as u32);
+    assert_engine_matches_with(&m, &toks, KvType::F16, F16_KV_TOLERANCE, "f16 KV");
     let f16 = EngineOptions {
         kv: KvType::F16,
         ..EngineOptions::default()
     };
+    let (e16, e32) = (
+        Engine::new(&m.transformer, f16).unwrap(),
+        Engine::new(&m.transformer, EngineOptions::default()).unwrap(),
+    );
+    let (mut half, mut exact) = (e16.decoder(), e32.decoder());
+    let mut moved = 0f32;
+    for &t in &toks {
+        let got = half.step(t).unwrap().to_vec();
+        let e32 = exact.step(t).unwrap();
+        moved = got
+            .iter()
+            .zip(e32)
+            .fold(moved, |a, (x, y)| a.max((x - y).abs()));
+    }
+    // The cache really holds f16: the logits differ from the f32 cache's somewhere.
+    assert!(moved > 0.0, "f16 and f32 caches gave identical logits");
+    let prompt = tokens(6, spec.vocab() as u32);
     assert_eq!(
         greedy_engine_with(&m, &prompt, 16, f16),
         greedy_reference(&m, &prompt, 16)
