@@ -28,8 +28,8 @@ runs=(
 )
 # RUNS="recipe:PEER …" measures those rows only.
 [ -z "${RUNS:-}" ] || read -ra runs <<<"$RUNS"
-echo "| model | forms (MB read per token) | ours decode tok/s (spin / rayon pool) | GB/s | % of bound | llama.cpp | tg tok/s | pp tok/s |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| model | forms (MB read per token) | ours decode tok/s (spin / rayon pool) | GB/s | % of bound | ours prefill tok/s | llama.cpp | tg tok/s | pp tok/s |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for r in "${runs[@]}"; do
   recipe=${r%%:*}; peer=${r##*:}
   args=()
@@ -40,11 +40,13 @@ for r in "${runs[@]}"; do
 import json, sys
 j = json.load(open(sys.argv[1]))
 forms = ", ".join(f"{f['form']} {f['bytes']/1e6:.1f}" for f in j["forms"])
-spin, ray = j["ours"]
+f32_cache = [o for o in j["ours"] if o["kv"] == "F32"]
+spin = next(o for o in f32_cache if o["pool"] == "Spin")
+ray = next(o for o in f32_cache if o["pool"] == "Rayon")
 p = j["llama_cpp"] or {}
 name = "f32" if sys.argv[2] == "-" else sys.argv[2]
 print(f"| {name} | {forms} | {spin['decode_tok_s']:.1f} / {ray['decode_tok_s']:.1f} | {spin['gb_s']:.1f} | "
-      f"{100*spin['of_bound']:.0f} % of {j['read_bandwidth_gb_s']:.0f} GB/s | {sys.argv[3]} | "
+      f"{100*spin['of_bound']:.0f} % of {j['read_bandwidth_gb_s']:.0f} GB/s | {j['prefill']['prefill_tok_s']:.1f} | {sys.argv[3]} | "
       f"{p.get('tg_tok_s', float('nan')):.1f} | {p.get('pp_tok_s', float('nan')):.1f} |")
 PY
 done

@@ -6,7 +6,7 @@
 mod common;
 
 use common::TinySpec;
-use reparam::engine::{Engine, EngineOptions, KvType, PoolKind};
+use reparam::engine::{Engine, EngineOptions, KvType, PoolKind, Prefill};
 use reparam::eval::generate::argmax;
 use reparam::model::{KvCache, Model, NoHook};
 use reparam::technique::recipe::Recipe;
@@ -68,6 +68,44 @@ fn assert_engine_matches(m: &Model, toks: &[u32], what: &str) {
         TOLERANCE
     };
     assert_engine_matches_with(m, toks, KvType::F32, tolerance, what);
+    assert_prefill_matches(m, toks, tolerance, what);
+}
+
+/// The many-row pass (every position of `toks` as one window, packed layers decoded once and
+/// on the fly) within `tolerance` of the reference at every position, 1 and 2 threads.
+fn assert_prefill_matches(m: &Model, toks: &[u32], tolerance: f32, what: &str) {
+    let want = reference_logits(m, toks);
+    for threads in [1, 2] {
+        let opts = EngineOptions {
+            threads,
+            pool: PoolKind::Rayon,
+            kv: KvType::F32,
+        };
+        let e = Engine::new(&m.transformer, opts).unwrap();
+        for (how, p) in [
+            ("kept", Prefill::kept(&e)),
+            ("on the fly", Prefill::on_the_fly(&e)),
+        ] {
+            let hidden = p.hidden(toks, 0).unwrap();
+            let mut logits = Vec::new();
+            p.logits(&hidden, &mut logits);
+            let vocab = logits.len() / toks.len();
+            for (pos, (got, w)) in logits.chunks(vocab).zip(&want).enumerate() {
+                assert_close(
+                    got,
+                    w,
+                    tolerance,
+                    &format!("{what}, prefill ({how}) ×{threads}, position {pos}"),
+                );
+            }
+            let tail = p.hidden(toks, toks.len() - 3).unwrap();
+            assert_eq!(
+                tail,
+                hidden[hidden.len() - tail.len()..],
+                "{what}: rows from a later position"
+            );
+        }
+    }
 }
 
 /// Every position's logits within `tolerance` of the reference's, both pools, 1 and 2 threads.
@@ -306,6 +344,13 @@ fn context_limit_is_an_error_and_bad_tokens_are_refused() {
     let mut d = e.decoder();
     let err = d.step(1_000_000).unwrap_err().to_string();
     assert!(err.contains("vocabulary"), "{err}");
+    let p = Prefill::kept(&e);
+    let err = p.hidden(&vec![3u32; ctx + 1], 0).unwrap_err().to_string();
+    assert!(err.contains("context length"), "{err}");
+    let err = p.hidden(&[3, 1_000_000], 0).unwrap_err().to_string();
+    assert!(err.contains("vocabulary"), "{err}");
+    let err = p.hidden(&[3, 4], 2).unwrap_err().to_string();
+    assert!(err.contains("no positions"), "{err}");
 }
 
 /// SmolLM2 (when present): the engine's greedy continuation equals the reference's token for

@@ -1,5 +1,6 @@
 //! Side-by-side benchmarks, each measured in one run against its baseline so machine load
-//! affects both alike: our perplexity eval against llama.cpp's `llama-perplexity`, and the
+//! affects both alike: our perplexity eval (the engine's many-row pass, and with `--tensor`
+//! the tensor forward) against llama.cpp's `llama-perplexity`, and the
 //! shift-add LUT kernel against dense f32 GEMV (candle's and a plain loop).
 
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::eval::{PerplexityOptions, perplexity};
+use crate::eval::{Forward, PerplexityOptions, perplexity, perplexity_with};
 use crate::model::load_spec;
 
 #[derive(Debug, Args)]
@@ -28,9 +29,33 @@ pub struct EvalBenchArgs {
     /// (what `scripts/llamacpp-peer.sh` builds). Without it only our side is measured.
     #[arg(long)]
     pub peer_bin: Option<PathBuf>,
+    /// Also time the tensor forward (the reference the engine is checked against), as a
+    /// baseline in the same run.
+    #[arg(long)]
+    pub tensor: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// One of our evaluations: perplexity and throughput.
+#[derive(Debug, serde::Serialize)]
+struct OurResult {
+    chunks: usize,
+    ppl: f64,
+    tok_s: f64,
+    seconds: f64,
+}
+
+impl OurResult {
+    fn of(r: &crate::eval::PerplexityReport) -> Self {
+        Self {
+            chunks: r.chunks,
+            ppl: r.ppl,
+            tok_s: (r.chunks * r.ctx) as f64 / r.seconds,
+            seconds: r.seconds,
+        }
+    }
 }
 
 /// What `llama-perplexity` reported.
@@ -52,8 +77,15 @@ pub fn eval_bench(args: &EvalBenchArgs) -> anyhow::Result<()> {
         ctx: args.ctx,
         chunks: Some(args.chunks),
     };
-    let ours = perplexity(&model, &tokens, opts, None, &mut |_, _| true)?;
-    let our_tok_s = (ours.chunks * ours.ctx) as f64 / ours.seconds;
+    let ours = OurResult::of(&perplexity(&model, &tokens, opts, None, &mut |_, _| true)?);
+    let tensor = if args.tensor {
+        let r = perplexity_with(&model, &tokens, opts, None, Forward::Tensor, &mut |_, _| {
+            true
+        })?;
+        Some(OurResult::of(&r))
+    } else {
+        None
+    };
 
     let peer_bin = args
         .peer_bin
@@ -79,11 +111,12 @@ pub fn eval_bench(args: &EvalBenchArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let ratio = peer.as_ref().map(|p| our_tok_s / p.tok_s);
+    let ratio = peer.as_ref().map(|p| ours.tok_s / p.tok_s);
     if args.json {
         let obj = serde_json::json!({
             "threads": threads,
-            "ours": { "ppl": ours.ppl, "tok_s": our_tok_s, "seconds": ours.seconds },
+            "ours": ours,
+            "tensor_forward": tensor,
             "llama_cpp": peer,
             "ratio": ratio,
         });
@@ -97,10 +130,18 @@ pub fn eval_bench(args: &EvalBenchArgs) -> anyhow::Result<()> {
     );
     crate::outln!(
         "reparam           {:>9.1} tok/s  ppl {:.4}  ({:.2}s)",
-        our_tok_s,
+        ours.tok_s,
         ours.ppl,
         ours.seconds
     );
+    if let Some(t) = &tensor {
+        crate::outln!(
+            "tensor forward    {:>9.1} tok/s  ppl {:.4}  ({:.2}s)",
+            t.tok_s,
+            t.ppl,
+            t.seconds
+        );
+    }
     match (&peer, ratio) {
         (Some(p), Some(r)) => {
             crate::outln!(

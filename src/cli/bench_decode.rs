@@ -1,6 +1,7 @@
 //! `reparam bench decode`: batch-1 decode on our engine next to llama.cpp's `llama-bench` on
 //! the same machine, thread count and run, with the bytes each token reads and how close that
-//! comes to a measured memory-bandwidth bound.
+//! comes to a measured memory-bandwidth bound; and prefill of a 512-token prompt next to its
+//! prompt-processing test.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,7 +11,7 @@ use clap::Args;
 
 use crate::calib::calibration_tokens;
 use crate::engine::{Engine, EngineOptions, KvType, PoolKind, read_bandwidth};
-use crate::eval::latency::measure_decode;
+use crate::eval::latency::{measure_decode, measure_prefill};
 use crate::model::load_spec;
 use crate::technique::recipe::Recipe;
 use crate::technique::{CalibOptions, apply};
@@ -66,6 +67,17 @@ struct PoolResult {
     of_bound: f64,
 }
 
+/// Our prompt processing: one window of `tokens` positions (llama-bench's `-p`).
+#[derive(Debug, serde::Serialize)]
+struct PrefillResult {
+    tokens: usize,
+    prefill_tok_s: f64,
+    prefill_range: [f64; 2],
+}
+
+/// Prompt length of the prefill measurement, as llama-bench's `-p 512`.
+const PREFILL_TOKENS: usize = 512;
+
 /// Per stored form: layers and bytes read per token.
 #[derive(Debug, serde::Serialize)]
 struct FormBytes {
@@ -101,7 +113,7 @@ pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
         .iter()
         .copied()
         .cycle()
-        .take((args.prompt + 2).max(64))
+        .take((args.prompt + 2).max(PREFILL_TOKENS))
         .collect();
     let bound = read_bandwidth(EngineOptions {
         threads,
@@ -145,6 +157,15 @@ pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
             of_bound: gb_s / bound,
         });
     }
+    let prefill = {
+        let engine = Engine::new(&model.transformer, EngineOptions::default())?;
+        let (tok_s, range) = measure_prefill(&engine, &tokens[..PREFILL_TOKENS], 3)?;
+        PrefillResult {
+            tokens: PREFILL_TOKENS,
+            prefill_tok_s: tok_s,
+            prefill_range: range,
+        }
+    };
     let peer_exe = args
         .peer_bin
         .clone()
@@ -165,6 +186,7 @@ pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
             "weight_bytes_per_token": per_token,
             "forms": forms,
             "ours": pools,
+            "prefill": prefill,
             "llama_cpp": peer,
         });
         crate::outln!("{}", serde_json::to_string_pretty(&obj)?);
@@ -195,6 +217,13 @@ pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
             100.0 * p.of_bound
         );
     }
+    crate::outln!(
+        "reparam prefill of {} tokens {:>9.1} tok/s  [{:.1}–{:.1}]",
+        prefill.tokens,
+        prefill.prefill_tok_s,
+        prefill.prefill_range[0],
+        prefill.prefill_range[1]
+    );
     match &peer {
         Some(p) => crate::outln!(
             "llama-bench {}: tg {:.1} tok/s, pp {:.1} tok/s",
@@ -228,7 +257,7 @@ fn run_llama_bench(
             "-n",
             &tokens.to_string(),
             "-p",
-            "512",
+            &PREFILL_TOKENS.to_string(),
             "-d",
             &depth.to_string(),
             "-r",

@@ -103,6 +103,29 @@ impl KvElem for f16 {
     }
 }
 
+/// `row = softmax(scale · row)` in place (`scale > 0`), the exponentials 16 at a time where
+/// AVX-512 is there: one query's attention weights in the many-row pass.
+pub fn softmax_scaled(row: &mut [f32], scale: f32) {
+    if row.is_empty() {
+        return;
+    }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum = if simd::available() {
+        simd::exp_shifted(row, max, scale)
+    } else {
+        let mut sum = 0f32;
+        for v in row.iter_mut() {
+            *v = ((*v - max) * scale).exp();
+            sum += *v;
+        }
+        sum
+    };
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
 /// One query head `q` (`head_dim` values) attending over the first `n` positions of a block's
 /// cache, whose keys and values for this head's KV group sit at `t · stride + offset`:
 /// `out = softmax(scale · q·kₜ) · vₜ`. `scores` is working memory.
@@ -182,6 +205,45 @@ mod simd {
             let _ = (q, kv, layout, scale, scores, out);
             unreachable!("the AVX-512 kernel is only dispatched on x86_64");
         }
+    }
+
+    /// `row[i] = e^(scale·(row[i] − max))`, returning their sum.
+    pub fn exp_shifted(row: &mut [f32], max: f32, scale: f32) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(available());
+            // SAFETY: AVX-512F is present; every access is masked to the row.
+            unsafe { exp_shifted_avx512(row, max, scale) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (row, max, scale);
+            unreachable!("the AVX-512 kernel is only dispatched on x86_64");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp_shifted_avx512(row: &mut [f32], max: f32, scale: f32) -> f32 {
+        use std::arch::x86_64::*;
+        let (maxv, scalev) = (_mm512_set1_ps(max), _mm512_set1_ps(scale));
+        let mut sum = _mm512_setzero_ps();
+        for chunk in row.chunks_mut(16) {
+            let m: __mmask16 = if chunk.len() == 16 {
+                !0
+            } else {
+                (1u16 << chunk.len()) - 1
+            };
+            // SAFETY: the mask covers only the chunk's elements.
+            unsafe {
+                let x = _mm512_maskz_loadu_ps(m, chunk.as_ptr());
+                let e = exp_nonpositive(_mm512_mul_ps(_mm512_sub_ps(x, maxv), scalev));
+                let e = _mm512_maskz_mov_ps(m, e);
+                sum = _mm512_add_ps(sum, e);
+                _mm512_mask_storeu_ps(chunk.as_mut_ptr(), m, e);
+            }
+        }
+        _mm512_reduce_add_ps(sum)
     }
 
     /// `e^x` for `x ≤ 0`, 16 lanes: `x = n·ln2 + r` with `|r| ≤ ln2/2`, `e^r` by its degree-6

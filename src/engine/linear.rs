@@ -1,6 +1,7 @@
 //! One linear layer in the engine: the stored form's own batch-1 kernel over a range of output
 //! rows, so a step can split every layer across threads by rows.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::DType;
@@ -113,6 +114,33 @@ impl Linear {
             Kernel::Nm(p) => p.size_bytes(),
             Kernel::Hashed(h) => h.size_bytes(),
         }
+    }
+
+    /// The `[rows, cols]` f32 matrix the stored form stands for: a dense layer's own, every
+    /// other form decoded from its packed storage. What a many-row product multiplies by
+    /// (`prefill.rs`): decoding once per window costs far less than the window's products.
+    pub fn dense_weight(&self) -> Cow<'_, [f32]> {
+        match &self.kernel {
+            Kernel::Dense(w) => Cow::Borrowed(w),
+            Kernel::Bcq(p) => Cow::Owned(p.dequantize()),
+            Kernel::Rtn(p) => {
+                let mut w = vec![0.0f32; self.rows * self.cols];
+                for (r, row) in w.chunks_exact_mut(self.cols).enumerate() {
+                    p.row_into(r, row);
+                }
+                Cow::Owned(w)
+            }
+            Kernel::Csr(c) => Cow::Owned(c.to_dense()),
+            Kernel::Bitmask(m) => Cow::Owned(m.to_dense()),
+            Kernel::Nm(p) => Cow::Owned(p.to_dense()),
+            Kernel::Hashed(h) => Cow::Owned(h.reconstruct()),
+        }
+    }
+
+    /// Whether the inputs are rounded to int8 blocks before the product (RTN layers that
+    /// model llama.cpp's quantized-activation products).
+    pub fn int8_inputs(&self) -> bool {
+        matches!(&self.kernel, Kernel::Rtn(p) if p.int8_activations())
     }
 
     /// Output rows one task of a row split covers (kernels that block rows need whole blocks).

@@ -1,5 +1,6 @@
-//! The batch-1 decode engine: the model's own compressed forms run at the speed their bytes
-//! allow, and where every decode latency the product reports comes from.
+//! The inference engine: the model's own compressed forms run at the speed their bytes
+//! allow, and where every latency the product reports comes from. Batch-1 decode is here;
+//! many positions at once (prefill, perplexity and KL evaluation) are in `prefill.rs`.
 //!
 //! Plain buffers instead of tensors: activations, scratch and the KV cache are allocated once
 //! per [`Decoder`], and a token is one pass of ~5 parallel sections per block (Q/K/V together,
@@ -12,6 +13,7 @@
 mod kv;
 mod linear;
 pub mod pool;
+mod prefill;
 pub mod rtn;
 
 use std::cell::RefCell;
@@ -24,6 +26,7 @@ use kv::KvElem;
 pub use kv::KvType;
 pub use linear::{Kernel, Linear, Prepared};
 pub use pool::{Pool, PoolKind};
+pub use prefill::Prefill;
 
 /// How the engine runs.
 #[derive(Debug, Clone, Copy)]
@@ -163,6 +166,11 @@ impl Engine {
         self.pool.threads()
     }
 
+    /// Width of the hidden state.
+    pub fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+
     /// The longest sequence the KV cache takes.
     pub fn context_length(&self) -> usize {
         self.ctx
@@ -193,6 +201,24 @@ impl Engine {
             Embedding::TiedHead => self.head.bytes() / self.head.rows.max(1),
         };
         self.linears().map(|(_, l)| l.bytes()).sum::<usize>() + norms + embedding_row
+    }
+
+    /// Token `token`'s embedding row into `out` (`hidden` values).
+    fn embed_into(&self, token: u32, out: &mut [f32]) -> anyhow::Result<()> {
+        let row = token as usize;
+        if row >= self.vocab {
+            bail!("token {token} is outside the vocabulary of {}", self.vocab);
+        }
+        let d = self.hidden;
+        match &self.embedding {
+            Embedding::Rows(w) => out.copy_from_slice(&w[row * d..(row + 1) * d]),
+            Embedding::TiedHead => match &self.head.kernel {
+                Kernel::Dense(w) => out.copy_from_slice(&w[row * d..(row + 1) * d]),
+                Kernel::Rtn(p) => p.row_into(row, out),
+                _ => unreachable!("a tied head is dense or RTN (checked in Engine::new)"),
+            },
+        }
+        Ok(())
     }
 
     /// A fresh sequence.
@@ -320,6 +346,13 @@ impl OutPtr {
         Self(y.as_mut_ptr(), y.len())
     }
 
+    /// The element pointer at `offset` (`offset + len <= self.1` asserted), for products
+    /// that write a strided part of the buffer.
+    fn at(self, offset: usize, len: usize) -> *mut f32 {
+        assert!(offset + len <= self.1);
+        self.0.wrapping_add(offset)
+    }
+
     /// # Safety
     /// `r0 <= r1 <= len`, and no two live ranges overlap.
     #[allow(unsafe_code)]
@@ -444,24 +477,9 @@ impl<'e> Decoder<'e> {
                 e.ctx
             );
         }
-        let row = token as usize;
-        if row >= e.vocab {
-            bail!("token {token} is outside the vocabulary of {}", e.vocab);
-        }
-        match &e.embedding {
-            Embedding::Rows(w) => self
-                .x
-                .copy_from_slice(&w[row * e.hidden..(row + 1) * e.hidden]),
-            Embedding::TiedHead => match &e.head.kernel {
-                Kernel::Dense(w) => self
-                    .x
-                    .copy_from_slice(&w[row * e.hidden..(row + 1) * e.hidden]),
-                Kernel::Rtn(p) => p.row_into(row, &mut self.x),
-                _ => unreachable!("a tied head is dense or RTN (checked in Engine::new)"),
-            },
-        }
+        e.embed_into(token, &mut self.x)?;
         let (mut sin, mut cos) = (std::mem::take(&mut self.sin), std::mem::take(&mut self.cos));
-        self.rope_angles(&mut sin, &mut cos);
+        rope_angles(&e.rope_inv_freq, self.pos, &mut sin, &mut cos);
         for (i, b) in e.blocks.iter().enumerate() {
             self.block(i, b, &sin, &cos);
         }
@@ -479,18 +497,6 @@ impl<'e> Decoder<'e> {
         );
         self.pos += 1;
         Ok(&self.logits)
-    }
-
-    /// `sin`/`cos` of this position's RoPE angles (computed in f64, as the reference does).
-    fn rope_angles(&self, sin: &mut Vec<f32>, cos: &mut Vec<f32>) {
-        let p = self.pos as f64;
-        sin.clear();
-        cos.clear();
-        for &f in &self.engine.rope_inv_freq {
-            let a = p * f64::from(f);
-            sin.push(a.sin() as f32);
-            cos.push(a.cos() as f32);
-        }
     }
 
     fn block(&mut self, index: usize, b: &Block, sin: &[f32], cos: &[f32]) {
@@ -623,6 +629,18 @@ fn rms_norm(x: &[f32], gain: &[f32], eps: f32, out: &mut [f32]) {
     let inv = 1.0 / (ms + eps).sqrt();
     for ((o, v), g) in out.iter_mut().zip(x).zip(gain) {
         *o = v * inv * g;
+    }
+}
+
+/// `sin`/`cos` of position `pos`'s RoPE angles (computed in f64, as the reference does).
+fn rope_angles(inv_freq: &[f32], pos: usize, sin: &mut Vec<f32>, cos: &mut Vec<f32>) {
+    let p = pos as f64;
+    sin.clear();
+    cos.clear();
+    for &f in inv_freq {
+        let a = p * f64::from(f);
+        sin.push(a.sin() as f32);
+        cos.push(a.cos() as f32);
     }
 }
 

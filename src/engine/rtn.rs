@@ -134,6 +134,11 @@ impl RtnPacked {
         self
     }
 
+    /// Whether products round their inputs to int8 blocks first.
+    pub fn int8_activations(&self) -> bool {
+        self.int8_activations
+    }
+
     /// The codes (`bits` each, least significant bit first, each (row, group) starting on a
     /// byte) and the f16 scale of every (row, group), row-major: what an exporter writes.
     pub fn parts(&self) -> (&[u8], &[f16], &[f16]) {

@@ -1,11 +1,11 @@
 //! Latency measured by running the model's own inference form: batch-1 decode on the decode
 //! engine (every layer in its packed kernel, the head included), and prefill of a full window
-//! through the tensor forward. Nothing is estimated.
+//! through the engine's many-row pass. Nothing is estimated.
 
 use std::time::Instant;
 
-use crate::engine::{Engine, EngineOptions};
-use crate::model::{Model, NoHook};
+use crate::engine::{Engine, EngineOptions, Prefill};
+use crate::model::Model;
 
 /// Measured throughput: the median of [`ROUNDS`] timings, with their range, so a reader can
 /// tell a real difference from the machine's noise.
@@ -69,6 +69,31 @@ pub fn measure_decode(
     Ok(spread(rates))
 }
 
+/// Prefill throughput on the engine: `prompt` as one window from position 0 through to the
+/// last position's logits, each packed layer decoded as the window reaches it (the model
+/// stays in its stored form). The median of `rounds` timed passes after an untimed one, with
+/// the slowest and fastest.
+pub fn measure_prefill(
+    engine: &Engine,
+    prompt: &[u32],
+    rounds: usize,
+) -> anyhow::Result<(f64, [f64; 2])> {
+    let pass = || -> anyhow::Result<()> {
+        let p = Prefill::on_the_fly(engine);
+        let last = p.hidden(prompt, prompt.len().saturating_sub(1))?;
+        p.logits(&last, &mut Vec::new());
+        Ok(())
+    };
+    pass()?;
+    let mut rates = Vec::with_capacity(rounds.max(1));
+    for _ in 0..rounds.max(1) {
+        let start = Instant::now();
+        pass()?;
+        rates.push(prompt.len() as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok(spread(rates))
+}
+
 /// Measures decode and prefill on `tokens` (at least `prefill_tokens + 1` long).
 pub fn measure_latency(
     model: &Model,
@@ -79,20 +104,11 @@ pub fn measure_latency(
         tokens.len() > prefill_tokens.max(16),
         "latency needs more than {prefill_tokens} tokens of text"
     );
-    let t = &model.transformer;
-    // Prefill: one untimed warm-up pass, then the timed ones.
-    let prompt = &tokens[..prefill_tokens];
-    t.forward(prompt, None, &mut NoHook, prefill_tokens - 1)?;
-    let mut prefill = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
-        let start = Instant::now();
-        t.forward(prompt, None, &mut NoHook, prefill_tokens - 1)?;
-        prefill.push(prefill_tokens as f64 / start.elapsed().as_secs_f64());
-    }
-    let engine = Engine::new(t, EngineOptions::default())?;
+    let engine = Engine::new(&model.transformer, EngineOptions::default())?;
+    let (prefill_tok_s, prefill_range) =
+        measure_prefill(&engine, &tokens[..prefill_tokens], ROUNDS)?;
     let (decode_tok_s, decode_range) =
         measure_decode(&engine, tokens, DECODE_PROMPT, DECODE_STEPS, ROUNDS)?;
-    let (prefill_tok_s, prefill_range) = spread(prefill);
     Ok(Latency {
         decode_tok_s,
         decode_range,

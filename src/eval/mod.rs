@@ -9,5 +9,7 @@ pub mod tasks;
 pub mod text;
 
 pub use generate::generate_greedy;
-pub use perplexity::{KldReport, PerplexityOptions, PerplexityReport, perplexity};
+pub use perplexity::{
+    Forward, KldReport, PerplexityOptions, PerplexityReport, perplexity, perplexity_with,
+};
 pub use text::{EvalTexts, default_evaluation_text, evaluation_texts};

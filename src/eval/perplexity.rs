@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use candle_core::Tensor;
 
+use crate::engine::{Engine, EngineOptions, PoolKind, Prefill};
 use crate::eval::generate::argmax;
 use crate::model::{Model, NoHook};
 
@@ -92,6 +93,15 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Which forward pass scores the windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// The engine's many-row pass on the CPU, the tensor forward on a GPU.
+    Auto,
+    /// Always the tensor forward (the reference; `bench eval --tensor` times it beside).
+    Tensor,
+}
+
 /// Runs the perplexity evaluation. `progress(done, total)` is called after each chunk; when it
 /// returns `false` the run stops with an error saying it was cancelled.
 pub fn perplexity(
@@ -99,6 +109,18 @@ pub fn perplexity(
     tokens: &[u32],
     opts: PerplexityOptions,
     base: Option<&Model>,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> anyhow::Result<PerplexityReport> {
+    perplexity_with(model, tokens, opts, base, Forward::Auto, progress)
+}
+
+/// [`perplexity`] on the forward pass `forward` names.
+pub fn perplexity_with(
+    model: &Model,
+    tokens: &[u32],
+    opts: PerplexityOptions,
+    base: Option<&Model>,
+    forward: Forward,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> anyhow::Result<PerplexityReport> {
     let ctx = opts.ctx;
@@ -128,6 +150,20 @@ pub fn perplexity(
         .then_some(model.tokenizer.bos_id)
         .flatten();
     let start_time = Instant::now();
+    let engine_for = |m: &Model| match forward {
+        Forward::Auto => Scorer::engine_for(m),
+        Forward::Tensor => Ok(None),
+    };
+    let engines = (engine_for(model)?, base.map(engine_for).transpose()?);
+    let prefills = (
+        engines.0.as_ref().map(Prefill::kept),
+        engines
+            .1
+            .as_ref()
+            .and_then(|e| e.as_ref().map(Prefill::kept)),
+    );
+    let ours = Scorer::new(model, prefills.0.as_ref());
+    let theirs = base.map(|b| Scorer::new(b, prefills.1.as_ref()));
     let mut nll = Vec::with_capacity(n_chunks * scored_per_chunk);
     let mut kld = Vec::new();
     let mut same_top = 0usize;
@@ -138,22 +174,22 @@ pub fn perplexity(
             window[0] = b;
         }
         let targets = &window[first + 1..];
-        let hidden = scored_hidden(model, &window, first, scored_per_chunk)?;
-        let base_hidden = match base {
-            Some(b) => Some(scored_hidden(b, &window, first, scored_per_chunk)?),
+        let hidden = ours.hidden(&window, first, scored_per_chunk)?;
+        let base_hidden = match &theirs {
+            Some(b) => Some(b.hidden(&window, first, scored_per_chunk)?),
             None => None,
         };
         for row0 in (0..scored_per_chunk).step_by(HEAD_ROWS) {
             let rows = HEAD_ROWS.min(scored_per_chunk - row0);
             let targets = &targets[row0..row0 + rows];
-            let logp = head_log_probs(model, &hidden, row0, rows, vocab)?;
+            let logp = ours.log_probs(&hidden, row0, rows)?;
             for (row, &target) in logp.chunks(vocab).zip(targets) {
                 nll.push(-f64::from(row[target as usize]));
             }
-            let (Some(b), Some(bh)) = (base, &base_hidden) else {
+            let (Some(b), Some(bh)) = (&theirs, &base_hidden) else {
                 continue;
             };
-            let base_logp = head_log_probs(b, bh, row0, rows, vocab)?;
+            let base_logp = b.log_probs(bh, row0, rows)?;
             for ((row, brow), &target) in
                 logp.chunks(vocab).zip(base_logp.chunks(vocab)).zip(targets)
             {
@@ -205,43 +241,98 @@ pub fn perplexity(
 /// cache-friendly, reused memory instead of a fresh `positions × vocab` matrix per chunk.
 const HEAD_ROWS: usize = 128;
 
-/// Final hidden states `[scored, hidden]` of positions `first..first + scored` of one window.
-fn scored_hidden(
-    model: &Model,
-    window: &[u32],
-    first: usize,
-    scored: usize,
-) -> anyhow::Result<Tensor> {
-    let ids = Tensor::new(window, model.transformer.token_embd.device())?.unsqueeze(0)?;
-    Ok(model
-        .transformer
-        .forward_hidden(&ids, None, &mut NoHook, first)?
-        .narrow(0, 0, scored)?)
+/// Where a window's log-probabilities come from: on the CPU the engine's many-row pass over
+/// the model's stored forms ([`Prefill`]), elsewhere (a GPU) the tensor forward.
+enum Scorer<'a> {
+    Engine(&'a Model, &'a Prefill<'a>),
+    Tensor(&'a Model),
 }
 
-/// Log-probabilities `[rows × vocab]` of hidden rows `row0..row0 + rows`.
-fn head_log_probs(
-    model: &Model,
-    hidden: &Tensor,
-    row0: usize,
-    rows: usize,
-    vocab: usize,
-) -> anyhow::Result<Vec<f32>> {
-    let logits = model.transformer.head(&hidden.narrow(0, row0, rows)?)?;
-    let mut v = logits.flatten_all()?.to_vec1::<f32>()?;
-    // Finite logits always give finite log-probabilities; anything else is a broken model,
-    // and a NaN must fail the measurement, not turn into a perplexity or a KL divergence of 0.
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        anyhow::bail!(
-            "{}: non-finite logit ({}) at scored position {}: the model's weights or activations \
-             overflowed, so no metric of it is meaningful",
-            model.name,
-            v[i],
-            row0 + i / vocab
-        );
+/// A window's final hidden states at the scored positions, as the scorer holds them.
+enum Hidden {
+    Rows(Vec<f32>),
+    Tensor(Tensor),
+}
+
+impl<'a> Scorer<'a> {
+    /// The engine a CPU model is scored on (threads: rayon's, which its products run on).
+    fn engine_for(model: &Model) -> anyhow::Result<Option<Engine>> {
+        if !model.transformer.device().is_cpu() {
+            return Ok(None);
+        }
+        let opts = EngineOptions {
+            pool: PoolKind::Rayon,
+            ..EngineOptions::default()
+        };
+        Ok(Some(Engine::new(&model.transformer, opts)?))
     }
-    log_softmax_rows(&mut v, vocab);
-    Ok(v)
+
+    fn new(model: &'a Model, prefill: Option<&'a Prefill<'a>>) -> Self {
+        match prefill {
+            Some(p) => Self::Engine(model, p),
+            None => Self::Tensor(model),
+        }
+    }
+
+    fn model(&self) -> &Model {
+        match self {
+            Self::Engine(m, _) | Self::Tensor(m) => m,
+        }
+    }
+
+    /// Final hidden states `[scored, hidden]` of positions `first..first + scored` of one window.
+    fn hidden(&self, window: &[u32], first: usize, scored: usize) -> anyhow::Result<Hidden> {
+        match self {
+            Self::Engine(_, p) => {
+                let mut h = p.hidden(window, first)?;
+                h.truncate(scored * p.engine().hidden_size());
+                Ok(Hidden::Rows(h))
+            }
+            Self::Tensor(model) => {
+                let ids =
+                    Tensor::new(window, model.transformer.token_embd.device())?.unsqueeze(0)?;
+                Ok(Hidden::Tensor(
+                    model
+                        .transformer
+                        .forward_hidden(&ids, None, &mut NoHook, first)?
+                        .narrow(0, 0, scored)?,
+                ))
+            }
+        }
+    }
+
+    /// Log-probabilities `[rows × vocab]` of hidden rows `row0..row0 + rows`.
+    fn log_probs(&self, hidden: &Hidden, row0: usize, rows: usize) -> anyhow::Result<Vec<f32>> {
+        let mut v = match (self, hidden) {
+            (Self::Engine(_, p), Hidden::Rows(h)) => {
+                let d = p.engine().hidden_size();
+                let mut logits = Vec::new();
+                p.logits(&h[row0 * d..(row0 + rows) * d], &mut logits);
+                logits
+            }
+            (Self::Tensor(m), Hidden::Tensor(h)) => m
+                .transformer
+                .head(&h.narrow(0, row0, rows)?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            _ => unreachable!("a scorer reads the hidden states it made"),
+        };
+        let model = self.model();
+        // Finite logits always give finite log-probabilities; anything else is a broken model,
+        // and a NaN must fail the measurement, not turn into a perplexity or a KL divergence of 0.
+        let vocab = model.config().vocab_size;
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            anyhow::bail!(
+                "{}: non-finite logit ({}) at scored position {}: the model's weights or activations \
+                 overflowed, so no metric of it is meaningful",
+                model.name,
+                v[i],
+                row0 + i / vocab
+            );
+        }
+        log_softmax_rows(&mut v, vocab);
+        Ok(v)
+    }
 }
 
 #[cfg(test)]
