@@ -427,7 +427,7 @@ impl BcqPacked {
     }
 
     /// Rows `r0..r0 + y.len()` of `W_q·x` (`r0` a multiple of 16), given [`Self::prepare`]'s
-    /// `shared`; `scratch` holds the column layout's per-group tables between calls.
+    /// `shared`; `scratch` holds the column layout's scaled inputs of the current row group.
     pub fn rows_into(
         &self,
         x: &[f32],
@@ -478,14 +478,21 @@ impl BcqPacked {
                 }
             }
             ScaleLayout::Column { .. } if simd => {
-                let mut group = usize::MAX;
-                for (rb, ys, keys) in blocks {
-                    let g = rb * ROW_BLOCK / rpg;
-                    if g != group {
-                        self.column_half_tables(x, g, scratch);
-                        group = g;
+                let (rb0, n_blocks) = (r0 / ROW_BLOCK, y.len().div_ceil(ROW_BLOCK));
+                let mut rb = 0;
+                while rb < n_blocks {
+                    let g = (rb0 + rb) * ROW_BLOCK / rpg;
+                    let group_end = ((g + 1) * rpg / ROW_BLOCK).min(rb0 + n_blocks) - rb0;
+                    self.column_scaled_inputs(x, g, scratch);
+                    // The group's row blocks, up to GROUP_BLOCKS at a time over one table pass.
+                    while rb < group_end {
+                        let count = (group_end - rb).min(simd::GROUP_BLOCKS);
+                        let end = ((rb + count) * ROW_BLOCK).min(y.len());
+                        let ys = &mut y[rb * ROW_BLOCK..end];
+                        let keys = &self.planes[(rb0 + rb) * block_len..];
+                        simd::column_group_rows(scratch, keys, q, count, ys);
+                        rb += count;
                     }
-                    simd::column_rows(scratch, keys, q, ys);
                 }
             }
             ScaleLayout::Column { .. } => {
@@ -527,28 +534,21 @@ impl BcqPacked {
         }
     }
 
-    /// The column layout's half tables for row group `g`, `[chunk][plane][32]`, from the
-    /// activations scaled by the group's per-column scales (decoded here, as stored).
-    fn column_half_tables(&self, x: &[f32], g: usize, out: &mut Vec<f32>) {
-        let (q, cols, n_chunks) = (self.bits, self.cols, self.n_chunks());
-        out.resize(n_chunks * q * 32, 0.0);
-        if crate::cpu::has_avx512_bw_vl() {
-            for b in 0..q {
-                simd::column_tables(&self.scales, (g * q + b) * cols, x, q, b, out);
-            }
-            return;
-        }
-        let mut alpha = [0.0f32; CHUNK];
-        let mut xs = [0.0f32; CHUNK];
-        for b in 0..q {
-            let base = (g * q + b) * cols;
-            for (c, xc) in x.chunks(CHUNK).enumerate() {
-                let a = &mut alpha[..xc.len()];
-                self.scales.decode_into(base + c * CHUNK, a);
-                for ((d, &xv), &av) in xs.iter_mut().zip(xc).zip(a.iter()) {
-                    *d = av * xv;
+    /// Row group `g`'s activations times its per-column scales, `[plane][8·⌈cols/8⌉]` (zero
+    /// past `cols`): what the fused column kernel builds its tables from.
+    fn column_scaled_inputs(&self, x: &[f32], g: usize, out: &mut Vec<f32>) {
+        let (q, cols, stride) = (self.bits, self.cols, CHUNK * self.n_chunks());
+        out.clear();
+        out.resize(q * stride, 0.0);
+        for (b, plane) in out.chunks_exact_mut(stride).enumerate() {
+            let start = (g * q + b) * cols;
+            if crate::cpu::has_avx512_bw_vl() {
+                simd::column_scaled(&self.scales, start, x, plane);
+            } else {
+                self.scales.decode_into(start, &mut plane[..cols]);
+                for (z, &xv) in plane.iter_mut().zip(x) {
+                    *z *= xv;
                 }
-                half_table(&xs[..xc.len()], &mut out[(c * q + b) * 32..][..32]);
             }
         }
     }
@@ -573,9 +573,11 @@ impl BcqPacked {
     }
 }
 
-/// The AVX-512 kernel of the Block layout: 16 rows per step, each 8-bit key split into two
-/// nibbles that index two 16-entry half tables held in registers (`vpermps`), so a lookup for
-/// 16 rows is one 16-byte load, two permutes, an add and a multiply-add.
+/// The AVX-512 kernels: 16 rows per step, each 8-bit key split into two nibbles that index two
+/// 16-entry half tables held in registers (`vpermps`), so a lookup for 16 rows is one 16-byte
+/// load, two permutes, an add and (Block layout) a multiply-add. The Column layout builds each
+/// row group's half tables in registers from its scaled inputs and uses them for all the
+/// group's row blocks before moving on.
 #[allow(unsafe_code)]
 mod simd {
     use super::ROW_BLOCK;
@@ -610,64 +612,114 @@ mod simd {
         }
     }
 
-    /// Plane `b`'s half tables of one row group into `out` (`[chunk][plane][32]`): the
-    /// group's scales from `start` (APoT codes decoded 16 at a time in registers, or f32)
-    /// times `x`, then per 4 inputs the 16 sums `±x₀±x₁±x₂±x₃`.
-    pub fn column_tables(
-        scales: &super::Scales,
-        start: usize,
-        x: &[f32],
-        q: usize,
-        b: usize,
-        out: &mut [f32],
-    ) {
+    /// The factors [`decode_apot`] looks up, 32 lanes each (two registers): lane `i` is
+    /// `±2^−(i mod 16)` (minus when `i ≥ 16`), or 0 at `i mod 16 = 0` (the term is absent).
+    #[cfg(target_arch = "x86_64")]
+    #[derive(Clone, Copy)]
+    struct ApotFactors {
+        lo: std::arch::x86_64::__m512,
+        hi: std::arch::x86_64::__m512,
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    impl ApotFactors {
+        /// The 32 factors, built at compile time.
+        const VALUES: [f32; 32] = {
+            let mut f = [0.0f32; 32];
+            let mut i = 0;
+            while i < 32 {
+                let d = (i % 16) as u32;
+                if d != 0 {
+                    // 2^−d from its exponent bits; bit 31 the sign.
+                    let sign = if i >= 16 { 1u32 << 31 } else { 0 };
+                    f[i] = f32::from_bits(sign | ((127 - d) << 23));
+                }
+                i += 1;
+            }
+            f
+        };
+
+        #[target_feature(enable = "avx512f")]
+        fn new() -> Self {
+            use std::arch::x86_64::*;
+            let f = &Self::VALUES;
+            // SAFETY: 32 floats.
+            unsafe {
+                Self {
+                    lo: _mm512_loadu_ps(f.as_ptr()),
+                    hi: _mm512_loadu_ps(f.as_ptr().add(16)),
+                }
+            }
+        }
+    }
+
+    /// 16 APoT scale codes (one per 32-bit lane) to `f32`, the same sum in the same order as
+    /// `ScaleCodes::get`: `2^e₀ ± 2^(e₀−d₁) ± 2^(e₀−d₁−d₂)`, absent terms zero, code offset 63
+    /// zero. The second and third terms are the first times a power-of-two factor looked up
+    /// by (sign, gap) bits (`vpermt2ps` reads the low five bits of each index, exactly the
+    /// gap and its sign), so they are exact.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn decode_apot(
+        c: std::arch::x86_64::__m512i,
+        base: i32,
+        f: ApotFactors,
+    ) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let off = _mm512_and_si512(c, _mm512_set1_epi32(63));
+        let p0 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+            off,
+            _mm512_set1_epi32(base + 127),
+        )));
+        let f1 = _mm512_permutex2var_ps(f.lo, _mm512_srli_epi32::<6>(c), f.hi);
+        let t1 = _mm512_mul_ps(p0, f1);
+        let f2 = _mm512_permutex2var_ps(f.lo, _mm512_srli_epi32::<11>(c), f.hi);
+        // |t1| is 2^(e₀−d₁), or 0 when the second term is absent (and so is the third).
+        let t2 = _mm512_mul_ps(_mm512_abs_ps(t1), f2);
+        let sum = _mm512_add_ps(_mm512_add_ps(p0, t1), t2);
+        let nonzero = _mm512_cmpneq_epi32_mask(off, _mm512_set1_epi32(63));
+        _mm512_maskz_mov_ps(nonzero, sum)
+    }
+
+    /// Row blocks [`column_group_rows`] serves in one pass over the tables (its accumulators
+    /// stay in registers).
+    pub const GROUP_BLOCKS: usize = 4;
+
+    /// One plane's scaled inputs of a row group into `out` (`8·⌈cols/8⌉` values, zero past
+    /// `cols`): the scales from `start` (APoT codes decoded 16 at a time, or f32) times `x`.
+    pub fn column_scaled(scales: &super::Scales, start: usize, x: &[f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
             assert!(
                 crate::cpu::has_avx512_bw_vl(),
                 "AVX-512BW kernel called on a CPU without it"
             );
-            let n_chunks = x.len().div_ceil(8);
-            assert!(b < q && out.len() >= n_chunks * q * 32);
-            assert!(scales.len() >= start + x.len());
-            // SAFETY: the features are present (checked above); every load is masked to the
-            // `x.len()` columns from `start`, and stores go to chunks below `n_chunks`.
-            unsafe { column_tables_avx512(scales, start, x, q, b, out) }
+            assert!(out.len() >= x.len() && scales.len() >= start + x.len());
+            // SAFETY: the features are present (checked above); loads are masked to the
+            // `x.len()` columns from `start`, stores to `out`'s length.
+            unsafe { column_scaled_avx512(scales, start, x, out) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (scales, start, x, q, b, out);
+            let _ = (scales, start, x, out);
             unreachable!("the AVX-512 kernel is only dispatched on x86_64");
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn column_tables_avx512(
+    unsafe fn column_scaled_avx512(
         scales: &super::Scales,
         start: usize,
         x: &[f32],
-        q: usize,
-        b: usize,
         out: &mut [f32],
     ) {
         use std::arch::x86_64::*;
-        let cols = x.len();
-        let n_chunks = cols.div_ceil(8);
-        // Sign patterns: lane n of `sign[t]` is +1 when bit t of n is set, else −1.
-        let sign: [__m512; 4] = std::array::from_fn(|t| {
-            let v: [f32; 16] = std::array::from_fn(|n| if (n >> t) & 1 == 1 { 1.0 } else { -1.0 });
-            // SAFETY: 16 floats.
-            unsafe { _mm512_loadu_ps(v.as_ptr()) }
-        });
-        for k in (0..cols).step_by(16) {
-            let lanes = (cols - k).min(16);
-            let m: __mmask16 = if lanes == 16 {
-                0xffff
-            } else {
-                (1u16 << lanes) - 1
-            };
-            // SAFETY: masked to the `lanes` columns that exist.
+        let lanes_mask = |n: usize| -> __mmask16 { if n >= 16 { 0xffff } else { (1u16 << n) - 1 } };
+        let factors = ApotFactors::new();
+        for k in (0..out.len()).step_by(16) {
+            let m = lanes_mask(x.len().saturating_sub(k));
+            // SAFETY: masked to the columns that exist.
             let xv = unsafe { _mm512_maskz_loadu_ps(m, x.as_ptr().add(k)) };
             let alpha = match scales {
                 super::Scales::F32(v) => unsafe {
@@ -677,130 +729,123 @@ mod simd {
                     let codes = unsafe {
                         _mm256_maskz_loadu_epi16(m, c.codes.as_ptr().add(start + k).cast())
                     };
-                    decode_apot(_mm512_cvtepu16_epi32(codes), i32::from(c.base))
+                    decode_apot(_mm512_cvtepu16_epi32(codes), i32::from(c.base), factors)
                 }
             };
-            // Through memory: a broadcast from memory runs on a load port, while in-register
-            // shuffles would compete with the lookups' permutes for one port.
-            let mut zs = [0.0f32; 16];
-            // SAFETY: 16 floats.
-            unsafe { _mm512_storeu_ps(zs.as_mut_ptr(), _mm512_mul_ps(alpha, xv)) };
-            for u in 0..4 {
-                let chunk = k / 8 + u / 2;
-                if chunk >= n_chunks {
-                    break;
-                }
-                let v = &zs[4 * u..4 * u + 4];
-                let mut t = _mm512_mul_ps(sign[0], _mm512_set1_ps(v[0]));
-                t = _mm512_fmadd_ps(sign[1], _mm512_set1_ps(v[1]), t);
-                t = _mm512_fmadd_ps(sign[2], _mm512_set1_ps(v[2]), t);
-                t = _mm512_fmadd_ps(sign[3], _mm512_set1_ps(v[3]), t);
-                let at = (chunk * q + b) * 32 + (u % 2) * 16;
-                // SAFETY: `chunk < n_chunks`, so `at + 16 <= out.len()` (asserted by caller).
-                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(at), t) };
+            // SAFETY: masked to `out`'s length.
+            unsafe {
+                _mm512_mask_storeu_ps(
+                    out.as_mut_ptr().add(k),
+                    lanes_mask(out.len() - k),
+                    _mm512_mul_ps(alpha, xv),
+                );
             }
         }
     }
 
-    /// 16 APoT scale codes (one per 32-bit lane) to `f32`, the same sum in the same order as
-    /// `ScaleCodes::get`: `2^e₀ ± 2^(e₀−d₁) ± 2^(e₀−d₁−d₂)`, absent terms zero, code offset 63
-    /// zero.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn decode_apot(c: std::arch::x86_64::__m512i, base: i32) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        let field = |shift: u32, bits: i32| {
-            _mm512_and_si512(
-                _mm512_srlv_epi32(c, _mm512_set1_epi32(shift as i32)),
-                _mm512_set1_epi32(bits),
-            )
-        };
-        let off = field(0, 63);
-        let d1 = field(6, 15);
-        let d2 = field(11, 15);
-        let s1 = _mm512_slli_epi32::<31>(field(10, 1));
-        let s2 = _mm512_slli_epi32::<31>(field(15, 1));
-        let e0 = _mm512_add_epi32(off, _mm512_set1_epi32(base + 127));
-        let pow = |e: __m512i| _mm512_castsi512_ps(_mm512_slli_epi32::<23>(e));
-        let p0 = pow(e0);
-        let e1 = _mm512_sub_epi32(e0, d1);
-        let t1 = _mm512_castsi512_ps(_mm512_or_si512(_mm512_slli_epi32::<23>(e1), s1));
-        let t2 = _mm512_castsi512_ps(_mm512_or_si512(
-            _mm512_slli_epi32::<23>(_mm512_sub_epi32(e1, d2)),
-            s2,
-        ));
-        let zero = _mm512_setzero_si512();
-        let has1 = _mm512_cmpneq_epi32_mask(d1, zero);
-        let has2 = has1 & _mm512_cmpneq_epi32_mask(d2, zero);
-        let sum = _mm512_add_ps(
-            _mm512_add_ps(p0, _mm512_maskz_mov_ps(has1, t1)),
-            _mm512_maskz_mov_ps(has2, t2),
-        );
-        let nonzero = _mm512_cmpneq_epi32_mask(off, _mm512_set1_epi32(63));
-        _mm512_maskz_mov_ps(nonzero, sum)
-    }
-
-    /// Column layout: up to 16 outputs of one row block from its row group's half tables
-    /// `[chunk][plane][32]` (scales already inside, so no multiply).
-    pub fn column_rows(halves: &[f32], keys: &[u8], q: usize, ys: &mut [f32]) {
+    /// Column layout, fused: `count` (≤ [`GROUP_BLOCKS`]) row blocks of one row group into
+    /// `ys`, with `keys` starting at the first block's keys and `z` the group's scaled inputs
+    /// `[plane][8·n_chunks]`. Each (chunk, plane)'s two half tables are built in registers and
+    /// used by every block at once, so tables never go through memory.
+    pub fn column_group_rows(z: &[f32], keys: &[u8], q: usize, count: usize, ys: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
             assert!(
                 available(),
                 "AVX-512 kernel called on a CPU without AVX-512"
             );
-            let n_chunks = halves.len() / (32 * q.max(1));
-            assert!(keys.len() >= n_chunks * q * ROW_BLOCK && halves.len() >= n_chunks * q * 32);
-            assert!(ys.len() <= ROW_BLOCK);
-            let mut out = [0.0f32; ROW_BLOCK];
-            // SAFETY: AVX-512F is present (checked above); all loads and the store stay inside
-            // the slices, whose lengths are asserted above.
-            unsafe { column_rows_avx512(halves, keys, q * n_chunks, &mut out) };
-            ys.copy_from_slice(&out[..ys.len()]);
+            let n_chunks = z.len() / (8 * q.max(1));
+            assert!((1..=GROUP_BLOCKS).contains(&count) && ys.len() <= count * ROW_BLOCK);
+            assert!(keys.len() >= count * n_chunks * q * ROW_BLOCK && z.len() >= q * 8 * n_chunks);
+            let mut out = [[0.0f32; ROW_BLOCK]; GROUP_BLOCKS];
+            // SAFETY: AVX-512F is present (checked above); loads stay inside the slices, whose
+            // lengths are asserted above.
+            unsafe {
+                match count {
+                    1 => column_group_avx512::<1>(z, keys, q, n_chunks, &mut out),
+                    2 => column_group_avx512::<2>(z, keys, q, n_chunks, &mut out),
+                    3 => column_group_avx512::<3>(z, keys, q, n_chunks, &mut out),
+                    _ => column_group_avx512::<4>(z, keys, q, n_chunks, &mut out),
+                }
+            }
+            for (y, o) in ys.iter_mut().zip(out.iter().flatten()) {
+                *y = *o;
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (halves, keys, q, ys);
+            let _ = (z, keys, q, count, ys);
             unreachable!("the AVX-512 kernel is only dispatched on x86_64");
         }
     }
 
-    /// `steps` = chunks × planes lookups, each against its own pair of half tables.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn column_rows_avx512(
-        halves: &[f32],
+    unsafe fn column_group_avx512<const N: usize>(
+        z: &[f32],
         keys: &[u8],
-        steps: usize,
-        out: &mut [f32; ROW_BLOCK],
+        q: usize,
+        n_chunks: usize,
+        out: &mut [[f32; ROW_BLOCK]; GROUP_BLOCKS],
     ) {
         use std::arch::x86_64::*;
-        // `vpermps` reads only bits 3:0 of each index, so the low nibble needs no mask.
-        // Two accumulators so consecutive lookups do not wait on each other's add (named, not
-        // an array indexed by the counter, which would keep them in memory).
-        let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        for s in 0..steps {
-            // SAFETY: `s < steps`, within the asserted lengths.
-            let (lo, hi, k) = unsafe {
-                (
-                    _mm512_loadu_ps(halves.as_ptr().add(s * 32)),
-                    _mm512_loadu_ps(halves.as_ptr().add(s * 32 + 16)),
-                    _mm_loadu_si128(keys.as_ptr().add(s * ROW_BLOCK).cast::<__m128i>()),
-                )
-            };
-            let idx = _mm512_cvtepu8_epi32(k);
-            let v = _mm512_add_ps(
-                _mm512_permutexvar_ps(idx, lo),
-                _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(idx), hi),
-            );
-            if s & 1 == 0 {
-                acc0 = _mm512_add_ps(acc0, v);
-            } else {
-                acc1 = _mm512_add_ps(acc1, v);
+        // Sign patterns: lane n of `sign[t]` is +1 when bit t of n is set, else −1.
+        let sign: [__m512; 4] = std::array::from_fn(|t| {
+            let v: [f32; 16] = std::array::from_fn(|n| if (n >> t) & 1 == 1 { 1.0 } else { -1.0 });
+            // SAFETY: 16 floats.
+            unsafe { _mm512_loadu_ps(v.as_ptr()) }
+        });
+        let block_len = ROW_BLOCK * q * n_chunks;
+        let stride = 8 * n_chunks;
+        let mut acc = [_mm512_setzero_ps(); N];
+        for c in 0..n_chunks {
+            for b in 0..q {
+                // SAFETY (all): `c < n_chunks`, `b < q` and `r < N ≤ count`, within the
+                // lengths the caller asserted.
+                let zc = unsafe { z.as_ptr().add(b * stride + 8 * c) };
+                let (lo, hi) = unsafe { (half_table(&sign, zc), half_table(&sign, zc.add(4))) };
+                let at = (c * q + b) * ROW_BLOCK;
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let k = unsafe {
+                        _mm_loadu_si128(keys.as_ptr().add(r * block_len + at).cast::<__m128i>())
+                    };
+                    let idx = _mm512_cvtepu8_epi32(k);
+                    // `vpermps` reads only bits 3:0 of each index: the low nibble needs no mask.
+                    let v = _mm512_add_ps(
+                        _mm512_permutexvar_ps(idx, lo),
+                        _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(idx), hi),
+                    );
+                    *a = _mm512_add_ps(*a, v);
+                }
             }
         }
-        // SAFETY: `out` holds 16 floats.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_add_ps(acc0, acc1)) };
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+        }
+    }
+
+    /// The 16 sums `±z₀±z₁±z₂±z₃` of the four values at `p` (lane `n` takes `+z_t` where bit
+    /// `t` of `n` is set); broadcasts from memory run on the load ports, leaving the shuffle
+    /// port to the lookups.
+    ///
+    /// # Safety
+    /// `p` points at four readable `f32`s.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn half_table(
+        sign: &[std::arch::x86_64::__m512; 4],
+        p: *const f32,
+    ) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        unsafe {
+            let mut t = _mm512_mul_ps(sign[0], _mm512_set1_ps(*p));
+            t = _mm512_fmadd_ps(sign[1], _mm512_set1_ps(*p.add(1)), t);
+            t = _mm512_fmadd_ps(sign[2], _mm512_set1_ps(*p.add(2)), t);
+            _mm512_fmadd_ps(sign[3], _mm512_set1_ps(*p.add(3)), t)
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -926,6 +971,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The vector decoding of APoT scale codes (the column kernel's) gives the scalar decoding's
+    /// values bit for bit, absent terms and zero scales included, and zero past the inputs.
+    #[test]
+    fn vector_scale_decoding_is_exact() {
+        if !crate::cpu::has_avx512_bw_vl() {
+            return;
+        }
+        let mut state = 0x2545_f491u32;
+        let mut next = || {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (state >> 8) as u16
+        };
+        let cols = 203;
+        let codes: Vec<u16> = (0..cols).map(|_| next()).collect();
+        assert!(codes.iter().any(|c| c & 63 == 63) && codes.iter().any(|c| (c >> 6) & 15 == 0));
+        let scales = ScaleCodes { base: -40, codes };
+        let mut want = vec![0.0f32; cols];
+        scales.decode_into(0, &mut want);
+        let mut rng = Rng::new(23);
+        let x = rng.normals(cols);
+        let mut got = vec![f32::NAN; cols.div_ceil(8) * 8];
+        simd::column_scaled(&Scales::Apot(scales), 0, &x, &mut got);
+        for k in 0..cols {
+            assert_eq!(got[k].to_bits(), (want[k] * x[k]).to_bits(), "column {k}");
+        }
+        assert!(got[cols..].iter().all(|&v| v == 0.0));
     }
 
     /// Padding: planes of the last chunk may carry any bit past `cols`; x is padded with 0.
