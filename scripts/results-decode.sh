@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 BIN=${REPARAM_BIN:-${CARGO_TARGET_DIR:-target}/release/reparam}
 gguf=${SMOLLM2:-$HOME/.cache/reparam/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 work=${WORK:-$HOME/.cache/reparam/suite}
+mkdir -p "$work"
 bin=$(scripts/llamacpp-peer.sh | tail -n 1)
 [ -f "$work/F32.gguf" ] || "$bin/llama-quantize" --allow-requantize "$gguf" "$work/F32.gguf" F32 >/dev/null 2>&1
 for q in Q3_K_S Q4_0 Q4_1; do
@@ -40,7 +41,7 @@ for r in "${runs[@]}"; do
 import json, sys
 j = json.load(open(sys.argv[1]))
 forms = ", ".join(f"{f['form']} {f['bytes']/1e6:.1f}" for f in j["forms"])
-f32_cache = [o for o in j["ours"] if o["kv"] == "F32"]
+f32_cache = [o for o in j["ours"] if o["kv"].lower() == "f32"]
 spin = next(o for o in f32_cache if o["pool"] == "Spin")
 ray = next(o for o in f32_cache if o["pool"] == "Rayon")
 p = j["llama_cpp"] or {}

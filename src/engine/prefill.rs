@@ -52,7 +52,7 @@ impl<'e> Prefill<'e> {
         let blocks = engine
             .blocks
             .iter()
-            .map(|b| block_linears(b).map(Linear::dense_weight))
+            .map(|b| decode_in_parallel(block_linears(b)))
             .collect();
         Self {
             engine,
@@ -155,7 +155,7 @@ impl<'e> Prefill<'e> {
         let half = e.rope_inv_freq.len();
         let w: [Cow<'_, [f32]>; 7] = match &self.kept {
             Some(k) => std::array::from_fn(|i| Cow::Borrowed(&*k.blocks[index][i])),
-            None => block_linears(b).map(Linear::dense_weight),
+            None => decode_in_parallel(block_linears(b)),
         };
         norm_rows(&buf.x, &b.attn_norm, e.eps, &mut buf.xn);
         self.product(&b.q, &w[0], &buf.xn, n, &mut buf.q);
@@ -299,6 +299,15 @@ const RUN: usize = 64;
 /// A block's linears in the order [`Kept`] holds them.
 fn block_linears(b: &Block) -> [&Linear; 7] {
     [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down]
+}
+
+/// The f32 matrices of `layers`, decoded on all threads (one layer a task).
+fn decode_in_parallel<const N: usize>(layers: [&Linear; N]) -> [Cow<'_, [f32]>; N] {
+    let mut out: [Cow<'_, [f32]>; N] = std::array::from_fn(|_| Cow::Borrowed(&[][..]));
+    out.par_iter_mut()
+        .zip(layers.par_iter())
+        .for_each(|(w, l)| *w = l.dense_weight());
+    out
 }
 
 /// `y[n × rows] = x[n × cols] · wᵀ` for row-major `w` `[rows × cols]`.
