@@ -3,10 +3,11 @@
 //!
 //! At hundreds of rows a product is compute-bound, so each layer multiplies as an f32 GEMM
 //! (the `gemm` crate's AVX-512 kernels): dense layers in place, every packed form decoded to
-//! f32 once when the [`Prefill`] is made and reused by every window after it. Norms, RoPE and
-//! SwiGLU run on plain row-major buffers; causal attention runs each query over exactly the
-//! keys before it (the decode kernel, one task per head and run of positions), so no
-//! `n × n` score matrix is built and no masked half of it computed.
+//! f32 — once for an evaluation's many windows ([`Prefill::kept`]), or as a prompt reaches
+//! each layer ([`Prefill::on_the_fly`]). Norms, RoPE and SwiGLU run on plain row-major
+//! buffers. Causal attention runs per head and run of 64 positions as two products, scores
+//! against only the keys up to the run's last position, each row's softmax over the keys its
+//! position sees; no masked `n × n` score matrix is built.
 
 use std::borrow::Cow;
 

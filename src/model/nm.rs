@@ -200,6 +200,9 @@ impl NmPacked {
             let groups = self.cols / self.m;
             let vals = &self.values[r * groups * 2..][..groups * 2];
             let idx = &self.index[r * groups..][..groups];
+            if self.m == 4 && simd::available() {
+                return simd::row_dot_2of4(vals, idx, &x[..groups * 4]);
+            }
             let mut acc = [0f32; 2];
             for (g, (v, &b)) in vals.chunks_exact(2).zip(idx).enumerate() {
                 let base = g * self.m;
@@ -233,6 +236,77 @@ impl NmPacked {
     }
 }
 
+/// 2:4 rows in AVX-512: 16 groups (64 inputs) a step, each kept value's input picked from the
+/// 64 in registers by a two-table permute, so no input is gathered from memory.
+#[allow(unsafe_code)]
+mod simd {
+    pub fn available() -> bool {
+        crate::cpu::has_avx512f()
+    }
+
+    /// `Σ vals[2g + i] · x[4g + nibble_i(idx[g])]` over the groups of one row.
+    pub fn row_dot_2of4(vals: &[f32], idx: &[u8], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(available());
+            assert!(vals.len() == 2 * idx.len() && x.len() == 4 * idx.len());
+            // SAFETY: the features are present; the kernel reads whole 16-group steps inside
+            // the asserted lengths and leaves the rest to the scalar tail.
+            unsafe { row_dot_2of4_avx512(vals, idx, x) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (vals, idx, x);
+            unreachable!("the AVX-512 kernel is only dispatched on x86_64");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row_dot_2of4_avx512(vals: &[f32], idx: &[u8], x: &[f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let steps = idx.len() / 16;
+        // Lane j holds the value of group j/2 (of eight), kept input nibble j%2: its index
+        // into the 32 inputs of those groups is 4·(j/2) + nibble.
+        let shift = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+        let base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+        let nibble = _mm512_set1_epi32(0xf);
+        let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let lanes = |bytes: __m128i| {
+            let v = _mm512_and_si512(
+                _mm512_srlv_epi32(_mm512_cvtepu8_epi32(bytes), shift),
+                nibble,
+            );
+            _mm512_add_epi32(v, base)
+        };
+        for s in 0..steps {
+            // SAFETY (all loads): step `s` reads 16 index bytes, 32 values and 64 inputs, all
+            // inside the lengths asserted by the caller.
+            let (b, v0, v1, xs) = unsafe {
+                (
+                    _mm_loadu_si128(idx.as_ptr().add(16 * s).cast::<__m128i>()),
+                    _mm512_loadu_ps(vals.as_ptr().add(32 * s)),
+                    _mm512_loadu_ps(vals.as_ptr().add(32 * s + 16)),
+                    [0, 16, 32, 48].map(|o| _mm512_loadu_ps(x.as_ptr().add(64 * s + o))),
+                )
+            };
+            // Each index byte twice, so lane j reads byte j/2.
+            let (lo, hi) = (_mm_unpacklo_epi8(b, b), _mm_unpackhi_epi8(b, b));
+            let x0 = _mm512_permutex2var_ps(xs[0], lanes(lo), xs[1]);
+            let x1 = _mm512_permutex2var_ps(xs[2], lanes(hi), xs[3]);
+            acc0 = _mm512_fmadd_ps(v0, x0, acc0);
+            acc1 = _mm512_fmadd_ps(v1, x1, acc1);
+        }
+        let mut acc = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        for g in 16 * steps..idx.len() {
+            let b = idx[g];
+            acc += vals[2 * g] * x[4 * g + usize::from(b & 0xf)];
+            acc += vals[2 * g + 1] * x[4 * g + usize::from(b >> 4)];
+        }
+        acc
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,8 +328,11 @@ mod tests {
 
     #[test]
     fn round_trip_exact_bytes_and_kernels() {
-        for (n, m) in [(2, 4), (4, 8), (1, 4), (3, 8)] {
-            let (rows, cols) = (19, 8 * 5);
+        // 40 inputs: the scalar loop only; 152: two 16-group AVX-512 steps of 2:4 and a tail.
+        for ((n, m), (rows, cols)) in [(2, 4), (4, 8), (1, 4), (3, 8)]
+            .into_iter()
+            .flat_map(|nm| [(nm, (19, 40)), (nm, (5, 152))])
+        {
             let w = nm_matrix(rows, cols, n, m);
             let p = NmPacked::from_dense(&w, rows, cols, n, m).unwrap();
             assert_eq!(p.to_dense(), w, "{n}:{m}");
