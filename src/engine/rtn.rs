@@ -333,14 +333,14 @@ impl RtnPacked {
     }
 }
 
-/// The `bits`-bit code at position `i` of a group's bytes.
+/// The `bits`-bit code (`bits ≤ 8`) at position `i` of a group's bytes, least significant bit
+/// first: it spans at most two bytes, read as one little-endian word.
 fn code_at(bytes: &[u8], i: usize, bits: usize) -> u32 {
-    let mut c = 0u32;
-    for b in 0..bits {
-        let bit = i * bits + b;
-        c |= u32::from((bytes[bit / 8] >> (bit % 8)) & 1) << b;
-    }
-    c
+    debug_assert!((1..=8).contains(&bits));
+    let bit = i * bits;
+    let lo = u32::from(bytes[bit / 8]);
+    let hi = bytes.get(bit / 8 + 1).map_or(0, |&b| u32::from(b));
+    ((lo | hi << 8) >> (bit % 8)) & ((1 << bits) - 1)
 }
 
 /// The f16 scale and minimum of one [`RtnRule::FloatMin`] group and its codes (`ks`), or
@@ -892,6 +892,22 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::quant::rtn::rtn_quantize;
+
+    /// Codes read as one two-byte word equal the codes read bit by bit, every width, every
+    /// position of a group (those ending in its last byte included).
+    #[test]
+    fn codes_read_by_word_equal_codes_read_by_bit() {
+        let bytes: Vec<u8> = (0..13u32).map(|i| (i * 97 + 41) as u8).collect();
+        for bits in 1..=8 {
+            for i in 0..bytes.len() * 8 / bits {
+                let by_bit = (0..bits).fold(0u32, |c, b| {
+                    let at = i * bits + b;
+                    c | u32::from((bytes[at / 8] >> (at % 8)) & 1) << b
+                });
+                assert_eq!(code_at(&bytes, i, bits), by_bit, "bits {bits} code {i}");
+            }
+        }
+    }
 
     #[test]
     fn codes_recovered_exactly_and_products_match() {
