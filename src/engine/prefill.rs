@@ -238,25 +238,11 @@ impl<'e> Prefill<'e> {
                 // `qd` or `kvd`), `scores` (`rows × end`) and `out` (`n × qd`), and the
                 // output rows `p0..end` of head `h` belong to this task alone.
                 unsafe {
-                    gemm::gemm(
-                        rows,
-                        end,
-                        hd,
-                        scores.as_mut_ptr(),
-                        1,
-                        end as isize,
-                        false,
-                        q.as_ptr().add(p0 * qd + h * hd),
-                        1,
-                        qd as isize,
-                        k.as_ptr().add(kv_at),
-                        kvd as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                    gemm_into(
+                        (rows, end, hd),
+                        (scores.as_mut_ptr(), end),
+                        Strided::rows(q.as_ptr().add(p0 * qd + h * hd), qd),
+                        Strided::columns(k.as_ptr().add(kv_at), kvd),
                         gemm::Parallelism::None,
                     );
                 }
@@ -267,25 +253,11 @@ impl<'e> Prefill<'e> {
                 }
                 let dst = out.at(p0 * qd + h * hd, (rows - 1) * qd + hd);
                 unsafe {
-                    gemm::gemm(
-                        rows,
-                        hd,
-                        end,
-                        dst,
-                        1,
-                        qd as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        end as isize,
-                        v.as_ptr().add(kv_at),
-                        1,
-                        kvd as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                    gemm_into(
+                        (rows, hd, end),
+                        (dst, qd),
+                        Strided::rows(scores.as_ptr(), end),
+                        Strided::rows(v.as_ptr().add(kv_at), kvd),
                         gemm::Parallelism::None,
                     );
                 }
@@ -326,23 +298,72 @@ fn matmul_t(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the extents are asserted above; `x` and `y` are row-major (column stride 1),
-    // and `w` is read as its transpose (`rhs[p][j] = w[j·cols + p]`).
+    let (x, wt) = (
+        Strided::rows(x.as_ptr(), cols),
+        Strided::columns(w.as_ptr(), cols),
+    );
+    // SAFETY: the extents are asserted above; `w` is read as its transpose.
+    unsafe { gemm_into((n, rows, cols), (y.as_mut_ptr(), rows), x, wt, parallelism) };
+}
+
+/// A matrix operand of [`gemm_into`]: its first element and the strides between its rows and
+/// between its columns.
+#[derive(Clone, Copy)]
+struct Strided {
+    at: *const f32,
+    row: usize,
+    col: usize,
+}
+
+impl Strided {
+    /// Row-major rows `stride` apart.
+    fn rows(at: *const f32, stride: usize) -> Self {
+        Self {
+            at,
+            row: stride,
+            col: 1,
+        }
+    }
+
+    /// The transpose of row-major rows `stride` apart: column `j` is stored row `j`.
+    fn columns(at: *const f32, stride: usize) -> Self {
+        Self {
+            at,
+            row: 1,
+            col: stride,
+        }
+    }
+}
+
+/// `dst[m × n] = lhs[m × k] · rhs[k × n]`, `dst` row-major with rows `dst_row` apart.
+///
+/// # Safety
+/// Every element the shapes and strides address lies inside its buffer, and nothing else
+/// reads or writes `dst`'s elements meanwhile.
+#[allow(unsafe_code)]
+unsafe fn gemm_into(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_row): (*mut f32, usize),
+    lhs: Strided,
+    rhs: Strided,
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller's contract.
     unsafe {
         gemm::gemm(
+            m,
             n,
-            rows,
-            cols,
-            y.as_mut_ptr(),
+            k,
+            dst,
             1,
-            rows as isize,
+            dst_row as isize,
             false,
-            x.as_ptr(),
-            1,
-            cols as isize,
-            w.as_ptr(),
-            cols as isize,
-            1,
+            lhs.at,
+            lhs.col as isize,
+            lhs.row as isize,
+            rhs.at,
+            rhs.col as isize,
+            rhs.row as isize,
             0.0,
             1.0,
             false,
