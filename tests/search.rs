@@ -10,7 +10,7 @@ use std::process::Command;
 
 use reparam::model::load_spec;
 use reparam::search::{
-    CandidateFile, Goal, MeasureInputs, MeasureSettings, Predictor, ensure_measured,
+    CandidateFile, Goal, MeasureInputs, MeasureSettings, Predictor, Role, ensure_measured,
     predicted_front,
 };
 use reparam::technique::CalibOptions;
@@ -88,8 +88,7 @@ fn the_table_is_complete_reused_and_sums_to_exact_bytes() {
     .unwrap();
     assert_eq!((again.measured, again.reused), (0, first.rows.len()));
 
-    let work = file.work(&base.transformer).unwrap();
-    let p = Predictor::new(&again.rows, &work, &file.embedding).unwrap();
+    let p = Predictor::new(&again.rows, &file, &base.transformer).unwrap();
     // All dense: the base's bytes exactly, no divergence.
     let dense = p.predict(&vec![0; p.genes.len()]);
     assert_eq!(dense.bytes as usize, base.transformer.size_bytes());
@@ -146,6 +145,121 @@ fn the_table_is_complete_reused_and_sums_to_exact_bytes() {
         assert!(w[0].predicted.kld_mean > w[1].predicted.kld_mean);
     }
     assert!(front.iter().all(|f| f.predicted.bytes <= budget));
+}
+
+/// RTN 3-bit everywhere, the embedding at 8 bits, and a depth change at every block.
+const DEPTH: &str = r#"
+embedding = [8]
+depth = "METHOD"
+
+[[candidate]]
+rtn = { bits = 3, group = 32 }
+"#;
+
+#[test]
+fn depth_changes_are_measured_predicted_exactly_and_applied() {
+    let store = tempfile::tempdir().unwrap();
+    let base = load_spec("zoo:multi").expect("zoo:multi");
+    let n = base.transformer.blocks.len();
+    assert!(n >= 5, "the test needs blocks 1, 2 and n - 2 apart");
+    let inputs = inputs(&base);
+    let calib = reparam::calib::calibration_tokens(&base, None).unwrap();
+    let is_depth = |key: &str| key == "drop" || key.starts_with("flatten");
+    for (method, merged) in [("drop", 1), ("flatten", 2)] {
+        let file = CandidateFile::from_toml(&DEPTH.replace("METHOD", method)).unwrap();
+        let table = ensure_measured(store.path(), &base, &file, &inputs, None, &mut |_, _, _| {
+            true
+        })
+        .unwrap();
+        // A change at every block but the last; a flattened pair as it comes out and at RTN.
+        let rows: Vec<_> = table
+            .rows
+            .iter()
+            .filter(|r| r.candidate.starts_with(method))
+            .collect();
+        assert_eq!(rows.len(), (n - 1) * merged, "{method}");
+        for r in &rows {
+            assert!(r.kld.is_finite() && r.kld > 0.0, "{r:?}");
+            assert!(r.seconds.is_finite() && r.seconds >= 0.0, "{r:?}");
+        }
+        let p = Predictor::new(&table.rows, &file, &base.transformer).unwrap();
+        // Changes at blocks 1, 2 and n - 2 (a flattened 1-2 covers block 2, so the change
+        // there is not taken); every other linear at RTN 3-bit, the embedding at 8 bits.
+        let quantized = |key: &str| key.contains("\"rtn\"") || key == "embedding 8b";
+        let genes: Vec<usize> = p
+            .genes
+            .iter()
+            .map(|g| match g.role {
+                Role::Depth(b) if [1, 2, n - 2].contains(&b) => g
+                    .choices
+                    .iter()
+                    .position(|c| c.key == "drop" || (is_depth(&c.key) && quantized(&c.key)))
+                    .unwrap(),
+                Role::Depth(_) => 0,
+                _ => g.choices.iter().position(|c| quantized(&c.key)).unwrap(),
+            })
+            .collect();
+        let taken: Vec<usize> = if method == "drop" {
+            vec![1, 2, n - 2]
+        } else {
+            vec![1, n - 2]
+        };
+        let recipe = p.recipe(&genes, &file, 0);
+        let step = recipe.flatten.as_ref().expect("a depth step");
+        let pairs: Vec<[usize; 2]> = taken.iter().map(|&b| [b, b + 1]).collect();
+        assert_eq!(step.pairs, pairs, "{method}");
+        // The prediction sums exactly the rows the assignment takes.
+        let span = if method == "drop" { 1 } else { 2 };
+        let replaced = |layer: &str| {
+            taken
+                .iter()
+                .any(|&b| (b..b + span).any(|i| layer.starts_with(&format!("blk.{i}."))))
+        };
+        let summed: f64 = table
+            .rows
+            .iter()
+            .filter(|r| {
+                let depth_taken = taken.iter().any(|&b| {
+                    let name = if method == "drop" {
+                        format!("blk.{b}")
+                    } else {
+                        format!("blk.{b}-{}", b + 1)
+                    };
+                    r.layer == name
+                });
+                if is_depth(&r.candidate) {
+                    depth_taken && (r.candidate == "drop" || quantized(&r.candidate))
+                } else {
+                    quantized(&r.candidate) && !replaced(&r.layer)
+                }
+            })
+            .map(|r| r.kld)
+            .sum();
+        let pred = p.predict(&genes);
+        assert!((pred.kld_mean - summed).abs() < 1e-12, "{method}");
+        // The recipe (its layer rules numbered after the depth step) makes a model with the
+        // predicted bytes exactly, every remaining linear quantized.
+        let compressed = reparam::technique::apply(
+            &base,
+            &recipe,
+            &calib,
+            inputs.settings.calib,
+            &mut |_, _, _| true,
+        )
+        .unwrap();
+        let t = &compressed.model.transformer;
+        assert_eq!(t.blocks.len(), n - taken.len(), "{method}");
+        assert_eq!(pred.bytes as usize, t.size_bytes(), "{method}");
+        for id in t.linear_ids() {
+            assert!(
+                !matches!(
+                    t.linear(id),
+                    Some(reparam::model::LinearWeight::Dense { .. })
+                ),
+                "{method}: {id} left dense"
+            );
+        }
+    }
 }
 
 #[test]

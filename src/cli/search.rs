@@ -24,7 +24,8 @@ use crate::sweep::Shard;
 #[derive(Debug, Args)]
 pub struct MeasureArgs {
     /// The candidates file (TOML): `[[candidate]]` tables with a layer rule's knobs
-    /// (`shiftadd`, `rtn`, `prune`, `rps`; optional `match`/`blocks`), and `embedding = [6, 8]`.
+    /// (`shiftadd`, `rtn`, `prune`, `rps`; optional `match`/`blocks`), `embedding = [6, 8]`,
+    /// and `depth = "drop"` or `"flatten"` (each block dropped, or flattened with the next).
     #[arg(long)]
     candidates: PathBuf,
     /// Text the layer-alone KLDs are measured on (default: the calibration text, so the

@@ -19,11 +19,12 @@ use crate::model::{LinearId, Model, Transformer};
 use crate::store::measurements::{load_table, save_part, table_dir};
 use crate::sweep::Shard;
 use crate::technique::measure::{
-    Candidate, DENSE, EMBEDDING_LAYER, FIXED_LAYER, MeasureOptions, Measured, Scorer,
-    embedding_key, measure_embedding, measure_fixed, measure_layers,
+    Candidate, DENSE, EMBEDDING_LAYER, FIXED_LAYER, MeasureOptions, Measured, Scorer, depth_key,
+    depth_layer, embedding_key, measure_depth, measure_embedding, measure_fixed, measure_layers,
 };
 use crate::technique::recipe::{
-    EmbeddingStep, LayerRule, PruneKnobs, Recipe, RpsKnobs, RtnKnobs, ShiftAddKnobs,
+    EmbeddingStep, FlattenMethod, FlattenStep, LayerRule, PruneKnobs, Recipe, RpsKnobs, RtnKnobs,
+    ShiftAddKnobs,
 };
 use crate::technique::{CalibOptions, Progress};
 
@@ -90,14 +91,47 @@ pub struct CandidateFile {
     pub embedding: Vec<usize>,
     #[serde(default, rename = "candidate")]
     pub candidates: Vec<CandidateRule>,
+    /// A depth change to consider at every block: `drop` it, or `flatten` it with the next
+    /// block (the merged block then stays as it comes out or takes one of the quantization
+    /// candidates that select every linear).
+    #[serde(default)]
+    pub depth: Option<FlattenMethod>,
+}
+
+/// The depth changes a candidates file asks to measure.
+#[derive(Debug, Clone)]
+pub struct DepthWork {
+    pub method: FlattenMethod,
+    /// Blocks a change may start at (the pair `[b, b + 1]` must be in the model).
+    pub blocks: Vec<usize>,
+    /// A flattened pair's settings for its merged block ([`DENSE`] first); empty for `drop`.
+    pub merged: Vec<Candidate>,
+}
+
+impl DepthWork {
+    /// Every `(layer, candidate)` row the changes need.
+    fn keys(&self) -> Vec<(usize, String, String)> {
+        let merged: Vec<&str> = match self.method {
+            FlattenMethod::Drop => vec![DENSE],
+            FlattenMethod::Flatten => self.merged.iter().map(|c| c.key.as_str()).collect(),
+        };
+        self.blocks
+            .iter()
+            .flat_map(|&b| {
+                merged
+                    .iter()
+                    .map(move |k| (b, depth_layer(b, self.method), depth_key(self.method, k)))
+            })
+            .collect()
+    }
 }
 
 impl CandidateFile {
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
         let f: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         anyhow::ensure!(
-            !f.candidates.is_empty() || !f.embedding.is_empty(),
-            "the candidates file lists no `[[candidate]]` and no `embedding` bits"
+            !f.candidates.is_empty() || !f.embedding.is_empty() || f.depth.is_some(),
+            "the candidates file lists no `[[candidate]]`, no `embedding` bits and no `depth`"
         );
         for &b in &f.embedding {
             anyhow::ensure!((2..=8).contains(&b), "embedding bits {b} outside 2..=8");
@@ -142,6 +176,41 @@ impl CandidateFile {
             }
         }
         Ok(out)
+    }
+
+    /// The depth changes to measure on `model` (`None` when the file asks for none).
+    pub fn depth_work(&self, model: &Transformer) -> anyhow::Result<Option<DepthWork>> {
+        let Some(method) = self.depth else {
+            return Ok(None);
+        };
+        let n = model.blocks.len();
+        anyhow::ensure!(
+            n >= 2,
+            "`depth = \"{method:?}\"` needs a model of at least 2 blocks; this one has {n}"
+        );
+        let mut merged = Vec::new();
+        if method == FlattenMethod::Flatten {
+            merged.push(Candidate {
+                key: DENSE.into(),
+                plan: Default::default(),
+            });
+            for c in &self.candidates {
+                let whole = c.pattern == all_linears() && c.blocks.is_none();
+                let plan = c.rule(c.pattern.clone(), None).layer_plan();
+                if let Ok(plan) = plan
+                    && whole
+                    && plan.quant.is_some()
+                    && plan.prune.is_none()
+                {
+                    merged.push(Candidate { key: c.key(), plan });
+                }
+            }
+        }
+        Ok(Some(DepthWork {
+            method,
+            blocks: (0..n - 1).collect(),
+            merged,
+        }))
     }
 
     /// The rule of each candidate key.
@@ -318,8 +387,20 @@ pub fn ensure_measured(
     embedding.retain(|&b| !have.contains(&(EMBEDDING_LAYER.into(), embedding_key(b))));
     let embedding_dense = first_shard && !have.contains(&(EMBEDDING_LAYER.into(), DENSE.into()));
     let fixed = first_shard && !have.contains(&(FIXED_LAYER.into(), DENSE.into()));
+    // Depth changes: the blocks (in this shard) with a row missing.
+    let depth = file.depth_work(&base.transformer)?.map(|mut d| {
+        let missing: std::collections::BTreeSet<usize> = d
+            .keys()
+            .into_iter()
+            .filter(|(b, layer, key)| in_shard(*b) && !have.contains(&(layer.clone(), key.clone())))
+            .map(|(b, _, _)| b)
+            .collect();
+        d.blocks.retain(|b| missing.contains(b));
+        d
+    });
+    let depth = depth.filter(|d| !d.blocks.is_empty());
     let mut measured = 0;
-    if !work.is_empty() || !embedding.is_empty() || embedding_dense {
+    if !work.is_empty() || !embedding.is_empty() || embedding_dense || depth.is_some() {
         if !progress("scoring the base model", 0, 1) {
             return Err(crate::technique::cancelled());
         }
@@ -364,6 +445,29 @@ pub fn ensure_measured(
             )?;
             measured += rows.len();
         }
+        if let Some(d) = &depth {
+            measure_depth(
+                base,
+                &scorer,
+                d.method,
+                &d.blocks,
+                &d.merged,
+                &inputs.calib_tokens,
+                opts,
+                &mut |block, mut rows| {
+                    rows.retain(|r| !have.contains(&(r.layer.clone(), r.candidate.clone())));
+                    let keys: Vec<String> = rows.iter().map(|r| r.candidate.clone()).collect();
+                    save_part(
+                        &dir,
+                        &format!("depth{block}-{}", short_hash(&keys.join("\n"))),
+                        &rows,
+                    )?;
+                    measured += rows.len();
+                    Ok(())
+                },
+                progress,
+            )?;
+        }
     }
     if fixed {
         progress("timing a decode step", 0, 1);
@@ -384,18 +488,33 @@ pub fn ensure_measured(
 /// One option of one gene.
 #[derive(Debug, Clone)]
 pub struct Choice {
-    /// The candidate key ([`DENSE`], an embedding key, or a layer candidate's).
+    /// The candidate key ([`DENSE`], an embedding key, a layer candidate's, or a depth key).
     pub key: String,
     pub kld: f64,
-    pub bytes: u64,
+    /// Bytes the option adds to the model (a depth change: what is left of its blocks less
+    /// the norms it removes, so it can be negative).
+    pub bytes: i64,
     pub seconds: f64,
+    /// Blocks a depth change replaces from its gene's block on (0 for every other option).
+    pub span: usize,
 }
 
-/// One thing the search chooses for: a linear, or the embedding. Options sorted by bytes,
-/// largest first (so neighbouring options are small steps).
+/// What a gene chooses for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Linear(LinearId),
+    Embedding,
+    /// A depth change starting at this block; option 0 keeps the block.
+    Depth(usize),
+}
+
+/// One thing the search chooses for: a linear, the embedding, or a block's depth. Linear and
+/// embedding options are sorted by bytes, largest first (so neighbouring options are small
+/// steps); a depth gene's option 0 leaves the block as it is.
 #[derive(Debug, Clone)]
 pub struct Gene {
     pub layer: String,
+    pub role: Role,
     pub choices: Vec<Choice>,
 }
 
@@ -408,22 +527,38 @@ pub struct Prediction {
     pub decode_tok_s: f64,
 }
 
-/// Sums the measurement table over an assignment.
+/// The option key of a depth gene's "leave the block as it is".
+const KEEP: &str = "keep";
+
+/// Sums the measurement table over an assignment. Genes are every linear in forward order,
+/// then the embedding, then (when the candidates ask for depth) one gene per block a change
+/// may start at. A depth change replaces the genes of the linears of the blocks it covers;
+/// where two would overlap, the earlier block's is taken and the later one's is ignored.
 #[derive(Debug, Clone)]
 pub struct Predictor {
     pub genes: Vec<Gene>,
+    depth: Option<FlattenMethod>,
     fixed_bytes: u64,
     fixed_seconds: f64,
 }
 
+/// The depth changes an assignment takes: (block, option of its gene, blocks covered).
+type DepthChanges = Vec<(usize, usize, usize)>;
+
 impl Predictor {
-    /// A predictor for `work`'s layers (every candidate, dense included) and the embedding
-    /// options, from `rows`; a pair the table lacks is an error saying to measure first.
+    /// A predictor for `file`'s candidates on `model` from the table's `rows`; a pair the
+    /// table lacks is an error saying to measure first.
     pub fn new(
         rows: &[Measured],
-        work: &BTreeMap<LinearId, Vec<Candidate>>,
-        embedding_bits: &[usize],
+        file: &CandidateFile,
+        model: &Transformer,
     ) -> anyhow::Result<Self> {
+        let work = file.work(model)?;
+        let embedding_bits: &[usize] = if model.config.tie_word_embeddings {
+            &file.embedding
+        } else {
+            &[]
+        };
         let index: HashMap<(&str, &str), &Measured> = rows
             .iter()
             .map(|r| ((r.layer.as_str(), r.candidate.as_str()), r))
@@ -439,18 +574,23 @@ impl Predictor {
         let choice = |r: &Measured| Choice {
             key: r.candidate.clone(),
             kld: r.kld,
-            bytes: r.bytes as u64,
+            bytes: r.bytes as i64,
             seconds: r.seconds,
+            span: 0,
         };
         let mut genes = Vec::new();
-        for (id, candidates) in work {
+        for (id, candidates) in &work {
             let layer = id.to_string();
             let mut choices = candidates
                 .iter()
                 .map(|c| find(&layer, &c.key).map(choice))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             choices.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.kld.total_cmp(&b.kld)));
-            genes.push(Gene { layer, choices });
+            genes.push(Gene {
+                layer,
+                role: Role::Linear(*id),
+                choices,
+            });
         }
         let mut embedding = vec![choice(find(EMBEDDING_LAYER, DENSE)?)];
         for &b in embedding_bits {
@@ -459,6 +599,7 @@ impl Predictor {
         embedding.sort_by_key(|c| std::cmp::Reverse(c.bytes));
         genes.push(Gene {
             layer: EMBEDDING_LAYER.into(),
+            role: Role::Embedding,
             choices: embedding,
         });
         let fixed = index.get(&(FIXED_LAYER, DENSE));
@@ -468,10 +609,50 @@ impl Predictor {
                 "the measurement table has no `{FIXED_LAYER}` row: run `reparam measure` first"
             ),
         };
+        let fixed_seconds = fixed.map_or(f64::NAN, |r| r.seconds);
+        let depth = file.depth_work(model)?;
+        if let Some(d) = &depth {
+            // A removed block also takes its share of the step's non-product time with it.
+            let per_block = fixed_seconds / model.blocks.len() as f64;
+            let (span, removed) = match d.method {
+                FlattenMethod::Drop => (1, 1.0),
+                FlattenMethod::Flatten => (2, 1.0),
+            };
+            let keys = d.keys();
+            for &b in &d.blocks {
+                let mut choices = vec![Choice {
+                    key: KEEP.into(),
+                    kld: 0.0,
+                    bytes: 0,
+                    seconds: 0.0,
+                    span: 0,
+                }];
+                let mut options = keys
+                    .iter()
+                    .filter(|(k, _, _)| *k == b)
+                    .map(|(_, layer, key)| {
+                        find(layer, key).map(|r| Choice {
+                            bytes: r.bytes as i64 - r.base_bytes as i64,
+                            seconds: r.seconds - removed * per_block,
+                            span,
+                            ..choice(r)
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                options.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.kld.total_cmp(&b.kld)));
+                choices.extend(options);
+                genes.push(Gene {
+                    layer: depth_layer(b, d.method),
+                    role: Role::Depth(b),
+                    choices,
+                });
+            }
+        }
         Ok(Self {
             genes,
+            depth: depth.map(|d| d.method),
             fixed_bytes,
-            fixed_seconds: fixed.map_or(f64::NAN, |r| r.seconds),
+            fixed_seconds,
         })
     }
 
@@ -480,90 +661,172 @@ impl Predictor {
         self.genes.iter().map(|g| g.choices.len()).collect()
     }
 
+    /// The depth changes `genes` take, by block: a change is taken unless an earlier one
+    /// already covers its block.
+    fn depth_changes(&self, genes: &[usize]) -> DepthChanges {
+        let mut out: DepthChanges = Vec::new();
+        for (g, &j) in self.genes.iter().zip(genes) {
+            if let Role::Depth(b) = g.role
+                && j > 0
+                && out.last().is_none_or(|&(a, _, span)| a + span <= b)
+            {
+                out.push((b, j, g.choices[j].span));
+            }
+        }
+        out
+    }
+
+    /// Whether a gene counts under `changes`: a linear not in a replaced block, the
+    /// embedding, or a taken depth change.
+    fn counts(g: &Gene, j: usize, changes: &DepthChanges) -> bool {
+        match g.role {
+            Role::Linear(id) => !changes
+                .iter()
+                .any(|&(b, _, span)| (b..b + span).contains(&id.block)),
+            Role::Embedding => true,
+            Role::Depth(b) => changes.iter().any(|&(a, k, _)| a == b && k == j),
+        }
+    }
+
     /// The prediction of an assignment (an option index per gene).
     pub fn predict(&self, genes: &[usize]) -> Prediction {
-        let (mut bytes, mut kld, mut seconds) = (self.fixed_bytes, 0.0, self.fixed_seconds);
+        let changes = self.depth_changes(genes);
+        let (mut bytes, mut kld, mut seconds) = (self.fixed_bytes as i64, 0.0, self.fixed_seconds);
         for (g, &j) in self.genes.iter().zip(genes) {
+            if !Self::counts(g, j, &changes) {
+                continue;
+            }
             let c = &g.choices[j];
             bytes += c.bytes;
             kld += c.kld;
             seconds += c.seconds;
         }
         Prediction {
-            bytes,
+            bytes: bytes.max(0) as u64,
             kld_mean: kld,
             decode_tok_s: 1.0 / seconds,
         }
     }
 
-    /// One line: how many layers each setting got (`120× shiftadd 3b g64, 90× dense,
-    /// embedding 8b`).
+    /// The merged block's candidate key of a `flatten …` depth option ([`DENSE`]: as it is).
+    fn merged_key(key: &str) -> &str {
+        key.strip_prefix("flatten ").unwrap_or(DENSE)
+    }
+
+    /// One line: how many layers each setting got and the depth changes (`120× shiftadd 3b
+    /// g64, 90× dense, embedding 8b, drop 3, 7`).
     pub fn summary(&self, genes: &[usize], file: &CandidateFile) -> String {
         let rules = file.rules();
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        let mut embedding = None;
-        for (g, &j) in self.genes.iter().zip(genes) {
-            let key = &g.choices[j].key;
-            if g.layer == EMBEDDING_LAYER {
-                embedding = (key != DENSE).then(|| key.clone());
-                continue;
-            }
-            let what = rules
+        let describe = |key: &str| {
+            rules
                 .get(key)
                 .and_then(|r| r.rule(String::new(), None).layer_plan().ok())
-                .map_or_else(|| key.clone(), |p| p.describe());
-            *counts.entry(what).or_default() += 1;
+                .map_or_else(|| key.to_string(), |p| p.describe())
+        };
+        let changes = self.depth_changes(genes);
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut embedding = None;
+        let mut depth = Vec::new();
+        for (g, &j) in self.genes.iter().zip(genes) {
+            if !Self::counts(g, j, &changes) {
+                continue;
+            }
+            let key = &g.choices[j].key;
+            match g.role {
+                Role::Embedding => embedding = (key != DENSE).then(|| key.clone()),
+                Role::Linear(_) => *counts.entry(describe(key)).or_default() += 1,
+                Role::Depth(b) => depth.push(match self.depth {
+                    Some(FlattenMethod::Flatten) => match Self::merged_key(key) {
+                        DENSE => format!("flatten {b}-{}", b + 1),
+                        k => format!("flatten {b}-{} ({})", b + 1, describe(k)),
+                    },
+                    _ => format!("drop {b}"),
+                }),
+            }
         }
         let mut parts: Vec<String> = counts
             .into_iter()
             .map(|(k, n)| format!("{n}× {k}"))
             .collect();
         parts.extend(embedding);
+        parts.extend(depth);
         parts.join(", ")
     }
 
-    /// The recipe of an assignment: per candidate and layer kind, one rule naming its blocks;
-    /// the embedding step when one was chosen.
+    /// The recipe of an assignment: the depth changes as a `[flatten]` step, then per
+    /// candidate and layer kind one rule naming its blocks (numbered as after the depth
+    /// step, since layer rules apply to the model it leaves); the embedding step when one was
+    /// chosen.
     pub fn recipe(&self, genes: &[usize], file: &CandidateFile, seed: u64) -> Recipe {
         let rules = file.rules();
+        let changes = self.depth_changes(genes);
+        // Blocks removed before block `b` (each change leaves one block when flattening).
+        let left = usize::from(self.depth == Some(FlattenMethod::Flatten));
+        let renumber = |b: usize| {
+            b - changes
+                .iter()
+                .filter(|&&(a, _, span)| a + span <= b)
+                .map(|&(_, _, span)| span - left)
+                .sum::<usize>()
+        };
         let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
         let mut embedding = None;
         for (g, &j) in self.genes.iter().zip(genes) {
             let key = &g.choices[j].key;
-            if key == DENSE {
+            if !Self::counts(g, j, &changes) || key == DENSE {
                 continue;
             }
-            if g.layer == EMBEDDING_LAYER {
-                embedding = file
-                    .embedding
-                    .iter()
-                    .find(|&&b| embedding_key(b) == *key)
-                    .map(|&bits| EmbeddingStep {
-                        bits,
-                        group: 0,
-                        symmetric: false,
-                        float_min: false,
-                        int8_activations: false,
-                    });
-                continue;
-            }
-            if let Ok(id) = g.layer.parse::<LinearId>() {
-                groups
+            match g.role {
+                Role::Embedding => {
+                    embedding = file
+                        .embedding
+                        .iter()
+                        .find(|&&b| embedding_key(b) == *key)
+                        .map(|&bits| EmbeddingStep {
+                            bits,
+                            group: 0,
+                            symmetric: false,
+                            float_min: false,
+                            int8_activations: false,
+                        });
+                }
+                Role::Linear(id) => groups
                     .entry((key.clone(), id.kind.gguf_name().to_string()))
                     .or_default()
-                    .push(id.block);
+                    .push(renumber(id.block)),
+                Role::Depth(b) => {
+                    let merged = Self::merged_key(key);
+                    if self.depth == Some(FlattenMethod::Flatten) && merged != DENSE {
+                        for kind in crate::model::LinearKind::ALL {
+                            groups
+                                .entry((merged.to_string(), kind.gguf_name().to_string()))
+                                .or_default()
+                                .push(renumber(b));
+                        }
+                    }
+                }
             }
         }
         let layers = groups
             .into_iter()
-            .filter_map(|((key, kind), blocks)| {
+            .filter_map(|((key, kind), mut blocks)| {
                 let rule = rules.get(&key)?;
+                blocks.sort_unstable();
                 Some(rule.rule(format!("blk.*.{kind}"), Some(block_list(&blocks))))
             })
             .collect();
+        let flatten = match (self.depth, changes.is_empty()) {
+            (Some(method), false) => Some(FlattenStep::new(
+                changes.iter().map(|&(b, _, _)| [b, b + 1]).collect(),
+                None,
+                method,
+            )),
+            _ => None,
+        };
         Recipe {
             seed,
             embedding,
+            flatten,
             layers,
             ..Recipe::default()
         }
@@ -608,7 +871,8 @@ pub struct FrontPoint {
 }
 
 /// Points of the exact bytes-against-KLD front at `steps` budgets between the smallest
-/// possible model and `max_bytes` (or the largest).
+/// possible model and `max_bytes` (or the largest). Linears and the embedding are the
+/// knapsack's groups; a depth option is a shortcut over the linears of the blocks it covers.
 fn knapsack_front(
     p: &Predictor,
     max_bytes: u64,
@@ -618,29 +882,66 @@ fn knapsack_front(
     let groups: Vec<Vec<knapsack::Item>> = p
         .genes
         .iter()
+        .take_while(|g| !matches!(g.role, Role::Depth(_)))
         .map(|g| {
             g.choices
                 .iter()
                 .map(|c| knapsack::Item {
-                    cost: c.bytes,
+                    cost: c.bytes.max(0) as u64,
                     value: c.kld,
                 })
                 .collect()
         })
         .collect();
+    // Each block's linears are consecutive groups (`work` is in forward order).
+    let mut range: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    for (i, g) in p.genes.iter().enumerate() {
+        if let Role::Linear(id) = g.role {
+            let r = range.entry(id.block).or_insert((i, i));
+            r.1 = i + 1;
+        }
+    }
+    let mut shortcuts = Vec::new();
+    let mut taken_by = Vec::new();
+    for (i, g) in p.genes.iter().enumerate() {
+        let Role::Depth(b) = g.role else { continue };
+        for (j, c) in g.choices.iter().enumerate().skip(1) {
+            if let (Some(from), Some(to)) = (range.get(&b), range.get(&(b + c.span - 1))) {
+                shortcuts.push(knapsack::Shortcut {
+                    from: from.0,
+                    to: to.1,
+                    cost: c.bytes,
+                    value: c.kld,
+                });
+                taken_by.push((i, j));
+            }
+        }
+    }
     let budget = max_bytes.saturating_sub(p.fixed_bytes);
-    let Some(table) = knapsack::Table::build(&groups, budget) else {
+    let Some(table) = knapsack::Table::build(&groups, &shortcuts, budget) else {
         return Vec::new();
+    };
+    let genes_of = |sol: knapsack::Solution| {
+        let mut genes = vec![0; p.genes.len()];
+        for (g, o) in sol.options.iter().enumerate() {
+            genes[g] = o.unwrap_or(0);
+        }
+        for s in sol.shortcuts {
+            let (i, j) = taken_by[s];
+            genes[i] = j;
+        }
+        genes
     };
     let cap = table.capacity();
     let mut out: Vec<Vec<usize>> = (0..=steps)
         .filter_map(|s| table.solution(cap * s / steps.max(1)))
+        .map(genes_of)
         .collect();
     // The smallest model within a KLD budget, exactly (not only the nearest sampled budget).
     if let Some(c) = max_kld.and_then(|k| table.cheapest_within(k))
         && let Some(sol) = table.solution(c)
     {
-        out.push(sol);
+        out.push(genes_of(sol));
     }
     out.dedup();
     out
@@ -734,13 +1035,7 @@ pub fn search_model(
     );
     let inputs = request.inputs(base)?;
     let table = ensure_measured(store, base, file, &inputs, None, progress)?;
-    let work = file.work(&base.transformer)?;
-    let embedding: Vec<usize> = if base.config().tie_word_embeddings {
-        file.embedding.clone()
-    } else {
-        Vec::new()
-    };
-    let predictor = Predictor::new(&table.rows, &work, &embedding)?;
+    let predictor = Predictor::new(&table.rows, file, &base.transformer)?;
     let front = predicted_front(&predictor, goal);
     anyhow::ensure!(
         !front.is_empty(),

@@ -223,7 +223,9 @@ mod tests {
         let groups = toy_groups();
         let mut covered = 0;
         for budget in (0..=48u64).step_by(4) {
-            let exact = Table::build(&groups, budget).unwrap().best(budget as usize);
+            let exact = Table::build(&groups, &[], budget)
+                .unwrap()
+                .best(budget as usize);
             let found = front
                 .iter()
                 .filter(|i| i.objectives[0] <= budget as f64)

@@ -49,7 +49,7 @@ pub fn apply_flatten(
     let groups = match (step.auto, step.pairs.is_empty()) {
         (Some(_), false) => anyhow::bail!("flatten: set either `pairs` or `auto`, not both"),
         (None, true) => anyhow::bail!("flatten: set `pairs = [[i, i + 1], …]` or `auto = N`"),
-        (None, false) => explicit_groups(&step.pairs, n_blocks)?,
+        (None, false) => explicit_groups(&step.pairs, n_blocks, step.method)?,
         (Some(n), true) => {
             anyhow::ensure!(
                 n >= 1 && n < n_blocks,
@@ -104,8 +104,14 @@ pub fn apply_flatten(
     Ok(n_blocks - t.blocks.len())
 }
 
-/// Explicit pairs as half-open groups `(i, i + 2)`, checked: adjacent, in range, disjoint.
-fn explicit_groups(pairs: &[[usize; 2]], n_blocks: usize) -> anyhow::Result<Vec<(usize, usize)>> {
+/// Explicit pairs as half-open groups, checked: adjacent, in range, disjoint. Flattening
+/// `[i, i + 1]` replaces `(i, i + 2)`; dropping it removes block `i` alone, `(i, i + 1)`, so
+/// the pairs of two neighbouring dropped blocks may share a block.
+fn explicit_groups(
+    pairs: &[[usize; 2]],
+    n_blocks: usize,
+    method: FlattenMethod,
+) -> anyhow::Result<Vec<(usize, usize)>> {
     let mut groups: Vec<(usize, usize)> = Vec::new();
     for &[a, b] in pairs {
         anyhow::ensure!(
@@ -116,7 +122,10 @@ fn explicit_groups(pairs: &[[usize; 2]], n_blocks: usize) -> anyhow::Result<Vec<
             b < n_blocks,
             "flatten: pair [{a}, {b}] names block {b}, but the model has {n_blocks} blocks"
         );
-        groups.push((a, b + 1));
+        groups.push(match method {
+            FlattenMethod::Flatten => (a, b + 1),
+            FlattenMethod::Drop => (a, b),
+        });
     }
     groups.sort_unstable();
     for w in groups.windows(2) {
@@ -124,9 +133,9 @@ fn explicit_groups(pairs: &[[usize; 2]], n_blocks: usize) -> anyhow::Result<Vec<
             w[0].1 <= w[1].0,
             "flatten: pairs [{}, {}] and [{}, {}] overlap",
             w[0].0,
-            w[0].1 - 1,
+            w[0].0 + 1,
             w[1].0,
-            w[1].1 - 1
+            w[1].0 + 1
         );
     }
     anyhow::ensure!(
@@ -1009,12 +1018,20 @@ mod tests {
 
     #[test]
     fn explicit_pairs_are_checked() {
-        assert!(explicit_groups(&[[0, 2]], 6).is_err());
-        assert!(explicit_groups(&[[5, 6]], 6).is_err());
-        assert!(explicit_groups(&[[1, 2], [2, 3]], 6).is_err());
+        use FlattenMethod::{Drop, Flatten};
+        assert!(explicit_groups(&[[0, 2]], 6, Flatten).is_err());
+        assert!(explicit_groups(&[[5, 6]], 6, Flatten).is_err());
+        assert!(explicit_groups(&[[1, 2], [2, 3]], 6, Flatten).is_err());
         assert_eq!(
-            explicit_groups(&[[3, 4], [0, 1]], 6).unwrap(),
+            explicit_groups(&[[3, 4], [0, 1]], 6, Flatten).unwrap(),
             vec![(0, 2), (3, 5)]
         );
+        // Dropping `[i, i + 1]` removes block `i`: neighbours may both go, a block only once.
+        assert_eq!(
+            explicit_groups(&[[2, 3], [1, 2]], 6, Drop).unwrap(),
+            vec![(1, 2), (2, 3)]
+        );
+        assert!(explicit_groups(&[[1, 2], [1, 2]], 6, Drop).is_err());
+        assert!(explicit_groups(&[[5, 6]], 6, Drop).is_err());
     }
 }

@@ -15,10 +15,10 @@ use rayon::prelude::*;
 
 use crate::calib::{StatsCollector, calibration_ids, stats_source};
 use crate::engine::{EngineOptions, Linear, ProductTimer};
-use crate::model::{LinearId, Model, NoHook};
+use crate::model::{LinearId, LinearKind, Model, NoHook};
 
-use super::recipe::{EmbeddingStep, LayerPlan};
-use super::{CalibOptions, Progress, cancelled, compress_layer, layer_seed};
+use super::recipe::{EmbeddingStep, FlattenMethod, FlattenStep, LayerPlan};
+use super::{CalibOptions, Progress, cancelled, compress_layer, flatten, layer_seed};
 
 /// The row name of the token embedding (and the head tied to it) in a measurement table.
 pub const EMBEDDING_LAYER: &str = "token_embd";
@@ -369,6 +369,178 @@ pub fn measure_embedding(
         });
     }
     Ok(rows)
+}
+
+/// The row name of a depth change starting at `block`: `blk.3` (dropped) or `blk.3-4`
+/// (flattened into one block).
+pub fn depth_layer(block: usize, method: FlattenMethod) -> String {
+    match method {
+        FlattenMethod::Drop => format!("blk.{block}"),
+        FlattenMethod::Flatten => format!("blk.{block}-{}", block + 1),
+    }
+}
+
+/// The candidate key of a depth change: `drop`, `flatten` (the merged block as it comes out),
+/// or `flatten <key>` (its linears then compressed with candidate `key`).
+pub fn depth_key(method: FlattenMethod, merged: &str) -> String {
+    match (method, merged) {
+        (FlattenMethod::Drop, _) => "drop".into(),
+        (FlattenMethod::Flatten, DENSE) => "flatten".into(),
+        (FlattenMethod::Flatten, key) => format!("flatten {key}"),
+    }
+}
+
+/// Bytes of block `b`'s norms (what a depth change removes besides the block's linears).
+fn norm_bytes(model: &Model, b: usize) -> usize {
+    let block = &model.transformer.blocks[b];
+    [&block.attn_norm, &block.ffn_norm]
+        .iter()
+        .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+        .sum()
+}
+
+/// Depth changes, each alone: for every block in `blocks`, the model with that block dropped
+/// or flattened with the next one (FlattenGPT's prune-back, fitted on the calibration
+/// windows), and for a flattened pair also with the merged block's linears compressed by each
+/// of `merged` (statistics from the base's input to the pair). A row's `base_bytes` are the
+/// norms of the blocks it replaces (the linears are rows of their own), its `bytes` what is
+/// left of them (0 dropped; the whole merged block), its `seconds` the merged block's
+/// products. `sink(block, rows)` after each block.
+#[allow(clippy::too_many_arguments)]
+pub fn measure_depth(
+    base: &Model,
+    scorer: &Scorer,
+    method: FlattenMethod,
+    blocks: &[usize],
+    merged: &[Candidate],
+    calib_tokens: &[u32],
+    opts: MeasureOptions,
+    sink: &mut dyn FnMut(usize, Vec<Measured>) -> anyhow::Result<()>,
+    progress: &mut Progress<'_>,
+) -> anyhow::Result<()> {
+    let cfg = base.config();
+    let calib = CalibOptions {
+        seq_len: opts.calib.seq_len.min(cfg.max_position_embeddings),
+        ..opts.calib
+    };
+    let per_block = match method {
+        FlattenMethod::Drop => 1,
+        FlattenMethod::Flatten => merged.len(),
+    };
+    let total = blocks.len() * per_block;
+    let mut timer = opts.timing.map(ProductTimer::new);
+    let needs_stats =
+        method == FlattenMethod::Flatten && merged.iter().any(|c| c.plan.needs_stats());
+    let ids = if needs_stats {
+        Some(calibration_ids(
+            calib_tokens,
+            calib.samples,
+            calib.seq_len,
+            opts.seed,
+        )?)
+    } else {
+        None
+    };
+    // The base's calibration input to the block in hand.
+    let mut hidden = match &ids {
+        Some(ids) => Some(base.transformer.embed(ids)?),
+        None => None,
+    };
+    let last = blocks.iter().copied().max().unwrap_or(0);
+    let mut done = 0;
+    for b in 0..=last {
+        let input = hidden.clone();
+        if let Some(h) = &hidden
+            && b < last
+        {
+            hidden = Some(base.transformer.run_block(
+                b,
+                h,
+                calib.samples,
+                calib.seq_len,
+                &mut NoHook,
+            )?);
+        }
+        if !blocks.contains(&b) {
+            continue;
+        }
+        let layer = depth_layer(b, method);
+        if !progress(&format!("measuring {layer} ({method:?})"), done, total) {
+            return Err(cancelled());
+        }
+        let mut changed = base.clone();
+        let step = FlattenStep::new(vec![[b, b + 1]], None, method);
+        flatten::apply_flatten(
+            &mut changed,
+            &step,
+            calib_tokens,
+            calib,
+            opts.seed,
+            &mut |_, _, _| true,
+        )
+        .map_err(|e| anyhow::anyhow!("{layer}: {e:#}"))?;
+        let row = |candidate: &str, (kld, nll_delta): (f64, f64), span: usize| Measured {
+            layer: layer.clone(),
+            candidate: depth_key(method, candidate),
+            kld,
+            nll_delta,
+            base_bytes: (b..b + span).map(|i| norm_bytes(base, i)).sum(),
+            bytes: 0,
+            seconds: 0.0,
+        };
+        let mut rows = Vec::new();
+        if method == FlattenMethod::Drop {
+            let seconds = if timer.is_some() { 0.0 } else { f64::NAN };
+            rows.push(Measured {
+                seconds,
+                ..row(DENSE, scorer.score(&changed, Some(b))?, 1)
+            });
+            done += 1;
+        } else {
+            // The merged block's input statistics, from the base's input to the pair.
+            let mut stats = StatsCollector::new(None, true).statistics_only();
+            if let Some(h) = &input {
+                changed
+                    .transformer
+                    .run_block(b, h, calib.samples, calib.seq_len, &mut stats)?;
+            }
+            for c in merged {
+                if !progress(&format!("measuring {layer} at {}", c.key), done, total) {
+                    return Err(cancelled());
+                }
+                let mut model = changed.clone();
+                let block = &mut model.transformer.blocks[b];
+                if c.plan != LayerPlan::default() {
+                    for kind in LinearKind::ALL {
+                        let source = LinearId::new(b, stats_source(kind));
+                        let seed = opts.seed ^ layer_seed(LinearId::new(b, kind));
+                        let new = compress_layer(
+                            block.linear(kind),
+                            &c.plan,
+                            stats.stats.get(&source),
+                            seed,
+                        )
+                        .map_err(|e| anyhow::anyhow!("{layer} at {}: {e:#}", c.key))?;
+                        *block.linear_mut(kind) = new;
+                    }
+                }
+                let linears = LinearKind::ALL.map(|k| block.linear(k).clone());
+                rows.push(Measured {
+                    bytes: norm_bytes(&model, b)
+                        + linears.iter().map(|w| w.size_bytes()).sum::<usize>(),
+                    seconds: linears
+                        .iter()
+                        .map(|w| cold_seconds(timer.as_mut(), w))
+                        .sum(),
+                    ..row(&c.key, scorer.score(&model, Some(b))?, 2)
+                });
+                done += 1;
+            }
+        }
+        sink(b, rows)?;
+    }
+    progress("done", total, total);
+    Ok(())
 }
 
 /// Bytes of the token embedding as the base stores it.

@@ -219,9 +219,10 @@ fn search_ui(ui: &mut egui::Ui, s: &mut Studio, out: &mut Vec<Command>) {
                         .desired_width(220.0),
                 )
                 .on_hover_text(
-                    "A TOML file of [[candidate]] layer settings (shiftadd, rtn, prune, rps) and \
-                     `embedding = [6, 8]`; empty: shift-add 2/3/4-bit, RTN 4-bit, Wanda 50 %, \
-                     2:4 and RPS 2× on every linear",
+                    "A TOML file of [[candidate]] layer settings (shiftadd, rtn, prune, rps), \
+                     `embedding = [6, 8]` and `depth = \"drop\"` or `\"flatten\"`; empty: \
+                     shift-add 2/3/4-bit, RTN 4-bit, Wanda 50 %, 2:4 and RPS 2× on every \
+                     linear, and each block flattened with the next",
                 );
                 ui.label("Max size (MB, 0 = none)");
                 ui.add(
