@@ -267,6 +267,7 @@ fn every_compressed_form_matches_the_reference() {
             "rps",
             "[layers.rps]\nratio = 2.0\nmapping = \"uniform\"\nrefit = false\n",
         ),
+        ("f16", "f16 = true\n"),
     ] {
         for embedding in [
             "",

@@ -370,7 +370,8 @@ fn rtn_exports_to_gguf_block_types_exactly() {
          [[layers]]\nmatch = \"blk.1.ffn_*\"\n[layers.rtn]\nbits = 5\ngroup = 32\nsymmetric = true\n\
          [[layers]]\nmatch = \"blk.1.attn_output\"\n[layers.prune]\nratio = 0.5\n\
          [[layers]]\nmatch = \"blk.1.attn_q\"\n[layers.rtn]\nbits = 4\ngroup = 32\nfloat_min = true\n\
-         [[layers]]\nmatch = \"blk.1.ffn_up\"\n[layers.rtn]\nbits = 5\ngroup = 32\nfloat_min = true\n",
+         [[layers]]\nmatch = \"blk.1.ffn_up\"\n[layers.rtn]\nbits = 5\ngroup = 32\nfloat_min = true\n\
+         [[layers]]\nmatch = \"blk.0.ffn_down\"\nf16 = true\n",
     );
     let t = &compressed.transformer;
     let out = dir.path().join("rtn.gguf");
@@ -386,7 +387,9 @@ fn rtn_exports_to_gguf_block_types_exactly() {
     .unwrap();
     // ffn_down's rows are 48 inputs long, not a multiple of 32: no block type holds them.
     let types: std::collections::BTreeMap<String, String> = report.exact.iter().cloned().collect();
-    assert_eq!(types.len(), 2 * 4 - 1 + 2 * 2, "{report:?}");
+    assert_eq!(types.len(), 2 * 4 - 1 + 2 * 2 + 1, "{report:?}");
+    // An f16 layer is llama.cpp's F16, in an f32 export too.
+    assert_eq!(types["blk.0.ffn_down.weight"], "F16");
     assert_eq!(types["blk.0.attn_v.weight"], "Q4_0");
     assert_eq!(types["blk.0.ffn_up.weight"], "Q8_0");
     assert_eq!(types["blk.1.ffn_gate.weight"], "Q5_0");
@@ -394,11 +397,7 @@ fn rtn_exports_to_gguf_block_types_exactly() {
     assert_eq!(types["blk.1.ffn_up.weight"], "Q5_1");
     assert_eq!(
         report.dense,
-        [
-            "blk.0.ffn_down.weight",
-            "blk.1.attn_output.weight",
-            "blk.1.ffn_down.weight"
-        ]
+        ["blk.1.attn_output.weight", "blk.1.ffn_down.weight"]
     );
 
     let file = reparam::model::gguf::GgufFile::open(&out).unwrap();
@@ -439,9 +438,10 @@ fn rtn_exports_to_gguf_block_types_exactly() {
         &meta,
     )
     .unwrap();
-    // The pruned layer re-quantized; no type holds a 48-long row.
+    // The pruned layer re-quantized; no type holds a 48-long row (block 1's `ffn_down`; block
+    // 0's is F16).
     assert_eq!(report.approximated.len(), 1, "{report:?}");
-    assert_eq!(report.dense.len(), 2, "{report:?}");
+    assert_eq!(report.dense.len(), 1, "{report:?}");
 }
 
 /// A compressed-tensors export holds each symmetric RTN linear as `weight_packed` (codes offset

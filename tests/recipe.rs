@@ -113,4 +113,54 @@ fn bad_recipes_are_clear_errors() {
     assert!(msg.contains("sets no technique"), "{msg}");
     let msg = resolve_err("[[layers]]\nmatch = \"re:blk.(\"\n[layers.rtn]\nbits = 4\n");
     assert!(msg.contains("bad regex"), "{msg}");
+    // f16 is a stored form of its own: not beside another, not under a sparse form.
+    let msg = resolve_err("[[layers]]\nmatch = \"blk.*.*\"\nf16 = true\n[layers.rtn]\nbits = 4\n");
+    assert!(msg.contains("one stored form"), "{msg}");
+    let msg = resolve_err(
+        "[[layers]]\nmatch = \"blk.*.*\"\nf16 = true\n[layers.prune]\nmethod = \"magnitude\"\nratio = 0.5\n",
+    );
+    assert!(msg.contains("combines `prune` with `f16`"), "{msg}");
+}
+
+#[test]
+fn an_f16_layer_holds_half_the_bytes_and_every_weight_rounded_to_f16() {
+    let (_d, m) = tiny();
+    let r = Recipe::from_toml("[[layers]]\nmatch = \"blk.*.ffn_up\"\nf16 = true\n").unwrap();
+    let c = reparam::technique::apply(
+        &m,
+        &r,
+        &[],
+        reparam::technique::CalibOptions::default(),
+        &mut |_, _, _| true,
+    )
+    .unwrap();
+    for (b, block) in c.model.transformer.blocks.iter().enumerate() {
+        let (before, after) = (&m.transformer.blocks[b].ffn_up, &block.ffn_up);
+        assert_eq!(after.form(), "f16");
+        assert_eq!(after.size_bytes() * 2, before.size_bytes());
+        let (rows, cols) = before.shape();
+        let plan = r.resolve(&m.transformer).unwrap();
+        let (_, layer) = plan.layers.values().next().unwrap();
+        assert_eq!(
+            reparam::technique::estimated_layer_bytes(layer, rows, cols, before.size_bytes()),
+            after.size_bytes()
+        );
+        let w0 = before
+            .to_dense()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let w1 = after
+            .to_dense()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (x, y) in w0.iter().zip(&w1) {
+            assert_eq!(half::f16::from_f32(*x).to_f32(), *y);
+        }
+    }
 }

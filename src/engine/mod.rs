@@ -137,7 +137,10 @@ impl Engine {
             } => Some(weight.id()),
             _ => None,
         };
-        let rows_from_head = matches!(head.kernel, Kernel::Dense(_) | Kernel::Rtn(_));
+        let rows_from_head = matches!(
+            head.kernel,
+            Kernel::Dense(_) | Kernel::DenseF16(_) | Kernel::Rtn(_)
+        );
         let embedding = if head_tensor == Some(t.token_embd.id()) && rows_from_head {
             Embedding::TiedHead
         } else {
@@ -214,6 +217,11 @@ impl Engine {
             Embedding::Rows(w) => out.copy_from_slice(&w[row * d..(row + 1) * d]),
             Embedding::TiedHead => match &self.head.kernel {
                 Kernel::Dense(w) => out.copy_from_slice(&w[row * d..(row + 1) * d]),
+                Kernel::DenseF16(w) => {
+                    for (o, &h) in out.iter_mut().zip(&w[row * d..(row + 1) * d]) {
+                        *o = linear::f16_to_f32(h);
+                    }
+                }
                 Kernel::Rtn(p) => p.row_into(row, out),
                 _ => unreachable!("a tied head is dense or RTN (checked in Engine::new)"),
             },

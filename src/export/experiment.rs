@@ -512,6 +512,17 @@ pub fn write_gguf(
             if let Some((g, bytes)) = exact {
                 report.exact.push((name.clone(), type_name(g)));
                 w.tensor(&name, dense.dims(), g, bytes);
+            } else if lw.form() == "f16" {
+                // An f16 layer is llama.cpp's F16 type exactly, whatever the export's float type.
+                let bytes: Vec<u8> = dense
+                    .to_dtype(DType::F16)?
+                    .flatten_all()?
+                    .to_vec1::<half::f16>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
+                report.exact.push((name.clone(), type_name(GgmlDType::F16)));
+                w.tensor(&name, dense.dims(), GgmlDType::F16, bytes);
             } else if matches!(lw, LinearWeight::Dense { .. }) {
                 put(&mut w, &name, &dense, false)?;
             } else if fallback == GgufFallback::Nearest
@@ -593,6 +604,7 @@ pub fn llama_quantize_types(plan: &Plan) -> String {
                 k.bits,
                 llama_type(k.bits)
             )),
+            Some(Quant::F16) => out.push_str(&format!("{name}=f16\n")),
             None => {}
         }
     }

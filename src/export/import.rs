@@ -8,7 +8,7 @@
 //! equally specific rules the later one wins). Types become RTN knobs: Q4_0/Q5_0/Q8_0 exactly
 //! (symmetric, group 32), Q4_1/Q5_1 and the K types approximately (asymmetric RTN at their
 //! bits, group 32: our zero point is an integer, theirs an f16 minimum, and K types nest 6-bit
-//! scales in 256-weight super-blocks), F16/F32/BF16 as dense layers. A pattern on the token
+//! scales in 256-weight super-blocks), F16 as f16 layers, F32/BF16 as dense layers. A pattern on the token
 //! embedding becomes the `[embedding]` step.
 
 use crate::technique::recipe::{
@@ -98,6 +98,7 @@ pub fn recipe_from_tensor_types(text: &str) -> anyhow::Result<(Recipe, Vec<Strin
             rtn: knobs,
             prune: None,
             rps: None,
+            f16: ty == "f16",
         });
     }
     anyhow::ensure!(
@@ -273,6 +274,8 @@ mod tests {
         assert_eq!(notes.len(), 1, "{notes:?}");
         let e = r.embedding.unwrap();
         assert_eq!((e.bits, e.group, e.symmetric), (8, 32, true));
+        let (r, _) = recipe_from_tensor_types("attn_output=f16\n").unwrap();
+        assert!(r.layers[0].f16 && r.layers[0].layer_plan().is_ok());
         assert!(recipe_from_tensor_types("attn_v=iq2_xxs").is_err());
         assert!(recipe_from_tensor_types("attn_v").is_err());
         assert!(recipe_from_tensor_types("(=q4_0").is_err());

@@ -28,7 +28,8 @@ const BCQ_GEMM_MIN_ROWS: usize = 8;
 /// The weight of one linear layer, `y = x Wᵀ + b` with `W` of shape `[out, in]`.
 #[derive(Debug, Clone)]
 pub enum LinearWeight {
-    /// A plain matrix (f32 on CPU), multiplied with candle's GEMM.
+    /// A plain matrix (f32, or f16 from the recipe's `f16` knob), multiplied with candle's
+    /// GEMM (an f16 matrix widened to the activations' type for the product).
     Dense {
         weight: Tensor,
         bias: Option<Tensor>,
@@ -265,6 +266,7 @@ impl LinearWeight {
     /// A short name of the stored form, for tables.
     pub fn form(&self) -> &'static str {
         match self {
+            Self::Dense { weight, .. } if weight.dtype() == DType::F16 => "f16",
             Self::Dense { .. } => "dense",
             Self::Bcq { .. } => "shiftadd",
             Self::Rtn { .. } => "rtn",
@@ -349,6 +351,9 @@ impl Module for LinearWeight {
                 int8_activations: true,
                 ..
             } => int8_rows(x)?.matmul(&weight.t()?)?,
+            Self::Dense { weight, .. } if weight.dtype() != x.dtype() => {
+                x.matmul(&weight.to_dtype(x.dtype())?.t()?)?
+            }
             Self::Dense { weight, .. }
             | Self::Rtn {
                 dequantized: weight,

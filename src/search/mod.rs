@@ -45,6 +45,8 @@ pub struct CandidateRule {
     pub prune: Option<PruneKnobs>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rps: Option<RpsKnobs>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub f16: bool,
 }
 
 fn all_linears() -> String {
@@ -61,6 +63,7 @@ impl CandidateRule {
             rtn: self.rtn.clone(),
             prune: self.prune.clone(),
             rps: self.rps.clone(),
+            f16: self.f16,
         }
     }
 

@@ -279,6 +279,7 @@ pub fn allocate_recipe(
             rtn: None,
             prune: None,
             rps: None,
+            f16: false,
         });
     }
     progress("done", t.blocks.len(), t.blocks.len());

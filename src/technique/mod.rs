@@ -345,6 +345,7 @@ pub fn estimated_layer_bytes(
         Some(Quant::Rtn(k)) => {
             return LinearWeight::rtn_size_for(rows, cols, k.bits, k.group, k.symmetric);
         }
+        Some(Quant::F16) => return n * 2,
         None => {}
     }
     let Some(p) = &plan.prune else {

@@ -347,6 +347,7 @@ pub fn allocate_prune_recipe(
         rtn: None,
         prune: Some(knobs(ratio)),
         rps: None,
+        f16: false,
     };
     let t = &base.transformer;
     let n_blocks = t.blocks.len();

@@ -376,6 +376,10 @@ pub struct LayerRule {
     pub prune: Option<PruneKnobs>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rps: Option<RpsKnobs>,
+    /// Store the weight dense in f16 (half the bytes of f32; each weight rounded to the
+    /// nearest f16, as llama.cpp's F16 type holds it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub f16: bool,
 }
 
 /// A whole compression plan; the default changes nothing.
@@ -454,6 +458,8 @@ impl EmbeddingStep {
 pub enum Quant {
     ShiftAdd(ShiftAddKnobs),
     Rtn(RtnKnobs),
+    /// Dense, each weight rounded to f16.
+    F16,
 }
 
 /// What one linear gets, applied in this order: prune, then quantize; or RPS alone.
@@ -684,21 +690,24 @@ impl RpsKnobs {
 impl LayerRule {
     /// The rule's knobs as one layer plan, with invalid combinations rejected.
     pub fn layer_plan(&self) -> Result<LayerPlan, String> {
-        let quant = match (&self.shiftadd, &self.rtn) {
-            (Some(s), None) => {
+        let quant = match (&self.shiftadd, &self.rtn, self.f16) {
+            (Some(s), None, false) => {
                 s.validate()?;
                 Some(Quant::ShiftAdd(s.clone()))
             }
-            (None, Some(r)) => {
+            (None, Some(r), false) => {
                 r.validate()?;
                 Some(Quant::Rtn(r.clone()))
             }
-            (Some(_), Some(_)) => {
+            (None, None, true) => Some(Quant::F16),
+            (None, None, false) => None,
+            _ => {
                 return Err(
-                    "sets both `shiftadd` and `rtn`: a weight has one quantized form".into(),
+                    "sets more than one of `shiftadd`, `rtn` and `f16`: a weight has one stored \
+                     form"
+                        .into(),
                 );
             }
-            (None, None) => None,
         };
         if let Some(p) = &self.prune {
             p.validate()?;
@@ -719,6 +728,13 @@ impl LayerRule {
                                 hold 0 exactly and the RTN form stores no mask, so the pruned \
                                 weights would come back as small values"
                             .into(),
+                    );
+                }
+                Some(Quant::F16) => {
+                    return Err(
+                        "combines `prune` with `f16`: the sparse forms keep their values in \
+                         f32"
+                        .into(),
                     );
                 }
                 None => {}
@@ -876,6 +892,7 @@ impl LayerPlan {
                 },
                 if k.int8_activations { " a8" } else { "" }
             )),
+            Some(Quant::F16) => parts.push("f16".into()),
             None => {}
         }
         if let Some(r) = &self.rps {

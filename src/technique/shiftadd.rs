@@ -59,6 +59,11 @@ pub fn compress_linear(
     let (w, rows, cols) = dense_f32(weight)?;
     let bias = weight.bias().cloned();
     match technique {
+        Quant::F16 => Ok(LinearWeight::Dense {
+            weight: candle_core::Tensor::from_vec(w, (rows, cols), &weight.device())?
+                .to_dtype(candle_core::DType::F16)?,
+            bias,
+        }),
         Quant::Rtn(k) => {
             let q = rtn_quantize(&w, rows, cols, k.bits, k.group, k.rule());
             Ok(LinearWeight::Rtn {

@@ -351,7 +351,8 @@ fn raw_plan(rule: &LayerRule) -> LayerPlan {
             .shiftadd
             .clone()
             .map(Quant::ShiftAdd)
-            .or_else(|| rule.rtn.clone().map(Quant::Rtn)),
+            .or_else(|| rule.rtn.clone().map(Quant::Rtn))
+            .or(rule.f16.then_some(Quant::F16)),
         rps: rule.rps.clone(),
     }
 }
@@ -371,6 +372,7 @@ pub fn rule_from_plan(pattern: String, plan: &LayerPlan) -> LayerRule {
         },
         prune: plan.prune.clone(),
         rps: plan.rps.clone(),
+        f16: plan.quant == Some(Quant::F16),
     }
 }
 
@@ -387,6 +389,7 @@ fn rule_matches(rule: &LayerRule, t: &Transformer) -> Result<Vec<LinearId>, Stri
             rtn: None,
             prune: None,
             rps: None,
+            f16: false,
             ..rule.clone()
         }],
     };
@@ -596,6 +599,7 @@ pub fn quant_label(q: &Option<Quant>) -> String {
         Some(Quant::Rtn(k)) if let Some(ty) = k.llama_cpp_type() => ty.into(),
         Some(Quant::Rtn(k)) if k.symmetric => format!("RTN {}s", k.bits),
         Some(Quant::Rtn(k)) => format!("RTN {}", k.bits),
+        Some(Quant::F16) => "F16".into(),
     }
 }
 
@@ -642,6 +646,9 @@ pub fn recipe_summary(recipe: &Recipe) -> String {
         if let Some(s) = &rule.rtn {
             k.push(format!("RTN{}", s.bits));
         }
+        if rule.f16 {
+            k.push("F16".into());
+        }
         if let Some(p) = &rule.prune {
             k.push(format!("prune {:.2} {:?}", p.sparsity(), p.method).to_lowercase());
         }
@@ -677,7 +684,7 @@ pub fn recipe_family(recipe: &Recipe) -> &'static str {
         if r.shiftadd.is_some() {
             fams.insert("shift-add");
         }
-        if r.rtn.is_some() {
+        if r.rtn.is_some() || r.f16 {
             fams.insert("rtn");
         }
         if r.prune.is_some() {

@@ -94,7 +94,7 @@ impl ModelSummary {
 
 fn form_name(w: &LinearWeight) -> String {
     match w {
-        LinearWeight::Dense { .. } => "dense f32".into(),
+        LinearWeight::Dense { weight, .. } => format!("dense {:?}", weight.dtype()).to_lowercase(),
         LinearWeight::Rtn {
             bits,
             group,

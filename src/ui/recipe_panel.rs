@@ -132,6 +132,7 @@ fn quant_choices(current: &Option<Quant>) -> Vec<Option<Quant>> {
             int8_activations: true,
         })));
     }
+    v.push(Some(Quant::F16));
     v
 }
 
