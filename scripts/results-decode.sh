@@ -2,6 +2,7 @@
 # The decode table of experiments/RESULTS.md: `reparam bench decode` for each stored form on
 # SmolLM2-135M-Instruct, each run next to the llama.cpp quantization it is compared with
 # (llama-bench tg/pp in the same run, same thread count). Prints one markdown row per run.
+# The f16 row keeps an f32 embedding and head; llama.cpp's F16 file has both in f16.
 # Calibration uses 8 windows: decode speed depends on the stored form, not on how well the
 # weights were fitted. Needs a release build and the peer (scripts/llamacpp-peer.sh; the
 # results-suite.sh `peer` step makes the F32/Q3_K_S/Q4_0 GGUFs).
@@ -13,11 +14,12 @@ work=${WORK:-$HOME/.cache/reparam/suite}
 mkdir -p "$work"
 bin=$(scripts/llamacpp-peer.sh | tail -n 1)
 [ -f "$work/F32.gguf" ] || "$bin/llama-quantize" --allow-requantize "$gguf" "$work/F32.gguf" F32 >/dev/null 2>&1
-for q in Q3_K_S Q4_0 Q4_1; do
+for q in F16 Q3_K_S Q4_0 Q4_1; do
   [ -f "$work/$q.gguf" ] || "$bin/llama-quantize" "$work/F32.gguf" "$work/$q.gguf" "$q" >/dev/null 2>&1
 done
 runs=(
   "-:F32"
+  "f16:F16"
   "shiftadd-3bit-column-g64-q8embd:Q3_K_S"
   "shiftadd-3bit-q8embd:Q4_0"
   "rtn-4bit-g32-q8embd:Q4_0"

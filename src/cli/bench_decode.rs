@@ -42,9 +42,22 @@ pub struct DecodeBenchArgs {
     /// each step reads.
     #[arg(long, default_value_t = 16)]
     pub prompt: usize,
+    /// Then this many rounds of our decode (spinning pool, f32 cache) and llama-bench's tg taken
+    /// in turn: the machine's speed drifts between runs, and a drift moves both sides of a
+    /// round alike, so the per-round ratio is steadier than either rate.
+    #[arg(long, default_value_t = 0)]
+    pub alternate: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// One round of [`DecodeBenchArgs::alternate`].
+#[derive(Debug, serde::Serialize)]
+struct AlternateRound {
+    ours_tok_s: f64,
+    tg_tok_s: f64,
+    ratio: f64,
 }
 
 /// What `llama-bench` measured: token generation and prompt processing, tokens/s.
@@ -176,6 +189,27 @@ pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
         (Some(exe), Some(m)) => Some(run_llama_bench(exe, m, threads, args.tokens, args.prompt)?),
         _ => None,
     };
+    let mut rounds = Vec::new();
+    if let (Some(exe), Some(m)) = (&peer_exe, &args.peer_model)
+        && args.alternate > 0
+    {
+        let engine = Engine::new(&model.transformer, EngineOptions::default())?;
+        for _ in 0..args.alternate {
+            let (ours, _) = measure_decode(&engine, &tokens, args.prompt, args.tokens, 1)?;
+            let rows = llama_bench_rows(exe, m, threads, args.tokens, args.prompt, 0, 1)?;
+            let tg = bench_rate(&rows, true, exe)?;
+            rounds.push(AlternateRound {
+                ours_tok_s: ours,
+                tg_tok_s: tg,
+                ratio: ours / tg,
+            });
+        }
+    }
+    let median_ratio = {
+        let mut r: Vec<f64> = rounds.iter().map(|r| r.ratio).collect();
+        r.sort_by(f64::total_cmp);
+        r.get(r.len() / 2).copied()
+    };
     if args.json {
         let obj = serde_json::json!({
             "model": args.model,
@@ -188,6 +222,8 @@ pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
             "ours": pools,
             "prefill": prefill,
             "llama_cpp": peer,
+            "alternating": rounds,
+            "alternating_median_ratio": median_ratio,
         });
         crate::outln!("{}", serde_json::to_string_pretty(&obj)?);
         return Ok(());
@@ -237,11 +273,23 @@ pub fn decode_bench(args: &DecodeBenchArgs) -> anyhow::Result<()> {
         ),
         None => crate::outln!("pass --peer-model GGUF to run llama-bench side by side"),
     }
+    for (i, r) in rounds.iter().enumerate() {
+        crate::outln!(
+            "round {}: ours {:.1} tok/s, llama-bench tg {:.1} tok/s, ratio {:.3}",
+            i + 1,
+            r.ours_tok_s,
+            r.tg_tok_s,
+            r.ratio
+        );
+    }
+    if let Some(m) = median_ratio {
+        crate::outln!("median ratio over {} rounds: {m:.3}", rounds.len());
+    }
     Ok(())
 }
 
 /// `llama-bench` with one generation test and one prompt test, both after `depth` tokens in
-/// the context (its KV cache is f16 by default), as JSON.
+/// the context (its KV cache is f16 by default).
 fn run_llama_bench(
     exe: &Path,
     model: &Path,
@@ -249,6 +297,25 @@ fn run_llama_bench(
     tokens: usize,
     depth: usize,
 ) -> anyhow::Result<PeerBench> {
+    let rows = llama_bench_rows(exe, model, threads, tokens, depth, PREFILL_TOKENS, 3)?;
+    Ok(PeerBench {
+        model: model.to_path_buf(),
+        tg_tok_s: bench_rate(&rows, true, exe)?,
+        pp_tok_s: bench_rate(&rows, false, exe)?,
+    })
+}
+
+/// `llama-bench`'s JSON rows for `tokens` generated and a `prompt`-token prompt test (0: none),
+/// `reps` repetitions each.
+fn llama_bench_rows(
+    exe: &Path,
+    model: &Path,
+    threads: usize,
+    tokens: usize,
+    depth: usize,
+    prompt: usize,
+    reps: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let out = Command::new(exe)
         .arg("-m")
         .arg(model)
@@ -257,11 +324,11 @@ fn run_llama_bench(
             "-n",
             &tokens.to_string(),
             "-p",
-            &PREFILL_TOKENS.to_string(),
+            &prompt.to_string(),
             "-d",
             &depth.to_string(),
             "-r",
-            "3",
+            &reps.to_string(),
             "-o",
             "json",
         ])
@@ -273,22 +340,20 @@ fn run_llama_bench(
         exe.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("parsing the JSON of {}", exe.display()))?;
-    let rate = |generation: bool| {
-        rows.iter()
-            .find(|r| (r["n_gen"].as_u64().unwrap_or(0) > 0) == generation)
-            .and_then(|r| r["avg_ts"].as_f64())
-            .with_context(|| {
-                format!(
-                    "no {} test in llama-bench's output",
-                    if generation { "tg" } else { "pp" }
-                )
-            })
-    };
-    Ok(PeerBench {
-        model: model.to_path_buf(),
-        tg_tok_s: rate(true)?,
-        pp_tok_s: rate(false)?,
-    })
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("parsing the JSON of {}", exe.display()))
+}
+
+/// The average tokens/s of the generation (`true`) or prompt test in `rows`.
+fn bench_rate(rows: &[serde_json::Value], generation: bool, exe: &Path) -> anyhow::Result<f64> {
+    rows.iter()
+        .find(|r| (r["n_gen"].as_u64().unwrap_or(0) > 0) == generation)
+        .and_then(|r| r["avg_ts"].as_f64())
+        .with_context(|| {
+            format!(
+                "no {} test in the output of {}",
+                if generation { "tg" } else { "pp" },
+                exe.display()
+            )
+        })
 }

@@ -33,7 +33,7 @@ pub struct Solution {
 }
 
 /// Largest table width; beyond it the cost unit grows.
-const MAX_CAPACITY: u64 = 40_000;
+const MAX_CAPACITY: u64 = 100_000;
 
 /// How the best path reached a boundary at one capacity.
 const BY_GROUP: u16 = u16::MAX;
