@@ -355,6 +355,24 @@ fn short_hash(text: &str) -> String {
     blake3::hash(text.as_bytes()).to_hex()[..12].to_string()
 }
 
+/// Stores `rows` as one table part named by `prefix` and the rows it holds (so parts of a
+/// resumed or sharded pass never overwrite each other); the number of rows stored.
+fn save_rows(dir: &Path, prefix: &str, rows: &[Measured]) -> anyhow::Result<usize> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{}|{}", r.layer, r.candidate))
+        .collect();
+    save_part(
+        dir,
+        &format!("{prefix}-{}", short_hash(&keys.join("\n"))),
+        rows,
+    )?;
+    Ok(rows.len())
+}
+
 /// Measures whatever of `file`'s candidates the table in `store` lacks for `base` (in this
 /// shard's blocks; the embedding and the fixed cost in shard 0), storing each block as it is
 /// done, and returns the whole table.
@@ -420,16 +438,7 @@ pub fn ensure_measured(
             &inputs.calib_tokens,
             opts,
             &mut |block, rows| {
-                let keys: Vec<String> = rows
-                    .iter()
-                    .map(|r| format!("{}|{}", r.layer, r.candidate))
-                    .collect();
-                save_part(
-                    &dir,
-                    &format!("blk{block}-{}", short_hash(&keys.join("\n"))),
-                    &rows,
-                )?;
-                measured += rows.len();
+                measured += save_rows(&dir, &format!("blk{block}"), &rows)?;
                 Ok(())
             },
             progress,
@@ -440,13 +449,7 @@ pub fn ensure_measured(
             if !embedding_dense {
                 rows.retain(|r| r.candidate != DENSE);
             }
-            let keys: Vec<&str> = rows.iter().map(|r| r.candidate.as_str()).collect();
-            save_part(
-                &dir,
-                &format!("embedding-{}", short_hash(&keys.join("\n"))),
-                &rows,
-            )?;
-            measured += rows.len();
+            measured += save_rows(&dir, "embedding", &rows)?;
         }
         if let Some(d) = &depth {
             measure_depth(
@@ -459,13 +462,7 @@ pub fn ensure_measured(
                 opts,
                 &mut |block, mut rows| {
                     rows.retain(|r| !have.contains(&(r.layer.clone(), r.candidate.clone())));
-                    let keys: Vec<String> = rows.iter().map(|r| r.candidate.clone()).collect();
-                    save_part(
-                        &dir,
-                        &format!("depth{block}-{}", short_hash(&keys.join("\n"))),
-                        &rows,
-                    )?;
-                    measured += rows.len();
+                    measured += save_rows(&dir, &format!("depth{block}"), &rows)?;
                     Ok(())
                 },
                 progress,
