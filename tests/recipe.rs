@@ -134,32 +134,26 @@ fn an_f16_layer_holds_half_the_bytes_and_every_weight_rounded_to_f16() {
         &mut |_, _, _| true,
     )
     .unwrap();
+    let plan = r.resolve(&m.transformer).unwrap();
+    let (_, layer) = plan.layers.values().next().unwrap();
+    let values = |w: &reparam::model::LinearWeight| {
+        w.to_dense()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
     for (b, block) in c.model.transformer.blocks.iter().enumerate() {
         let (before, after) = (&m.transformer.blocks[b].ffn_up, &block.ffn_up);
         assert_eq!(after.form(), "f16");
         assert_eq!(after.size_bytes() * 2, before.size_bytes());
         let (rows, cols) = before.shape();
-        let plan = r.resolve(&m.transformer).unwrap();
-        let (_, layer) = plan.layers.values().next().unwrap();
         assert_eq!(
             reparam::technique::estimated_layer_bytes(layer, rows, cols, before.size_bytes()),
             after.size_bytes()
         );
-        let w0 = before
-            .to_dense()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let w1 = after
-            .to_dense()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        for (x, y) in w0.iter().zip(&w1) {
+        for (x, y) in values(before).iter().zip(&values(after)) {
             assert_eq!(half::f16::from_f32(*x).to_f32(), *y);
         }
     }

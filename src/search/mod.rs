@@ -612,11 +612,12 @@ impl Predictor {
         let fixed_seconds = fixed.map_or(f64::NAN, |r| r.seconds);
         let depth = file.depth_work(model)?;
         if let Some(d) = &depth {
-            // A removed block also takes its share of the step's non-product time with it.
+            // Either change leaves one block fewer, which takes its share of the step's
+            // non-product time with it.
             let per_block = fixed_seconds / model.blocks.len() as f64;
-            let (span, removed) = match d.method {
-                FlattenMethod::Drop => (1, 1.0),
-                FlattenMethod::Flatten => (2, 1.0),
+            let span = match d.method {
+                FlattenMethod::Drop => 1,
+                FlattenMethod::Flatten => 2,
             };
             let keys = d.keys();
             for &b in &d.blocks {
@@ -633,7 +634,7 @@ impl Predictor {
                     .map(|(_, layer, key)| {
                         find(layer, key).map(|r| Choice {
                             bytes: r.bytes as i64 - r.base_bytes as i64,
-                            seconds: r.seconds - removed * per_block,
+                            seconds: r.seconds - per_block,
                             span,
                             ..choice(r)
                         })
