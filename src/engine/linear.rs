@@ -109,13 +109,14 @@ impl Linear {
         }
     }
 
-    /// Bytes one product reads from the weight (and bias).
+    /// Bytes one product reads from the weight (and bias): the stored form, or the working
+    /// copy a kernel reads instead (shift-add scales widened to `f32`).
     pub fn bytes(&self) -> usize {
         let bias = self.bias.as_ref().map_or(0, |b| b.len() * 4);
         bias + match &self.kernel {
             Kernel::Dense(w) => w.len() * 4,
             Kernel::DenseF16(w) => w.len() * 2,
-            Kernel::Bcq(p) => p.size_bytes(),
+            Kernel::Bcq(p) => p.kernel_bytes(),
             Kernel::Rtn(p) => p.size_bytes(),
             Kernel::Csr(c) => c.size_bytes(),
             Kernel::Bitmask(m) => m.size_bytes(),

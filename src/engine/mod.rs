@@ -252,6 +252,20 @@ fn section(pool: &Pool, parts: &mut [Part<'_>], tasks: &mut Vec<(usize, usize, u
             tasks.push((i, r0, (r0 + step).min(p.linear.rows)));
         }
     }
+    // A last round with fewer tasks than threads leaves threads idle (a shift-add layer's task
+    // is a whole 64-row group, and 576 rows are 9 of them): split the last task over them.
+    if threads > 1
+        && !tasks.len().is_multiple_of(threads)
+        && let Some(&(i, r0, r1)) = tasks.last()
+    {
+        let piece = (r1 - r0).div_ceil(threads).next_multiple_of(16);
+        if piece < r1 - r0 {
+            tasks.pop();
+            for a in (r0..r1).step_by(piece) {
+                tasks.push((i, a, (a + piece).min(r1)));
+            }
+        }
+    }
     let parts = &*parts;
     let tasks = &*tasks;
     pool.run(tasks.len(), &|t| {

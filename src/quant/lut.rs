@@ -28,6 +28,12 @@ use super::gptq::{QuantizedMatrix, ScaleLayout};
 pub const CHUNK: usize = 8;
 /// Entries per table.
 pub const TABLE: usize = 1 << CHUNK;
+/// Row groups past the current one whose scales the column kernel prefetches, one cache line
+/// per (chunk, plane) step of the current group: two groups' `f32` scales are as many lines as
+/// a group has steps. With one task per group, the next groups are the ones this thread or
+/// another takes next.
+const PREFETCH_GROUPS: usize = 2;
+
 /// Rows whose keys are stored side by side (one AVX-512 register of f32 lanes).
 pub const ROW_BLOCK: usize = 16;
 
@@ -60,10 +66,12 @@ pub struct BcqPacked {
     pub planes: Vec<u8>,
     /// Scales in kernel order, as stored; see the type docs.
     pub scales: Scales,
-    /// Block layout only: the scales expanded once to `f32` for the AVX-512 kernel, which applies
-    /// one per 16-row lookup and cannot afford a decode there. A working copy, not part of the
-    /// stored form, so [`Self::size_bytes`] does not count it.
-    block_f32: Vec<f32>,
+    /// The scales expanded once to `f32` for the kernels, which cannot afford a decode per
+    /// product: the block layout applies one per 16-row lookup, the column layout multiplies a
+    /// row group's into the inputs (decoding the 16-bit codes there took about a fifth of the
+    /// fused column kernel's time). A working copy, not part of the stored form: counted by
+    /// [`Self::kernel_bytes`], not [`Self::size_bytes`].
+    scales_f32: Vec<f32>,
 }
 
 /// How a packed matrix stores its scales.
@@ -234,10 +242,7 @@ impl BcqPacked {
                 s
             }
         };
-        let block_f32 = match qm.layout {
-            ScaleLayout::Block { .. } => scales.clone(),
-            ScaleLayout::Column { .. } => Vec::new(),
-        };
+        let scales_f32 = scales.clone();
         Self {
             rows,
             cols,
@@ -246,7 +251,7 @@ impl BcqPacked {
             rows_per_group: qm.rows_per_group(),
             planes,
             scales: Scales::new(scales),
-            block_f32,
+            scales_f32,
         }
     }
 
@@ -261,10 +266,7 @@ impl BcqPacked {
         planes: Vec<u8>,
         scales: Scales,
     ) -> Self {
-        let block_f32 = match layout {
-            ScaleLayout::Block { .. } => scales.to_f32(),
-            ScaleLayout::Column { .. } => Vec::new(),
-        };
+        let scales_f32 = scales.to_f32();
         Self {
             rows,
             cols,
@@ -273,7 +275,7 @@ impl BcqPacked {
             rows_per_group,
             planes,
             scales,
-            block_f32,
+            scales_f32,
         }
     }
 
@@ -304,6 +306,11 @@ impl BcqPacked {
     /// rest).
     pub fn size_bytes(&self) -> usize {
         self.planes.len() + self.scales.size_bytes()
+    }
+
+    /// Bytes one product reads: the planes and the `f32` working copy of the scales.
+    pub fn kernel_bytes(&self) -> usize {
+        self.planes.len() + self.scales_f32.len() * size_of::<f32>()
     }
 
     /// The bytes [`Self::size_bytes`] reports for a `rows × cols` matrix of `bits` planes in
@@ -448,10 +455,22 @@ impl BcqPacked {
             .map(|(i, (ys, keys))| (r0 / ROW_BLOCK + i, ys, keys));
         match self.layout {
             ScaleLayout::Block { .. } if simd => {
-                for (rb, ys, keys) in blocks {
-                    let g = rb * ROW_BLOCK / rpg;
-                    let alpha = &self.block_f32[g * q * n_chunks..(g + 1) * q * n_chunks];
-                    simd::block_rows(shared, keys, alpha, q, ys);
+                let (rb0, n_blocks) = (r0 / ROW_BLOCK, y.len().div_ceil(ROW_BLOCK));
+                let set = q * n_chunks;
+                for rb in (0..n_blocks).step_by(simd::GROUP_BLOCKS) {
+                    let count = (n_blocks - rb).min(simd::GROUP_BLOCKS);
+                    let alpha_at = std::array::from_fn(|k| (rb0 + rb + k) * ROW_BLOCK / rpg * set);
+                    let end = ((rb + count) * ROW_BLOCK).min(y.len());
+                    let keys = &self.planes[(rb0 + rb) * block_len..];
+                    simd::block_rows(
+                        shared,
+                        keys,
+                        &self.scales_f32,
+                        alpha_at,
+                        q,
+                        count,
+                        &mut y[rb * ROW_BLOCK..end],
+                    );
                 }
             }
             ScaleLayout::Block { .. } => {
@@ -466,7 +485,7 @@ impl BcqPacked {
                             for (lane, (a, &k)) in acc.iter_mut().zip(lane_keys).enumerate() {
                                 let g = (rb * ROW_BLOCK + lane) / rpg;
                                 let alpha = self
-                                    .block_f32
+                                    .scales_f32
                                     .get((g * q + b) * n_chunks + c)
                                     .copied()
                                     .unwrap_or(0.0);
@@ -480,17 +499,24 @@ impl BcqPacked {
             ScaleLayout::Column { .. } if simd => {
                 let (rb0, n_blocks) = (r0 / ROW_BLOCK, y.len().div_ceil(ROW_BLOCK));
                 let mut rb = 0;
+                let set = q * self.cols;
+                let n_sets = self.n_row_groups();
                 while rb < n_blocks {
                     let g = (rb0 + rb) * ROW_BLOCK / rpg;
                     let group_end = ((g + 1) * rpg / ROW_BLOCK).min(rb0 + n_blocks) - rb0;
                     self.column_scaled_inputs(x, g, scratch);
+                    // The scales of the groups after this one, fetched while its lookups run
+                    // (a group's scales are a stream of their own that decode reads cold).
+                    let mut ahead = &self.scales_f32
+                        [(g + 1).min(n_sets) * set..(g + 1 + PREFETCH_GROUPS).min(n_sets) * set];
                     // The group's row blocks, up to GROUP_BLOCKS at a time over one table pass.
                     while rb < group_end {
                         let count = (group_end - rb).min(simd::GROUP_BLOCKS);
                         let end = ((rb + count) * ROW_BLOCK).min(y.len());
                         let ys = &mut y[rb * ROW_BLOCK..end];
                         let keys = &self.planes[(rb0 + rb) * block_len..];
-                        simd::column_group_rows(scratch, keys, q, count, ys);
+                        simd::column_group_rows(scratch, keys, q, count, ys, ahead);
+                        ahead = &[];
                         rb += count;
                     }
                 }
@@ -498,7 +524,6 @@ impl BcqPacked {
             ScaleLayout::Column { .. } => {
                 let set_len = n_chunks * TABLE;
                 let mut group = usize::MAX;
-                let mut alpha = vec![0.0f32; self.cols];
                 for (rb, ys, keys) in blocks {
                     for (lane, yr) in ys.iter_mut().enumerate() {
                         let g = (rb * ROW_BLOCK + lane) / rpg;
@@ -506,7 +531,8 @@ impl BcqPacked {
                             // One table set per plane, from activations pre-scaled for group g.
                             scratch.resize(q * set_len, 0.0);
                             for (b, set) in scratch.chunks_exact_mut(set_len).enumerate() {
-                                self.scales.decode_into((g * q + b) * self.cols, &mut alpha);
+                                let start = (g * q + b) * self.cols;
+                                let alpha = &self.scales_f32[start..start + self.cols];
                                 let mut xs = [0.0f32; CHUNK];
                                 for ((t, xc), ac) in set
                                     .chunks_mut(TABLE)
@@ -541,13 +567,12 @@ impl BcqPacked {
         out.clear();
         out.resize(q * stride, 0.0);
         for (b, plane) in out.chunks_exact_mut(stride).enumerate() {
-            let start = (g * q + b) * cols;
-            if crate::cpu::has_avx512_bw_vl() {
-                simd::column_scaled(&self.scales, start, x, plane);
+            let alpha = &self.scales_f32[(g * q + b) * cols..][..cols];
+            if simd::available() {
+                simd::column_scaled(alpha, x, plane);
             } else {
-                self.scales.decode_into(start, &mut plane[..cols]);
-                for (z, &xv) in plane.iter_mut().zip(x) {
-                    *z *= xv;
+                for ((z, &a), &xv) in plane.iter_mut().zip(alpha).zip(x) {
+                    *z = a * xv;
                 }
             }
         }
@@ -587,9 +612,20 @@ mod simd {
         crate::cpu::has_avx512f()
     }
 
-    /// Computes up to 16 outputs of one row block: `keys` is the block's
-    /// `[chunk][plane][16 lanes]` key bytes, `alpha` its row group's `[plane][chunk]` scales.
-    pub fn block_rows(halves: &[f32], keys: &[u8], alpha: &[f32], q: usize, ys: &mut [f32]) {
+    /// Computes `count` (≤ [`GROUP_BLOCKS`]) row blocks into `ys`, over one pass of the shared
+    /// half tables: `keys` starts at the first block's `[chunk][plane][16 lanes]` key bytes
+    /// (blocks `block_len` apart), and block `k`'s `[plane][chunk]` scales start at
+    /// `alpha[alpha_at[k]]`. Each block has its own accumulator, so the multiply-adds of a step
+    /// do not wait on each other.
+    pub fn block_rows(
+        halves: &[f32],
+        keys: &[u8],
+        alpha: &[f32],
+        alpha_at: [usize; GROUP_BLOCKS],
+        q: usize,
+        count: usize,
+        ys: &mut [f32],
+    ) {
         #[cfg(target_arch = "x86_64")]
         {
             assert!(
@@ -597,147 +633,75 @@ mod simd {
                 "AVX-512 kernel called on a CPU without AVX-512"
             );
             let n_chunks = halves.len() / 32;
-            assert!(keys.len() >= n_chunks * q * ROW_BLOCK && alpha.len() >= n_chunks * q);
-            assert!(ys.len() <= ROW_BLOCK);
-            let mut out = [0.0f32; ROW_BLOCK];
-            // SAFETY: AVX-512F is present (checked above); all loads and the store stay inside
-            // the slices, whose lengths are asserted above.
-            unsafe { block_rows_avx512(halves, keys, alpha, q, n_chunks, &mut out) };
-            ys.copy_from_slice(&out[..ys.len()]);
+            assert!((1..=GROUP_BLOCKS).contains(&count) && ys.len() <= count * ROW_BLOCK);
+            assert!(keys.len() >= count * n_chunks * q * ROW_BLOCK);
+            assert!(
+                alpha_at[..count]
+                    .iter()
+                    .all(|&a| a + n_chunks * q <= alpha.len())
+            );
+            let mut out = [[0.0f32; ROW_BLOCK]; GROUP_BLOCKS];
+            // SAFETY: AVX-512F is present (checked above); all loads stay inside the slices,
+            // whose lengths are asserted above.
+            unsafe {
+                match count {
+                    1 => block_rows_avx512::<1>(halves, keys, alpha, alpha_at, q, &mut out),
+                    2 => block_rows_avx512::<2>(halves, keys, alpha, alpha_at, q, &mut out),
+                    3 => block_rows_avx512::<3>(halves, keys, alpha, alpha_at, q, &mut out),
+                    _ => block_rows_avx512::<4>(halves, keys, alpha, alpha_at, q, &mut out),
+                }
+            }
+            for (y, o) in ys.iter_mut().zip(out.iter().flatten()) {
+                *y = *o;
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (halves, keys, alpha, q, ys);
+            let _ = (halves, keys, alpha, alpha_at, q, count, ys);
             unreachable!("the AVX-512 kernel is only dispatched on x86_64");
         }
     }
 
-    /// The factors [`decode_apot`] looks up, 32 lanes each (two registers): lane `i` is
-    /// `±2^−(i mod 16)` (minus when `i ≥ 16`), or 0 at `i mod 16 = 0` (the term is absent).
-    #[cfg(target_arch = "x86_64")]
-    #[derive(Clone, Copy)]
-    struct ApotFactors {
-        lo: std::arch::x86_64::__m512,
-        hi: std::arch::x86_64::__m512,
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    impl ApotFactors {
-        /// The 32 factors, built at compile time.
-        const VALUES: [f32; 32] = {
-            let mut f = [0.0f32; 32];
-            let mut i = 0;
-            while i < 32 {
-                let d = (i % 16) as u32;
-                if d != 0 {
-                    // 2^−d from its exponent bits; bit 31 the sign.
-                    let sign = if i >= 16 { 1u32 << 31 } else { 0 };
-                    f[i] = f32::from_bits(sign | ((127 - d) << 23));
-                }
-                i += 1;
-            }
-            f
-        };
-
-        #[target_feature(enable = "avx512f")]
-        fn new() -> Self {
-            use std::arch::x86_64::*;
-            let f = &Self::VALUES;
-            // SAFETY: 32 floats.
-            unsafe {
-                Self {
-                    lo: _mm512_loadu_ps(f.as_ptr()),
-                    hi: _mm512_loadu_ps(f.as_ptr().add(16)),
-                }
-            }
-        }
-    }
-
-    /// 16 APoT scale codes (one per 32-bit lane) to `f32`, the same sum in the same order as
-    /// `ScaleCodes::get`: `2^e₀ ± 2^(e₀−d₁) ± 2^(e₀−d₁−d₂)`, absent terms zero, code offset 63
-    /// zero. The second and third terms are the first times a power-of-two factor looked up
-    /// by (sign, gap) bits (`vpermt2ps` reads the low five bits of each index, exactly the
-    /// gap and its sign), so they are exact.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn decode_apot(
-        c: std::arch::x86_64::__m512i,
-        base: i32,
-        f: ApotFactors,
-    ) -> std::arch::x86_64::__m512 {
-        use std::arch::x86_64::*;
-        let off = _mm512_and_si512(c, _mm512_set1_epi32(63));
-        let p0 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
-            off,
-            _mm512_set1_epi32(base + 127),
-        )));
-        let f1 = _mm512_permutex2var_ps(f.lo, _mm512_srli_epi32::<6>(c), f.hi);
-        let t1 = _mm512_mul_ps(p0, f1);
-        let f2 = _mm512_permutex2var_ps(f.lo, _mm512_srli_epi32::<11>(c), f.hi);
-        // |t1| is 2^(e₀−d₁), or 0 when the second term is absent (and so is the third).
-        let t2 = _mm512_mul_ps(_mm512_abs_ps(t1), f2);
-        let sum = _mm512_add_ps(_mm512_add_ps(p0, t1), t2);
-        let nonzero = _mm512_cmpneq_epi32_mask(off, _mm512_set1_epi32(63));
-        _mm512_maskz_mov_ps(nonzero, sum)
-    }
-
-    /// Row blocks [`column_group_rows`] serves in one pass over the tables (its accumulators
-    /// stay in registers).
+    /// Row blocks [`block_rows`] and [`column_group_rows`] serve in one pass over the tables
+    /// (their accumulators stay in registers).
     pub const GROUP_BLOCKS: usize = 4;
 
     /// One plane's scaled inputs of a row group into `out` (`8·⌈cols/8⌉` values, zero past
-    /// `cols`): the scales from `start` (APoT codes decoded 16 at a time, or f32) times `x`.
-    pub fn column_scaled(scales: &super::Scales, start: usize, x: &[f32], out: &mut [f32]) {
+    /// `cols`): its scales `alpha` times `x`.
+    pub fn column_scaled(alpha: &[f32], x: &[f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
             assert!(
-                crate::cpu::has_avx512_bw_vl(),
-                "AVX-512BW kernel called on a CPU without it"
+                available(),
+                "AVX-512 kernel called on a CPU without AVX-512"
             );
-            assert!(out.len() >= x.len() && scales.len() >= start + x.len());
-            // SAFETY: the features are present (checked above); loads are masked to the
-            // `x.len()` columns from `start`, stores to `out`'s length.
-            unsafe { column_scaled_avx512(scales, start, x, out) }
+            assert!(out.len() >= x.len() && alpha.len() == x.len());
+            // SAFETY: AVX-512F is present (checked above); loads are masked to the `x.len()`
+            // columns, stores to `out`'s length.
+            unsafe { column_scaled_avx512(alpha, x, out) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (scales, start, x, out);
+            let _ = (alpha, x, out);
             unreachable!("the AVX-512 kernel is only dispatched on x86_64");
         }
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn column_scaled_avx512(
-        scales: &super::Scales,
-        start: usize,
-        x: &[f32],
-        out: &mut [f32],
-    ) {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn column_scaled_avx512(alpha: &[f32], x: &[f32], out: &mut [f32]) {
         use std::arch::x86_64::*;
         let lanes_mask = |n: usize| -> __mmask16 { if n >= 16 { 0xffff } else { (1u16 << n) - 1 } };
-        let factors = ApotFactors::new();
         for k in (0..out.len()).step_by(16) {
             let m = lanes_mask(x.len().saturating_sub(k));
-            // SAFETY: masked to the columns that exist.
-            let xv = unsafe { _mm512_maskz_loadu_ps(m, x.as_ptr().add(k)) };
-            let alpha = match scales {
-                super::Scales::F32(v) => unsafe {
-                    _mm512_maskz_loadu_ps(m, v.as_ptr().add(start + k))
-                },
-                super::Scales::Apot(c) => {
-                    let codes = unsafe {
-                        _mm256_maskz_loadu_epi16(m, c.codes.as_ptr().add(start + k).cast())
-                    };
-                    decode_apot(_mm512_cvtepu16_epi32(codes), i32::from(c.base), factors)
-                }
-            };
-            // SAFETY: masked to `out`'s length.
+            // SAFETY: masked to the columns that exist, and the stores to `out`'s length.
             unsafe {
+                let xv = _mm512_maskz_loadu_ps(m, x.as_ptr().add(k));
+                let av = _mm512_maskz_loadu_ps(m, alpha.as_ptr().add(k));
                 _mm512_mask_storeu_ps(
                     out.as_mut_ptr().add(k),
                     lanes_mask(out.len() - k),
-                    _mm512_mul_ps(alpha, xv),
+                    _mm512_mul_ps(av, xv),
                 );
             }
         }
@@ -746,8 +710,16 @@ mod simd {
     /// Column layout, fused: `count` (≤ [`GROUP_BLOCKS`]) row blocks of one row group into
     /// `ys`, with `keys` starting at the first block's keys and `z` the group's scaled inputs
     /// `[plane][8·n_chunks]`. Each (chunk, plane)'s two half tables are built in registers and
-    /// used by every block at once, so tables never go through memory.
-    pub fn column_group_rows(z: &[f32], keys: &[u8], q: usize, count: usize, ys: &mut [f32]) {
+    /// used by every block at once, so tables never go through memory. One cache line of
+    /// `ahead` is prefetched per (chunk, plane) step.
+    pub fn column_group_rows(
+        z: &[f32],
+        keys: &[u8],
+        q: usize,
+        count: usize,
+        ys: &mut [f32],
+        ahead: &[f32],
+    ) {
         #[cfg(target_arch = "x86_64")]
         {
             assert!(
@@ -762,10 +734,10 @@ mod simd {
             // lengths are asserted above.
             unsafe {
                 match count {
-                    1 => column_group_avx512::<1>(z, keys, q, n_chunks, &mut out),
-                    2 => column_group_avx512::<2>(z, keys, q, n_chunks, &mut out),
-                    3 => column_group_avx512::<3>(z, keys, q, n_chunks, &mut out),
-                    _ => column_group_avx512::<4>(z, keys, q, n_chunks, &mut out),
+                    1 => column_group_avx512::<1>(z, keys, q, n_chunks, ahead, &mut out),
+                    2 => column_group_avx512::<2>(z, keys, q, n_chunks, ahead, &mut out),
+                    3 => column_group_avx512::<3>(z, keys, q, n_chunks, ahead, &mut out),
+                    _ => column_group_avx512::<4>(z, keys, q, n_chunks, ahead, &mut out),
                 }
             }
             for (y, o) in ys.iter_mut().zip(out.iter().flatten()) {
@@ -774,7 +746,7 @@ mod simd {
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (z, keys, q, count, ys);
+            let _ = (z, keys, q, count, ys, ahead);
             unreachable!("the AVX-512 kernel is only dispatched on x86_64");
         }
     }
@@ -786,6 +758,7 @@ mod simd {
         keys: &[u8],
         q: usize,
         n_chunks: usize,
+        ahead: &[f32],
         out: &mut [[f32; ROW_BLOCK]; GROUP_BLOCKS],
     ) {
         use std::arch::x86_64::*;
@@ -800,6 +773,12 @@ mod simd {
         let mut acc = [_mm512_setzero_ps(); N];
         for c in 0..n_chunks {
             for b in 0..q {
+                // One 64-byte line: 16 floats.
+                let line = (c * q + b) * 16;
+                if line < ahead.len() {
+                    // SAFETY: within `ahead`.
+                    _mm_prefetch::<_MM_HINT_T0>(unsafe { ahead.as_ptr().add(line).cast() });
+                }
                 // SAFETY (all): `c < n_chunks`, `b < q` and `r < N ≤ count`, within the
                 // lengths the caller asserted.
                 let zc = unsafe { z.as_ptr().add(b * stride + 8 * c) };
@@ -850,35 +829,45 @@ mod simd {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn block_rows_avx512(
+    unsafe fn block_rows_avx512<const N: usize>(
         halves: &[f32],
         keys: &[u8],
         alpha: &[f32],
+        alpha_at: [usize; GROUP_BLOCKS],
         q: usize,
-        n_chunks: usize,
-        out: &mut [f32; ROW_BLOCK],
+        out: &mut [[f32; ROW_BLOCK]; GROUP_BLOCKS],
     ) {
         use std::arch::x86_64::*;
+        let n_chunks = halves.len() / 32;
+        let block_len = ROW_BLOCK * q * n_chunks;
         // `vpermps` reads only bits 3:0 of each index, so the low nibble needs no mask.
-        let mut acc = _mm512_setzero_ps();
+        let mut acc = [_mm512_setzero_ps(); N];
         for c in 0..n_chunks {
             // SAFETY (all unsafe blocks): indices are within the asserted slice lengths.
             let lo = unsafe { _mm512_loadu_ps(halves.as_ptr().add(c * 32)) };
             let hi = unsafe { _mm512_loadu_ps(halves.as_ptr().add(c * 32 + 16)) };
             for b in 0..q {
-                let k = unsafe {
-                    _mm_loadu_si128(keys.as_ptr().add((c * q + b) * ROW_BLOCK).cast::<__m128i>())
-                };
-                let idx = _mm512_cvtepu8_epi32(k);
-                let v = _mm512_add_ps(
-                    _mm512_permutexvar_ps(idx, lo),
-                    _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(idx), hi),
-                );
-                let a = _mm512_set1_ps(unsafe { *alpha.get_unchecked(b * n_chunks + c) });
-                acc = _mm512_fmadd_ps(a, v, acc);
+                let at = (c * q + b) * ROW_BLOCK;
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let k = unsafe {
+                        _mm_loadu_si128(keys.as_ptr().add(r * block_len + at).cast::<__m128i>())
+                    };
+                    let idx = _mm512_cvtepu8_epi32(k);
+                    let v = _mm512_add_ps(
+                        _mm512_permutexvar_ps(idx, lo),
+                        _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(idx), hi),
+                    );
+                    let s = _mm512_set1_ps(unsafe {
+                        *alpha.get_unchecked(alpha_at[r] + b * n_chunks + c)
+                    });
+                    *a = _mm512_fmadd_ps(s, v, *a);
+                }
             }
         }
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+        }
     }
 }
 
@@ -971,34 +960,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// The vector decoding of APoT scale codes (the column kernel's) gives the scalar decoding's
-    /// values bit for bit, absent terms and zero scales included, and zero past the inputs.
-    #[test]
-    fn vector_scale_decoding_is_exact() {
-        if !crate::cpu::has_avx512_bw_vl() {
-            return;
-        }
-        let mut state = 0x2545_f491u32;
-        let mut next = || {
-            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            (state >> 8) as u16
-        };
-        let cols = 203;
-        let codes: Vec<u16> = (0..cols).map(|_| next()).collect();
-        assert!(codes.iter().any(|c| c & 63 == 63) && codes.iter().any(|c| (c >> 6) & 15 == 0));
-        let scales = ScaleCodes { base: -40, codes };
-        let mut want = vec![0.0f32; cols];
-        scales.decode_into(0, &mut want);
-        let mut rng = Rng::new(23);
-        let x = rng.normals(cols);
-        let mut got = vec![f32::NAN; cols.div_ceil(8) * 8];
-        simd::column_scaled(&Scales::Apot(scales), 0, &x, &mut got);
-        for k in 0..cols {
-            assert_eq!(got[k].to_bits(), (want[k] * x[k]).to_bits(), "column {k}");
-        }
-        assert!(got[cols..].iter().all(|&v| v == 0.0));
     }
 
     /// Padding: planes of the last chunk may carry any bit past `cols`; x is padded with 0.
