@@ -273,6 +273,7 @@ fn every_compressed_form_matches_the_reference() {
             "",
             "[embedding]\nbits = 8\n",
             "[embedding]\nbits = 8\ngroup = 32\nsymmetric = true\nint8_activations = true\n",
+            "[embedding]\nbits = 16\n",
         ] {
             let text = format!("{embedding}[[layers]]\nmatch = \"blk.*.*\"\n{body}");
             let r = Recipe::from_toml(&text).unwrap();
@@ -283,7 +284,11 @@ fn every_compressed_form_matches_the_reference() {
                 forms[..forms.len() - 1].iter().all(|f| *f == form),
                 "{text}: engine forms {forms:?}"
             );
-            let head = if embedding.is_empty() { "dense" } else { "rtn" };
+            let head = match embedding {
+                "" => "dense",
+                e if e.contains("bits = 16") => "f16",
+                _ => "rtn",
+            };
             assert_eq!(forms.last(), Some(&head), "{text}");
             assert_engine_matches(&c.model, &tokens(12, vocab), &text);
             let prompt = tokens(5, vocab);

@@ -219,6 +219,85 @@ fn embedding_step_quantizes_the_tied_head_once() {
     assert!(format!("{e:#}").contains("2..=8"), "{e:#}");
 }
 
+/// At 16 bits the step rounds the embedding to f16: the head is an f16 matrix of exactly the
+/// embedding's values, counted once at 2 bytes a weight, and a GGUF export writes it as
+/// llama.cpp's F16 that reads back bit for bit; RTN knobs beside 16 bits are refused.
+#[test]
+fn embedding_step_at_16_bits_is_f16() {
+    let dir = tempfile::tempdir().unwrap();
+    TinySpec {
+        hidden: 40,
+        ffn: 72,
+        heads: 4,
+        kv_heads: 2,
+        tied: true,
+        ..TinySpec::default()
+    }
+    .write_hf(dir.path(), 1);
+    let base = Model::load(dir.path()).unwrap();
+    let r = recipe("[embedding]\nbits = 16\n");
+    let c = apply(&base, &r, &calib_tokens(), CALIB, &mut |_, _, _| true).unwrap();
+    let t = &c.model.transformer;
+    assert_eq!(t.output.form(), "f16");
+    let (vocab, d) = t.token_embd.dims2().unwrap();
+    assert_eq!(
+        base.transformer.size_bytes() - t.size_bytes(),
+        vocab * d * 2,
+        "half of the f32 embedding's bytes saved, nothing else changed"
+    );
+    let a = base.transformer.token_embd.to_vec2::<f32>().unwrap();
+    let rows = t.token_embd.to_vec2::<f32>().unwrap();
+    let head = t
+        .output
+        .to_dense()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    for ((ra, rb), rh) in a.iter().zip(&rows).zip(&head) {
+        for ((x, y), h) in ra.iter().zip(rb).zip(rh) {
+            assert_eq!(y.to_bits(), half::f16::from_f32(*x).to_f32().to_bits());
+            assert_eq!(
+                h.to_bits(),
+                y.to_bits(),
+                "the head holds the embedding's values"
+            );
+        }
+    }
+
+    use reparam::export::experiment::{GgufFallback, write_gguf};
+    let out = dir.path().join("f16-embedding.gguf");
+    let report = write_gguf(
+        &base,
+        t,
+        &out,
+        candle_core::DType::F32,
+        GgufFallback::Dense,
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(
+        report
+            .exact
+            .contains(&("token_embd.weight".to_string(), "F16".to_string())),
+        "{report:?}"
+    );
+    let back = Model::load(&out).unwrap();
+    let read = back
+        .transformer
+        .token_embd
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert_eq!(read, rows);
+
+    let bad = recipe("[embedding]\nbits = 16\ngroup = 32\n");
+    let e = apply(&base, &bad, &calib_tokens(), CALIB, &mut |_, _, _| true).unwrap_err();
+    assert!(format!("{e:#}").contains("no scales"), "{e:#}");
+}
+
 #[test]
 fn cancel_stops_the_job() {
     let (_d, base) = tiny();

@@ -380,6 +380,25 @@ fn type_name(d: GgmlDType) -> String {
     format!("{d:?}").to_uppercase()
 }
 
+/// `tensor` as llama.cpp's F16 type (its values are f16 already), reported exact.
+fn put_f16(
+    w: &mut GgufWriter,
+    report: &mut GgufReport,
+    name: &str,
+    tensor: &candle_core::Tensor,
+) -> anyhow::Result<()> {
+    let bytes: Vec<u8> = tensor
+        .to_dtype(DType::F16)?
+        .flatten_all()?
+        .to_vec1::<half::f16>()?
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    report.exact.push((name.into(), type_name(GgmlDType::F16)));
+    w.tensor(name, tensor.dims(), GgmlDType::F16, bytes);
+    Ok(())
+}
+
 /// Writes `t` as a GGUF file. From a GGUF base, the tokenizer and architecture metadata are
 /// copied (block count rewritten); from an HF or zoo base they are built from the config and
 /// `tokenizer.json` (see [`super::gguf_meta`], which refuses tokenizers llama.cpp cannot run
@@ -474,6 +493,10 @@ pub fn write_gguf(
                 .push(("token_embd.weight".into(), type_name(g)));
             w.tensor("token_embd.weight", t.token_embd.dims(), g, bytes);
         }
+        // An f16 head (the step at 16 bits) holds the embedding's values: F16 exactly.
+        None if t.config.tie_word_embeddings && t.output.form() == "f16" => {
+            put_f16(&mut w, &mut report, "token_embd.weight", &t.token_embd)?;
+        }
         None => put(&mut w, "token_embd.weight", &t.token_embd, false)?,
     }
     for (i, b) in t.blocks.iter().enumerate() {
@@ -514,15 +537,7 @@ pub fn write_gguf(
                 w.tensor(&name, dense.dims(), g, bytes);
             } else if lw.form() == "f16" {
                 // An f16 layer is llama.cpp's F16 type exactly, whatever the export's float type.
-                let bytes: Vec<u8> = dense
-                    .to_dtype(DType::F16)?
-                    .flatten_all()?
-                    .to_vec1::<half::f16>()?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect();
-                report.exact.push((name.clone(), type_name(GgmlDType::F16)));
-                w.tensor(&name, dense.dims(), GgmlDType::F16, bytes);
+                put_f16(&mut w, &mut report, &name, &dense)?;
             } else if matches!(lw, LinearWeight::Dense { .. }) {
                 put(&mut w, &name, &dense, false)?;
             } else if fallback == GgufFallback::Nearest

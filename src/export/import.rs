@@ -9,7 +9,7 @@
 //! (symmetric, group 32), Q4_1/Q5_1 and the K types approximately (asymmetric RTN at their
 //! bits, group 32: our zero point is an integer, theirs an f16 minimum, and K types nest 6-bit
 //! scales in 256-weight super-blocks), F16 as f16 layers, F32/BF16 as dense layers. A pattern on the token
-//! embedding becomes the `[embedding]` step.
+//! embedding becomes the `[embedding]` step (F16: its 16-bit form).
 
 use crate::technique::recipe::{
     EmbeddingStep, LayerRule, MergeMethod, MergeStep, Recipe, RtnKnobs,
@@ -82,13 +82,24 @@ pub fn recipe_from_tensor_types(text: &str) -> anyhow::Result<(Recipe, Vec<Strin
             ));
         }
         if regex::Regex::new(pattern).is_ok_and(|re| re.is_match("token_embd")) {
-            embedding = embedding.or(knobs.clone().map(|k| EmbeddingStep {
-                bits: k.bits,
-                group: k.group,
-                symmetric: k.symmetric,
-                float_min: k.float_min,
-                int8_activations: k.int8_activations,
-            }));
+            let step = match &knobs {
+                Some(k) => Some(EmbeddingStep {
+                    bits: k.bits,
+                    group: k.group,
+                    symmetric: k.symmetric,
+                    float_min: k.float_min,
+                    int8_activations: k.int8_activations,
+                }),
+                None if ty == "f16" => Some(EmbeddingStep {
+                    bits: 16,
+                    group: 0,
+                    symmetric: false,
+                    float_min: false,
+                    int8_activations: false,
+                }),
+                None => None,
+            };
+            embedding = embedding.or(step);
             continue;
         }
         rules.push(LayerRule {
@@ -276,6 +287,8 @@ mod tests {
         assert_eq!((e.bits, e.group, e.symmetric), (8, 32, true));
         let (r, _) = recipe_from_tensor_types("attn_output=f16\n").unwrap();
         assert!(r.layers[0].f16 && r.layers[0].layer_plan().is_ok());
+        let (r, _) = recipe_from_tensor_types("token_embd=f16\nblk\\..*=q4_0\n").unwrap();
+        assert_eq!(r.embedding.unwrap().bits, 16);
         assert!(recipe_from_tensor_types("attn_v=iq2_xxs").is_err());
         assert!(recipe_from_tensor_types("attn_v").is_err());
         assert!(recipe_from_tensor_types("(=q4_0").is_err());

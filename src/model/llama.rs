@@ -436,12 +436,10 @@ impl Transformer {
             })
             .sum();
         // A tied head is the embedding matrix itself: counted once, in the head's stored form
-        // when the head was quantized (the embedding then looks rows up in the same matrix).
+        // (quantized or f16 by the `[embedding]` step, whose embedding looks its rows up in
+        // the same values).
         let (embd, head) = if self.config.tie_word_embeddings {
-            match self.output {
-                LinearWeight::Dense { .. } => (t(&self.token_embd), 0),
-                _ => (self.output.size_bytes(), 0),
-            }
+            (self.output.size_bytes(), 0)
         } else {
             (t(&self.token_embd), self.output.size_bytes())
         };

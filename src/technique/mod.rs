@@ -260,10 +260,10 @@ pub fn apply_with_merge_hook(
     })
 }
 
-/// The `[embedding]` step: per-row RTN of the token embedding, which the tied LM head shares.
-/// Both keep the dequantized matrix for their products (one tensor); the byte count is that of
-/// the packed codes and per-row scale/zero pairs, counted once (see
-/// [`crate::model::Transformer::size_bytes`]).
+/// The `[embedding]` step: per-row RTN of the token embedding (or f16 at 16 bits), which the
+/// tied LM head shares. The embedding keeps the dequantized (f16-rounded) values in f32 for its
+/// lookups; the head holds the stored form (RTN over the same tensor, or an f16 matrix), and
+/// the byte count is the head's, counted once (see [`crate::model::Transformer::size_bytes`]).
 pub(crate) fn quantize_embedding(
     model: &mut Model,
     step: &recipe::EmbeddingStep,
@@ -277,6 +277,12 @@ pub(crate) fn quantize_embedding(
         .to_dtype(candle_core::DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
+    if step.bits == 16 {
+        let half = t.token_embd.to_dtype(candle_core::DType::F16)?;
+        t.token_embd = half.to_dtype(candle_core::DType::F32)?;
+        t.output = LinearWeight::dense(half, None);
+        return Ok(());
+    }
     let group = if step.group == 0 { cols } else { step.group };
     let q = crate::quant::rtn::rtn_quantize(
         &w,

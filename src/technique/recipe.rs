@@ -407,11 +407,12 @@ pub struct Recipe {
 
 /// Round-to-nearest quantization of the token embedding matrix, one asymmetric (f16 scale, f16
 /// zero) pair per row, which the tied LM head shares: at 8 bits 8.06 bits per weight on a
-/// 576-wide embedding, against 32 for f32.
+/// 576-wide embedding, against 32 for f32. At 16 bits each weight is rounded to f16 instead
+/// (no scales): half the bytes of f32, what llama.cpp's F16 files hold.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddingStep {
-    /// Bits per weight, 2–8.
+    /// Bits per weight: 2–8 (RTN), or 16 (f16).
     pub bits: usize,
     /// Inputs per scale (0, the default: the whole row).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -436,8 +437,20 @@ impl EmbeddingStep {
     /// Checks the bit-width and that the model's head is tied to its embedding (an untied head
     /// would need its own step; not supported yet).
     pub fn validate(&self, model: &Transformer) -> Result<(), String> {
-        if !(2..=8).contains(&self.bits) {
-            return Err(format!("embedding.bits = {} is outside 2..=8", self.bits));
+        if !(2..=8).contains(&self.bits) && self.bits != 16 {
+            return Err(format!(
+                "embedding.bits = {} is neither in 2..=8 (RTN) nor 16 (f16)",
+                self.bits
+            ));
+        }
+        if self.bits == 16
+            && (self.group != 0 || self.symmetric || self.float_min || self.int8_activations)
+        {
+            return Err(
+                "embedding: at 16 bits (f16) there are no scales: `group`, `symmetric`, \
+                 `float_min` and `int8_activations` do not apply"
+                    .into(),
+            );
         }
         if self.symmetric && self.float_min {
             return Err("embedding: `symmetric` and `float_min` exclude each other".into());
