@@ -6,6 +6,8 @@
 
 use std::time::Instant;
 
+use anyhow::Context as _;
+
 use rayon::prelude::*;
 
 use candle_core::Tensor;
@@ -123,13 +125,45 @@ pub fn perplexity_with(
     forward: Forward,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> anyhow::Result<PerplexityReport> {
+    let mut reports = perplexity_each(
+        model,
+        &[("", tokens)],
+        opts,
+        base,
+        forward,
+        &mut |_, done, total| progress(done, total),
+    )?;
+    Ok(reports.remove(0))
+}
+
+/// [`perplexity_with`] on each of `texts` (`(name, tokens)`), with the engines (and a packed
+/// model's weights decoded for the many-row pass) built once for all of them. `progress(text,
+/// done, total)` runs over each text's chunks. A text too short for `opts` is an error before
+/// any is scored; a text's error is in the context of its name (none when empty). Each
+/// report's seconds are its own scoring; the first's include building the engines.
+pub fn perplexity_each(
+    model: &Model,
+    texts: &[(&str, &[u32])],
+    opts: PerplexityOptions,
+    base: Option<&Model>,
+    forward: Forward,
+    progress: &mut dyn FnMut(usize, usize, usize) -> bool,
+) -> anyhow::Result<Vec<PerplexityReport>> {
     let ctx = opts.ctx;
     anyhow::ensure!(ctx >= 4, "context size {ctx} is too small (at least 4)");
+    for (name, tokens) in texts {
+        anyhow::ensure!(
+            tokens.len() >= 2 * ctx,
+            "{} has {} tokens; perplexity with ctx {ctx} needs at least {} (2 × ctx, as \
+             llama-perplexity)",
+            if name.is_empty() { "the text" } else { name },
+            tokens.len(),
+            2 * ctx
+        );
+    }
     anyhow::ensure!(
-        tokens.len() >= 2 * ctx,
-        "the text has {} tokens; perplexity with ctx {ctx} needs at least {} (2 × ctx, as llama-perplexity)",
-        tokens.len(),
-        2 * ctx
+        opts.chunks != Some(0),
+        "--chunks 0 scores nothing; give at least 1"
     );
     let vocab = model.config().vocab_size;
     if let Some(b) = base {
@@ -139,17 +173,7 @@ pub fn perplexity_with(
             b.config().vocab_size
         );
     }
-    let available = tokens.len() / ctx;
-    let n_chunks = opts.chunks.map_or(available, |c| c.min(available));
-    anyhow::ensure!(n_chunks > 0, "--chunks 0 scores nothing; give at least 1");
-    let first = ctx / 2;
-    let scored_per_chunk = ctx - 1 - first;
-    let bos = model
-        .tokenizer
-        .add_bos
-        .then_some(model.tokenizer.bos_id)
-        .flatten();
-    let start_time = Instant::now();
+    let mut start_time = Instant::now();
     let engine_for = |m: &Model| match forward {
         Forward::Auto => Scorer::engine_for(m),
         Forward::Tensor => Ok(None),
@@ -164,6 +188,47 @@ pub fn perplexity_with(
     );
     let ours = Scorer::new(model, prefills.0.as_ref());
     let theirs = base.map(|b| Scorer::new(b, prefills.1.as_ref()));
+    let mut reports = Vec::with_capacity(texts.len());
+    for (i, (name, tokens)) in texts.iter().enumerate() {
+        let r = score_text(
+            &ours,
+            theirs.as_ref(),
+            tokens,
+            opts,
+            start_time,
+            &mut |d, t| progress(i, d, t),
+        );
+        reports.push(if name.is_empty() {
+            r?
+        } else {
+            r.with_context(|| name.to_string())?
+        });
+        start_time = Instant::now();
+    }
+    Ok(reports)
+}
+
+/// One text's windows scored by `ours` (and `theirs`, the base, for the KL divergence), its
+/// time counted from `start_time`.
+fn score_text(
+    ours: &Scorer<'_>,
+    theirs: Option<&Scorer<'_>>,
+    tokens: &[u32],
+    opts: PerplexityOptions,
+    start_time: Instant,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> anyhow::Result<PerplexityReport> {
+    let model = ours.model();
+    let (ctx, vocab) = (opts.ctx, model.config().vocab_size);
+    let available = tokens.len() / ctx;
+    let n_chunks = opts.chunks.map_or(available, |c| c.min(available));
+    let first = ctx / 2;
+    let scored_per_chunk = ctx - 1 - first;
+    let bos = model
+        .tokenizer
+        .add_bos
+        .then_some(model.tokenizer.bos_id)
+        .flatten();
     let mut nll = Vec::with_capacity(n_chunks * scored_per_chunk);
     let mut kld = Vec::new();
     let mut same_top = 0usize;
@@ -175,7 +240,7 @@ pub fn perplexity_with(
         }
         let targets = &window[first + 1..];
         let hidden = ours.hidden(&window, first, scored_per_chunk)?;
-        let base_hidden = match &theirs {
+        let base_hidden = match theirs {
             Some(b) => Some(b.hidden(&window, first, scored_per_chunk)?),
             None => None,
         };
@@ -186,7 +251,7 @@ pub fn perplexity_with(
             for (row, &target) in logp.chunks(vocab).zip(targets) {
                 nll.push(-f64::from(row[target as usize]));
             }
-            let (Some(b), Some(bh)) = (&theirs, &base_hidden) else {
+            let (Some(b), Some(bh)) = (theirs, &base_hidden) else {
                 continue;
             };
             let base_logp = b.log_probs(bh, row0, rows)?;

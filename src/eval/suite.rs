@@ -12,7 +12,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use super::perplexity::{KldReport, PerplexityOptions, PerplexityReport, perplexity};
+use super::perplexity::{Forward, KldReport, PerplexityOptions, PerplexityReport, perplexity_each};
 use crate::model::Model;
 
 /// The name of the built-in suite, the default evaluation of models without one of their own.
@@ -180,15 +180,18 @@ pub fn score(
 ) -> anyhow::Result<(PerplexityReport, DomainTable)> {
     const STEPS: usize = 1000;
     let n = domains.len();
-    let mut reports = Vec::with_capacity(n);
+    let names: Vec<String> = domains.iter().map(|(d, _)| format!("domain {d}")).collect();
+    let texts: Vec<(&str, &[u32])> = names
+        .iter()
+        .zip(domains)
+        .map(|(name, (_, tokens))| (name.as_str(), tokens.as_slice()))
+        .collect();
+    let reports = perplexity_each(model, &texts, opts, base, Forward::Auto, &mut |i, d, t| {
+        progress(i * STEPS + d * STEPS / t.max(1), n * STEPS)
+    })?;
     let mut table = DomainTable::new();
-    for (i, (name, tokens)) in domains.iter().enumerate() {
-        let r = perplexity(model, tokens, opts, base, &mut |d, t| {
-            progress(i * STEPS + d * STEPS / t.max(1), n * STEPS)
-        })
-        .with_context(|| format!("domain {name}"))?;
-        table.insert(name.clone(), DomainMetrics::from(&r));
-        reports.push(r);
+    for ((name, _), r) in domains.iter().zip(&reports) {
+        table.insert(name.clone(), DomainMetrics::from(r));
     }
     Ok((combine(&reports)?, table))
 }
