@@ -14,6 +14,15 @@ use reparam::technique::shiftadd::sensitivity;
 use reparam::technique::{CalibOptions, apply};
 
 fn tiny() -> (tempfile::TempDir, Model) {
+    tiny_with(false)
+}
+
+/// [`tiny`] with its LM head tied to the token embedding.
+fn tiny_tied() -> (tempfile::TempDir, Model) {
+    tiny_with(true)
+}
+
+fn tiny_with(tied: bool) -> (tempfile::TempDir, Model) {
     let dir = tempfile::tempdir().unwrap();
     // Widths that are multiples of 8 but not of 64, and an odd FFN.
     TinySpec {
@@ -21,6 +30,7 @@ fn tiny() -> (tempfile::TempDir, Model) {
         ffn: 72,
         heads: 4,
         kv_heads: 2,
+        tied,
         ..TinySpec::default()
     }
     .write_hf(dir.path(), 1);
@@ -159,17 +169,7 @@ fn rtn_and_partial_recipes() {
 /// packed size; an untied model or a bad bit-width is refused before any work.
 #[test]
 fn embedding_step_quantizes_the_tied_head_once() {
-    let dir = tempfile::tempdir().unwrap();
-    TinySpec {
-        hidden: 40,
-        ffn: 72,
-        heads: 4,
-        kv_heads: 2,
-        tied: true,
-        ..TinySpec::default()
-    }
-    .write_hf(dir.path(), 1);
-    let base = Model::load(dir.path()).unwrap();
+    let (_dir, base) = tiny_tied();
     let r = recipe(
         "[embedding]\nbits = 8\n[[layers]]\nmatch = \"blk.*.*\"\n[layers.rtn]\nbits = 4\ngroup = 8\n",
     );
@@ -224,17 +224,7 @@ fn embedding_step_quantizes_the_tied_head_once() {
 /// llama.cpp's F16 that reads back bit for bit; RTN knobs beside 16 bits are refused.
 #[test]
 fn embedding_step_at_16_bits_is_f16() {
-    let dir = tempfile::tempdir().unwrap();
-    TinySpec {
-        hidden: 40,
-        ffn: 72,
-        heads: 4,
-        kv_heads: 2,
-        tied: true,
-        ..TinySpec::default()
-    }
-    .write_hf(dir.path(), 1);
-    let base = Model::load(dir.path()).unwrap();
+    let (dir, base) = tiny_tied();
     let r = recipe("[embedding]\nbits = 16\n");
     let c = apply(&base, &r, &calib_tokens(), CALIB, &mut |_, _, _| true).unwrap();
     let t = &c.model.transformer;
