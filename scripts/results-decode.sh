@@ -2,7 +2,6 @@
 # The decode table of experiments/RESULTS.md: `reparam bench decode` for each stored form on
 # SmolLM2-135M-Instruct, each run next to the llama.cpp quantization it is compared with
 # (llama-bench tg/pp in the same run, same thread count). Prints one markdown row per run.
-# The f16 row keeps an f32 embedding and head; llama.cpp's F16 file has both in f16.
 # Calibration uses 8 windows: decode speed depends on the stored form, not on how well the
 # weights were fitted. Needs a release build and the peer (scripts/llamacpp-peer.sh; the
 # results-suite.sh `peer` step makes the F32/Q3_K_S/Q4_0 GGUFs).
@@ -26,6 +25,7 @@ runs=(
   "rtn-4bit-sym-g32-q8embd:Q4_0"
   "rtn-4bit-min-g32-q8embd:Q4_1"
   "wanda-50:F32"
+  "wanda-50-f16embd:F32"
   "nm-2of4:F32"
   "rps-2x:F32"
 )
