@@ -122,20 +122,16 @@ impl Scales {
         }
     }
 
-    /// Decodes `out.len()` scales from `start`.
-    #[inline]
-    pub fn decode_into(&self, start: usize, out: &mut [f32]) {
-        match self {
-            Self::Apot(c) => c.decode_into(start, out),
-            Self::F32(v) => out.copy_from_slice(&v[start..start + out.len()]),
-        }
-    }
-
     /// All scales as `f32`.
     pub fn to_f32(&self) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.len()];
-        self.decode_into(0, &mut out);
-        out
+        match self {
+            Self::Apot(c) => {
+                let mut out = vec![0.0f32; c.len()];
+                c.decode_into(0, &mut out);
+                out
+            }
+            Self::F32(v) => v.clone(),
+        }
     }
 }
 
@@ -334,7 +330,7 @@ impl BcqPacked {
     pub fn dequantize(&self) -> Vec<f32> {
         let (q, n_chunks, cols) = (self.bits, self.n_chunks(), self.cols);
         let rpg = self.rows_per_group.max(1);
-        let scales = self.scales.to_f32();
+        let scales = &self.scales_f32;
         let mut out = vec![0.0f32; self.rows * cols];
         // Plane by plane in ascending order from 0.0, exactly as `bcq::codeword` sums, one key
         // byte (8 weights) at a time; the prefill path calls this for every batch.

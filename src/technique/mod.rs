@@ -271,18 +271,18 @@ pub(crate) fn quantize_embedding(
     let t = &mut model.transformer;
     step.validate(t)
         .map_err(|e| anyhow::anyhow!("[embedding]: {e}"))?;
-    let (rows, cols) = t.token_embd.dims2()?;
-    let w = t
-        .token_embd
-        .to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
     if step.bits == 16 {
         let half = t.token_embd.to_dtype(candle_core::DType::F16)?;
         t.token_embd = half.to_dtype(candle_core::DType::F32)?;
         t.output = LinearWeight::dense(half, None);
         return Ok(());
     }
+    let (rows, cols) = t.token_embd.dims2()?;
+    let w = t
+        .token_embd
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     let group = if step.group == 0 { cols } else { step.group };
     let q = crate::quant::rtn::rtn_quantize(
         &w,
