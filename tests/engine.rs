@@ -301,6 +301,60 @@ fn every_compressed_form_matches_the_reference() {
     }
 }
 
+/// The layers of one section (q, k and v; gate and up) share their input, and those whose
+/// kernels prepare it alike share that work: layers of different forms or knobs side by side
+/// must each still get their own.
+#[test]
+fn mixed_forms_in_one_section_match_the_reference() {
+    let spec = TinySpec {
+        hidden: 64,
+        ffn: 96,
+        heads: 4,
+        kv_heads: 2,
+        tied: true,
+        ..TinySpec::default()
+    };
+    let vocab = spec.vocab() as u32;
+    let (_d, base) = tiny(&spec);
+    let calib = tokens(600, vocab);
+    let calib_opts = CalibOptions {
+        samples: 4,
+        seq_len: 32,
+    };
+    let rule = |pattern: &str, body: &str| format!("[[layers]]\nmatch = \"{pattern}\"\n{body}");
+    let text = [
+        rule("blk.*.attn_q", "[layers.shiftadd]\nbits = 3\ngroup = 16\n"),
+        rule("blk.*.attn_k", "[layers.shiftadd]\nbits = 2\ngroup = 32\n"),
+        rule("blk.*.attn_v", "[layers.rtn]\nbits = 3\ngroup = 16\n"),
+        rule(
+            "blk.*.ffn_gate",
+            "[layers.rtn]\nbits = 4\ngroup = 32\nsymmetric = true\nint8_activations = true\n",
+        ),
+        rule(
+            "blk.*.ffn_up",
+            "[layers.rtn]\nbits = 8\ngroup = 32\nint8_activations = true\n",
+        ),
+    ]
+    .concat();
+    let r = Recipe::from_toml(&text).unwrap();
+    let c = apply(&base, &r, &calib, calib_opts, &mut |_, _, _| true).unwrap();
+    let e = Engine::new(&c.model.transformer, EngineOptions::default()).unwrap();
+    let forms: Vec<&str> = e.linears().map(|(_, l)| l.form()).collect();
+    assert_eq!(
+        &forms[..7],
+        [
+            "shiftadd", "shiftadd", "rtn", "dense", "rtn", "rtn", "dense"
+        ]
+    );
+    // Both decode pools at 1 and 2 threads, and the many-row pass.
+    assert_engine_matches(&c.model, &tokens(12, vocab), &text);
+    let prompt = tokens(5, vocab);
+    assert_eq!(
+        greedy_engine(&c.model, &prompt, 8),
+        greedy_reference(&c.model, &prompt, 8),
+    );
+}
+
 /// With the KV cache in f16 each key and value is rounded to 11 significant bits; the logits
 /// move by about that much, relative to the largest.
 const F16_KV_TOLERANCE: f32 = 5e-3;

@@ -175,6 +175,16 @@ impl Linear {
         }
     }
 
+    /// Whether [`Self::prepare`] makes the same work of one input for both layers, so that a
+    /// section whose layers share their input (q, k and v; gate and up) prepares it once.
+    pub fn prepares_alike(&self, other: &Self) -> bool {
+        match (&self.kernel, &other.kernel) {
+            (Kernel::Bcq(a), Kernel::Bcq(b)) => a.prepares_alike(b),
+            (Kernel::Rtn(a), Kernel::Rtn(b)) => a.prepares_alike(b),
+            _ => false,
+        }
+    }
+
     /// Rows `r0..r0 + y.len()` of `W x + b`.
     pub fn rows_into(
         &self,

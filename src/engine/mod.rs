@@ -240,13 +240,36 @@ impl Engine {
     }
 }
 
+/// The most linears one section runs (q, k and v).
+const MAX_PARTS: usize = 3;
+
 /// [`Engine::section`] on any pool.
 #[allow(unsafe_code)]
 fn section(pool: &Pool, parts: &mut [Part<'_>], tasks: &mut Vec<(usize, usize, usize)>) {
     let threads = pool.threads();
     tasks.clear();
-    for (i, p) in parts.iter_mut().enumerate() {
-        p.linear.prepare(p.x, p.shared);
+    // Which part's preparation each part reads: the first one with the same input and an
+    // alike kernel (the main thread prepares while the other threads wait).
+    let mut prepared_by = [0usize; MAX_PARTS];
+    assert!(
+        parts.len() <= MAX_PARTS,
+        "a section has at most {MAX_PARTS} parts"
+    );
+    for (i, by) in prepared_by.iter_mut().enumerate().take(parts.len()) {
+        let (earlier, rest) = parts.split_at_mut(i);
+        let p = &mut rest[0];
+        *by = match earlier
+            .iter()
+            .position(|e| std::ptr::eq(e.x, p.x) && e.linear.prepares_alike(p.linear))
+        {
+            Some(j) => j,
+            None => {
+                p.linear.prepare(p.x, p.shared);
+                i
+            }
+        };
+    }
+    for (i, p) in parts.iter().enumerate() {
         let step = p.linear.task_rows(threads);
         for r0 in (0..p.linear.rows).step_by(step.max(1)) {
             tasks.push((i, r0, (r0 + step).min(p.linear.rows)));
@@ -271,10 +294,11 @@ fn section(pool: &Pool, parts: &mut [Part<'_>], tasks: &mut Vec<(usize, usize, u
     pool.run(tasks.len(), &|t| {
         let (i, r0, r1) = tasks[t];
         let p = &parts[i];
+        let shared = &*parts[prepared_by[i]].shared;
         // SAFETY: tasks cover disjoint row ranges of each output, all within its length,
         // and the outputs outlive the section.
         let y = unsafe { p.y.range(r0, r1) };
-        SCRATCH.with_borrow_mut(|scratch| p.linear.rows_into(p.x, p.shared, r0, y, scratch));
+        SCRATCH.with_borrow_mut(|scratch| p.linear.rows_into(p.x, shared, r0, y, scratch));
     });
 }
 

@@ -284,6 +284,18 @@ impl RtnPacked {
             && self.cols.is_multiple_of(BLOCK)
     }
 
+    /// Whether [`Self::prepare`] makes the same work of one input for both layers.
+    pub fn prepares_alike(&self, other: &Self) -> bool {
+        let reordered = |p: &Self| p.bits == 4 && p.int8_direct();
+        self.cols == other.cols
+            && self.int8_activations == other.int8_activations
+            && if self.int8_activations {
+                reordered(self) == reordered(other)
+            } else {
+                self.group == other.group
+            }
+    }
+
     /// `x` as int8 blocks; for the 4-bit VNNI kernel reordered the way its codes come out of
     /// their nibbles (low nibbles hold the even positions, high nibbles the odd ones). A pair
     /// of blocks becomes `[even₀, even₁, odd₀, odd₁]` (16 values each), a lone last block

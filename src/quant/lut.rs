@@ -458,6 +458,16 @@ impl BcqPacked {
         }
     }
 
+    /// Whether [`Self::prepare`] makes the same tables of one input for both matrices (block
+    /// layouts of one width and kernel).
+    pub fn prepares_alike(&self, other: &Self) -> bool {
+        let block = |p: &Self| matches!(p.layout, ScaleLayout::Block { .. });
+        block(self)
+            && block(other)
+            && self.cols == other.cols
+            && self.simd_rows() == other.simd_rows()
+    }
+
     /// Rows `r0..r0 + y.len()` of `W_q·x` (`r0` a multiple of 16), given [`Self::prepare`]'s
     /// `shared`; `scratch` holds the column layout's scaled inputs of the current row group.
     pub fn rows_into(
