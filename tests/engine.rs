@@ -195,8 +195,8 @@ fn dense_models_match_the_reference() {
     }
 }
 
-#[test]
-fn every_compressed_form_matches_the_reference() {
+/// The tied grouped-query tiny model the compressed-form tests start from, and its vocabulary.
+fn tiny_gqa() -> (tempfile::TempDir, Model, u32) {
     let spec = TinySpec {
         hidden: 64,
         ffn: 96,
@@ -205,13 +205,26 @@ fn every_compressed_form_matches_the_reference() {
         tied: true,
         ..TinySpec::default()
     };
-    let vocab = spec.vocab() as u32;
-    let (_d, base) = tiny(&spec);
+    let (d, base) = tiny(&spec);
+    (d, base, spec.vocab() as u32)
+}
+
+/// `base` compressed by the recipe `text`, calibrated on a fixed token sequence.
+fn compressed(base: &Model, vocab: u32, text: &str) -> Model {
+    let r = Recipe::from_toml(text).unwrap();
     let calib = tokens(600, vocab);
-    let calib_opts = CalibOptions {
+    let opts = CalibOptions {
         samples: 4,
         seq_len: 32,
     };
+    apply(base, &r, &calib, opts, &mut |_, _, _| true)
+        .unwrap()
+        .model
+}
+
+#[test]
+fn every_compressed_form_matches_the_reference() {
+    let (_d, base, vocab) = tiny_gqa();
     for (form, body) in [
         ("shiftadd", "[layers.shiftadd]\nbits = 3\ngroup = 16\n"),
         (
@@ -276,9 +289,8 @@ fn every_compressed_form_matches_the_reference() {
             "[embedding]\nbits = 16\n",
         ] {
             let text = format!("{embedding}[[layers]]\nmatch = \"blk.*.*\"\n{body}");
-            let r = Recipe::from_toml(&text).unwrap();
-            let c = apply(&base, &r, &calib, calib_opts, &mut |_, _, _| true).unwrap();
-            let e = Engine::new(&c.model.transformer, EngineOptions::default()).unwrap();
+            let c = compressed(&base, vocab, &text);
+            let e = Engine::new(&c.transformer, EngineOptions::default()).unwrap();
             let forms: Vec<&str> = e.linears().map(|(_, l)| l.form()).collect();
             assert!(
                 forms[..forms.len() - 1].iter().all(|f| *f == form),
@@ -290,11 +302,11 @@ fn every_compressed_form_matches_the_reference() {
                 _ => "rtn",
             };
             assert_eq!(forms.last(), Some(&head), "{text}");
-            assert_engine_matches(&c.model, &tokens(12, vocab), &text);
+            assert_engine_matches(&c, &tokens(12, vocab), &text);
             let prompt = tokens(5, vocab);
             assert_eq!(
-                greedy_engine(&c.model, &prompt, 8),
-                greedy_reference(&c.model, &prompt, 8),
+                greedy_engine(&c, &prompt, 8),
+                greedy_reference(&c, &prompt, 8),
                 "{text}"
             );
         }
@@ -306,21 +318,7 @@ fn every_compressed_form_matches_the_reference() {
 /// must each still get their own.
 #[test]
 fn mixed_forms_in_one_section_match_the_reference() {
-    let spec = TinySpec {
-        hidden: 64,
-        ffn: 96,
-        heads: 4,
-        kv_heads: 2,
-        tied: true,
-        ..TinySpec::default()
-    };
-    let vocab = spec.vocab() as u32;
-    let (_d, base) = tiny(&spec);
-    let calib = tokens(600, vocab);
-    let calib_opts = CalibOptions {
-        samples: 4,
-        seq_len: 32,
-    };
+    let (_d, base, vocab) = tiny_gqa();
     let rule = |pattern: &str, body: &str| format!("[[layers]]\nmatch = \"{pattern}\"\n{body}");
     let text = [
         rule("blk.*.attn_q", "[layers.shiftadd]\nbits = 3\ngroup = 16\n"),
@@ -336,9 +334,8 @@ fn mixed_forms_in_one_section_match_the_reference() {
         ),
     ]
     .concat();
-    let r = Recipe::from_toml(&text).unwrap();
-    let c = apply(&base, &r, &calib, calib_opts, &mut |_, _, _| true).unwrap();
-    let e = Engine::new(&c.model.transformer, EngineOptions::default()).unwrap();
+    let c = compressed(&base, vocab, &text);
+    let e = Engine::new(&c.transformer, EngineOptions::default()).unwrap();
     let forms: Vec<&str> = e.linears().map(|(_, l)| l.form()).collect();
     assert_eq!(
         &forms[..7],
@@ -347,11 +344,11 @@ fn mixed_forms_in_one_section_match_the_reference() {
         ]
     );
     // Both decode pools at 1 and 2 threads, and the many-row pass.
-    assert_engine_matches(&c.model, &tokens(12, vocab), &text);
+    assert_engine_matches(&c, &tokens(12, vocab), &text);
     let prompt = tokens(5, vocab);
     assert_eq!(
-        greedy_engine(&c.model, &prompt, 8),
-        greedy_reference(&c.model, &prompt, 8),
+        greedy_engine(&c, &prompt, 8),
+        greedy_reference(&c, &prompt, 8),
     );
 }
 
