@@ -357,38 +357,62 @@ impl BcqPacked {
     /// Dense `rows × cols` reconstruction from the packed form, bit-identical to
     /// [`QuantizedMatrix::dequantize`] (same [`super::bcq::codeword`] summation order).
     pub fn dequantize(&self) -> Vec<f32> {
-        let (q, cols) = (self.bits, self.cols);
+        let (q, cols, n_chunks) = (self.bits, self.cols, self.n_chunks());
         let rpg = self.rows_per_group.max(1);
-        let scales = &self.scales_f32;
         let mut out = vec![0.0f32; self.rows * cols];
-        // Plane by plane in ascending order from 0.0, exactly as `bcq::codeword` sums, one key
-        // byte (8 weights) at a time; the prefill path calls this for every batch.
-        out.par_chunks_mut(cols.max(1))
-            .enumerate()
-            .for_each(|(r, row)| {
+        // Plane by plane in ascending order from 0.0, exactly as `bcq::codeword` sums; the
+        // prefill path calls this for every window, so 16 weights a step where AVX-512 runs.
+        out.par_chunks_mut(cols.max(1)).enumerate().for_each_init(
+            || (usize::MAX, Vec::new(), Vec::new()),
+            |(group, alphas, keys), (r, row)| {
                 let g = r / rpg;
-                for b in 0..q {
-                    for (c, ws) in row.chunks_mut(CHUNK).enumerate() {
-                        let key = self.planes[self.key_index(r, b, c)];
-                        match self.layout {
-                            ScaleLayout::Block { .. } => {
-                                let a = scales[self.block_scale_index(g, b, c)];
-                                for (t, w) in ws.iter_mut().enumerate() {
-                                    *w += if (key >> t) & 1 == 1 { a } else { -a };
-                                }
-                            }
-                            ScaleLayout::Column { .. } => {
-                                let at = (g * q + b) * cols + c * CHUNK;
-                                let alphas = &scales[at..at + ws.len()];
-                                for (t, (w, &a)) in ws.iter_mut().zip(alphas).enumerate() {
-                                    *w += if (key >> t) & 1 == 1 { a } else { -a };
-                                }
-                            }
-                        }
+                if *group != g {
+                    self.column_scales_into(g, alphas);
+                    *group = g;
+                }
+                // The row's keys, `[plane][chunk]`: every 16th byte of its block's
+                // `[chunk][plane]` steps.
+                keys.resize(q * n_chunks, 0);
+                let from_row = &self.planes[self.key_index(r, 0, 0)..];
+                for (i, step) in from_row.chunks(ROW_BLOCK).take(q * n_chunks).enumerate() {
+                    keys[(i % q) * n_chunks + i / q] = step[0];
+                }
+                let done = if simd::available() {
+                    simd::dequantize_row(keys, alphas, q, row)
+                } else {
+                    0
+                };
+                for (k, w) in row.iter_mut().enumerate().skip(done) {
+                    for b in 0..q {
+                        let a = alphas[b * cols + k];
+                        let bit = (keys[b * n_chunks + k / CHUNK] >> (k % CHUNK)) & 1;
+                        *w += if bit == 1 { a } else { -a };
                     }
                 }
-            });
+            },
+        );
         out
+    }
+
+    /// Row group `g`'s scale of every (plane, input column), `[plane][column]`: the column
+    /// layout's as stored, the block layout's repeated over each chunk's 8 columns.
+    fn column_scales_into(&self, g: usize, out: &mut Vec<f32>) {
+        let (q, cols) = (self.bits, self.cols);
+        out.clear();
+        match self.layout {
+            ScaleLayout::Column { .. } => {
+                out.extend_from_slice(&self.scales_f32[g * q * cols..(g + 1) * q * cols]);
+            }
+            ScaleLayout::Block { .. } => {
+                for b in 0..q {
+                    for c in 0..self.n_chunks() {
+                        let a = self.scales_f32[self.block_scale_index(g, b, c)];
+                        out.extend_from_slice(&[a; CHUNK]);
+                    }
+                    out.truncate((b + 1) * cols);
+                }
+            }
+        }
     }
 
     /// `y = W_q·x` by table lookup (`x.len() == cols`, `y.len() == rows`).
@@ -700,6 +724,59 @@ mod simd {
     /// Chunks ahead of the current one whose keys and scales the block kernel prefetches: a
     /// few hundred bytes of each block's stream (measured: 4 to 12 all help alike).
     const PREFETCH_CHUNKS: usize = 8;
+
+    /// One row of [`super::BcqPacked::dequantize`], 16 weights a step: `keys` are the row's
+    /// `[plane][chunk]` key bytes, `alphas` its `[plane][column]` scales. Each weight is
+    /// `0 ± α₀ ± α₁ …` in plane order, as the scalar loop sums it. Returns the columns done (a
+    /// multiple of 16); the caller finishes the rest.
+    pub fn dequantize_row(keys: &[u8], alphas: &[f32], q: usize, row: &mut [f32]) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(
+                available(),
+                "AVX-512 kernel called on a CPU without AVX-512"
+            );
+            let cols = row.len();
+            let n_chunks = cols.div_ceil(8);
+            assert!(keys.len() >= q * n_chunks && alphas.len() >= q * cols);
+            // SAFETY: AVX-512F is present (checked above); the lengths are asserted above.
+            unsafe { dequantize_row_avx512(keys, alphas, q, row) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (keys, alphas, q, row);
+            unreachable!("the AVX-512 kernel is only dispatched on x86_64");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dequantize_row_avx512(
+        keys: &[u8],
+        alphas: &[f32],
+        q: usize,
+        row: &mut [f32],
+    ) -> usize {
+        use std::arch::x86_64::*;
+        let cols = row.len();
+        let n_chunks = cols.div_ceil(8);
+        let steps = cols / 16;
+        for s in 0..steps {
+            let mut acc = _mm512_setzero_ps();
+            for b in 0..q {
+                // Two chunks' keys: bit t of the mask is column 16s + t, set = +α.
+                let at = b * n_chunks + 2 * s;
+                let m = u16::from(keys[at]) | u16::from(keys[at + 1]) << 8;
+                // SAFETY: `b·cols + 16s + 16 ≤ q·cols`, within `alphas`.
+                let a = unsafe { _mm512_loadu_ps(alphas.as_ptr().add(b * cols + 16 * s)) };
+                let signed = _mm512_mask_blend_ps(m, _mm512_sub_ps(_mm512_setzero_ps(), a), a);
+                acc = _mm512_add_ps(acc, signed);
+            }
+            // SAFETY: `16s + 16 ≤ cols`.
+            unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(16 * s), acc) };
+        }
+        16 * steps
+    }
 
     /// Row blocks [`block_rows`] and [`column_group_rows`] serve in one pass over the tables
     /// (their accumulators stay in registers).
